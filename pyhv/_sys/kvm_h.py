@@ -1,0 +1,392 @@
+"""Mirrors of <linux/kvm.h> (x86-64) with the kernel's names.
+
+Each structure names its C counterpart in ``_c_name_``; tests/unit/test_sys_abi.py
+compiles a program against the machine's header and compares every field's
+offset and every structure's size with these mirrors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import c_uint8 as u8
+from ctypes import c_uint16 as u16
+from ctypes import c_uint32 as u32
+from ctypes import c_uint64 as u64
+
+from .ioctl import _IO, _IOR, _IOW, _IOWR
+
+KVMIO = 0xAE
+KVM_API_VERSION = 12
+
+
+class _Struct(ctypes.Structure):
+    _c_name_ = ""
+
+
+class _Union(ctypes.Union):
+    _c_name_ = ""
+
+
+class kvm_userspace_memory_region(_Struct):
+    _c_name_ = "struct kvm_userspace_memory_region"
+    _fields_ = [
+        ("slot", u32),
+        ("flags", u32),
+        ("guest_phys_addr", u64),
+        ("memory_size", u64),
+        ("userspace_addr", u64),
+    ]
+
+
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+
+
+class kvm_regs(_Struct):
+    _c_name_ = "struct kvm_regs"
+    _fields_ = [
+        (name, u64)
+        for name in (
+            "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags".split()
+        )
+    ]
+
+
+class kvm_segment(_Struct):
+    _c_name_ = "struct kvm_segment"
+    _fields_ = [
+        ("base", u64),
+        ("limit", u32),
+        ("selector", u16),
+        ("type", u8),
+        ("present", u8),
+        ("dpl", u8),
+        ("db", u8),
+        ("s", u8),
+        ("l", u8),
+        ("g", u8),
+        ("avl", u8),
+        ("unusable", u8),
+        ("padding", u8),
+    ]
+
+
+class kvm_dtable(_Struct):
+    _c_name_ = "struct kvm_dtable"
+    _fields_ = [("base", u64), ("limit", u16), ("padding", u16 * 3)]
+
+
+KVM_NR_INTERRUPTS = 256
+
+
+class kvm_sregs(_Struct):
+    _c_name_ = "struct kvm_sregs"
+    _fields_ = [
+        ("cs", kvm_segment),
+        ("ds", kvm_segment),
+        ("es", kvm_segment),
+        ("fs", kvm_segment),
+        ("gs", kvm_segment),
+        ("ss", kvm_segment),
+        ("tr", kvm_segment),
+        ("ldt", kvm_segment),
+        ("gdt", kvm_dtable),
+        ("idt", kvm_dtable),
+        ("cr0", u64),
+        ("cr2", u64),
+        ("cr3", u64),
+        ("cr4", u64),
+        ("cr8", u64),
+        ("efer", u64),
+        ("apic_base", u64),
+        ("interrupt_bitmap", u64 * ((KVM_NR_INTERRUPTS + 63) // 64)),
+    ]
+
+
+class kvm_fpu(_Struct):
+    _c_name_ = "struct kvm_fpu"
+    _fields_ = [
+        ("fpr", (u8 * 16) * 8),
+        ("fcw", u16),
+        ("fsw", u16),
+        ("ftwx", u8),
+        ("pad1", u8),
+        ("last_opcode", u16),
+        ("last_ip", u64),
+        ("last_dp", u64),
+        ("xmm", (u8 * 16) * 16),
+        ("mxcsr", u32),
+        ("pad2", u32),
+    ]
+
+
+class kvm_msr_entry(_Struct):
+    _c_name_ = "struct kvm_msr_entry"
+    _fields_ = [("index", u32), ("reserved", u32), ("data", u64)]
+
+
+class kvm_msrs(_Struct):
+    """Header only; the entries follow (see :func:`msrs_buffer`)."""
+
+    _c_name_ = "struct kvm_msrs"
+    _fields_ = [("nmsrs", u32), ("pad", u32)]
+
+
+class kvm_msr_list(_Struct):
+    """Header only; the indices follow."""
+
+    _c_name_ = "struct kvm_msr_list"
+    _fields_ = [("nmsrs", u32)]
+
+
+class kvm_cpuid_entry2(_Struct):
+    _c_name_ = "struct kvm_cpuid_entry2"
+    _fields_ = [
+        ("function", u32),
+        ("index", u32),
+        ("flags", u32),
+        ("eax", u32),
+        ("ebx", u32),
+        ("ecx", u32),
+        ("edx", u32),
+        ("padding", u32 * 3),
+    ]
+
+
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0
+
+
+class kvm_cpuid2(_Struct):
+    """Header only; the entries follow (see :func:`cpuid_buffer`)."""
+
+    _c_name_ = "struct kvm_cpuid2"
+    _fields_ = [("nent", u32), ("padding", u32)]
+
+
+def cpuid_buffer(nent: int) -> ctypes.Structure:
+    """A ``struct kvm_cpuid2`` followed by room for ``nent`` entries."""
+
+    class _cpuid2_n(ctypes.Structure):
+        _fields_ = [("nent", u32), ("padding", u32), ("entries", kvm_cpuid_entry2 * nent)]
+
+    buf = _cpuid2_n()
+    buf.nent = nent
+    return buf
+
+
+def msrs_buffer(indices: list[int]) -> ctypes.Structure:
+    """A ``struct kvm_msrs`` followed by one entry per MSR index."""
+
+    class _msrs_n(ctypes.Structure):
+        _fields_ = [("nmsrs", u32), ("pad", u32), ("entries", kvm_msr_entry * len(indices))]
+
+    buf = _msrs_n()
+    buf.nmsrs = len(indices)
+    for i, index in enumerate(indices):
+        buf.entries[i].index = index
+    return buf
+
+
+class kvm_irq_level(_Struct):
+    _c_name_ = "struct kvm_irq_level"
+    _fields_ = [("irq", u32), ("level", u32)]
+
+
+class kvm_pit_config(_Struct):
+    _c_name_ = "struct kvm_pit_config"
+    _fields_ = [("flags", u32), ("pad", u32 * 15)]
+
+
+class kvm_mp_state(_Struct):
+    _c_name_ = "struct kvm_mp_state"
+    _fields_ = [("mp_state", u32)]
+
+
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_INIT_RECEIVED = 2
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_SIPI_RECEIVED = 4
+
+
+class kvm_enable_cap(_Struct):
+    _c_name_ = "struct kvm_enable_cap"
+    _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
+
+
+# --- struct kvm_run and the parts of its exit union pyhv reads -----------------
+
+
+class _run_hw(_Struct):
+    _fields_ = [("hardware_exit_reason", u64)]
+
+
+class _run_fail_entry(_Struct):
+    _fields_ = [("hardware_entry_failure_reason", u64), ("cpu", u32)]
+
+
+class _run_ex(_Struct):
+    _fields_ = [("exception", u32), ("error_code", u32)]
+
+
+class _run_io(_Struct):
+    _fields_ = [("direction", u8), ("size", u8), ("port", u16), ("count", u32), ("data_offset", u64)]
+
+
+class _run_mmio(_Struct):
+    _fields_ = [("phys_addr", u64), ("data", u8 * 8), ("len", u32), ("is_write", u8)]
+
+
+class _run_internal(_Struct):
+    _fields_ = [("suberror", u32), ("ndata", u32), ("data", u64 * 16)]
+
+
+class _run_system_event(_Struct):
+    _fields_ = [("type", u32), ("ndata", u32), ("data", u64 * 16)]
+
+
+class _run_exit(_Union):
+    _fields_ = [
+        ("hw", _run_hw),
+        ("fail_entry", _run_fail_entry),
+        ("ex", _run_ex),
+        ("io", _run_io),
+        ("mmio", _run_mmio),
+        ("internal", _run_internal),
+        ("system_event", _run_system_event),
+        ("padding", ctypes.c_char * 256),
+    ]
+
+
+class kvm_run(_Struct):
+    """The head of the shared ``kvm_run`` page (the sync-regs area that follows is not mirrored)."""
+
+    _c_name_ = "struct kvm_run"
+    _anonymous_ = ("u",)
+    _fields_ = [
+        ("request_interrupt_window", u8),
+        ("immediate_exit", u8),
+        ("padding1", u8 * 6),
+        ("exit_reason", u32),
+        ("ready_for_interrupt_injection", u8),
+        ("if_flag", u8),
+        ("flags", u16),
+        ("cr8", u64),
+        ("apic_base", u64),
+        ("u", _run_exit),
+        ("kvm_valid_regs", u64),
+        ("kvm_dirty_regs", u64),
+    ]
+
+
+#: fields of the exit union checked against the header, as ``member.field``
+KVM_RUN_UNION_FIELDS = [
+    (member, field)
+    for member, struct in (
+        ("hw", _run_hw),
+        ("fail_entry", _run_fail_entry),
+        ("ex", _run_ex),
+        ("io", _run_io),
+        ("mmio", _run_mmio),
+        ("internal", _run_internal),
+        ("system_event", _run_system_event),
+    )
+    for field, _ in struct._fields_
+]
+
+# Offsets the vCPU hot path reads with struct.unpack_from (checked by the ABI test).
+KVM_RUN_OFF_IMMEDIATE_EXIT = kvm_run.immediate_exit.offset
+KVM_RUN_OFF_EXIT_REASON = kvm_run.exit_reason.offset
+KVM_RUN_OFF_EXIT = kvm_run.u.offset
+
+KVM_EXIT_UNKNOWN = 0
+KVM_EXIT_EXCEPTION = 1
+KVM_EXIT_IO = 2
+KVM_EXIT_HYPERCALL = 3
+KVM_EXIT_DEBUG = 4
+KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
+KVM_EXIT_IRQ_WINDOW_OPEN = 7
+KVM_EXIT_SHUTDOWN = 8
+KVM_EXIT_FAIL_ENTRY = 9
+KVM_EXIT_INTR = 10
+KVM_EXIT_NMI = 16
+KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_SYSTEM_EVENT = 24
+KVM_EXIT_X86_RDMSR = 29
+KVM_EXIT_X86_WRMSR = 30
+
+KVM_EXIT_IO_IN = 0
+KVM_EXIT_IO_OUT = 1
+
+KVM_INTERNAL_ERROR_EMULATION = 1
+KVM_INTERNAL_ERROR_SIMUL_EX = 2
+KVM_INTERNAL_ERROR_DELIVERY_EV = 3
+KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4
+
+KVM_SYSTEM_EVENT_SHUTDOWN = 1
+KVM_SYSTEM_EVENT_RESET = 2
+KVM_SYSTEM_EVENT_CRASH = 3
+
+# --- capabilities ---------------------------------------------------------------
+KVM_CAP_IRQCHIP = 0
+KVM_CAP_USER_MEMORY = 3
+KVM_CAP_SET_TSS_ADDR = 4
+KVM_CAP_EXT_CPUID = 7
+KVM_CAP_NR_VCPUS = 9
+KVM_CAP_NR_MEMSLOTS = 10
+KVM_CAP_PIT2 = 33
+KVM_CAP_IRQFD = 32
+KVM_CAP_IOEVENTFD = 36
+KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_IMMEDIATE_EXIT = 136
+
+# --- ioctls ---------------------------------------------------------------------
+# system
+KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
+KVM_CREATE_VM = _IO(KVMIO, 0x01)
+KVM_CHECK_EXTENSION = _IO(KVMIO, 0x03)
+KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04)
+KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, kvm_cpuid2)
+KVM_GET_MSR_INDEX_LIST = _IOWR(KVMIO, 0x02, kvm_msr_list)
+# vm
+KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
+KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region)
+KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
+KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, u64)
+KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60)
+KVM_IRQ_LINE = _IOW(KVMIO, 0x61, kvm_irq_level)
+KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, kvm_pit_config)
+KVM_ENABLE_CAP = _IOW(KVMIO, 0xA3, kvm_enable_cap)
+# vcpu
+KVM_RUN = _IO(KVMIO, 0x80)
+KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs)
+KVM_SET_REGS = _IOW(KVMIO, 0x82, kvm_regs)
+KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
+KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
+KVM_GET_MSRS = _IOWR(KVMIO, 0x88, kvm_msrs)
+KVM_SET_MSRS = _IOW(KVMIO, 0x89, kvm_msrs)
+KVM_GET_FPU = _IOR(KVMIO, 0x8C, kvm_fpu)
+KVM_SET_FPU = _IOW(KVMIO, 0x8D, kvm_fpu)
+KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)
+KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
+KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
+
+#: every ioctl number above, by the header's macro name (checked by the ABI test)
+IOCTLS = {name: value for name, value in globals().items() if name.startswith("KVM_") and name in {
+    "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE",
+    "KVM_GET_SUPPORTED_CPUID", "KVM_GET_MSR_INDEX_LIST", "KVM_CREATE_VCPU",
+    "KVM_SET_USER_MEMORY_REGION", "KVM_SET_TSS_ADDR", "KVM_SET_IDENTITY_MAP_ADDR",
+    "KVM_CREATE_IRQCHIP", "KVM_IRQ_LINE", "KVM_CREATE_PIT2", "KVM_ENABLE_CAP", "KVM_RUN",
+    "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_MSRS",
+    "KVM_SET_MSRS", "KVM_GET_FPU", "KVM_SET_FPU", "KVM_SET_CPUID2", "KVM_GET_MP_STATE",
+    "KVM_SET_MP_STATE",
+}}
+
+#: the mirrored structures, for the ABI test
+STRUCTS = [
+    kvm_userspace_memory_region, kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_fpu,
+    kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_cpuid_entry2, kvm_cpuid2, kvm_irq_level, kvm_pit_config,
+    kvm_mp_state, kvm_enable_cap, kvm_run,
+]
+

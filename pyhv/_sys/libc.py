@@ -1,0 +1,67 @@
+"""libc calls pyhv needs that the standard library does not wrap: mmap with an
+address we can hand to KVM, munmap, madvise, and views on raw host memory."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap as _mmap
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.restype = ctypes.c_int
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+PROT_READ = _mmap.PROT_READ
+PROT_WRITE = _mmap.PROT_WRITE
+MAP_SHARED = _mmap.MAP_SHARED
+MAP_PRIVATE = _mmap.MAP_PRIVATE
+MAP_ANONYMOUS = _mmap.MAP_ANONYMOUS
+MAP_NORESERVE = 0x4000
+MADV_DONTNEED = 4
+MADV_MERGEABLE = 12
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _err(name: str) -> OSError:
+    e = ctypes.get_errno()
+    return OSError(e, f"{name}: {os.strerror(e)}")
+
+
+def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+    """Map memory; return its host address.  Raises OSError."""
+    addr = _libc.mmap(None, length, prot, flags, fd, offset)
+    if addr is None or addr == MAP_FAILED:
+        raise _err("mmap")
+    return int(addr)
+
+
+def munmap(addr: int, length: int) -> None:
+    if _libc.munmap(addr, length) != 0:
+        raise _err("munmap")
+
+
+def madvise(addr: int, length: int, advice: int) -> None:
+    if _libc.madvise(addr, length, advice) != 0:
+        raise _err("madvise")
+
+
+def view(addr: int, length: int) -> memoryview:
+    """A writable byte view of ``length`` bytes of host memory at ``addr``.
+
+    The caller guarantees the mapping outlives the view: pyhv.memory releases
+    every view before it unmaps.
+    """
+    return memoryview((ctypes.c_ubyte * length).from_address(addr)).cast("B")
+
+
+def map_vcpu_run(fd: int, size: int) -> _mmap.mmap:
+    """Map a vCPU's ``struct kvm_run`` page(s)."""
+    return _mmap.mmap(fd, size, _mmap.MAP_SHARED, _mmap.PROT_READ | _mmap.PROT_WRITE)

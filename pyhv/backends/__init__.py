@@ -1,0 +1,1 @@
+"""Host-side backends behind devices: consoles now; files, TAPs and sockets later."""

@@ -1,0 +1,136 @@
+"""Where a serial port's bytes go and come from.
+
+A console backend has ``write(data)`` for what the guest transmits and, when
+it has an input side, delivers what the user types to a ``sink`` callable (the
+UART's receive FIFO) from its own thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import termios
+import threading
+import time
+import tty
+from typing import Callable
+
+from ..errors import UsageError
+
+#: Ctrl-] ends an interactive session, as in ``xl console`` and telnet.
+ESCAPE_BYTE = 0x1D
+
+
+class Console:
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def start_input(self, sink: Callable[[bytes], int], on_escape: Callable[[], None]) -> None:
+        """Begin delivering input to ``sink`` (returns how many bytes it took)."""
+
+    def close(self) -> None:
+        pass
+
+
+class NullConsole(Console):
+    def write(self, data: bytes) -> None:
+        pass
+
+
+class FdConsole(Console):
+    """Output to a file descriptor (stdout or an opened file)."""
+
+    def __init__(self, fd: int, owned: bool) -> None:
+        self.fd = fd
+        self.owned = owned
+        self.broken = False
+
+    def write(self, data: bytes) -> None:
+        if self.broken:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            except OSError:
+                self.broken = True  # reader went away: drop output, keep the guest running
+                return
+            view = view[n:]
+
+    def close(self) -> None:
+        if self.owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class StdioConsole(FdConsole):
+    """The terminal: output to stdout, input from stdin (raw mode if a tty)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout.fileno(), owned=False)
+        self.in_fd = sys.stdin.fileno() if sys.stdin is not None else -1
+        self._saved: list | None = None  # type: ignore[type-arg]
+
+    def start_input(self, sink: Callable[[bytes], int], on_escape: Callable[[], None]) -> None:
+        if self.in_fd < 0:
+            return
+        interactive = os.isatty(self.in_fd)
+        if interactive:
+            self._saved = termios.tcgetattr(self.in_fd)
+            tty.setraw(self.in_fd)
+            attrs = termios.tcgetattr(self.in_fd)
+            attrs[1] |= termios.OPOST | termios.ONLCR  # keep "\n" -> "\r\n" on output
+            termios.tcsetattr(self.in_fd, termios.TCSANOW, attrs)
+        t = threading.Thread(
+            target=self._pump, args=(sink, on_escape, interactive), name="console-input", daemon=True
+        )
+        t.start()
+
+    def _pump(self, sink: Callable[[bytes], int], on_escape: Callable[[], None], interactive: bool) -> None:
+        while True:
+            try:
+                data = os.read(self.in_fd, 256)
+            except OSError:
+                return
+            if not data:
+                return
+            if interactive and ESCAPE_BYTE in data:
+                data = data[: data.index(ESCAPE_BYTE)]
+                self._feed(sink, data)
+                on_escape()
+                return
+            self._feed(sink, data)
+
+    @staticmethod
+    def _feed(sink: Callable[[bytes], int], data: bytes) -> None:
+        while data:
+            n = sink(data)
+            data = data[n:]
+            if data:
+                time.sleep(0.002)  # receive FIFO full: let the guest drain it
+
+    def close(self) -> None:
+        if self._saved is not None:
+            termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+
+def open_console(spec: str) -> Console:
+    """``stdio``, ``file:PATH`` or ``none``."""
+    if spec == "stdio":
+        return StdioConsole()
+    if spec == "none":
+        return NullConsole()
+    if spec.startswith("file:") and len(spec) > 5:
+        path = spec[5:]
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise UsageError(f"--serial {spec}: cannot open {path}: {e.strerror}") from None
+        return FdConsole(fd, owned=True)
+    raise UsageError(f"--serial {spec!r}: expected stdio, file:PATH or none")

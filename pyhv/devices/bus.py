@@ -1,0 +1,108 @@
+"""Port-I/O and MMIO buses: address ranges mapped to devices.
+
+A device on a bus implements :class:`BusDevice`: ``read(offset, size)`` and
+``write(offset, size, value)`` with ``offset`` relative to the start of the
+range it was inserted at.  Ranges may not overlap; inserting one that does is a
+wiring bug and raises :class:`BusConflict`.
+
+Accesses to addresses no device claims are not errors: reads return all ones
+(what an unclaimed ISA/PCI read returns on real hardware) and writes are
+dropped.  The port bus keeps a flat per-port table because the vCPU loop looks
+up a port on every port-I/O exit.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import PyhvError
+
+
+class BusDevice(Protocol):
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+class BusConflict(PyhvError):
+    pass
+
+
+@dataclass(frozen=True)
+class Range:
+    base: int
+    length: int
+    device: BusDevice
+    name: str
+
+    @property
+    def end(self) -> int:
+        return self.base + self.length
+
+
+ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
+
+
+class Bus:
+    """Sorted, non-overlapping ranges with lookup by address."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self._ranges: list[Range] = []
+        self._bases: list[int] = []
+
+    def insert(self, base: int, length: int, device: BusDevice, name: str) -> None:
+        if length <= 0 or base < 0 or base + length > self.limit:
+            raise BusConflict(f"{self.name}: {name} range {base:#x}+{length:#x} is invalid")
+        for r in self._ranges:
+            if base < r.end and r.base < base + length:
+                raise BusConflict(
+                    f"{self.name}: {name} at {base:#x}+{length:#x} overlaps {r.name} at {r.base:#x}+{r.length:#x}"
+                )
+        i = bisect.bisect(self._bases, base)
+        self._ranges.insert(i, Range(base, length, device, name))
+        self._bases.insert(i, base)
+
+    def find(self, addr: int) -> Range | None:
+        i = bisect.bisect(self._bases, addr) - 1
+        if i >= 0:
+            r = self._ranges[i]
+            if addr < r.end:
+                return r
+        return None
+
+    def ranges(self) -> list[Range]:
+        return list(self._ranges)
+
+    def read(self, addr: int, size: int) -> int:
+        r = self.find(addr)
+        if r is None:
+            return ALL_ONES.get(size, 0)
+        return r.device.read(addr - r.base, size)
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        r = self.find(addr)
+        if r is not None:
+            r.device.write(addr - r.base, size, value)
+
+
+class PioBus(Bus):
+    """The 64 KiB x86 I/O port space, with a per-port table for the hot path."""
+
+    def __init__(self) -> None:
+        super().__init__("port bus", 0x10000)
+        #: port -> (device, base)
+        self.table: dict[int, tuple[BusDevice, int]] = {}
+
+    def insert(self, base: int, length: int, device: BusDevice, name: str) -> None:
+        super().insert(base, length, device, name)
+        for port in range(base, base + length):
+            self.table[port] = (device, base)
+
+
+class MmioBus(Bus):
+    def __init__(self) -> None:
+        super().__init__("MMIO bus", 1 << 52)

@@ -1,0 +1,145 @@
+"""Guest physical memory: host mappings registered with KVM as memory slots.
+
+Layout (x86): RAM starts at guest-physical 0 and runs up to the MMIO hole at
+3 GiB (:data:`MMIO_HOLE_START`); RAM beyond that continues at 4 GiB.  Each RAM
+range is one host mapping and one KVM memory slot, so KVM's second-level
+translation (guest-physical to host) is exactly the table in :attr:`regions`.
+
+Every access from pyhv into guest memory goes through :meth:`GuestMemory.read`,
+:meth:`GuestMemory.write` or :meth:`GuestMemory.view`, which check that the
+whole range ``[gpa, gpa + size)`` lies inside one region before touching host
+memory; a range that straddles regions or leaves RAM raises
+:class:`~pyhv.errors.MemoryAccessError`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ._sys import libc
+from .errors import MemoryAccessError, PyhvError
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+PAGE_SIZE = 4096
+
+#: start of the hole below 4 GiB kept free of RAM for device MMIO, APIC, BIOS area
+MMIO_HOLE_START = 3 * GiB
+MMIO_HOLE_END = 4 * GiB
+
+
+def x86_ram_layout(size: int) -> list[tuple[int, int]]:
+    """(gpa, size) of each RAM range for a guest with ``size`` bytes of memory."""
+    if size <= 0 or size % PAGE_SIZE:
+        raise PyhvError(f"memory size {size} must be a positive multiple of {PAGE_SIZE}")
+    low = min(size, MMIO_HOLE_START)
+    ranges = [(0, low)]
+    if size > low:
+        ranges.append((MMIO_HOLE_END, size - low))
+    return ranges
+
+
+@dataclass
+class Region:
+    gpa: int
+    size: int
+    host_addr: int
+    view: memoryview
+    fd: int = -1  # memfd backing, or -1 for anonymous memory
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+class GuestMemory:
+    """Guest RAM made of host mappings; all accesses bounds-checked."""
+
+    def __init__(self, size: int, *, memfd: bool = False) -> None:
+        self.size = size
+        self.regions: list[Region] = []
+        try:
+            for gpa, length in x86_ram_layout(size):
+                self.regions.append(self._map(gpa, length, memfd))
+        except OSError as e:
+            self.close()
+            raise PyhvError(f"cannot allocate {size // MiB} MiB of guest memory: {e.strerror}") from None
+
+    @staticmethod
+    def _map(gpa: int, length: int, memfd: bool) -> Region:
+        prot = libc.PROT_READ | libc.PROT_WRITE
+        if memfd:
+            fd = os.memfd_create(f"pyhv-ram-{gpa:#x}", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, length)
+                addr = libc.mmap(length, prot, libc.MAP_SHARED | libc.MAP_NORESERVE, fd)
+            except OSError:
+                os.close(fd)
+                raise
+        else:
+            fd = -1
+            addr = libc.mmap(
+                length, prot, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE
+            )
+        return Region(gpa, length, addr, libc.view(addr, length), fd)
+
+    # --- translation -----------------------------------------------------------
+
+    def _find(self, gpa: int, size: int) -> Region:
+        if gpa < 0 or size < 0:
+            raise MemoryAccessError(f"guest range {gpa:#x}+{size:#x} is invalid")
+        for region in self.regions:
+            if region.gpa <= gpa and gpa + size <= region.end:
+                return region
+        raise MemoryAccessError(f"guest range {gpa:#x}+{size:#x} is outside guest RAM")
+
+    def contains(self, gpa: int, size: int = 1) -> bool:
+        try:
+            self._find(gpa, size)
+        except MemoryAccessError:
+            return False
+        return True
+
+    def host_address(self, gpa: int, size: int = 1) -> int:
+        """Host virtual address of ``gpa``, after checking ``[gpa, gpa+size)`` is RAM."""
+        region = self._find(gpa, size)
+        return region.host_addr + (gpa - region.gpa)
+
+    def view(self, gpa: int, size: int) -> memoryview:
+        """A writable view of ``[gpa, gpa+size)``, which must lie inside one RAM region."""
+        region = self._find(gpa, size)
+        start = gpa - region.gpa
+        return region.view[start : start + size]
+
+    def read(self, gpa: int, size: int) -> bytes:
+        return bytes(self.view(gpa, size))
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self.view(gpa, len(data))[:] = data
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        return [(r.gpa, r.size) for r in self.regions]
+
+    # --- lifetime --------------------------------------------------------------
+
+    def register(self, vm: "VmLike", first_slot: int = 0) -> None:
+        """Register every region with KVM as a memory slot."""
+        for i, region in enumerate(self.regions):
+            vm.set_user_memory_region(first_slot + i, region.gpa, region.size, region.host_addr)
+
+    def close(self) -> None:
+        """Unmap everything.  Views handed out earlier must not be used after this."""
+        for region in self.regions:
+            region.view.release()
+            libc.munmap(region.host_addr, region.size)
+            if region.fd >= 0:
+                os.close(region.fd)
+        self.regions = []
+
+
+class VmLike:  # pragma: no cover - typing aid
+    def set_user_memory_region(
+        self, slot: int, guest_phys_addr: int, memory_size: int, userspace_addr: int, flags: int = 0
+    ) -> None: ...

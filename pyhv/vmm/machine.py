@@ -1,0 +1,100 @@
+"""A running machine: memory, buses, devices and vCPU threads, and its lifecycle.
+
+Threads: the caller's thread (owns the Machine, calls start/pause/stop/wait),
+one thread per vCPU (sits in KVM_RUN; touches its vCPU, the buses and the
+devices it reaches through them), and the console input thread (only calls the
+UART's ``enqueue``).  The first stop reason recorded wins; recording one asks
+every vCPU to stop.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backends.console import Console
+from ..devices.bus import MmioBus, PioBus
+from ..devices.legacy.port80 import ProgressCodes
+from ..kvm import Kvm, Vm
+from ..memory import GuestMemory
+from ..vcpu import Stop, StopKind, VcpuThread
+from ..vcpu.thread import install_kick_handler
+from .config import MachineConfig
+
+
+@dataclass
+class Machine:
+    config: MachineConfig
+    kvm: Kvm
+    vm: Vm
+    memory: GuestMemory
+    pio: PioBus
+    mmio: MmioBus
+    console: Console
+    progress: ProgressCodes
+    devices: dict[str, Any] = field(default_factory=dict)
+    vcpus: list[VcpuThread] = field(default_factory=list)
+    _stop: Stop | None = None
+    _stopped: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        install_kick_handler()
+        for v in self.vcpus:
+            v.start()
+
+    def request_stop(self, stop: Stop) -> None:
+        """Record why the machine stops (first caller wins) and stop every vCPU.
+
+        Safe from any thread, including a vCPU thread inside an exit handler."""
+        with self._lock:
+            if self._stop is None:
+                self._stop = stop
+        for v in self.vcpus:
+            v.request(VcpuThread.STOPPED)
+        if all(v.state == VcpuThread.STOPPED for v in self.vcpus):
+            self._stopped.set()
+
+    def _vcpu_stopped(self, stop: Stop | None) -> None:
+        if stop is not None:
+            self.request_stop(stop)
+        elif all(v.state == VcpuThread.STOPPED for v in self.vcpus):
+            self._stopped.set()
+
+    def pause(self, timeout: float = 5.0) -> None:
+        for v in self.vcpus:
+            v.request(VcpuThread.PAUSED)
+        for v in self.vcpus:
+            v.wait_state(VcpuThread.PAUSED, timeout)
+
+    def resume(self) -> None:
+        for v in self.vcpus:
+            v.request(VcpuThread.RUNNING)
+
+    def wait(self, timeout: float | None = None) -> Stop | None:
+        """Wait until every vCPU has stopped; the reason, or None on timeout."""
+        if not self._stopped.wait(timeout):
+            return None
+        for v in self.vcpus:
+            v.join()
+        return self._stop or Stop(StopKind.HOST, 0, "stopped")
+
+    def stop(self) -> Stop:
+        self.request_stop(Stop(StopKind.HOST, 0, "stopped by the host"))
+        stop = self.wait()
+        assert stop is not None
+        return stop
+
+    def close(self) -> None:
+        """Stop if running and release every resource (fds, memory, terminal)."""
+        if any(v.state in (VcpuThread.RUNNING, VcpuThread.PAUSED) for v in self.vcpus):
+            self.stop()
+        for v in self.vcpus:
+            v.vcpu.close()
+        self.vm.close()
+        self.memory.close()
+        self.kvm.close()
+        self.console.close()

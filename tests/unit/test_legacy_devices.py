@@ -1,0 +1,126 @@
+import pytest
+
+from pyhv.devices.legacy import uart as u
+from pyhv.devices.legacy.debug_exit import DebugExit
+from pyhv.devices.legacy.i8042 import I8042
+from pyhv.devices.legacy.port80 import ProgressCodes
+from pyhv.errors import PyhvError
+
+
+class Line:
+    def __init__(self) -> None:
+        self.levels: list[bool] = []
+
+    def __call__(self, level: bool) -> None:
+        self.levels.append(level)
+
+
+@pytest.fixture
+def out() -> bytearray:
+    return bytearray()
+
+
+@pytest.fixture
+def irq() -> Line:
+    return Line()
+
+
+@pytest.fixture
+def uart(out: bytearray, irq: Line) -> u.Uart:
+    return u.Uart(out.extend, irq)
+
+
+def test_thr_write_reaches_the_output(uart: u.Uart, out: bytearray) -> None:
+    for ch in b"ok\n":
+        uart.write(u.THR, 1, ch)
+    assert bytes(out) == b"ok\n"
+
+
+def test_lsr_reports_transmitter_empty(uart: u.Uart) -> None:
+    assert uart.read(u.LSR, 1) & (u.LSR_EMPTY_THR_BIT | u.LSR_IDLE_BIT) == 0x60
+
+
+def test_dlab_redirects_offsets_zero_and_one_to_the_divisor(uart: u.Uart, out: bytearray) -> None:
+    uart.write(u.LCR, 1, u.LCR_DLAB_BIT | 3)
+    uart.write(u.DLL, 1, 1)
+    uart.write(u.DLM, 1, 0)
+    uart.write(u.LCR, 1, 3)
+    assert (uart.dll, uart.dlm, bytes(out)) == (1, 0, b"")
+
+
+def test_received_byte_sets_data_ready_and_raises_irq(uart: u.Uart, irq: Line) -> None:
+    uart.write(u.IER, 1, u.IER_RDA_BIT)
+    uart.enqueue(b"x")
+    assert uart.read(u.LSR, 1) & u.LSR_DATA_READY_BIT and uart.read(u.IIR, 1) == u.IIR_RDA
+    assert irq.levels == [True]
+
+
+def test_reading_rbr_drains_and_drops_irq(uart: u.Uart, irq: Line) -> None:
+    uart.write(u.IER, 1, u.IER_RDA_BIT)
+    uart.enqueue(b"x")
+    assert uart.read(u.RBR, 1) == ord("x")
+    assert irq.levels == [True, False]
+
+
+def test_enabling_thre_interrupt_raises_it_and_iir_read_clears_it(uart: u.Uart, irq: Line) -> None:
+    uart.write(u.IER, 1, u.IER_THRE_BIT)
+    assert uart.read(u.IIR, 1) == u.IIR_THRE
+    assert uart.read(u.IIR, 1) == u.IIR_NO_INT_BIT and irq.levels == [True, False]
+
+
+def test_loopback_sends_thr_to_rbr(uart: u.Uart, out: bytearray) -> None:
+    uart.write(u.MCR, 1, u.MCR_LOOP_BIT)
+    uart.write(u.THR, 1, 0x5A)
+    assert uart.read(u.RBR, 1) == 0x5A and bytes(out) == b""
+
+
+def test_receive_fifo_takes_at_most_its_size(uart: u.Uart) -> None:
+    assert uart.enqueue(bytes(100)) == u.RX_FIFO_SIZE
+
+
+def test_state_round_trip_restores_registers(uart: u.Uart, out: bytearray) -> None:
+    uart.write(u.SCR, 1, 0x77)
+    uart.enqueue(b"ab")
+    other = u.Uart(out.extend)
+    other.set_state(uart.state())
+    assert other.state() == uart.state()
+
+
+def test_state_with_bad_value_is_refused(uart: u.Uart) -> None:
+    bad = uart.state() | {"lcr": 300}
+    with pytest.raises(PyhvError, match="lcr"):
+        uart.set_state(bad)
+
+
+def test_i8042_pulse_reset_command_resets() -> None:
+    resets: list[int] = []
+    kbc = I8042(lambda: resets.append(1))
+    kbc.command.write(0, 1, 0xFE)
+    assert resets == [1]
+
+
+def test_i8042_self_test_answers_0x55() -> None:
+    kbc = I8042(lambda: None)
+    kbc.command.write(0, 1, 0xAA)
+    assert kbc.command.read(0, 1) & 1 and kbc.data.read(0, 1) == 0x55
+
+
+def test_i8042_output_port_write_clearing_bit0_resets() -> None:
+    resets: list[int] = []
+    kbc = I8042(lambda: resets.append(1))
+    kbc.command.write(0, 1, 0xD1)
+    kbc.data.write(0, 1, 0xFE)
+    assert resets == [1]
+
+
+def test_debug_exit_passes_the_written_value() -> None:
+    values: list[int] = []
+    DebugExit(values.append).write(0, 4, 0x31)
+    assert values == [0x31]
+
+
+def test_port80_records_codes_in_order() -> None:
+    p = ProgressCodes()
+    p.write(0, 1, 0x10)
+    p.write(0, 1, 0x1FF)
+    assert [c for _, c in p.records] == [0x10, 0xFF] and p.read(0, 1) == 0xFF

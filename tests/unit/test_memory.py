@@ -1,0 +1,71 @@
+import pytest
+
+from pyhv.errors import MemoryAccessError, PyhvError
+from pyhv.memory import GiB, MiB, GuestMemory, x86_ram_layout
+
+
+def test_small_guest_is_one_low_range() -> None:
+    assert x86_ram_layout(256 * MiB) == [(0, 256 * MiB)]
+
+
+def test_large_guest_splits_around_the_mmio_hole() -> None:
+    assert x86_ram_layout(5 * GiB) == [(0, 3 * GiB), (4 * GiB, 2 * GiB)]
+
+
+def test_unaligned_size_is_refused() -> None:
+    with pytest.raises(PyhvError):
+        x86_ram_layout(MiB + 1)
+
+
+@pytest.fixture
+def mem() -> GuestMemory:
+    m = GuestMemory(16 * MiB)
+    yield m
+    m.close()
+
+
+def test_write_then_read_returns_the_bytes(mem: GuestMemory) -> None:
+    mem.write(0x1234, b"pyhv")
+    assert mem.read(0x1234, 4) == b"pyhv"
+
+
+def test_write_past_the_end_raises_and_writes_nothing(mem: GuestMemory) -> None:
+    mem.write(16 * MiB - 2, b"\0\0")
+    with pytest.raises(MemoryAccessError):
+        mem.write(16 * MiB - 2, b"abc")
+    assert mem.read(16 * MiB - 2, 2) == b"\0\0"
+
+
+def test_negative_address_is_refused(mem: GuestMemory) -> None:
+    with pytest.raises(MemoryAccessError):
+        mem.read(-1, 1)
+
+
+def test_access_in_the_mmio_hole_is_refused() -> None:
+    m = GuestMemory(4 * GiB)
+    try:
+        with pytest.raises(MemoryAccessError):
+            m.read(3 * GiB + 16, 4)
+    finally:
+        m.close()
+
+
+def test_access_straddling_two_regions_is_refused() -> None:
+    m = GuestMemory(4 * GiB)
+    try:
+        assert not m.contains(3 * GiB - 2, 4)
+    finally:
+        m.close()
+
+
+def test_memfd_backing_reads_back_what_was_written() -> None:
+    m = GuestMemory(16 * MiB, memfd=True)
+    try:
+        m.write(0, b"x" * 10)
+        assert m.read(0, 10) == b"x" * 10
+    finally:
+        m.close()
+
+
+def test_host_address_is_inside_the_mapping(mem: GuestMemory) -> None:
+    assert mem.host_address(0x1000) == mem.regions[0].host_addr + 0x1000
