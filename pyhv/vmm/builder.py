@@ -25,15 +25,17 @@ _BOOT_PROTOCOL = {"auto": "auto", "linux": "linux", "pvh": "pvh", "multiboot": "
 def build(config: MachineConfig, kvm: Kvm | None = None) -> Machine:
     """Create a machine ready to start; on any error release what was made."""
     console = open_console(config.serial)
-    kvm = kvm or Kvm()
-    vm = memory = None
+    vm = memory = machine = None
     try:
-        vm = kvm.create_vm()
-        vm.set_tss_addr()
+        # Images are checked and loaded before /dev/kvm is touched: bad input
+        # fails the same way on any machine, and fails fast.
         memory = GuestMemory(config.memory)
         entry = load_kernel(
             memory, config.kernel, config.initrd, config.cmdline, protocol=_BOOT_PROTOCOL[config.boot]
         )
+        kvm = kvm or Kvm()
+        vm = kvm.create_vm()
+        vm.set_tss_addr()
         memory.register(vm)
         vm.create_irqchip()
 
@@ -68,12 +70,12 @@ def build(config: MachineConfig, kvm: Kvm | None = None) -> Machine:
         )
         return machine
     except BaseException:
-        if memory is not None:
-            memory.close()
-        if vm is not None:
-            vm.close()
-        kvm.close()
-        console.close()
+        if machine is not None:
+            machine.close()
+        else:
+            for resource in (memory, vm, kvm, console):
+                if resource is not None:
+                    resource.close()
         raise
 
 

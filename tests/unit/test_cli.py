@@ -1,0 +1,45 @@
+"""Bad input to ``pyhv run`` gives one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import ROOT
+
+
+def pyhv(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "pyhv", *args], capture_output=True, text=True, env=env,
+        stdin=subprocess.DEVNULL, timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "--kernel", "/etc/hostname"], "/etc/hostname: "),
+        (["run", "--kernel", "/nonexistent/vmlinuz"], "/nonexistent/vmlinuz: "),
+        (["run", "--kernel", "/etc"], "/etc: "),
+        (["run", "--kernel", "/etc/hostname", "--memory", "lots"], "--memory 'lots'"),
+        (["run", "--kernel", "/etc/hostname", "--vcpus", "0"], "vcpus 0"),
+        (["run", "--kernel", "/etc/hostname", "--serial", "tcp:1"], "--serial 'tcp:1'"),
+        (["run"], "--kernel"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_prints_one_line_and_exits_2(args: list[str], message: str) -> None:
+    p = pyhv(*args)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("pyhv: ") and message in p.stderr
+
+
+def test_empty_kernel_file_is_refused(tmp_path: os.PathLike[str]) -> None:
+    empty = os.path.join(tmp_path, "empty")
+    open(empty, "wb").close()
+    p = pyhv("run", "--kernel", empty)
+    assert p.returncode == 2 and p.stderr.startswith(f"pyhv: {empty}: ") and "Traceback" not in p.stderr
