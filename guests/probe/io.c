@@ -1,0 +1,159 @@
+/*
+ * Output on COM1 and the debug-exit device.  Used from ring 3 and from the
+ * ring-0 exception handler alike.
+ */
+#include "probe.h"
+
+#define UART_THR        0               /* transmit holding register */
+#define UART_LSR        5               /* line status register */
+#define UART_LSR_THRE   0x20
+
+/*
+ * Bounded wait for THRE.  If it ever times out, the device is taken to
+ * never report THRE and polling stops for the rest of the run, so a
+ * missing or incomplete UART costs one timeout, not one per byte.
+ */
+#define THRE_POLL_LIMIT 10000
+
+int io_use_gate;
+static int thre_broken;
+
+void put_char(char c)
+{
+    if (!thre_broken) {
+        unsigned tries = 0;
+
+        while (!(port_inb(COM1_PORT + UART_LSR) & UART_LSR_THRE)) {
+            if (++tries >= THRE_POLL_LIMIT) {
+                thre_broken = 1;
+                break;
+            }
+        }
+    }
+    port_outb(COM1_PORT + UART_THR, (uint8_t)c);
+}
+
+void put_str(const char *s)
+{
+    while (*s)
+        put_char(*s++);
+}
+
+void put_dec(uint64_t v)
+{
+    char buf[20];
+    int i = 0;
+
+    do {
+        buf[i++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (i)
+        put_char(buf[--i]);
+}
+
+static const char hex_digits[] = "0123456789abcdef";
+
+void put_hex(uint64_t v)
+{
+    int shift = 60;
+
+    put_str("0x");
+    while (shift > 0 && !((v >> shift) & 0xf))
+        shift -= 4;
+    for (; shift >= 0; shift -= 4)
+        put_char(hex_digits[(v >> shift) & 0xf]);
+}
+
+void put_hex16(uint64_t v)
+{
+    int shift;
+
+    put_str("0x");
+    for (shift = 60; shift >= 0; shift -= 4)
+        put_char(hex_digits[(v >> shift) & 0xf]);
+}
+
+/*
+ * Printable ASCII goes out as is; '"', '\\' and anything outside
+ * 0x20..0x7e are written as \xHH so a quoted value stays one token.
+ */
+void put_escaped(const char *s, size_t len)
+{
+    while (len--) {
+        unsigned char c = (unsigned char)*s++;
+
+        if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') {
+            put_str("\\x");
+            put_char(hex_digits[c >> 4]);
+            put_char(hex_digits[c & 0xf]);
+        } else {
+            put_char((char)c);
+        }
+    }
+}
+
+void line_begin(const char *tag)
+{
+    put_str("probe:");
+    if (tag) {
+        put_char(' ');
+        put_str(tag);
+    }
+}
+
+static void key(const char *k)
+{
+    put_char(' ');
+    put_str(k);
+    put_char('=');
+}
+
+void kv_dec(const char *k, uint64_t v)
+{
+    key(k);
+    put_dec(v);
+}
+
+void kv_hex(const char *k, uint64_t v)
+{
+    key(k);
+    put_hex(v);
+}
+
+void kv_str(const char *k, const char *v)
+{
+    key(k);
+    put_str(v);
+}
+
+void line_end(void)
+{
+    put_char('\n');
+}
+
+void probe_exit(uint32_t status)
+{
+    port_outl(DEBUG_EXIT_PORT, status);
+    probe_halt();
+}
+
+/* The compiler may emit calls to these. */
+void *memset(void *d, int c, size_t n)
+{
+    unsigned char *p = d;
+
+    while (n--)
+        *p++ = (unsigned char)c;
+    return d;
+}
+
+void *memcpy(void *d, const void *s, size_t n)
+{
+    unsigned char *p = d;
+    const unsigned char *q = s;
+
+    while (n--)
+        *p++ = *q++;
+    return d;
+}

@@ -1,0 +1,360 @@
+/*
+ * Ring-3 part of the probe: command line, workloads, result.
+ */
+#include "probe.h"
+
+#define ZP_EXT_CMD_LINE_PTR 0x0c8       /* boot_params.ext_cmd_line_ptr */
+#define ZP_CMD_LINE_PTR     0x228       /* boot_params.hdr.cmd_line_ptr */
+#define HVM_START_MAGIC     0x336ec578
+#define HVM_CMDLINE_PADDR   24          /* hvm_start_info.cmdline_paddr */
+#define CMDLINE_MAX         4096
+#define MAPPED_LIMIT        0x100000000ULL  /* identity map covers 0..4 GiB */
+
+struct options {
+    const char *test;
+    size_t test_len;
+    uint64_t n;
+    int have_n;
+    uint64_t port;
+    uint64_t addr;
+};
+
+/* ------------------------------------------------------------------ */
+
+static void print_result(int pass)
+{
+    line_begin(NULL);
+    kv_str("result", pass ? "pass" : "fail");
+    line_end();
+}
+
+/* probe: error="<msg><arg>", probe: result=fail, exit 1 */
+static NORETURN void fail(const char *msg, const char *arg, size_t arg_len)
+{
+    line_begin(NULL);
+    put_str(" error=\"");
+    put_str(msg);
+    put_escaped(arg, arg_len);
+    put_str("\"");
+    line_end();
+    print_result(0);
+    probe_exit(EXIT_FAIL);
+}
+
+static NORETURN void pass(void)
+{
+    print_result(1);
+    probe_exit(EXIT_PASS);
+}
+
+/* ------------------------------------------------------------------ */
+/* Command line.                                                        */
+
+static size_t bounded_strlen(const char *s, size_t max)
+{
+    size_t n = 0;
+
+    while (n < max && s[n])
+        n++;
+    return n;
+}
+
+static int mem_eq(const char *a, size_t alen, const char *b)
+{
+    size_t blen = bounded_strlen(b, CMDLINE_MAX);
+    size_t i;
+
+    if (alen != blen)
+        return 0;
+    for (i = 0; i < alen; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/*
+ * Parse an unsigned number: decimal, or hex with a 0x prefix when
+ * allow_hex is set.  Returns 0 on syntax error or overflow.
+ */
+static int parse_u64(const char *s, size_t len, int allow_hex, uint64_t *out)
+{
+    uint64_t v = 0;
+    unsigned base = 10;
+    size_t i = 0;
+
+    if (allow_hex && len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        base = 16;
+        i = 2;
+    }
+    if (i == len)
+        return 0;
+    for (; i < len; i++) {
+        char c = s[i];
+        unsigned d;
+
+        if (c >= '0' && c <= '9')
+            d = (unsigned)(c - '0');
+        else if (base == 16 && c >= 'a' && c <= 'f')
+            d = (unsigned)(c - 'a' + 10);
+        else if (base == 16 && c >= 'A' && c <= 'F')
+            d = (unsigned)(c - 'A' + 10);
+        else
+            return 0;
+        if (v > (UINT64_MAX - d) / base)
+            return 0;
+        v = v * base + d;
+    }
+    *out = v;
+    return 1;
+}
+
+static void parse_option(struct options *o, const char *tok, size_t len)
+{
+    const char *key = tok, *val;
+    size_t key_len = 0, val_len;
+    uint64_t v;
+
+    while (key_len < len && tok[key_len] != '=')
+        key_len++;
+    val = tok + key_len + (key_len < len);
+    val_len = len - key_len - (key_len < len);
+
+    if (mem_eq(key, key_len, "probe.test")) {
+        o->test = val;
+        o->test_len = val_len;
+    } else if (mem_eq(key, key_len, "probe.n")) {
+        if (!parse_u64(val, val_len, 0, &v))
+            fail("bad value for probe.n: ", val, val_len);
+        o->n = v;
+        o->have_n = 1;
+    } else if (mem_eq(key, key_len, "probe.port")) {
+        if (!parse_u64(val, val_len, 1, &v) || v > 0xffff)
+            fail("bad value for probe.port: ", val, val_len);
+        o->port = v;
+    } else if (mem_eq(key, key_len, "probe.addr")) {
+        if (!parse_u64(val, val_len, 1, &v) || v > MAPPED_LIMIT - 4 || (v & 3))
+            fail("bad value for probe.addr: ", val, val_len);
+        o->addr = v;
+    } else {
+        fail("unknown option ", key, key_len);
+    }
+}
+
+static void parse_cmdline(struct options *o, const char *s, size_t len)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        size_t start;
+
+        while (i < len && is_space(s[i]))
+            i++;
+        start = i;
+        while (i < len && !is_space(s[i]))
+            i++;
+        /* Only probe.* tokens are ours; the rest belongs to others. */
+        if (i - start >= 6 && mem_eq(s + start, 6, "probe."))
+            parse_option(o, s + start, i - start);
+    }
+}
+
+/*
+ * Locate the command line.  Returns NULL with *err set when the boot
+ * information cannot be used.
+ */
+static const char *find_cmdline(uint32_t kind, uint64_t info, const char **err)
+{
+    uint64_t addr;
+
+    *err = NULL;
+    if (info == 0)
+        return "";
+    if (info >= MAPPED_LIMIT - 4096) {
+        *err = "boot information above 4 GiB";
+        return NULL;
+    }
+    if (kind == BOOT_PVH) {
+        const volatile uint32_t *si = (const volatile uint32_t *)info;
+
+        if (si[0] != HVM_START_MAGIC) {
+            *err = "bad hvm_start_info magic";
+            return NULL;
+        }
+        addr = *(const volatile uint64_t *)(info + HVM_CMDLINE_PADDR);
+    } else {
+        const volatile uint8_t *zp = (const volatile uint8_t *)info;
+
+        addr = *(const volatile uint32_t *)(zp + ZP_CMD_LINE_PTR) |
+               (uint64_t)*(const volatile uint32_t *)(zp + ZP_EXT_CMD_LINE_PTR) << 32;
+    }
+    if (addr == 0)
+        return "";
+    if (addr >= MAPPED_LIMIT - CMDLINE_MAX) {
+        *err = "command line above 4 GiB";
+        return NULL;
+    }
+    return (const char *)addr;
+}
+
+/* ------------------------------------------------------------------ */
+/* Workloads.                                                           */
+
+static unsigned read_cpl(void)
+{
+    uint16_t cs;
+
+    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    return cs & 3;
+}
+
+static unsigned read_iopl(void)
+{
+    uint64_t rflags;
+
+    __asm__ volatile("pushfq; popq %0" : "=r"(rflags));
+    return (rflags >> 12) & 3;
+}
+
+static const char *io_mode(void)
+{
+    return io_use_gate ? "gate" : "direct";
+}
+
+static NORETURN void test_hello(void)
+{
+    unsigned cpl = read_cpl();
+
+    line_begin("hello");
+    kv_dec("cpl", cpl);
+    kv_dec("iopl", read_iopl());
+    kv_str("io", io_mode());
+    line_end();
+    if (cpl != 3)
+        fail("not running in ring 3", "", 0);
+    pass();
+}
+
+static NORETURN void test_pio(const struct options *o)
+{
+    uint64_t n = o->have_n ? o->n : 100000;
+    uint16_t port = (uint16_t)o->port;
+    uint64_t t0, t1, i;
+
+    if (io_use_gate) {
+        t0 = rdtsc();
+        for (i = 0; i < n; i++)
+            gate_outb(port, (uint8_t)i);
+        t1 = rdtsc();
+    } else {
+        t0 = rdtsc();
+        for (i = 0; i < n; i++)
+            outb(port, (uint8_t)i);
+        t1 = rdtsc();
+    }
+
+    line_begin("pio");
+    kv_dec("n", n);
+    kv_hex("port", port);
+    kv_dec("cycles", t1 - t0);
+    kv_str("io", io_mode());
+    line_end();
+    pass();
+}
+
+static NORETURN void test_mmio(const struct options *o)
+{
+    uint64_t n = o->have_n ? o->n : 10000;
+    volatile uint32_t *p = (volatile uint32_t *)o->addr;
+    uint64_t t0, t1, i;
+
+    t0 = rdtsc();
+    for (i = 0; i < n; i++)
+        *p = (uint32_t)i;
+    t1 = rdtsc();
+
+    line_begin("mmio");
+    kv_dec("n", n);
+    kv_hex("addr", o->addr);
+    kv_dec("cycles", t1 - t0);
+    line_end();
+    pass();
+}
+
+static NORETURN void test_cpu(const struct options *o)
+{
+    uint64_t n = o->have_n ? o->n : 10000000;
+    uint64_t x = 0x9E3779B97F4A7C15ULL, sum = 0;
+    uint64_t t0, t1, i;
+
+    t0 = rdtsc();
+    for (i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        sum += x;
+    }
+    t1 = rdtsc();
+
+    line_begin("cpu");
+    kv_dec("n", n);
+    put_str(" checksum=");
+    put_hex16(sum);
+    kv_dec("cycles", t1 - t0);
+    line_end();
+    pass();
+}
+
+static NORETURN void test_fault(void)
+{
+    /* hlt at CPL 3 raises #GP(0). */
+    __asm__ volatile("hlt");
+    fail("hlt in ring 3 did not fault", "", 0);
+}
+
+/* ------------------------------------------------------------------ */
+
+void user_main(uint32_t kind, uint64_t info)
+{
+    struct options o = { .test = "hello", .test_len = 5,
+                         .port = 0x0b00, .addr = 0xd0000000 };
+    const char *err, *cmdline;
+    size_t len;
+
+    /*
+     * Ring 0 asked for IOPL=3, but a hypervisor may not pass it on (PVM
+     * forces IOPL=0 in user mode).  Then in/out would #GP: use the gate.
+     */
+    io_use_gate = read_iopl() != 3;
+
+    cmdline = find_cmdline(kind, info, &err);
+    len = cmdline ? bounded_strlen(cmdline, CMDLINE_MAX) : 0;
+
+    line_begin("boot");
+    kv_str("entry", kind == BOOT_PVH ? "pvh" : "elf64");
+    put_str(" cmdline=\"");
+    put_escaped(cmdline ? cmdline : "", len);
+    put_str("\"");
+    line_end();
+
+    if (err)
+        fail(err, "", 0);
+
+    parse_cmdline(&o, cmdline, len);
+
+    if (mem_eq(o.test, o.test_len, "hello"))
+        test_hello();
+    if (mem_eq(o.test, o.test_len, "pio"))
+        test_pio(&o);
+    if (mem_eq(o.test, o.test_len, "mmio"))
+        test_mmio(&o);
+    if (mem_eq(o.test, o.test_len, "cpu"))
+        test_cpu(&o);
+    if (mem_eq(o.test, o.test_len, "fault"))
+        test_fault();
+    fail("unknown test ", o.test, o.test_len);
+}

@@ -1,0 +1,61 @@
+"""`pyhv run` as a process: signals, serial destinations, crash reports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ..conftest import PROBE, ROOT
+from .probe import run_probe
+
+pytestmark = pytest.mark.kvm
+
+
+def _start(cmdline: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--cmdline", cmdline, "--debug-exit"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+    )
+
+
+def _first_line(p: subprocess.Popen[bytes]) -> bytes:
+    assert p.stdout is not None
+    return p.stdout.readline()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_a_running_guest_with_128_plus_signal(signum: int) -> None:
+    p = _start("probe.test=cpu probe.n=100000000000")
+    assert _first_line(p).startswith(b"probe: boot")
+    p.send_signal(signum)
+    status = p.wait(timeout=20)
+    assert status == 128 + signum and b"Traceback" not in p.stderr.read()  # type: ignore[union-attr]
+
+
+def test_serial_to_file_holds_the_guest_output(tmp_path: os.PathLike[str]) -> None:
+    log = os.path.join(tmp_path, "console.log")
+    run = run_probe("probe.test=hello", "--serial", f"file:{log}")
+    with open(log) as f:
+        text = f.read()
+    assert run.status == 0 and run.stdout == "" and "probe: result=pass" in text
+
+
+def test_serial_none_discards_output_but_keeps_the_exit_status() -> None:
+    run = run_probe("probe.test=fault", "--serial", "none")
+    assert (run.status, run.stdout) == (3, "")
+
+
+def test_large_guest_with_memory_above_4g_boots() -> None:
+    run = run_probe("probe.test=hello", "--memory", "5G")
+    assert run.line("result")["result"] == "pass"
+
+
+def test_guest_started_twice_in_a_row_leaves_nothing_behind() -> None:
+    first, second = run_probe("probe.test=hello"), run_probe("probe.test=hello")
+    assert first.status == second.status == 0
