@@ -1,0 +1,169 @@
+"""ACPI tables for the guest: RSDP, XSDT, FADT, MADT and DSDT (ACPI 6.5).
+
+The machine is *hardware-reduced* (FADT flag HW_REDUCED_ACPI, 5.2.9): there
+are no PM1 event/control blocks and no SCI; power-off goes through the FADT's
+SLEEP_CONTROL_REG (4.8.3.7) and reboot through RESET_REG, both plain I/O ports
+served by :mod:`pyhv.devices.legacy.acpi_pm`.  The \\_S5 object in the DSDT
+tells the OS which SLP_TYP value means "soft off".
+
+Tables live in the BIOS area at :data:`ACPI_BASE` (0xE0000), which the e820
+map reports as reserved.  Linux finds the RSDP there by scanning on 16-byte
+boundaries, and also through the zero page (``acpi_rsdp_addr``) or the PVH
+start info (``rsdp_paddr``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from . import aml
+
+ACPI_BASE = 0xE0000
+ACPI_LIMIT = 0x100000
+OEM_ID = b"PYHV  "
+OEM_TABLE_ID = b"PYHVVMM "
+CREATOR_ID = b"PYHV"
+
+LAPIC_ADDR = 0xFEE0_0000
+IOAPIC_ADDR = 0xFEC0_0000
+
+#: I/O ports of the ACPI power-management registers (see devices/legacy/acpi_pm.py)
+SLEEP_CONTROL_PORT = 0x3C0
+SLEEP_STATUS_PORT = 0x3C1
+RESET_PORT = 0x3C4
+RESET_VALUE = 0x01
+#: SLP_TYP value for S5 (soft off) published in \_S5
+S5_SLP_TYP = 5
+
+FADT_HW_REDUCED_ACPI = 1 << 20
+FADT_RESET_REG_SUP = 1 << 10
+FADT_BOOT_VGA_NOT_PRESENT = 1 << 2
+MADT_PCAT_COMPAT = 1 << 0
+
+GAS_SYSTEM_IO = 1
+GAS_ACCESS_BYTE = 1
+
+
+def checksum(data: bytes) -> int:
+    """The byte that makes ``data`` sum to zero modulo 256."""
+    return (-sum(data)) & 0xFF
+
+
+def _header(signature: bytes, length: int, revision: int) -> bytearray:
+    return bytearray(
+        struct.pack("<4sIBB6s8sI4sI", signature, length, revision, 0, OEM_ID, OEM_TABLE_ID, 1, CREATOR_ID, 1)
+    )
+
+
+def sdt(signature: bytes, revision: int, body: bytes) -> bytes:
+    """A system description table: 36-byte header + body, checksummed."""
+    table = _header(signature, 36 + len(body), revision) + body
+    table[9] = checksum(bytes(table))
+    return bytes(table)
+
+
+def gas(port: int, width_bits: int = 8) -> bytes:
+    """Generic Address Structure (5.2.3.2) for a byte-wide I/O port."""
+    return struct.pack("<BBBBQ", GAS_SYSTEM_IO, width_bits, 0, GAS_ACCESS_BYTE, port)
+
+
+def fadt(dsdt_addr: int) -> bytes:
+    body = bytearray(276 - 36)
+
+    def put(offset: int, fmt: str, *values: object) -> None:
+        struct.pack_into(fmt, body, offset - 36, *values)
+
+    put(0x28, "<I", dsdt_addr if dsdt_addr < 1 << 32 else 0)  # DSDT
+    put(0x6D, "<H", FADT_BOOT_VGA_NOT_PRESENT)  # IAPC_BOOT_ARCH
+    put(0x70, "<I", FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP)  # Flags
+    body[0x74 - 36 : 0x80 - 36] = gas(RESET_PORT)  # RESET_REG
+    put(0x80, "<B", RESET_VALUE)  # RESET_VALUE
+    put(0x83, "<B", 5)  # FADT Minor Version (6.5)
+    put(0x8C, "<Q", dsdt_addr)  # X_DSDT
+    body[0xF4 - 36 : 0x100 - 36] = gas(SLEEP_CONTROL_PORT)  # SLEEP_CONTROL_REG
+    body[0x100 - 36 : 0x10C - 36] = gas(SLEEP_STATUS_PORT)  # SLEEP_STATUS_REG
+    put(0x10C, "<8s", b"PYHV")  # Hypervisor Vendor Identity
+    return sdt(b"FACP", 6, bytes(body))
+
+
+def madt(apic_ids: list[int]) -> bytes:
+    body = bytearray(struct.pack("<II", LAPIC_ADDR, MADT_PCAT_COMPAT))
+    for uid, apic_id in enumerate(apic_ids):
+        body += struct.pack("<BBBBI", 0, 8, uid, apic_id, 1)  # Processor Local APIC, enabled
+    body += struct.pack("<BBBBII", 1, 12, 0, 0, IOAPIC_ADDR, 0)  # I/O APIC id 0, GSI base 0
+    body += struct.pack("<BBBBIH", 2, 10, 0, 0, 2, 0)  # ISA IRQ0 (PIT) -> GSI 2
+    body += struct.pack("<BBBHB", 4, 6, 0xFF, 0, 1)  # LAPIC NMI on LINT1, all processors
+    return sdt(b"APIC", 5, bytes(body))
+
+
+def dsdt(devices: list[bytes]) -> bytes:
+    sleep_states = aml.name("\\_S5", aml.package(aml.integer(S5_SLP_TYP), aml.integer(0), aml.integer(0), aml.integer(0)))
+    return sdt(b"DSDT", 2, aml.scope("\\_SB", *devices) + sleep_states)
+
+
+def com_device(name: str, uid: int, port: int, irq: int) -> bytes:
+    """A 16550 UART (PNP0501) with its port range and ISA IRQ."""
+    return aml.device(
+        name,
+        aml.name("_HID", aml.eisa_id("PNP0501")),
+        aml.name("_UID", aml.integer(uid)),
+        aml.name("_CRS", aml.resource_template(aml.io_port(port, 8), aml.irq_no_flags(irq))),
+    )
+
+
+def rtc_device(port: int, irq: int) -> bytes:
+    """The CMOS RTC (PNP0B00): two ports and its ISA IRQ."""
+    return aml.device(
+        "RTC",
+        aml.name("_HID", aml.eisa_id("PNP0B00")),
+        aml.name("_CRS", aml.resource_template(aml.io_port(port, 2), aml.irq_no_flags(irq))),
+    )
+
+
+@dataclass
+class AcpiTables:
+    """The tables laid out at their guest-physical addresses."""
+
+    rsdp_addr: int
+    blobs: dict[int, bytes] = field(default_factory=dict)  # address -> table
+    tables: dict[str, int] = field(default_factory=dict)  # signature -> address
+
+    def write(self, mem: "GuestRamLike") -> None:
+        for addr, blob in self.blobs.items():
+            mem.write(addr, blob)
+
+
+class GuestRamLike:  # pragma: no cover - typing aid
+    def write(self, gpa: int, data: bytes) -> None: ...
+
+
+def build_tables(apic_ids: list[int], devices: list[bytes], base: int = ACPI_BASE) -> AcpiTables:
+    """Lay out RSDP, XSDT, FADT, MADT and DSDT from ``base`` upwards."""
+    out = AcpiTables(rsdp_addr=base)
+    cursor = base + 64  # RSDP is 36 bytes; keep the tables 16-byte aligned
+
+    def place(signature: str, blob: bytes) -> int:
+        nonlocal cursor
+        addr = cursor
+        out.blobs[addr] = blob
+        out.tables[signature] = addr
+        cursor = (cursor + len(blob) + 15) & ~15
+        return addr
+
+    dsdt_addr = place("DSDT", dsdt(devices))
+    fadt_addr = place("FACP", fadt(dsdt_addr))
+    madt_addr = place("APIC", madt(apic_ids))
+    xsdt_addr = place("XSDT", sdt(b"XSDT", 1, struct.pack("<QQ", fadt_addr, madt_addr)))
+    if cursor > ACPI_LIMIT:
+        raise ValueError("ACPI tables do not fit below 1 MiB")
+    out.blobs[base] = rsdp(xsdt_addr)
+    return out
+
+
+def rsdp(xsdt_addr: int) -> bytes:
+    """Root System Description Pointer, revision 2 (5.2.5.3)."""
+    r = bytearray(struct.pack("<8sB6sBIIQB3x", b"RSD PTR ", 0, OEM_ID, 2, 0, 36, xsdt_addr, 0))
+    r[8] = checksum(bytes(r[:20]))
+    r[32] = checksum(bytes(r))
+    return bytes(r)
