@@ -197,6 +197,9 @@ class kvm_pit_config(_Struct):
     _fields_ = [("flags", u32), ("pad", u32 * 15)]
 
 
+KVM_PIT_SPEAKER_DUMMY = 1
+
+
 class kvm_mp_state(_Struct):
     _c_name_ = "struct kvm_mp_state"
     _fields_ = [("mp_state", u32)]
@@ -212,6 +215,111 @@ KVM_MP_STATE_SIPI_RECEIVED = 4
 class kvm_enable_cap(_Struct):
     _c_name_ = "struct kvm_enable_cap"
     _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
+
+
+KVM_APIC_REG_SIZE = 0x400
+KVM_MAX_XCRS = 16
+
+
+class kvm_lapic_state(_Struct):
+    _c_name_ = "struct kvm_lapic_state"
+    _fields_ = [("regs", ctypes.c_char * KVM_APIC_REG_SIZE)]
+
+
+class _ev_exception(_Struct):
+    _fields_ = [("injected", u8), ("nr", u8), ("has_error_code", u8), ("pending", u8), ("error_code", u32)]
+
+
+class _ev_interrupt(_Struct):
+    _fields_ = [("injected", u8), ("nr", u8), ("soft", u8), ("shadow", u8)]
+
+
+class _ev_nmi(_Struct):
+    _fields_ = [("injected", u8), ("pending", u8), ("masked", u8), ("pad", u8)]
+
+
+class _ev_smi(_Struct):
+    _fields_ = [("smm", u8), ("pending", u8), ("smm_inside_nmi", u8), ("latched_init", u8)]
+
+
+class _ev_triple_fault(_Struct):
+    _fields_ = [("pending", u8)]
+
+
+class kvm_vcpu_events(_Struct):
+    _c_name_ = "struct kvm_vcpu_events"
+    _fields_ = [
+        ("exception", _ev_exception),
+        ("interrupt", _ev_interrupt),
+        ("nmi", _ev_nmi),
+        ("sipi_vector", u32),
+        ("flags", u32),
+        ("smi", _ev_smi),
+        ("triple_fault", _ev_triple_fault),
+        ("reserved", u8 * 26),
+        ("exception_has_payload", u8),
+        ("exception_payload", u64),
+    ]
+
+
+class kvm_debugregs(_Struct):
+    _c_name_ = "struct kvm_debugregs"
+    _fields_ = [("db", u64 * 4), ("dr6", u64), ("dr7", u64), ("flags", u64), ("reserved", u64 * 9)]
+
+
+class kvm_xsave(_Struct):
+    _c_name_ = "struct kvm_xsave"
+    _fields_ = [("region", u32 * 1024)]
+
+
+class kvm_xcr(_Struct):
+    _c_name_ = "struct kvm_xcr"
+    _fields_ = [("xcr", u32), ("reserved", u32), ("value", u64)]
+
+
+class kvm_xcrs(_Struct):
+    _c_name_ = "struct kvm_xcrs"
+    _fields_ = [("nr_xcrs", u32), ("flags", u32), ("xcrs", kvm_xcr * KVM_MAX_XCRS), ("padding", u64 * 16)]
+
+
+class kvm_irqfd(_Struct):
+    _c_name_ = "struct kvm_irqfd"
+    _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
+
+
+class kvm_ioeventfd(_Struct):
+    _c_name_ = "struct kvm_ioeventfd"
+    _fields_ = [
+        ("datamatch", u64),
+        ("addr", u64),
+        ("len", u32),
+        ("fd", ctypes.c_int32),
+        ("flags", u32),
+        ("pad", u8 * 36),
+    ]
+
+
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+
+
+class kvm_msi(_Struct):
+    _c_name_ = "struct kvm_msi"
+    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("flags", u32), ("devid", u32), ("pad", u8 * 12)]
+
+
+class kvm_clock_data(_Struct):
+    _c_name_ = "struct kvm_clock_data"
+    _fields_ = [
+        ("clock", u64),
+        ("flags", u32),
+        ("pad0", u32),
+        ("realtime", u64),
+        ("host_tsc", u64),
+        ("pad", u32 * 4),
+    ]
 
 
 # --- struct kvm_run and the parts of its exit union pyhv reads -----------------
@@ -369,6 +477,21 @@ KVM_SET_MSRS = _IOW(KVMIO, 0x89, kvm_msrs)
 KVM_GET_FPU = _IOR(KVMIO, 0x8C, kvm_fpu)
 KVM_SET_FPU = _IOW(KVMIO, 0x8D, kvm_fpu)
 KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)
+KVM_GET_LAPIC = _IOR(KVMIO, 0x8E, kvm_lapic_state)
+KVM_SET_LAPIC = _IOW(KVMIO, 0x8F, kvm_lapic_state)
+KVM_GET_VCPU_EVENTS = _IOR(KVMIO, 0x9F, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _IOW(KVMIO, 0xA0, kvm_vcpu_events)
+KVM_GET_DEBUGREGS = _IOR(KVMIO, 0xA1, kvm_debugregs)
+KVM_SET_DEBUGREGS = _IOW(KVMIO, 0xA2, kvm_debugregs)
+KVM_GET_XSAVE = _IOR(KVMIO, 0xA4, kvm_xsave)
+KVM_SET_XSAVE = _IOW(KVMIO, 0xA5, kvm_xsave)
+KVM_GET_XCRS = _IOR(KVMIO, 0xA6, kvm_xcrs)
+KVM_SET_XCRS = _IOW(KVMIO, 0xA7, kvm_xcrs)
+KVM_IRQFD = _IOW(KVMIO, 0x76, kvm_irqfd)
+KVM_IOEVENTFD = _IOW(KVMIO, 0x79, kvm_ioeventfd)
+KVM_SET_CLOCK = _IOW(KVMIO, 0x7B, kvm_clock_data)
+KVM_GET_CLOCK = _IOR(KVMIO, 0x7C, kvm_clock_data)
+KVM_SIGNAL_MSI = _IOW(KVMIO, 0xA5, kvm_msi)
 KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
 
@@ -380,13 +503,17 @@ IOCTLS = {name: value for name, value in globals().items() if name.startswith("K
     "KVM_CREATE_IRQCHIP", "KVM_IRQ_LINE", "KVM_CREATE_PIT2", "KVM_ENABLE_CAP", "KVM_RUN",
     "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_MSRS",
     "KVM_SET_MSRS", "KVM_GET_FPU", "KVM_SET_FPU", "KVM_SET_CPUID2", "KVM_GET_MP_STATE",
-    "KVM_SET_MP_STATE",
+    "KVM_SET_MP_STATE", "KVM_GET_LAPIC", "KVM_SET_LAPIC", "KVM_GET_VCPU_EVENTS",
+    "KVM_SET_VCPU_EVENTS", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_GET_XSAVE", "KVM_SET_XSAVE",
+    "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_IRQFD", "KVM_IOEVENTFD", "KVM_SET_CLOCK", "KVM_GET_CLOCK",
+    "KVM_SIGNAL_MSI",
 }}
 
 #: the mirrored structures, for the ABI test
 STRUCTS = [
     kvm_userspace_memory_region, kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_fpu,
     kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_cpuid_entry2, kvm_cpuid2, kvm_irq_level, kvm_pit_config,
-    kvm_mp_state, kvm_enable_cap, kvm_run,
+    kvm_mp_state, kvm_enable_cap, kvm_lapic_state, kvm_vcpu_events, kvm_debugregs, kvm_xsave, kvm_xcr,
+    kvm_xcrs, kvm_irqfd, kvm_ioeventfd, kvm_msi, kvm_clock_data, kvm_run,
 ]
 

@@ -76,9 +76,15 @@ class Vcpu:
         return fpu
 
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
-        buf = h.msrs_buffer(indices)
-        n = call(self.fd, "KVM_GET_MSRS", h.KVM_GET_MSRS, buf)
-        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}  # type: ignore[attr-defined]
+        """Read MSRs; ones KVM refuses are left out of the result."""
+        out: dict[int, int] = {}
+        todo = list(indices)
+        while todo:
+            buf = h.msrs_buffer(todo)
+            n = call(self.fd, "KVM_GET_MSRS", h.KVM_GET_MSRS, buf)
+            out.update((buf.entries[i].index, buf.entries[i].data) for i in range(n))  # type: ignore[attr-defined]
+            todo = todo[n + 1 :]  # skip the one that failed
+        return out
 
     def set_msrs(self, values: dict[int, int]) -> None:
         buf = h.msrs_buffer(list(values))
@@ -94,6 +100,55 @@ class Vcpu:
         for i, entry in enumerate(entries):
             buf.entries[i] = entry  # type: ignore[attr-defined]
         call(self.fd, "KVM_SET_CPUID2", h.KVM_SET_CPUID2, buf)
+
+    def get_lapic(self) -> bytes:
+        state = h.kvm_lapic_state()
+        call(self.fd, "KVM_GET_LAPIC", h.KVM_GET_LAPIC, state)
+        return bytes(state)  # not state.regs: a c_char array stops at the first NUL
+
+    def set_lapic(self, regs: bytes) -> None:
+        state = h.kvm_lapic_state.from_buffer_copy(regs)
+        call(self.fd, "KVM_SET_LAPIC", h.KVM_SET_LAPIC, state)
+
+    def get_vcpu_events(self) -> h.kvm_vcpu_events:
+        events = h.kvm_vcpu_events()
+        call(self.fd, "KVM_GET_VCPU_EVENTS", h.KVM_GET_VCPU_EVENTS, events)
+        return events
+
+    def set_vcpu_events(self, events: h.kvm_vcpu_events) -> None:
+        call(self.fd, "KVM_SET_VCPU_EVENTS", h.KVM_SET_VCPU_EVENTS, events)
+
+    def get_debugregs(self) -> h.kvm_debugregs:
+        dbg = h.kvm_debugregs()
+        call(self.fd, "KVM_GET_DEBUGREGS", h.KVM_GET_DEBUGREGS, dbg)
+        return dbg
+
+    def set_debugregs(self, dbg: h.kvm_debugregs) -> None:
+        call(self.fd, "KVM_SET_DEBUGREGS", h.KVM_SET_DEBUGREGS, dbg)
+
+    def get_xsave(self) -> bytes:
+        xsave = h.kvm_xsave()
+        call(self.fd, "KVM_GET_XSAVE", h.KVM_GET_XSAVE, xsave)
+        return bytes(xsave)
+
+    def set_xsave(self, data: bytes) -> None:
+        xsave = h.kvm_xsave.from_buffer_copy(data)
+        call(self.fd, "KVM_SET_XSAVE", h.KVM_SET_XSAVE, xsave)
+
+    def get_xcrs(self) -> dict[int, int]:
+        xcrs = h.kvm_xcrs()
+        call(self.fd, "KVM_GET_XCRS", h.KVM_GET_XCRS, xcrs)
+        return {xcrs.xcrs[i].xcr: xcrs.xcrs[i].value for i in range(min(xcrs.nr_xcrs, h.KVM_MAX_XCRS))}
+
+    def set_xcrs(self, values: dict[int, int]) -> None:
+        xcrs = h.kvm_xcrs(nr_xcrs=len(values))
+        for i, (xcr, value) in enumerate(values.items()):
+            xcrs.xcrs[i].xcr = xcr
+            xcrs.xcrs[i].value = value
+        call(self.fd, "KVM_SET_XCRS", h.KVM_SET_XCRS, xcrs)
+
+    def set_mp_state(self, state: int) -> None:
+        call(self.fd, "KVM_SET_MP_STATE", h.KVM_SET_MP_STATE, h.kvm_mp_state(mp_state=state))
 
     def get_mp_state(self) -> int:
         state = h.kvm_mp_state()

@@ -42,8 +42,40 @@ class Vm:
         call(self.fd, "KVM_CREATE_IRQCHIP", h.KVM_CREATE_IRQCHIP, 0)
         self.irqchip = True
 
+    def create_pit2(self) -> None:
+        """The in-kernel i8254 PIT (ports 0x40-0x43) with a dummy speaker port 0x61."""
+        call(self.fd, "KVM_CREATE_PIT2", h.KVM_CREATE_PIT2, h.kvm_pit_config(flags=h.KVM_PIT_SPEAKER_DUMMY))
+
     def irq_line(self, irq: int, level: int) -> None:
         call(self.fd, "KVM_IRQ_LINE", h.KVM_IRQ_LINE, h.kvm_irq_level(irq=irq, level=level))
+
+    def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
+        """Signalling eventfd ``fd`` raises GSI ``gsi`` (edge) without entering user space."""
+        flags = h.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        call(self.fd, "KVM_IRQFD", h.KVM_IRQFD, h.kvm_irqfd(fd=fd, gsi=gsi, flags=flags))
+
+    def ioeventfd(
+        self, fd: int, addr: int, length: int, pio: bool, datamatch: int | None = None, deassign: bool = False
+    ) -> None:
+        """A guest write of ``length`` bytes at ``addr`` signals eventfd ``fd`` without a user-space exit."""
+        flags = (h.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (h.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0)
+        if datamatch is not None:
+            flags |= h.KVM_IOEVENTFD_FLAG_DATAMATCH
+        req = h.kvm_ioeventfd(datamatch=datamatch or 0, addr=addr, len=length, fd=fd, flags=flags)
+        call(self.fd, "KVM_IOEVENTFD", h.KVM_IOEVENTFD, req)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """Deliver one MSI; returns >0 if delivered, 0 if the guest blocked it."""
+        msi = h.kvm_msi(address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data)
+        return call(self.fd, "KVM_SIGNAL_MSI", h.KVM_SIGNAL_MSI, msi)
+
+    def get_clock(self) -> int:
+        data = h.kvm_clock_data()
+        call(self.fd, "KVM_GET_CLOCK", h.KVM_GET_CLOCK, data)
+        return int(data.clock)
+
+    def set_clock(self, clock: int) -> None:
+        call(self.fd, "KVM_SET_CLOCK", h.KVM_SET_CLOCK, h.kvm_clock_data(clock=clock))
 
     def create_vcpu(self, index: int) -> "Vcpu":
         from .vcpu import Vcpu

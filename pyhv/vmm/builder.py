@@ -8,15 +8,14 @@ afterwards costs milliseconds per slot.
 from __future__ import annotations
 
 from ..backends.console import open_console
-from ..boot import load_kernel
+from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
-from ..devices.legacy import debug_exit, i8042, port80, uart
-from ..errors import PyhvError
+from ..devices.legacy import acpi_pm, debug_exit, i8042, port80, rtc, uart
 from ..kvm import Kvm
 from ..memory import GuestMemory
 from ..vcpu import Stop, StopKind, VcpuThread
 from .config import MachineConfig
-from .cpu import apply_entry_state, setup_cpuid
+from .cpu import apply_entry_state, setup_cpuid, setup_msrs, supported_entries
 from .machine import Machine
 
 _BOOT_PROTOCOL = {"auto": "auto", "linux": "linux", "pvh": "pvh", "multiboot": "multiboot"}
@@ -30,14 +29,22 @@ def build(config: MachineConfig, kvm: Kvm | None = None) -> Machine:
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
         memory = GuestMemory(config.memory)
+        tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices())
+        tables.write(memory)
         entry = load_kernel(
-            memory, config.kernel, config.initrd, config.cmdline, protocol=_BOOT_PROTOCOL[config.boot]
+            memory,
+            config.kernel,
+            config.initrd,
+            config.cmdline,
+            protocol=_BOOT_PROTOCOL[config.boot],
+            rsdp=tables.rsdp_addr,
         )
         kvm = kvm or Kvm()
         vm = kvm.create_vm()
         vm.set_tss_addr()
         memory.register(vm)
         vm.create_irqchip()
+        vm.create_pit2()
 
         pio, mmio = PioBus(), MmioBus()
         progress = port80.ProgressCodes()
@@ -49,7 +56,17 @@ def build(config: MachineConfig, kvm: Kvm | None = None) -> Machine:
         pio.insert(i8042.DATA_PORT, 1, kbc.data, "i8042-data")
         pio.insert(i8042.COMMAND_PORT, 1, kbc.command, "i8042-command")
         pio.insert(port80.PORT, 1, progress, "port80")
-        machine.devices.update(com1=com1, i8042=kbc, port80=progress)
+        pm = acpi_pm.AcpiPm(
+            poweroff=lambda: machine.request_stop(Stop(StopKind.POWEROFF, 0, "guest powered off")),
+            reset=lambda: machine.request_stop(Stop(StopKind.RESET, 0, "guest reset")),
+        )
+        for port, register, name in pm.ports():
+            pio.insert(port, 1, register, name)
+        ram = memory.ram_ranges()
+        clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]))
+        pio.insert(rtc.INDEX_PORT, 1, clock.index_port, "rtc-index")
+        pio.insert(rtc.DATA_PORT, 1, clock.data_port, "rtc-data")
+        machine.devices.update(com1=com1, i8042=kbc, port80=progress, acpi_pm=pm, rtc=clock)
         if config.debug_exit:
             dbg = debug_exit.DebugExit(
                 lambda value: machine.request_stop(
@@ -59,9 +76,11 @@ def build(config: MachineConfig, kvm: Kvm | None = None) -> Machine:
             pio.insert(debug_exit.DEFAULT_BASE, debug_exit.LENGTH, dbg, "debug-exit")
             machine.devices["debug-exit"] = dbg
 
+        supported = supported_entries(kvm.supported_cpuid())
         for index in range(config.vcpus):
             vcpu = vm.create_vcpu(index)
-            setup_cpuid(kvm, vcpu)
+            setup_cpuid(vcpu, supported, config.vcpus)
+            setup_msrs(vcpu)
             if index == 0:
                 apply_entry_state(vcpu, entry)
             machine.vcpus.append(VcpuThread(vcpu, pio, mmio, machine._vcpu_stopped))
@@ -79,4 +98,7 @@ def build(config: MachineConfig, kvm: Kvm | None = None) -> Machine:
         raise
 
 
-__all__ = ["build", "PyhvError"]
+def _acpi_devices() -> list[bytes]:
+    """AML for the DSDT's \\_SB scope: the legacy devices the guest should find."""
+    return [acpi.com_device("COM1", 1, uart.COM1_BASE, uart.COM1_IRQ), acpi.rtc_device(rtc.INDEX_PORT, rtc.RTC_IRQ)]
+

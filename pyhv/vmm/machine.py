@@ -18,7 +18,9 @@ from ..devices.bus import MmioBus, PioBus
 from ..devices.legacy.port80 import ProgressCodes
 from ..kvm import Kvm, Vm
 from ..memory import GuestMemory
+from ..errors import PyhvError
 from ..vcpu import Stop, StopKind, VcpuThread
+from ..vcpu.cpustate import VcpuState, read_state
 from ..vcpu.thread import install_kick_handler
 from .config import MachineConfig
 
@@ -73,6 +75,24 @@ class Machine:
     def resume(self) -> None:
         for v in self.vcpus:
             v.request(VcpuThread.RUNNING)
+
+    def vcpu_state(self, index: int) -> VcpuState:
+        """The whole state of vCPU ``index``; the machine must be paused or stopped."""
+        if not 0 <= index < len(self.vcpus):
+            raise PyhvError(f"no vCPU {index} (the machine has {len(self.vcpus)})")
+        v = self.vcpus[index]
+        if v.state == VcpuThread.RUNNING:
+            raise PyhvError(f"vCPU {index} is running: pause the machine first")
+        return read_state(v.vcpu)
+
+    @property
+    def state(self) -> str:
+        """running, paused, stopped or created (the vCPUs' common state)."""
+        states = {v.state for v in self.vcpus}
+        for s in (VcpuThread.RUNNING, VcpuThread.PAUSED, VcpuThread.CREATED):
+            if s in states:
+                return s
+        return VcpuThread.STOPPED
 
     def wait(self, timeout: float | None = None) -> Stop | None:
         """Wait until every vCPU has stopped; the reason, or None on timeout."""

@@ -1,0 +1,151 @@
+"""The MC146818 CMOS real-time clock at ports 0x70 (index) / 0x71 (data).
+
+The clock reads the host's wall-clock time (UTC) plus an offset: when the
+guest sets the time, pyhv keeps the difference instead of touching the host
+clock.  Values are BCD or binary and 12/24-hour per status register B, as the
+guest chose.  CMOS bytes 0x34/0x35 and 0x5B-0x5D report memory above 16 MiB
+and above 4 GiB, which some firmware-less guests read.  No alarm or periodic
+interrupts.
+"""
+
+from __future__ import annotations
+
+import calendar
+import threading
+import time
+from typing import Callable
+
+INDEX_PORT = 0x70
+DATA_PORT = 0x71
+RTC_IRQ = 8
+
+SECONDS, MINUTES, HOURS = 0x00, 0x02, 0x04
+WEEKDAY, DAY, MONTH, YEAR = 0x06, 0x07, 0x08, 0x09
+STATUS_A, STATUS_B, STATUS_C, STATUS_D = 0x0A, 0x0B, 0x0C, 0x0D
+CENTURY = 0x32
+MEM_ABOVE_16M_LO, MEM_ABOVE_16M_HI = 0x34, 0x35
+MEM_ABOVE_4G_LO, MEM_ABOVE_4G_MID, MEM_ABOVE_4G_HI = 0x5B, 0x5C, 0x5D
+
+STATUS_A_DIVIDER_32K = 0x26  # 32.768 kHz time base, 1024 Hz rate
+STATUS_B_24H_BIT = 0x02
+STATUS_B_BINARY_BIT = 0x04
+STATUS_B_SET_BIT = 0x80
+STATUS_D_VALID_RAM_BIT = 0x80
+HOUR_PM_BIT = 0x80
+INDEX_MASK = 0x7F  # bit 7 of the index port is the NMI mask
+
+_TIME_REGS = (SECONDS, MINUTES, HOURS, WEEKDAY, DAY, MONTH, YEAR, CENTURY)
+
+
+def _bcd(v: int) -> int:
+    return ((v // 10) << 4) | (v % 10)
+
+
+def _from_bcd(v: int) -> int:
+    return (v >> 4) * 10 + (v & 0x0F)
+
+
+class Rtc:
+    def __init__(self, mem_below_4g: int = 0, mem_above_4g: int = 0, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.index = 0
+        self.offset = 0.0  # guest time minus host time, seconds
+        self.cmos = bytearray(128)
+        self.cmos[STATUS_A] = STATUS_A_DIVIDER_32K
+        self.cmos[STATUS_B] = STATUS_B_24H_BIT
+        self.cmos[STATUS_D] = STATUS_D_VALID_RAM_BIT
+        above_16m = max(0, min(mem_below_4g, 0xFFFF << 16) - (16 << 20)) >> 16
+        self.cmos[MEM_ABOVE_16M_LO] = above_16m & 0xFF
+        self.cmos[MEM_ABOVE_16M_HI] = (above_16m >> 8) & 0xFF
+        above_4g = mem_above_4g >> 16
+        self.cmos[MEM_ABOVE_4G_LO] = above_4g & 0xFF
+        self.cmos[MEM_ABOVE_4G_MID] = (above_4g >> 8) & 0xFF
+        self.cmos[MEM_ABOVE_4G_HI] = (above_4g >> 16) & 0xFF
+        self._pending: dict[int, int] = {}  # time registers written while SET
+        self.index_port = _Port(self._read_index, self._write_index)
+        self.data_port = _Port(self._read_data, self._write_data)
+
+    def _read_index(self) -> int:
+        return self.index
+
+    def _write_index(self, value: int) -> None:
+        self.index = value & INDEX_MASK
+
+    def _encode(self, value: int) -> int:
+        return value if self.cmos[STATUS_B] & STATUS_B_BINARY_BIT else _bcd(value)
+
+    def _decode(self, value: int) -> int:
+        return value if self.cmos[STATUS_B] & STATUS_B_BINARY_BIT else _from_bcd(value)
+
+    def _now(self) -> time.struct_time:
+        return time.gmtime(self._clock() + self.offset)
+
+    def _read_data(self) -> int:
+        with self._lock:
+            i = self.index
+            if i in _TIME_REGS:
+                t = self._now()
+                if i == HOURS:
+                    return self._hours(t.tm_hour)
+                value = {
+                    SECONDS: t.tm_sec, MINUTES: t.tm_min, WEEKDAY: (t.tm_wday + 1) % 7 + 1,
+                    DAY: t.tm_mday, MONTH: t.tm_mon, YEAR: t.tm_year % 100, CENTURY: t.tm_year // 100,
+                }[i]
+                return self._encode(value)
+            if i == STATUS_C:
+                return 0
+            return self.cmos[i]
+
+    def _hours(self, hour: int) -> int:
+        if self.cmos[STATUS_B] & STATUS_B_24H_BIT:
+            return self._encode(hour)
+        h12 = hour % 12 or 12
+        return self._encode(h12) | (HOUR_PM_BIT if hour >= 12 else 0)
+
+    def _write_data(self, value: int) -> None:
+        with self._lock:
+            i = self.index
+            if i in _TIME_REGS:
+                self._pending[i] = value
+                if not self.cmos[STATUS_B] & STATUS_B_SET_BIT:
+                    self._apply_time()
+            elif i == STATUS_B:
+                was_set = self.cmos[STATUS_B] & STATUS_B_SET_BIT
+                self.cmos[STATUS_B] = value
+                if was_set and not value & STATUS_B_SET_BIT:
+                    self._apply_time()
+            elif i not in (STATUS_C, STATUS_D):
+                self.cmos[i] = value
+
+    def _apply_time(self) -> None:
+        """Turn the time registers the guest wrote into a new offset."""
+        t = self._now()
+        cur = {SECONDS: t.tm_sec, MINUTES: t.tm_min, HOURS: t.tm_hour, DAY: t.tm_mday, MONTH: t.tm_mon,
+               YEAR: t.tm_year % 100, CENTURY: t.tm_year // 100}
+        for reg, raw in self._pending.items():
+            if reg == HOURS:
+                pm = bool(raw & HOUR_PM_BIT) and not self.cmos[STATUS_B] & STATUS_B_24H_BIT
+                hour = self._decode(raw & ~HOUR_PM_BIT & 0xFF)
+                cur[HOURS] = (hour % 12) + (12 if pm else 0) if not self.cmos[STATUS_B] & STATUS_B_24H_BIT else hour
+            elif reg in cur:
+                cur[reg] = self._decode(raw)
+        self._pending.clear()
+        try:
+            guest = calendar.timegm((cur[CENTURY] * 100 + cur[YEAR], cur[MONTH], cur[DAY], cur[HOURS],
+                                     cur[MINUTES], cur[SECONDS], 0, 0, 0))
+        except (ValueError, OverflowError):
+            return  # nonsense date from the guest: keep the old time
+        self.offset = guest - int(self._clock())
+
+
+class _Port:
+    def __init__(self, read: Callable[[], int], write: Callable[[int], None]) -> None:
+        self._read = read
+        self._write = write
+
+    def read(self, offset: int, size: int) -> int:
+        return self._read()
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self._write(value & 0xFF)
