@@ -7,39 +7,96 @@ when the guest crashed or an operation failed, 2 for bad usage or bad input
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
+from types import SimpleNamespace
 from typing import Sequence
 
 from .errors import PyhvError, UsageError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
+class Option:
+    """One ``--name [VALUE]`` option of a command."""
+
+    def __init__(
+        self, name: str, help: str, metavar: str = "", default: object = None,
+        choices: tuple[str, ...] = (), required: bool = False,
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.metavar = metavar  # empty: a flag without a value
+        self.default = False if not metavar else default
+        self.choices = choices
+        self.required = required
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pyhv", description="pyhv: a virtual machine monitor on Linux KVM")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    run = sub.add_parser("run", help="boot one VM in the foreground")
-    run.add_argument("--kernel", required=True, help="bzImage, ELF (vmlinux, PVH) or Multiboot kernel")
-    run.add_argument("--initrd", help="initial ramdisk")
-    run.add_argument("--cmdline", default="", help="kernel command line")
-    run.add_argument("--memory", default="256M", help="guest memory (default 256M)")
-    run.add_argument("--vcpus", default="1", help="number of virtual CPUs (default 1)")
-    run.add_argument("--debug-exit", action="store_true", help="isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status")
-    run.add_argument("--serial", default="stdio", help="COM1: stdio (default), file:PATH or none")
-    run.add_argument("--boot", default="auto", choices=("auto", "linux", "pvh", "multiboot"), help="boot protocol (default: from the image)")
-    run.add_argument("--on-reboot", default="destroy", choices=("destroy", "restart"), help="what a guest reboot does")
-    run.add_argument("--progress", action="store_true", help="print port 0x80 progress codes with times at exit")
-    return p
+# A small parser instead of argparse: `pyhv run` is the domain start-up path and
+# argparse (with the shutil, locale and gettext it pulls in) costs milliseconds.
+RUN_OPTIONS = [
+    Option("--kernel", "bzImage, ELF (vmlinux, PVH) or Multiboot kernel", "K", required=True),
+    Option("--initrd", "initial ramdisk", "I"),
+    Option("--cmdline", "kernel command line", "C", ""),
+    Option("--memory", "guest memory (default 256M)", "SIZE", "256M"),
+    Option("--vcpus", "number of virtual CPUs (default 1)", "N", "1"),
+    Option("--boot", "boot protocol (default: from the image)", "PROTO", "auto", ("auto", "linux", "pvh", "multiboot")),
+    Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
+    Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST", "stdio"),
+    Option("--on-reboot", "what a guest reboot does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
+    Option("--progress", "print port 0x80 progress codes with times at exit"),
+]
+
+COMMANDS = {"run": ("boot one VM in the foreground", RUN_OPTIONS)}
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .memory import MiB
+def usage(command: str | None = None) -> str:
+    if command is None:
+        lines = ["usage: pyhv COMMAND [OPTIONS]", "", "commands:"]
+        lines += [f"  {name:10s} {text}" for name, (text, _) in COMMANDS.items()]
+        lines.append("\n`pyhv COMMAND --help` describes a command's options.")
+        return "\n".join(lines)
+    text, options = COMMANDS[command]
+    lines = [f"usage: pyhv {command} [OPTIONS]", "", text, "", "options:"]
+    for o in options:
+        head = f"{o.name} {o.metavar}".strip()
+        choices = f" ({'|'.join(o.choices)})" if o.choices else ""
+        lines.append(f"  {head:22s} {o.help}{choices}")
+    return "\n".join(lines)
+
+
+def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
+    """``--name VALUE``, ``--name=VALUE`` and flags; UsageError on anything else."""
+    by_name = {o.name: o for o in options}
+    values: dict[str, object] = {o.dest: o.default for o in options}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, value = arg.partition("=")
+        option = by_name.get(name)
+        if option is None:
+            raise UsageError(f"unknown option {name!r} (see --help)")
+        if not option.metavar:
+            if eq:
+                raise UsageError(f"{name} takes no value")
+            values[option.dest] = True
+            continue
+        if not eq:
+            if not args:
+                raise UsageError(f"{name} needs a value ({option.metavar})")
+            value = args.pop(0)
+        if option.choices and value not in option.choices:
+            raise UsageError(f"{name} {value!r}: expected one of {', '.join(option.choices)}")
+        values[option.dest] = value
+    for o in options:
+        if o.required and values[o.dest] is None:
+            raise UsageError(f"{o.name} is required")
+    return SimpleNamespace(**values)
+
+
+def _run(args: SimpleNamespace) -> int:
     from .vcpu import StopKind
     from .vmm import MachineConfig, build
     from .vmm.config import parse_size
@@ -59,7 +116,6 @@ def _run(args: argparse.Namespace) -> int:
         boot=args.boot,
         on_reboot=args.on_reboot,
     )
-    del MiB
     while True:
         machine = build(config)
         caught: list[int] = []
@@ -95,11 +151,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parser().parse_args(argv)
-        if args.command == "run":
-            return _run(args)
-        raise UsageError(f"unknown command {args.command}")
+        if not argv:
+            print(usage(), file=sys.stderr)
+            return UsageError.exit_status
+        if argv[0] in ("-h", "--help", "help"):
+            print(usage())
+            return 0
+        command, rest = argv[0], argv[1:]
+        if command not in COMMANDS:
+            raise UsageError(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
+        if "-h" in rest or "--help" in rest:
+            print(usage(command))
+            return 0
+        return _run(parse(rest, COMMANDS[command][1]))
     except PyhvError as e:
         print(f"pyhv: {e}", file=sys.stderr)
         return e.exit_status

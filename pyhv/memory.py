@@ -15,8 +15,6 @@ memory; a range that straddles regions or leaves RAM raises
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
 from ._sys import libc
 from .errors import MemoryAccessError, PyhvError
 
@@ -41,13 +39,17 @@ def x86_ram_layout(size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@dataclass
 class Region:
-    gpa: int
-    size: int
-    host_addr: int
-    view: memoryview
-    fd: int = -1  # memfd backing, or -1 for anonymous memory
+    """One RAM range: guest-physical [gpa, gpa+size) is host [host_addr, host_addr+size)."""
+
+    __slots__ = ("gpa", "size", "host_addr", "view", "fd")
+
+    def __init__(self, gpa: int, size: int, host_addr: int, view: memoryview, fd: int = -1) -> None:
+        self.gpa = gpa
+        self.size = size
+        self.host_addr = host_addr
+        self.view = view
+        self.fd = fd  # memfd backing, or -1 for anonymous memory
 
     @property
     def end(self) -> int:

@@ -4,11 +4,12 @@ address we can hand to KVM, munmap, madvise, and views on raw host memory."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap as _mmap
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process already has libc loaded: CDLL(None) finds its symbols without
+# ctypes.util.find_library, which would import subprocess (start-up time).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [

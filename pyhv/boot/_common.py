@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import os
 import stat
-from dataclasses import dataclass
 
 from pyhv.boot._types import GuestRam
 from pyhv.boot.layout import (
@@ -106,8 +107,7 @@ def write_cmdline(mem: GuestRam, path: str, cmdline: str, max_len: int = CMDLINE
     return CMDLINE_ADDR
 
 
-@dataclass(frozen=True)
-class Placed:
+class Placed(NamedTuple):
     """A blob placed in guest memory."""
 
     addr: int

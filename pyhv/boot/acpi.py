@@ -15,8 +15,6 @@ start info (``rsdp_paddr``).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-
 from . import aml
 
 ACPI_BASE = 0xE0000
@@ -121,13 +119,13 @@ def rtc_device(port: int, irq: int) -> bytes:
     )
 
 
-@dataclass
 class AcpiTables:
     """The tables laid out at their guest-physical addresses."""
 
-    rsdp_addr: int
-    blobs: dict[int, bytes] = field(default_factory=dict)  # address -> table
-    tables: dict[str, int] = field(default_factory=dict)  # signature -> address
+    def __init__(self, rsdp_addr: int) -> None:
+        self.rsdp_addr = rsdp_addr
+        self.blobs: dict[int, bytes] = {}  # address -> table
+        self.tables: dict[str, int] = {}  # signature -> address
 
     def write(self, mem: "GuestRamLike") -> None:
         for addr, blob in self.blobs.items():

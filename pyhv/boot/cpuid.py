@@ -10,7 +10,8 @@ so the policy can be tested without /dev/kvm.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
+
 
 CPUID_FLAG_SIGNIFICANT_INDEX = 1
 
@@ -30,8 +31,7 @@ LEVEL_SMT = 1
 LEVEL_CORE = 2
 
 
-@dataclass(frozen=True)
-class CpuidEntry:
+class CpuidEntry(NamedTuple):
     function: int
     index: int
     flags: int
@@ -67,12 +67,11 @@ def vcpu_cpuid(supported: list[CpuidEntry], apic_id: int, vcpus: int) -> list[Cp
             ebx = (e.ebx & 0x0000_FFFF) | ((vcpus & 0xFF) << 16) | ((apic_id & 0xFF) << 24)
             ecx = (e.ecx | LEAF1_ECX_HYPERVISOR) & ~LEAF1_ECX_VMX
             edx = e.edx | LEAF1_EDX_HTT if vcpus > 1 else e.edx & ~LEAF1_EDX_HTT
-            e = replace(e, ebx=ebx, ecx=ecx, edx=edx)
+            e = e._replace(ebx=ebx, ecx=ecx, edx=edx)
         elif f in (0xB, 0x1F):
             continue  # regenerated below, all subleaves
         elif f == KVM_SIGNATURE_LEAF:
-            e = replace(
-                e,
+            e = e._replace(
                 ebx=int.from_bytes(sig[0:4], "little"),
                 ecx=int.from_bytes(sig[4:8], "little"),
                 edx=int.from_bytes(sig[8:12], "little"),
@@ -80,10 +79,10 @@ def vcpu_cpuid(supported: list[CpuidEntry], apic_id: int, vcpus: int) -> list[Cp
         elif f == 0x8000_0001:
             ecx = e.ecx & ~EXT1_ECX_SVM
             ecx = ecx | EXT1_ECX_CMP_LEGACY if vcpus > 1 else ecx & ~EXT1_ECX_CMP_LEGACY
-            e = replace(e, ecx=ecx)
+            e = e._replace(ecx=ecx)
         elif f == 0x8000_0008:
             # AMD: ECX[7:0] = cores - 1, ECX[15:12] = APIC ID bits for cores
-            e = replace(e, ecx=(e.ecx & ~0xF0FF) | (_apic_id_bits(vcpus) << 12) | ((vcpus - 1) & 0xFF))
+            e = e._replace(ecx=(e.ecx & ~0xF0FF) | (_apic_id_bits(vcpus) << 12) | ((vcpus - 1) & 0xFF))
         out.append(e)
     max_leaf = max((e.eax for e in supported if e.function == 0), default=0)
     for leaf in (0xB, 0x1F):

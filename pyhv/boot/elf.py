@@ -16,8 +16,9 @@ entry address stored in 4 or 8 bytes (64-bit kernels use 8).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import struct
-from dataclasses import dataclass
 
 from pyhv.boot._common import check_load_range, write_zeros
 from pyhv.boot._types import GuestRam
@@ -47,8 +48,7 @@ _EHDR = {ELFCLASS32: struct.Struct("<HHIIII IHHH"), ELFCLASS64: struct.Struct("<
 _NOTE_HEADER = struct.Struct("<III")
 
 
-@dataclass(frozen=True)
-class LoadSegment:
+class LoadSegment(NamedTuple):
     """One ``PT_LOAD`` program header."""
 
     offset: int
@@ -63,8 +63,7 @@ class LoadSegment:
         return self.paddr + self.memsz
 
 
-@dataclass(frozen=True)
-class Note:
+class Note(NamedTuple):
     """One ELF note; ``name`` is without its terminating NUL."""
 
     name: bytes
@@ -72,8 +71,7 @@ class Note:
     desc: bytes
 
 
-@dataclass(frozen=True)
-class ElfImage:
+class ElfImage(NamedTuple):
     """The parts of an ELF executable that booting uses."""
 
     bits: int

@@ -34,8 +34,9 @@ the high halves of the ramdisk and command line pointers at 0x0c0..0x0cb,
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import struct
-from dataclasses import dataclass
 
 from pyhv.boot import elf
 from pyhv.boot._common import (
@@ -122,8 +123,7 @@ VMLINUX_PROTOCOL = 0x020F
 VMLINUX_KERNEL_ALIGNMENT = 0x200000
 
 
-@dataclass(frozen=True)
-class SetupHeader:
+class SetupHeader(NamedTuple):
     """The fields of a bzImage setup header that loading depends on."""
 
     version: int

@@ -27,9 +27,10 @@ size, 20) and the boot loader name.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import os
 import struct
-from dataclasses import dataclass
 
 from pyhv.boot import elf
 from pyhv.boot._common import (
@@ -91,8 +92,7 @@ MODULE_STRING_ADDR = INFO_ADDR + 0x480
 MODULE_STRING_MAX = BOOT_INFO_END - MODULE_STRING_ADDR
 
 
-@dataclass(frozen=True)
-class MultibootHeader:
+class MultibootHeader(NamedTuple):
     """A Multiboot header found in an image; address fields are 0 without bit 16."""
 
     offset: int

@@ -29,8 +29,9 @@ entry state asks for).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import struct
-from dataclasses import dataclass, field
 
 from pyhv.boot._types import GuestRam
 from pyhv.boot.layout import (
@@ -88,8 +89,7 @@ SEGMENT_TYPE_DATA = 0x3  # read/write, accessed
 SEGMENT_TYPE_TSS_BUSY = 0xB  # system segment: busy 32-bit TSS
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """A segment register's full (hidden) state, with ``kvm_segment``'s meaning.
 
     ``limit`` is the byte-granular limit (``0xffffffff`` for a flat segment
@@ -181,8 +181,7 @@ CR4_LONG_MODE = CR4_PAE
 EFER_LONG_MODE = EFER_LME | EFER_LMA
 
 
-@dataclass(frozen=True)
-class EntryState:
+class EntryState(NamedTuple):
     """Register state of the boot vCPU at the kernel's first instruction.
 
     ``regs`` holds every general register but ``rsp``; ``ds`` is the state
@@ -193,7 +192,7 @@ class EntryState:
     rip: int
     rsp: int
     rflags: int
-    regs: dict[str, int] = field(hash=False)
+    regs: dict[str, int]
     cs: Segment
     ds: Segment
     gdt_base: int

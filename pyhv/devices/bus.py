@@ -14,8 +14,7 @@ up a port on every port-I/O exit.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..errors import PyhvError
 
@@ -30,8 +29,7 @@ class BusConflict(PyhvError):
     pass
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(NamedTuple):
     base: int
     length: int
     device: BusDevice

@@ -5,20 +5,26 @@ virtual CPU.  Every ``OSError`` from an ioctl is converted here into
 :class:`pyhv.errors.KvmError` naming the ioctl.
 """
 
-from .exits import (
-    Exit,
-    FailEntryExit,
-    HltExit,
-    InternalErrorExit,
-    IoExit,
-    MmioExit,
-    ShutdownExit,
-    SystemEventExit,
-    UnknownExit,
-)
+from typing import Any
+
 from .system import Kvm
 from .vcpu import Vcpu
 from .vm import Vm
+
+_EXITS = {
+    "Exit", "FailEntryExit", "HltExit", "InternalErrorExit", "IoExit", "MmioExit", "ShutdownExit",
+    "SystemEventExit", "UnknownExit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Typed exits are for rare exits and the API; importing them lazily keeps
+    # them off the domain start-up path.
+    if name in _EXITS:
+        from . import exits
+
+        return getattr(exits, name)
+    raise AttributeError(name)
 
 __all__ = [
     "Exit", "FailEntryExit", "HltExit", "InternalErrorExit", "IoExit", "Kvm", "MmioExit",

@@ -10,9 +10,9 @@ from .._sys.ioctl import ioctl
 from .._sys.libc import map_vcpu_run
 from ..errors import KvmError
 from ._call import call
-from .exits import Exit, decode
 
 if TYPE_CHECKING:
+    from .exits import Exit
     from .vm import Vm
 
 
@@ -50,6 +50,8 @@ class Vcpu:
 
     def exit(self) -> Exit:
         """The last exit, decoded."""
+        from .exits import decode
+
         return decode(self.run_page)
 
     # --- state -----------------------------------------------------------------

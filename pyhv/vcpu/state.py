@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import enum
-from dataclasses import dataclass
 
 
 class StopKind(enum.Enum):
@@ -15,8 +16,7 @@ class StopKind(enum.Enum):
     ERROR = "error"  # pyhv itself failed (an ioctl, a device)
 
 
-@dataclass(frozen=True)
-class Stop:
+class Stop(NamedTuple):
     kind: StopKind
     status: int = 0
     detail: str = ""

@@ -29,7 +29,6 @@ from .._sys.ioctl import ioctl
 from ..devices.bus import ALL_ONES, MmioBus, PioBus
 from ..errors import PyhvError
 from ..kvm import Vcpu
-from ..kvm.exits import InternalErrorExit, decode
 from .report import format_registers
 from .state import Stop, StopKind
 
@@ -206,6 +205,8 @@ class VcpuThread:
 
     def _other_exit(self) -> Stop | None:
         """Everything but port and MMIO exits: turn them into a stop or carry on."""
+        from ..kvm.exits import InternalErrorExit, decode
+
         exit = decode(self.vcpu.run_page)
         if exit.reason == h.KVM_EXIT_HLT:
             # Without an in-kernel irqchip nothing can wake a halted CPU.

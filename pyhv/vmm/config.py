@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..errors import UsageError
 from ..memory import MiB, PAGE_SIZE
 
@@ -30,19 +28,36 @@ def parse_size(text: str, what: str = "memory") -> int:
     return int(number) * _UNITS[unit]
 
 
-@dataclass(frozen=True)
 class MachineConfig:
-    kernel: str
-    initrd: str | None = None
-    cmdline: str = ""
-    memory: int = 256 * MiB
-    vcpus: int = 1
-    debug_exit: bool = False
-    serial: str = "stdio"
-    boot: str = "auto"
-    on_reboot: str = "destroy"
+    """Validated on construction; treat as read-only afterwards."""
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        kernel: str,
+        initrd: str | None = None,
+        cmdline: str = "",
+        memory: int = 256 * MiB,
+        vcpus: int = 1,
+        debug_exit: bool = False,
+        serial: str = "stdio",
+        boot: str = "auto",
+        on_reboot: str = "destroy",
+    ) -> None:
+        self.kernel = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.memory = memory
+        self.vcpus = vcpus
+        self.debug_exit = debug_exit
+        self.serial = serial
+        self.boot = boot
+        self.on_reboot = on_reboot
+        self._validate()
+
+    def __repr__(self) -> str:
+        return f"MachineConfig({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+    def _validate(self) -> None:
         if not MIN_MEMORY <= self.memory <= MAX_MEMORY:
             raise UsageError(f"memory {self.memory // MiB} MiB: must be between 16 MiB and 1 TiB")
         if self.memory % PAGE_SIZE:

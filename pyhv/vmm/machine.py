@@ -10,8 +10,7 @@ every vCPU to stop.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backends.console import Console
 from ..devices.bus import MmioBus, PioBus
@@ -20,26 +19,38 @@ from ..kvm import Kvm, Vm
 from ..memory import GuestMemory
 from ..errors import PyhvError
 from ..vcpu import Stop, StopKind, VcpuThread
-from ..vcpu.cpustate import VcpuState, read_state
 from ..vcpu.thread import install_kick_handler
 from .config import MachineConfig
 
+if TYPE_CHECKING:
+    from ..vcpu.cpustate import VcpuState
 
-@dataclass
+
 class Machine:
-    config: MachineConfig
-    kvm: Kvm
-    vm: Vm
-    memory: GuestMemory
-    pio: PioBus
-    mmio: MmioBus
-    console: Console
-    progress: ProgressCodes
-    devices: dict[str, Any] = field(default_factory=dict)
-    vcpus: list[VcpuThread] = field(default_factory=list)
-    _stop: Stop | None = None
-    _stopped: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(
+        self,
+        config: MachineConfig,
+        kvm: Kvm,
+        vm: Vm,
+        memory: GuestMemory,
+        pio: PioBus,
+        mmio: MmioBus,
+        console: Console,
+        progress: ProgressCodes,
+    ) -> None:
+        self.config = config
+        self.kvm = kvm
+        self.vm = vm
+        self.memory = memory
+        self.pio = pio
+        self.mmio = mmio
+        self.console = console
+        self.progress = progress
+        self.devices: dict[str, Any] = {}
+        self.vcpus: list[VcpuThread] = []
+        self._stop: Stop | None = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -76,8 +87,10 @@ class Machine:
         for v in self.vcpus:
             v.request(VcpuThread.RUNNING)
 
-    def vcpu_state(self, index: int) -> VcpuState:
+    def vcpu_state(self, index: int) -> "VcpuState":
         """The whole state of vCPU ``index``; the machine must be paused or stopped."""
+        from ..vcpu.cpustate import read_state
+
         if not 0 <= index < len(self.vcpus):
             raise PyhvError(f"no vCPU {index} (the machine has {len(self.vcpus)})")
         v = self.vcpus[index]

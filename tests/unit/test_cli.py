@@ -29,7 +29,11 @@ def pyhv(*args: str) -> subprocess.CompletedProcess[str]:
         (["run", "--kernel", "/etc/hostname", "--vcpus", "0"], "vcpus 0"),
         (["run", "--kernel", "/etc/hostname", "--serial", "tcp:1"], "--serial 'tcp:1'"),
         (["run"], "--kernel"),
-        (["frobnicate"], "invalid choice"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["run", "--kernel"], "--kernel needs a value"),
+        (["run", "--kernel", "k", "--debug-exit=1"], "--debug-exit takes no value"),
+        (["run", "--kernel", "k", "--boot", "uefi"], "--boot 'uefi'"),
+        (["run", "--kernel", "k", "--bogus"], "unknown option '--bogus'"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(args: list[str], message: str) -> None:
@@ -43,3 +47,15 @@ def test_empty_kernel_file_is_refused(tmp_path: os.PathLike[str]) -> None:
     open(empty, "wb").close()
     p = pyhv("run", "--kernel", empty)
     assert p.returncode == 2 and p.stderr.startswith(f"pyhv: {empty}: ") and "Traceback" not in p.stderr
+
+
+def test_run_help_lists_every_option_and_exits_0() -> None:
+    p = pyhv("run", "--help")
+    assert p.returncode == 0 and all(opt in p.stdout for opt in ("--kernel", "--serial", "--on-reboot"))
+
+
+def test_option_equals_form_is_accepted() -> None:
+    from pyhv.cli import RUN_OPTIONS, parse
+
+    args = parse(["--kernel=k", "--memory=1G", "--debug-exit"], RUN_OPTIONS)
+    assert (args.kernel, args.memory, args.debug_exit, args.vcpus) == ("k", "1G", True, "1")

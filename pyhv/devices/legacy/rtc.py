@@ -10,7 +10,6 @@ interrupts.
 
 from __future__ import annotations
 
-import calendar
 import threading
 import time
 from typing import Callable
@@ -131,6 +130,8 @@ class Rtc:
             elif reg in cur:
                 cur[reg] = self._decode(raw)
         self._pending.clear()
+        import calendar  # rare (the guest sets the clock): keep it off start-up
+
         try:
             guest = calendar.timegm((cur[CENTURY] * 100 + cur[YEAR], cur[MONTH], cur[DAY], cur[HOURS],
                                      cur[MINUTES], cur[SECONDS], 0, 0, 0))
