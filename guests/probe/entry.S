@@ -10,6 +10,11 @@
  * long_common, which loads TR and the IDT and drops to user_main() in
  * ring 3.
  *
+ * Application processors start in ap_trampoline (real mode, copied below
+ * 1 MiB by ring 3), go through ap_entry32 to ap_long and drop to
+ * ap_user_main() in ring 3 with the stacks and TSS the BSP prepared in
+ * ap_boot.
+ *
  * Ring-0 code may run very slowly (some hypervisors emulate it), so the
  * GDT, TSS, IDT and page tables are all built at assembly/link time; at run
  * time ring 0 only executes a few dozen instructions.  The link-time pieces
@@ -71,7 +76,8 @@ isr_stubs:
  * I/O gate, IDT vector 3 (DPL 3), reached with int3 from ring 3.  ECX
  * selects the operation, EDX is the port, EAX the value or result.
  * A handful of instructions: this is the hot path of the pio workload
- * when ring 3 has no I/O privilege.
+ * when ring 3 has no I/O privilege, so outb comes first and the rarer
+ * operations last.
  */
         .balign 16
         .globl  io_gate
@@ -90,7 +96,71 @@ io_gate:
         iretq
 3:      cmpl    $IO_GATE_HALT, %ecx
         je      halt_forever
-        jmp     isr_stubs + 16 * IO_GATE_VECTOR    /* a plain breakpoint */
+        cmpl    $IO_GATE_OUTW, %ecx
+        jne     4f
+        outw    %ax, %dx
+        iretq
+4:      cmpl    $IO_GATE_INW, %ecx
+        jne     5f
+        inw     %dx, %ax
+        iretq
+5:      cmpl    $IO_GATE_STI, %ecx          /* IF=1 in the RFLAGS iretq restores */
+        jne     6f
+        orq     $RFLAGS_IF, 16(%rsp)
+        iretq
+6:      cmpl    $IO_GATE_CLI, %ecx
+        jne     7f
+        andq    $~RFLAGS_IF, 16(%rsp)
+        iretq
+        /*
+         * Ring-0 exit loops: RSI iterations of one port write (EDX) or
+         * one 32-bit store (to RDI) of the loop counter, three more
+         * instructions each.  Returns with RAX = RSI.
+         */
+7:      cmpl    $IO_GATE_PIO_LOOP, %ecx
+        jne     8f
+        xorl    %eax, %eax
+        testq   %rsi, %rsi
+        jz      72f
+71:     outb    %al, %dx
+        incq    %rax
+        cmpq    %rsi, %rax
+        jne     71b
+72:     iretq
+8:      cmpl    $IO_GATE_MMIO_LOOP, %ecx
+        jne     9f
+        xorl    %eax, %eax
+        testq   %rsi, %rsi
+        jz      82f
+81:     movl    %eax, (%rdi)
+        incq    %rax
+        cmpq    %rsi, %rax
+        jne     81b
+82:     iretq
+9:      jmp     isr_stubs + 16 * IO_GATE_VECTOR    /* a plain breakpoint */
+
+/*
+ * LAPIC timer interrupt (TIMER_VECTOR), taken in ring 3 with IF=1: count
+ * the tick in this CPU's percpu.ticks (the CPU area is found from the
+ * stack pointer), EOI, return.
+ */
+        .balign 16
+        .globl  timer_isr
+timer_isr:
+        pushq   %rax
+        movq    %rsp, %rax
+        andq    $-CPU_AREA_SIZE, %rax
+        incq    PERCPU_OFF + PERCPU_TICKS(%rax)
+        movq    lapic_eoi_addr(%rip), %rax
+        movl    $0, (%rax)
+        popq    %rax
+        iretq
+
+/* Spurious LAPIC interrupt: no EOI, nothing to do. */
+        .balign 16
+        .globl  spurious_isr
+spurious_isr:
+        iretq
 
 isr_common:
         pushq   %rax
@@ -140,7 +210,7 @@ probe_halt:
 _start:
         cli
         cld
-        leaq    kernel_stack_top(%rip), %rsp
+        movl    $(CPU_AREAS + KSTACK_TOP_OFF), %esp
         movq    %rsi, boot_info(%rip)
         movl    $BOOT_ELF64, boot_kind(%rip)
 
@@ -172,7 +242,7 @@ _start:
 pvh_entry:
         cli
         cld
-        movl    $kernel_stack_top, %esp
+        movl    $(CPU_AREAS + KSTACK_TOP_OFF), %esp
         movl    %ebx, boot_info
         movl    $0, boot_info + 4
         movl    $BOOT_PVH, boot_kind
@@ -210,7 +280,7 @@ long_common:
         xorl    %eax, %eax
         movl    %eax, %fs
         movl    %eax, %gs
-        leaq    kernel_stack_top(%rip), %rsp
+        movl    $(CPU_AREAS + KSTACK_TOP_OFF), %esp
 
         /* Zero .bss (a few variables of the C code). */
         leaq    __bss_start(%rip), %rdi
@@ -220,15 +290,14 @@ long_common:
         xorl    %eax, %eax
         rep stosq
 
-        movl    $TSS_SEL, %eax
+        movl    $TSS_SEL0, %eax
         ltr     %ax
         lidt    idt_desc(%rip)
 
         /* iretq to user_main(kind, info) in ring 3, IOPL=3, IF=0. */
         movl    boot_kind(%rip), %edi
         movq    boot_info(%rip), %rsi
-        leaq    user_stack_top(%rip), %rax
-        subq    $8, %rax                /* as if called: RSP+8 16-aligned */
+        movl    $(CPU_AREAS + USTACK_TOP_OFF - 8), %eax  /* as if called: RSP+8 16-aligned */
         pushq   $(USER_DS | 3)
         pushq   %rax
         pushq   $(RFLAGS_IOPL3 | RFLAGS_FIXED)
@@ -241,6 +310,81 @@ long_common:
         iretq
 
 /* ------------------------------------------------------------------ */
+/* Application processors.                                              */
+
+/*
+ * Real-mode trampoline, copied to AP_TRAMPOLINE (4 KiB aligned, below
+ * 1 MiB) by ring 3; the SIPI vector is AP_TRAMPOLINE >> 12, so the AP
+ * starts here with CS = AP_TRAMPOLINE >> 4, IP = 0.  Position independent:
+ * it addresses its own data relative to CS and leaves through an
+ * absolute far jump.
+ */
+        .code16
+        .globl  ap_trampoline, ap_trampoline_end
+ap_trampoline:
+        cli
+        movw    %cs, %ax
+        movw    %ax, %ds
+        lgdtl   ap_gdtr - ap_trampoline
+        movl    %cr0, %eax
+        orl     $CR0_PE, %eax
+        movl    %eax, %cr0
+        ljmpl   $KERNEL_CS32, $ap_entry32
+        .balign 8
+ap_gdtr:
+        .word   gdt_end - gdt - 1
+        .long   gdt
+ap_trampoline_end:
+
+/* 32-bit protected mode, paging off: as for PVH, into long mode. */
+        .code32
+ap_entry32:
+        movl    $KERNEL_DS, %eax
+        movl    %eax, %ds
+        movl    %eax, %es
+        movl    %eax, %ss
+        movl    $CR4_PAE, %eax
+        movl    %eax, %cr4
+        movl    $pml4, %eax
+        movl    %eax, %cr3
+        movl    $MSR_EFER, %ecx
+        rdmsr
+        orl     $EFER_LME, %eax
+        wrmsr
+        movl    %cr0, %eax
+        andl    $~(CR0_CD | CR0_NW), %eax   /* INIT leaves caching off */
+        orl     $(CR0_PG | CR0_PE), %eax
+        movl    %eax, %cr0
+        ljmp    $KERNEL_CS, $ap_long
+
+/*
+ * 64-bit, ring 0: this AP's stack and TSS from ap_boot (filled in by the
+ * BSP for one AP at a time), the shared IDT, then ap_user_main(index) in
+ * ring 3.
+ */
+        .code64
+ap_long:
+        movl    $KERNEL_DS, %eax
+        movl    %eax, %ds
+        movl    %eax, %es
+        movl    %eax, %ss
+        xorl    %eax, %eax
+        movl    %eax, %fs
+        movl    %eax, %gs
+        movq    ap_boot + AP_BOOT_KERNEL_RSP(%rip), %rsp
+        movl    ap_boot + AP_BOOT_TSS_SEL(%rip), %eax
+        ltr     %ax
+        lidt    idt_desc(%rip)
+        movl    ap_boot + AP_BOOT_INDEX(%rip), %edi
+        pushq   $(USER_DS | 3)
+        pushq   ap_boot + AP_BOOT_USER_RSP(%rip)
+        pushq   $(RFLAGS_IOPL3 | RFLAGS_FIXED)
+        pushq   $(USER_CS | 3)
+        leaq    ap_user_main(%rip), %rax
+        pushq   %rax
+        iretq
+
+/* ------------------------------------------------------------------ */
 /* Descriptor tables.                                                   */
 
         .data
@@ -250,6 +394,21 @@ boot_info:
 boot_kind:
         .long   0
 
+/* One AP's start-up parameters (struct ap_boot in smp.c). */
+        .balign 8
+        .globl  ap_boot
+ap_boot:
+        .quad   0                       /* AP_BOOT_INDEX */
+        .quad   0                       /* AP_BOOT_KERNEL_RSP */
+        .quad   0                       /* AP_BOOT_USER_RSP */
+        .quad   0                       /* AP_BOOT_TSS_SEL */
+
+/* Where the timer interrupt writes its EOI (ring 3 may move the LAPIC). */
+        .balign 8
+        .globl  lapic_eoi_addr
+lapic_eoi_addr:
+        .quad   LAPIC_DEFAULT_BASE + LAPIC_EOI
+
         .balign 16
 gdt:
         .quad   0                       /* 0x00 null */
@@ -257,7 +416,8 @@ gdt:
         .quad   0x00cf93000000ffff      /* 0x10 ring-0 data (flat, also valid in 32-bit mode) */
         .quad   0x00cff3000000ffff      /* 0x18 ring-3 data */
         .quad   0x00affb000000ffff      /* 0x20 ring-3 64-bit code */
-        /* 0x28 64-bit TSS descriptor: available, present, DPL 0 */
+        .quad   0x00cf9b000000ffff      /* 0x28 ring-0 32-bit code (AP start-up) */
+        /* 0x30 the BSP's 64-bit TSS descriptor: available, present, DPL 0 */
         .word   tss_end - tss - 1       /* limit 15:0 */
         .word   tss_lo16                /* base 15:0 */
         .byte   tss_byte2               /* base 23:16 */
@@ -266,6 +426,8 @@ gdt:
         .byte   tss_byte3               /* base 31:24 */
         .long   tss_hi32                /* base 63:32 */
         .long   0
+        /* 0x40 + 16 * (i - 1): TSS of AP i, written by ring 3 (smp.c) */
+        .fill   2 * (MAX_CPUS - 1), 8, 0
 gdt_end:
 
         .balign 8
@@ -278,10 +440,10 @@ gdt_desc:                               /* 6 bytes used in 32-bit mode, 10 in 64
         .globl  tss
 tss:
         .long   0
-        .quad   kernel_stack_top        /* RSP0 */
+        .quad   CPU_AREAS + KSTACK_TOP_OFF  /* RSP0 */
         .quad   0, 0                    /* RSP1, RSP2 */
         .quad   0
-        .quad   ist_stack_top           /* IST1 */
+        .quad   CPU_AREAS + IST_TOP_OFF /* IST1 */
         .quad   0, 0, 0, 0, 0, 0        /* IST2..7 */
         .quad   0
         .word   0
@@ -290,7 +452,8 @@ tss_end:
 
 /*
  * IDT: every vector goes to its stub (vector 2, 8 and 18 on the IST1
- * stack), except vector 3, which is the DPL=3 I/O gate.
+ * stack), except vector 3, which is the DPL=3 I/O gate, and the LAPIC
+ * timer and spurious vectors.
  */
         .macro  IDT_GATE lo16, mid16, hi32, ist, attr
         .word   \lo16
@@ -308,6 +471,10 @@ idt:
         .rept   256
         .if vec == IO_GATE_VECTOR
         IDT_GATE io_gate_lo16, io_gate_mid16, io_gate_hi32, 0, GATE_INTR_DPL3
+        .elseif vec == TIMER_VECTOR
+        IDT_GATE timer_isr_lo16, timer_isr_mid16, timer_isr_hi32, 0, GATE_INTR_DPL0
+        .elseif vec == SPURIOUS_VECTOR
+        IDT_GATE spurious_isr_lo16, spurious_isr_mid16, spurious_isr_hi32, 0, GATE_INTR_DPL0
         .elseif (vec == 2) | (vec == 8) | (vec == 18)
         IDT_GATE isr_stubs_lo16+16*vec, isr_stubs_mid16, isr_stubs_hi32, IST_CRITICAL, GATE_INTR_DPL0
         .else
@@ -349,19 +516,9 @@ pd:
         .set    page, page + 1
         .endr
 
-/* ------------------------------------------------------------------ */
-/* Stacks: not part of the file and never zeroed.                      */
-
-        .section .stack, "aw", @nobits
-        .balign 16
-        .space  KERNEL_STACK_SIZE
-        .globl  kernel_stack_top
-kernel_stack_top:
-        .space  IST_STACK_SIZE
-        .globl  ist_stack_top
-ist_stack_top:
-        .space  USER_STACK_SIZE
-        .globl  user_stack_top
-user_stack_top:
+/*
+ * Stacks live in the per-CPU areas at CPU_AREAS (probe.h), RAM outside
+ * the image that is neither loaded nor zeroed.
+ */
 
         .section .note.GNU-stack, "", @progbits

@@ -1,6 +1,6 @@
 /*
  * Output on COM1 and the debug-exit device.  Used from ring 3 and from the
- * ring-0 exception handler alike.
+ * ring-0 exception handler alike, on any CPU.
  */
 #include "probe.h"
 
@@ -17,6 +17,52 @@
 
 int io_use_gate;
 static int thre_broken;
+
+/*
+ * Output lock, so that lines from several CPUs do not mix: line_begin()
+ * takes it and line_end() drops it.  It records its owner (CPU index + 1)
+ * and nests, so the exception handler can still print when its CPU
+ * faulted in the middle of a line.  Ring 3 waits for it as long as it
+ * takes; ring 0 (the exception handler) only for a while and then takes
+ * it over, since the owner may be stuck.
+ */
+#define PRINT_LOCK_RING0_SPINS 100000
+
+static uint32_t print_owner;
+static unsigned print_depth;
+
+void print_lock(void)
+{
+    uint32_t me = this_cpu() + 1;
+    unsigned long spins = 0;
+    int ring0 = in_ring0();
+
+    if (__atomic_load_n(&print_owner, __ATOMIC_ACQUIRE) == me) {
+        print_depth++;
+        return;
+    }
+    for (;;) {
+        uint32_t expected = 0;
+
+        if (__atomic_compare_exchange_n(&print_owner, &expected, me, 0,
+                                        __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            break;
+        if (ring0 && ++spins >= PRINT_LOCK_RING0_SPINS) {
+            __atomic_store_n(&print_owner, me, __ATOMIC_SEQ_CST);
+            break;
+        }
+        cpu_relax();
+    }
+    print_depth = 1;
+}
+
+void print_unlock(void)
+{
+    if (__atomic_load_n(&print_owner, __ATOMIC_RELAXED) != this_cpu() + 1)
+        return;
+    if (--print_depth == 0)
+        __atomic_store_n(&print_owner, 0, __ATOMIC_RELEASE);
+}
 
 void put_char(char c)
 {
@@ -95,6 +141,7 @@ void put_escaped(const char *s, size_t len)
 
 void line_begin(const char *tag)
 {
+    print_lock();
     put_str("probe:");
     if (tag) {
         put_char(' ');
@@ -130,6 +177,7 @@ void kv_str(const char *k, const char *v)
 void line_end(void)
 {
     put_char('\n');
+    print_unlock();
 }
 
 void probe_exit(uint32_t status)

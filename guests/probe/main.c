@@ -17,11 +17,14 @@ struct options {
     int have_n;
     uint64_t port;
     uint64_t addr;
+    unsigned ring;              /* pio/mmio: loop in ring 3 or ring 0 */
 };
+
+static size_t bounded_strlen_max(const char *s);
 
 /* ------------------------------------------------------------------ */
 
-static void print_result(int pass)
+void print_result(int pass)
 {
     line_begin(NULL);
     kv_str("result", pass ? "pass" : "fail");
@@ -29,7 +32,7 @@ static void print_result(int pass)
 }
 
 /* probe: error="<msg><arg>", probe: result=fail, exit 1 */
-static NORETURN void fail(const char *msg, const char *arg, size_t arg_len)
+NORETURN void fail(const char *msg, const char *arg, size_t arg_len)
 {
     line_begin(NULL);
     put_str(" error=\"");
@@ -41,10 +44,20 @@ static NORETURN void fail(const char *msg, const char *arg, size_t arg_len)
     probe_exit(EXIT_FAIL);
 }
 
-static NORETURN void pass(void)
+NORETURN void pass(void)
 {
     print_result(1);
     probe_exit(EXIT_PASS);
+}
+
+/* key="value" with the value escaped, inside the current line. */
+void put_quoted(const char *key, const char *s)
+{
+    put_char(' ');
+    put_str(key);
+    put_str("=\"");
+    put_escaped(s, bounded_strlen_max(s));
+    put_str("\"");
 }
 
 /* ------------------------------------------------------------------ */
@@ -57,6 +70,11 @@ static size_t bounded_strlen(const char *s, size_t max)
     while (n < max && s[n])
         n++;
     return n;
+}
+
+static size_t bounded_strlen_max(const char *s)
+{
+    return bounded_strlen(s, CMDLINE_MAX);
 }
 
 static int mem_eq(const char *a, size_t alen, const char *b)
@@ -140,6 +158,10 @@ static void parse_option(struct options *o, const char *tok, size_t len)
         if (!parse_u64(val, val_len, 1, &v) || v > MAPPED_LIMIT - 4 || (v & 3))
             fail("bad value for probe.addr: ", val, val_len);
         o->addr = v;
+    } else if (mem_eq(key, key_len, "probe.ring")) {
+        if (!parse_u64(val, val_len, 0, &v) || (v != 0 && v != 3))
+            fail("bad value for probe.ring: ", val, val_len);
+        o->ring = (unsigned)v;
     } else {
         fail("unknown option ", key, key_len);
     }
@@ -245,7 +267,15 @@ static NORETURN void test_pio(const struct options *o)
     uint16_t port = (uint16_t)o->port;
     uint64_t t0, t1, i;
 
-    if (io_use_gate) {
+    if (o->ring == 0) {
+        /* The whole loop in ring 0: one gate call, then n plain outb. */
+        t0 = rdtsc();
+        __asm__ volatile("int3"
+                         : "+S"(n)
+                         : "c"(IO_GATE_PIO_LOOP), "d"(port)
+                         : "rax", "memory");
+        t1 = rdtsc();
+    } else if (io_use_gate) {
         t0 = rdtsc();
         for (i = 0; i < n; i++)
             gate_outb(port, (uint8_t)i);
@@ -261,7 +291,8 @@ static NORETURN void test_pio(const struct options *o)
     kv_dec("n", n);
     kv_hex("port", port);
     kv_dec("cycles", t1 - t0);
-    kv_str("io", io_mode());
+    kv_str("io", o->ring == 0 ? "direct" : io_mode());
+    kv_dec("ring", o->ring);
     line_end();
     pass();
 }
@@ -272,15 +303,27 @@ static NORETURN void test_mmio(const struct options *o)
     volatile uint32_t *p = (volatile uint32_t *)o->addr;
     uint64_t t0, t1, i;
 
-    t0 = rdtsc();
-    for (i = 0; i < n; i++)
-        *p = (uint32_t)i;
-    t1 = rdtsc();
+    if (o->ring == 0) {
+        uint64_t count = n;
+
+        t0 = rdtsc();
+        __asm__ volatile("int3"
+                         : "+S"(count)
+                         : "c"(IO_GATE_MMIO_LOOP), "D"(p)
+                         : "rax", "memory");
+        t1 = rdtsc();
+    } else {
+        t0 = rdtsc();
+        for (i = 0; i < n; i++)
+            *p = (uint32_t)i;
+        t1 = rdtsc();
+    }
 
     line_begin("mmio");
     kv_dec("n", n);
     kv_hex("addr", o->addr);
     kv_dec("cycles", t1 - t0);
+    kv_dec("ring", o->ring);
     line_end();
     pass();
 }
@@ -309,6 +352,22 @@ static NORETURN void test_cpu(const struct options *o)
     pass();
 }
 
+/*
+ * Count forever in ring 3, at a fixed address the host can read while
+ * the guest runs (or is paused).
+ */
+static NORETURN void test_counter(void)
+{
+    volatile uint64_t *counter = (volatile uint64_t *)COUNTER_ADDR;
+
+    *counter = 0;
+    line_begin("counter");
+    kv_hex("addr", COUNTER_ADDR);
+    line_end();
+    for (;;)
+        (*counter)++;
+}
+
 static NORETURN void test_fault(void)
 {
     /* hlt at CPL 3 raises #GP(0). */
@@ -321,7 +380,7 @@ static NORETURN void test_fault(void)
 void user_main(uint32_t kind, uint64_t info)
 {
     struct options o = { .test = "hello", .test_len = 5,
-                         .port = 0x0b00, .addr = 0xd0000000 };
+                         .port = 0x0b00, .addr = 0xd0000000, .ring = 3 };
     const char *err, *cmdline;
     size_t len;
 
@@ -356,5 +415,15 @@ void user_main(uint32_t kind, uint64_t info)
         test_cpu(&o);
     if (mem_eq(o.test, o.test_len, "fault"))
         test_fault();
+    if (mem_eq(o.test, o.test_len, "counter"))
+        test_counter();
+    if (mem_eq(o.test, o.test_len, "acpi"))
+        test_acpi(kind, info);
+    if (mem_eq(o.test, o.test_len, "poweroff"))
+        test_poweroff(kind, info);
+    if (mem_eq(o.test, o.test_len, "smp"))
+        test_smp(kind, info);
+    if (mem_eq(o.test, o.test_len, "timer"))
+        test_timer(kind, info, o.have_n ? o.n : 20);
     fail("unknown test ", o.test, o.test_len);
 }

@@ -11,7 +11,12 @@
 #define KERNEL_DS   0x10
 #define USER_DS     0x18
 #define USER_CS     0x20
-#define TSS_SEL     0x28
+#define KERNEL_CS32 0x28        /* 32-bit code: AP start-up only */
+#define TSS_SEL0    0x30        /* CPU i: TSS_SEL0 + 16 * i (16-byte descriptors) */
+#define TSS_SEL(i)  (TSS_SEL0 + 16 * (i))
+
+/* Most CPUs the probe brings up (GDT slots and per-CPU areas). */
+#define MAX_CPUS    64
 
 /* How the probe was entered. */
 #define BOOT_ELF64  0
@@ -19,6 +24,8 @@
 
 /* Control register / MSR bits. */
 #define CR0_PE      0x00000001
+#define CR0_NW      0x20000000
+#define CR0_CD      0x40000000
 #define CR0_PG      0x80000000
 #define CR4_TSD     0x00000004
 #define CR4_PAE     0x00000020
@@ -31,13 +38,15 @@
 #define EFER_LME    0x00000100
 
 #define RFLAGS_FIXED 0x2         /* bit 1 always reads as one */
+#define RFLAGS_IF    0x200
 #define RFLAGS_IOPL3 0x3000
 
 /*
  * I/O gate: "int3" from ring 3 (vector 3, DPL 3) with ECX = one of the
  * IO_GATE_* codes, EDX = port, EAX = value/result.  Used for port I/O when
- * ring 3 does not actually get IOPL=3 (see README), and to halt.  An int3
- * with any other ECX is reported as a breakpoint exception.
+ * ring 3 does not actually get IOPL=3 (see README), to halt, to switch
+ * interrupts on or off for ring 3, and to run the ring-0 exit loops.  An
+ * int3 with any other ECX is reported as a breakpoint exception.
  */
 #define IO_GATE_VECTOR  3
 #define IO_GATE_MAGIC   0x70726f00
@@ -45,14 +54,54 @@
 #define IO_GATE_INB     (IO_GATE_MAGIC + 2)
 #define IO_GATE_OUTL    (IO_GATE_MAGIC + 3)
 #define IO_GATE_HALT    (IO_GATE_MAGIC + 4)
+#define IO_GATE_OUTW    (IO_GATE_MAGIC + 5)   /* EDX port, AX value */
+#define IO_GATE_INW     (IO_GATE_MAGIC + 6)   /* EDX port, AX result */
+#define IO_GATE_STI     (IO_GATE_MAGIC + 7)   /* return to ring 3 with IF=1 */
+#define IO_GATE_CLI     (IO_GATE_MAGIC + 8)   /* return to ring 3 with IF=0 */
+#define IO_GATE_PIO_LOOP  (IO_GATE_MAGIC + 9)  /* RSI times outb, EDX port */
+#define IO_GATE_MMIO_LOOP (IO_GATE_MAGIC + 10) /* RSI times movl to (RDI) */
 
 /* IST slot used for #NMI, #DF and #MC. */
 #define IST_CRITICAL 1
 
-/* Sizes of the stacks (in the .stack section, neither loaded nor zeroed). */
+/*
+ * Per-CPU areas: CPU i owns CPU_AREA_SIZE bytes at CPU_AREAS + i *
+ * CPU_AREA_SIZE (neither loaded nor zeroed).  From the bottom up: kernel
+ * stack (TSS.RSP0), IST stack, user stack, then one page of per-CPU data
+ * with the CPU's TSS (the BSP uses the static TSS in entry.S).  Any stack
+ * pointer of a CPU therefore tells which CPU it is.
+ */
+#define CPU_AREAS         0x200000
+#define CPU_AREA_SHIFT    15
+#define CPU_AREA_SIZE     (1 << CPU_AREA_SHIFT)
 #define KERNEL_STACK_SIZE 8192
 #define IST_STACK_SIZE    4096
 #define USER_STACK_SIZE   16384
+#define KSTACK_TOP_OFF    KERNEL_STACK_SIZE
+#define IST_TOP_OFF       (KSTACK_TOP_OFF + IST_STACK_SIZE)
+#define USTACK_TOP_OFF    (IST_TOP_OFF + USER_STACK_SIZE)
+#define PERCPU_OFF        USTACK_TOP_OFF          /* struct percpu */
+#define PERCPU_TICKS      0                       /* offset of percpu.ticks */
+#define PERCPU_TSS        0x100                   /* offset of percpu.tss */
+
+/* The counter workload's 64-bit counter: alone in its page. */
+#define COUNTER_ADDR      0x1ff000
+
+/* AP start-up trampoline: copied here, SIPI vector = page number. */
+#define AP_TRAMPOLINE     0x8000
+
+/* Offsets in ap_boot (entry.S), the start-up parameters of one AP. */
+#define AP_BOOT_INDEX      0
+#define AP_BOOT_KERNEL_RSP 8
+#define AP_BOOT_USER_RSP   16
+#define AP_BOOT_TSS_SEL    24
+
+/* Timer workload: LAPIC timer vector; spurious-interrupt vector. */
+#define TIMER_VECTOR      0x40
+#define SPURIOUS_VECTOR   0xff
+
+#define LAPIC_DEFAULT_BASE 0xfee00000
+#define LAPIC_EOI          0x0b0
 
 /* Devices. */
 #define COM1_PORT        0x3f8
@@ -118,15 +167,65 @@ static inline uint8_t gate_inb(uint16_t port)
     return (uint8_t)v;
 }
 
+static inline void gate_outw(uint16_t port, uint16_t v)
+{
+    __asm__ volatile("int3" : : "a"(v), "c"(IO_GATE_OUTW), "d"(port) : "memory");
+}
+
+static inline uint16_t gate_inw(uint16_t port)
+{
+    uint32_t v = 0;
+
+    __asm__ volatile("int3" : "+a"(v) : "c"(IO_GATE_INW), "d"(port) : "memory");
+    return (uint16_t)v;
+}
+
+static inline void outw(uint16_t port, uint16_t v)
+{
+    __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline uint16_t inw(uint16_t port)
+{
+    uint16_t v;
+    __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+
+/* Ring 3: let interrupts in (or keep them out) from now on. */
+static inline void user_sti(void)
+{
+    __asm__ volatile("int3" : : "c"(IO_GATE_STI) : "memory");
+}
+
+static inline void user_cli(void)
+{
+    __asm__ volatile("int3" : : "c"(IO_GATE_CLI) : "memory");
+}
+
 /*
- * Nonzero while port I/O has to go through the gate: set by ring 3 when
- * it finds RFLAGS.IOPL < 3, cleared by the ring-0 exception handler.
+ * Nonzero when ring 3 has no I/O privilege and port I/O from ring 3 has
+ * to go through the gate (set once by ring 3 when it finds
+ * RFLAGS.IOPL < 3).  Ring 0 always uses in/out directly.
  */
 extern int io_use_gate;
 
+static inline int in_ring0(void)
+{
+    uint16_t cs;
+
+    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    return (cs & 3) == 0;
+}
+
+static inline int need_gate(void)
+{
+    return io_use_gate && !in_ring0();
+}
+
 static inline void port_outb(uint16_t port, uint8_t v)
 {
-    if (io_use_gate)
+    if (need_gate())
         gate_outb(port, v);
     else
         outb(port, v);
@@ -134,7 +233,7 @@ static inline void port_outb(uint16_t port, uint8_t v)
 
 static inline void port_outl(uint16_t port, uint32_t v)
 {
-    if (io_use_gate)
+    if (need_gate())
         gate_outl(port, v);
     else
         outl(port, v);
@@ -142,7 +241,81 @@ static inline void port_outl(uint16_t port, uint32_t v)
 
 static inline uint8_t port_inb(uint16_t port)
 {
-    return io_use_gate ? gate_inb(port) : inb(port);
+    return need_gate() ? gate_inb(port) : inb(port);
+}
+
+static inline void port_outw(uint16_t port, uint16_t v)
+{
+    if (need_gate())
+        gate_outw(port, v);
+    else
+        outw(port, v);
+}
+
+static inline uint16_t port_inw(uint16_t port)
+{
+    return need_gate() ? gate_inw(port) : inw(port);
+}
+
+static inline void cpu_relax(void)
+{
+    __asm__ volatile("pause" : : : "memory");
+}
+
+static inline void barrier(void)
+{
+    __asm__ volatile("" : : : "memory");
+}
+
+static inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4])
+{
+    __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3])
+                     : "a"(leaf), "c"(sub));
+}
+
+static inline uint32_t mmio_read32(uint64_t addr)
+{
+    return *(volatile uint32_t *)addr;
+}
+
+static inline void mmio_write32(uint64_t addr, uint32_t v)
+{
+    *(volatile uint32_t *)addr = v;
+}
+
+static inline void mmio_write8(uint64_t addr, uint8_t v)
+{
+    *(volatile uint8_t *)addr = v;
+}
+
+static inline void mmio_write16(uint64_t addr, uint16_t v)
+{
+    *(volatile uint16_t *)addr = v;
+}
+
+/* Which CPU this is (0 = BSP), from the stack pointer: see CPU_AREAS. */
+static inline unsigned this_cpu(void)
+{
+    uint64_t sp = (uint64_t)__builtin_frame_address(0);
+
+    return (unsigned)((sp - CPU_AREAS) >> CPU_AREA_SHIFT);
+}
+
+/* Per-CPU data, at PERCPU_OFF in each CPU area. */
+struct percpu {
+    volatile uint64_t ticks;            /* timer interrupts (ring 0 counts) */
+    uint8_t pad[PERCPU_TSS - 8];
+    uint8_t tss[104];                   /* 64-bit TSS (APs only) */
+};
+
+static inline struct percpu *percpu_of(unsigned cpu)
+{
+    return (struct percpu *)(uint64_t)(CPU_AREAS + (uint64_t)cpu * CPU_AREA_SIZE + PERCPU_OFF);
+}
+
+static inline uint64_t cpu_area_of(unsigned cpu)
+{
+    return CPU_AREAS + (uint64_t)cpu * CPU_AREA_SIZE;
 }
 
 static inline uint64_t rdtsc(void)
@@ -153,17 +326,19 @@ static inline uint64_t rdtsc(void)
 }
 
 /* io.c: output lines and the exit device. */
+void print_lock(void);                  /* one line at a time across CPUs */
+void print_unlock(void);
 void put_char(char c);
 void put_str(const char *s);
 void put_dec(uint64_t v);
 void put_hex(uint64_t v);               /* 0x..., no leading zeros */
 void put_hex16(uint64_t v);             /* 0x + exactly 16 digits */
 void put_escaped(const char *s, size_t len);
-void line_begin(const char *tag);       /* "probe: " [tag] */
+void line_begin(const char *tag);       /* print_lock(), "probe:" [" " tag] */
 void kv_dec(const char *key, uint64_t v);
 void kv_hex(const char *key, uint64_t v);
 void kv_str(const char *key, const char *v);
-void line_end(void);
+void line_end(void);                    /* "\n", print_unlock() */
 NORETURN void probe_exit(uint32_t status);
 
 void *memset(void *d, int c, size_t n);
@@ -174,6 +349,52 @@ NORETURN void exception_handler(struct trap_frame *f);
 
 /* main.c (ring 3) */
 NORETURN void user_main(uint32_t kind, uint64_t info);
+void print_result(int pass);
+NORETURN void fail(const char *msg, const char *arg, size_t arg_len);
+NORETURN void pass(void);
+void put_quoted(const char *key, const char *s);
+
+/* acpi.c (ring 3) */
+#define ACPI_MAX_CPUS 256
+struct gas {                            /* ACPI Generic Address Structure */
+    uint8_t space;                      /* 0 memory, 1 I/O */
+    uint8_t bit_width;
+    uint64_t addr;
+};
+struct acpi_info {
+    uint64_t rsdp;
+    const char *rsdp_source;            /* "zeropage", "pvh", "scan" */
+    int have_madt;
+    uint64_t lapic_addr;
+    unsigned ncpus;                     /* enabled CPUs in the MADT */
+    uint32_t apic_ids[ACPI_MAX_CPUS];
+    int have_ioapic;
+    uint64_t ioapic_addr;
+    uint32_t ioapic_gsi_base;
+    int have_fadt;
+    uint32_t fadt_flags;
+    struct gas sleep_control;
+    struct gas reset_reg;
+    uint8_t reset_value;
+    int have_reset;
+    struct gas pm1a_cnt;
+    uint32_t smi_cmd;
+    uint8_t acpi_enable;
+    uint64_t dsdt;
+};
+extern struct acpi_info acpi;
+/* Parse what is there; verbose=1 prints the acpi workload's lines.
+ * Returns 1 if all checksums were fine. */
+int acpi_scan(uint32_t kind, uint64_t info, int verbose);
+NORETURN void test_acpi(uint32_t kind, uint64_t info);
+NORETURN void test_poweroff(uint32_t kind, uint64_t info);
+
+/* smp.c (ring 3) */
+uint64_t tsc_hz(void);
+void tsc_delay_us(uint64_t us);
+NORETURN void test_smp(uint32_t kind, uint64_t info);
+NORETURN void test_timer(uint32_t kind, uint64_t info, uint64_t n);
+NORETURN void ap_user_main(unsigned index);
 
 #endif /* __ASSEMBLER__ */
 #endif /* PROBE_H */

@@ -18,6 +18,8 @@ per guest exit and every attribute lookup shows in the per-exit cost.
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import struct
 import sys
@@ -25,9 +27,9 @@ import threading
 from typing import Callable
 
 from .._sys import kvm_h as h
-from .._sys.ioctl import ioctl
+from .._sys.ioctl import fast_ioctl, get_errno
 from ..devices.bus import ALL_ONES, MmioBus, PioBus
-from ..errors import PyhvError
+from ..errors import KvmError, PyhvError
 from ..kvm import Vcpu
 from .report import format_registers
 from .state import Stop, StopKind
@@ -138,7 +140,7 @@ class VcpuThread:
         fd = self.vcpu.fd
         run = self.vcpu.run_page
         table = self.pio.table
-        mmio = self.mmio
+        mmio_find = self.mmio.find
         unpack_from = struct.unpack_from
         pack_into = struct.pack_into
         pio_fmt = _PIO_FMT
@@ -148,9 +150,10 @@ class VcpuThread:
         exits = 0
         try:
             while True:
-                try:
-                    ioctl(fd, KVM_RUN, 0)
-                except InterruptedError:
+                if fast_ioctl(fd, KVM_RUN, 0) < 0:
+                    err = get_errno()
+                    if err != errno.EINTR:
+                        raise KvmError("KVM_RUN", OSError(err, os.strerror(err)))
                     if not self._service_requests():
                         return None
                     continue
@@ -178,15 +181,17 @@ class VcpuThread:
                     except Exception as e:
                         self._device_failed(f"port {port:#x}", e)
                 elif reason == EXIT_MMIO:
-                    addr, length, is_write = unpack_from("<QxxxxxxxxIB", run, _EXIT)
-                    if not 0 < length <= 8:
+                    addr, data, length, is_write = unpack_from("<Q8sIB", run, _EXIT)
+                    r = mmio_find(addr)
+                    if r is None or not 0 < length <= 8:
+                        if not is_write:
+                            run[_MMIO_DATA : _MMIO_DATA + 8] = b"\xff" * 8  # unclaimed: all ones
                         continue
                     try:
                         if is_write:
-                            value = int.from_bytes(run[_MMIO_DATA : _MMIO_DATA + length], "little")
-                            mmio.write(addr, length, value)
+                            r.device.write(addr - r.base, length, int.from_bytes(data[:length], "little"))
                         else:
-                            value = mmio.read(addr, length) & ((1 << (8 * length)) - 1)
+                            value = r.device.read(addr - r.base, length) & ((1 << (8 * length)) - 1)
                             run[_MMIO_DATA : _MMIO_DATA + length] = value.to_bytes(length, "little")
                     except Exception as e:
                         self._device_failed(f"MMIO {addr:#x}", e)
