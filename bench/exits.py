@@ -202,7 +202,9 @@ def vmm_command(vmm: str, kernel: Path, cmdline: str) -> tuple[list[str], dict[s
         env = dict(os.environ)
         old = env.get("PYTHONPATH")
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + old if old else "")
-        return [sys.executable, "-m", "pyhv", "run", "--kernel", str(kernel),
+        # -S: the domain process runs without site (its boot path is the
+        # standard library only), as a toolstack starts it; see bench/README.md.
+        return [sys.executable, "-S", "-m", "pyhv", "run", "--kernel", str(kernel),
                 "--cmdline", cmdline, "--debug-exit",
                 "--memory", f"{MEMORY_MIB}M"], env
     if vmm == "qemu":
@@ -306,7 +308,7 @@ def measure(vmms: list[str], kernel: Path, args) -> dict[str, dict[str, Cell]]:
                     continue
                 walls = []
                 for n in (n_small, n_large):
-                    cmd, env = vmm_command(vmm, kernel, f"probe.test={wl} probe.n={n}")
+                    cmd, env = vmm_command(vmm, kernel, f"probe.test={wl} probe.n={n} probe.ring={args.ring}")
                     r = run_vmm(cmd, env, EXPECTED_RC[vmm], args.timeout)
                     if not r.ok:
                         cell.fail(f"probe.n={n}: {r.reason}")
@@ -495,6 +497,9 @@ def parse_args(argv=None):
                    help="rounds; medians are reported (default 5)")
     p.add_argument("--n", type=int, default=200000,
                    help="exits in the large run (default 200000)")
+    p.add_argument("--ring", type=int, choices=(0, 3), default=0,
+                   help="run the probe's exit loop in ring 0 (default: a few emulated "
+                        "instructions per exit) or ring 3 (through the probe's int3 gate on PVM)")
     p.add_argument("--n-small", type=int, default=1000,
                    help="exits in the small run (default 1000)")
     p.add_argument("--vmm", default=",".join(VMMS),
