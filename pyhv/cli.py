@@ -10,9 +10,13 @@ from __future__ import annotations
 import signal
 import sys
 from types import SimpleNamespace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import PyhvError, UsageError
+
+if TYPE_CHECKING:
+    from .backends.console import Console
+    from .vmm import MachineConfig
 
 
 class Option:
@@ -46,6 +50,7 @@ RUN_OPTIONS = [
     Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST", "stdio"),
     Option("--on-reboot", "what a guest reboot does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
+    Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--progress", "print port 0x80 progress codes with times at exit"),
 ]
 
@@ -97,8 +102,8 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
 
 
 def _run(args: SimpleNamespace) -> int:
-    from .vcpu import StopKind
-    from .vmm import MachineConfig, build
+    from .backends.console import open_console
+    from .vmm import MachineConfig
     from .vmm.config import parse_size
 
     try:
@@ -115,9 +120,21 @@ def _run(args: SimpleNamespace) -> int:
         serial=args.serial,
         boot=args.boot,
         on_reboot=args.on_reboot,
+        on_poweroff=args.on_poweroff,
     )
+    console = open_console(config.serial)
+    try:
+        return _run_machine(config, console, args.progress)
+    finally:
+        console.close()
+
+
+def _run_machine(config: "MachineConfig", console: "Console", progress: bool) -> int:
+    from .vcpu import StopKind
+    from .vmm import build
+
     while True:
-        machine = build(config)
+        machine = build(config, console=console)
         caught: list[int] = []
 
         def on_signal(signum: int, frame: object) -> None:
@@ -136,10 +153,14 @@ def _run(args: SimpleNamespace) -> int:
             machine.close()
             for s, handler in old.items():
                 signal.signal(s, handler)
-        if args.progress:
+        if progress:
             for t_ns, code in machine.progress.records:
                 print(f"pyhv: progress {code:#04x} at {t_ns / 1e6:.3f} ms", file=sys.stderr)
         if stop.kind is StopKind.RESET and config.on_reboot == "restart":
+            print("pyhv: guest rebooted; restarting (on_reboot=restart)", file=sys.stderr)
+            continue
+        if stop.kind is StopKind.POWEROFF and config.on_poweroff == "restart":
+            print("pyhv: guest powered off; restarting (on_poweroff=restart)", file=sys.stderr)
             continue
         if stop.kind in (StopKind.CRASH, StopKind.ERROR):
             print(f"pyhv: {stop.detail}", file=sys.stderr)

@@ -410,6 +410,7 @@ lapic_eoi_addr:
         .quad   LAPIC_DEFAULT_BASE + LAPIC_EOI
 
         .balign 16
+        .globl  gdt
 gdt:
         .quad   0                       /* 0x00 null */
         .quad   0x00af9b000000ffff      /* 0x08 ring-0 64-bit code */

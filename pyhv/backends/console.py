@@ -75,10 +75,17 @@ class StdioConsole(FdConsole):
         super().__init__(sys.stdout.fileno(), owned=False)
         self.in_fd = sys.stdin.fileno() if sys.stdin is not None else -1
         self._saved: list | None = None  # type: ignore[type-arg]
+        self._sink: Callable[[bytes], int] = lambda data: len(data)
+        self._on_escape: Callable[[], None] = lambda: None
+        self._started = False
 
     def start_input(self, sink: Callable[[bytes], int], on_escape: Callable[[], None]) -> None:
-        if self.in_fd < 0:
+        """Deliver input to ``sink``; called again (a restarted guest) it only
+        redirects the running input thread."""
+        self._sink, self._on_escape = sink, on_escape
+        if self.in_fd < 0 or self._started:
             return
+        self._started = True
         interactive = os.isatty(self.in_fd)
         if interactive:
             self._saved = termios.tcgetattr(self.in_fd)
@@ -86,12 +93,10 @@ class StdioConsole(FdConsole):
             attrs = termios.tcgetattr(self.in_fd)
             attrs[1] |= termios.OPOST | termios.ONLCR  # keep "\n" -> "\r\n" on output
             termios.tcsetattr(self.in_fd, termios.TCSANOW, attrs)
-        t = threading.Thread(
-            target=self._pump, args=(sink, on_escape, interactive), name="console-input", daemon=True
-        )
+        t = threading.Thread(target=self._pump, args=(interactive,), name="console-input", daemon=True)
         t.start()
 
-    def _pump(self, sink: Callable[[bytes], int], on_escape: Callable[[], None], interactive: bool) -> None:
+    def _pump(self, interactive: bool) -> None:
         while True:
             try:
                 data = os.read(self.in_fd, 256)
@@ -100,16 +105,14 @@ class StdioConsole(FdConsole):
             if not data:
                 return
             if interactive and ESCAPE_BYTE in data:
-                data = data[: data.index(ESCAPE_BYTE)]
-                self._feed(sink, data)
-                on_escape()
+                self._feed(data[: data.index(ESCAPE_BYTE)])
+                self._on_escape()
                 return
-            self._feed(sink, data)
+            self._feed(data)
 
-    @staticmethod
-    def _feed(sink: Callable[[bytes], int], data: bytes) -> None:
+    def _feed(self, data: bytes) -> None:
         while data:
-            n = sink(data)
+            n = self._sink(data)
             data = data[n:]
             if data:
                 time.sleep(0.002)  # receive FIFO full: let the guest drain it

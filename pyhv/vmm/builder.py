@@ -7,7 +7,7 @@ afterwards costs milliseconds per slot.
 
 from __future__ import annotations
 
-from ..backends.console import open_console
+from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
 from ..devices.legacy import acpi_pm, debug_exit, i8042, port80, rtc, uart
@@ -21,9 +21,13 @@ from .machine import Machine
 _BOOT_PROTOCOL = {"auto": "auto", "linux": "linux", "pvh": "pvh", "multiboot": "multiboot"}
 
 
-def build(config: MachineConfig, kvm: Kvm | None = None) -> Machine:
-    """Create a machine ready to start; on any error release what was made."""
-    console = open_console(config.serial)
+def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None = None) -> Machine:
+    """Create a machine ready to start; on any error release what was made.
+
+    A ``console`` passed in stays the caller's (it outlives restarts); without
+    one the machine opens ``config.serial`` and closes it with itself."""
+    owns_console = console is None
+    console = console or open_console(config.serial)
     vm = memory = machine = None
     try:
         # Images are checked and loaded before /dev/kvm is touched: bad input
@@ -48,7 +52,7 @@ def build(config: MachineConfig, kvm: Kvm | None = None) -> Machine:
 
         pio, mmio = PioBus(), MmioBus()
         progress = port80.ProgressCodes()
-        machine = Machine(config, kvm, vm, memory, pio, mmio, console, progress)
+        machine = Machine(config, kvm, vm, memory, pio, mmio, console, progress, owns_console)
 
         com1 = uart.Uart(console.write, irq=lambda level: vm.irq_line(uart.COM1_IRQ, int(level)))
         pio.insert(uart.COM1_BASE, 8, com1, "com1")
@@ -92,7 +96,7 @@ def build(config: MachineConfig, kvm: Kvm | None = None) -> Machine:
         if machine is not None:
             machine.close()
         else:
-            for resource in (memory, vm, kvm, console):
+            for resource in (memory, vm, kvm, console if owns_console else None):
                 if resource is not None:
                     resource.close()
         raise

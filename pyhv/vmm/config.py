@@ -10,6 +10,7 @@ MAX_MEMORY = 1 << 40
 MAX_VCPUS = 255  # xAPIC IDs are 8 bits; 0xff is the broadcast ID
 BOOT_PROTOCOLS = ("auto", "linux", "pvh", "multiboot")
 ON_REBOOT = ("destroy", "restart")
+ON_POWEROFF = ("destroy", "restart")
 
 _UNITS = {"": MiB, "k": 1 << 10, "m": MiB, "g": 1 << 30, "t": 1 << 40}
 
@@ -42,6 +43,7 @@ class MachineConfig:
         serial: str = "stdio",
         boot: str = "auto",
         on_reboot: str = "destroy",
+        on_poweroff: str = "destroy",
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -52,6 +54,7 @@ class MachineConfig:
         self.serial = serial
         self.boot = boot
         self.on_reboot = on_reboot
+        self.on_poweroff = on_poweroff
         self._validate()
 
     def __repr__(self) -> str:
@@ -68,3 +71,5 @@ class MachineConfig:
             raise UsageError(f"boot {self.boot!r}: expected one of {', '.join(BOOT_PROTOCOLS)}")
         if self.on_reboot not in ON_REBOOT:
             raise UsageError(f"on_reboot {self.on_reboot!r}: expected one of {', '.join(ON_REBOOT)}")
+        if self.on_poweroff not in ON_POWEROFF:
+            raise UsageError(f"on_poweroff {self.on_poweroff!r}: expected one of {', '.join(ON_POWEROFF)}")

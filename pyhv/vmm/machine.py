@@ -37,6 +37,7 @@ class Machine:
         mmio: MmioBus,
         console: Console,
         progress: ProgressCodes,
+        owns_console: bool = True,
     ) -> None:
         self.config = config
         self.kvm = kvm
@@ -46,6 +47,7 @@ class Machine:
         self.mmio = mmio
         self.console = console
         self.progress = progress
+        self.owns_console = owns_console
         self.devices: dict[str, Any] = {}
         self.vcpus: list[VcpuThread] = []
         self._stop: Stop | None = None
@@ -130,4 +132,5 @@ class Machine:
         self.vm.close()
         self.memory.close()
         self.kvm.close()
-        self.console.close()
+        if self.owns_console:
+            self.console.close()
