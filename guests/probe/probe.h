@@ -365,6 +365,8 @@ struct acpi_info {
     uint64_t rsdp;
     const char *rsdp_source;            /* "zeropage", "pvh", "scan" */
     int have_madt;
+    uint64_t madt;
+    uint32_t madt_len;
     uint64_t lapic_addr;
     unsigned ncpus;                     /* enabled CPUs in the MADT */
     uint32_t apic_ids[ACPI_MAX_CPUS];

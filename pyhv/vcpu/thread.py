@@ -152,6 +152,10 @@ class VcpuThread:
             while True:
                 if fast_ioctl(fd, KVM_RUN, 0) < 0:
                     err = get_errno()
+                    if err == errno.EAGAIN:
+                        # An AP waiting for INIT/SIPI just got one: KVM wants
+                        # KVM_RUN called again to start it.
+                        continue
                     if err != errno.EINTR:
                         raise KvmError("KVM_RUN", OSError(err, os.strerror(err)))
                     if not self._service_requests():
