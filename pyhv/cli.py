@@ -130,45 +130,58 @@ def _run(args: SimpleNamespace) -> int:
 
 
 def _run_machine(config: "MachineConfig", console: "Console", progress: bool) -> int:
-    from .vcpu import StopKind
-    from .vmm import build
+    """Boot, and boot again while the guest reboots (or powers off) into a restart.
 
-    while True:
-        machine = build(config, console=console)
-        caught: list[int] = []
+    SIGINT, SIGTERM and SIGHUP stop whichever machine is running and end the
+    loop, even when they arrive while the guest is rebooting."""
+    from .vcpu import Stop, StopKind
+    from .vmm import Machine, build
 
-        def on_signal(signum: int, frame: object) -> None:
-            caught.append(signum)
-            from .vcpu import Stop
+    current: list[Machine] = []
+    caught: list[int] = []
 
+    def on_signal(signum: int, frame: object) -> None:
+        caught.append(signum)
+        for machine in current:
             machine.request_stop(Stop(StopKind.HOST, 128 + signum, f"stopped by {signal.Signals(signum).name}"))
 
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        try:
-            machine.start()
-            stop = None
-            while stop is None:
-                stop = machine.wait(0.5)
-        finally:
-            machine.close()
-            for s, handler in old.items():
-                signal.signal(s, handler)
-        if progress:
-            for t_ns, code in machine.progress.records:
-                print(f"pyhv: progress {code:#04x} at {t_ns / 1e6:.3f} ms", file=sys.stderr)
-        if stop.kind is StopKind.RESET and config.on_reboot == "restart":
-            print("pyhv: guest rebooted; restarting (on_reboot=restart)", file=sys.stderr)
-            continue
-        if stop.kind is StopKind.POWEROFF and config.on_poweroff == "restart":
-            print("pyhv: guest powered off; restarting (on_poweroff=restart)", file=sys.stderr)
-            continue
-        if stop.kind in (StopKind.CRASH, StopKind.ERROR):
-            print(f"pyhv: {stop.detail}", file=sys.stderr)
-        elif stop.kind is StopKind.HOST and caught:
-            print(f"pyhv: {stop.detail}", file=sys.stderr)
-        elif stop.kind is StopKind.RESET:
-            print("pyhv: guest rebooted (on_reboot=destroy)", file=sys.stderr)
-        return stop.status
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while not caught:
+            machine = build(config, console=console)
+            current[:] = [machine]
+            try:
+                if caught:  # a signal arrived while the machine was being built
+                    break
+                machine.start()
+                stop = None
+                while stop is None:
+                    stop = machine.wait(0.5)
+            finally:
+                current.clear()
+                machine.close()
+            if progress:
+                for t_ns, code in machine.progress.records:
+                    print(f"pyhv: progress {code:#04x} at {t_ns / 1e6:.3f} ms", file=sys.stderr)
+            if caught:
+                break
+            if stop.kind is StopKind.RESET and config.on_reboot == "restart":
+                print("pyhv: guest rebooted; restarting (on_reboot=restart)", file=sys.stderr)
+                continue
+            if stop.kind is StopKind.POWEROFF and config.on_poweroff == "restart":
+                print("pyhv: guest powered off; restarting (on_poweroff=restart)", file=sys.stderr)
+                continue
+            if stop.kind in (StopKind.CRASH, StopKind.ERROR):
+                print(f"pyhv: {stop.detail}", file=sys.stderr)
+            elif stop.kind is StopKind.RESET:
+                print("pyhv: guest rebooted (on_reboot=destroy)", file=sys.stderr)
+            return stop.status
+        signum = caught[0]
+        print(f"pyhv: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -368,6 +368,20 @@ static NORETURN void test_counter(void)
         (*counter)++;
 }
 
+/*
+ * Reboot through the i8042's "pulse reset line" command; a VMM that does not
+ * honour it leaves us running, which is reported as a failure.
+ */
+static NORETURN void test_reboot(void)
+{
+    line_begin("reboot");
+    kv_str("via", "i8042");
+    line_end();
+    port_outb(0x64, 0xfe);
+    tsc_delay_us(2000000);
+    fail("reboot did not happen", "", 0);
+}
+
 static NORETURN void test_fault(void)
 {
     /* hlt at CPL 3 raises #GP(0). */
@@ -417,6 +431,8 @@ void user_main(uint32_t kind, uint64_t info)
         test_fault();
     if (mem_eq(o.test, o.test_len, "counter"))
         test_counter();
+    if (mem_eq(o.test, o.test_len, "reboot"))
+        test_reboot();
     if (mem_eq(o.test, o.test_len, "acpi"))
         test_acpi(kind, info);
     if (mem_eq(o.test, o.test_len, "poweroff"))

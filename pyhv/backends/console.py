@@ -8,6 +8,8 @@ UART's receive FIFO) from its own thread.
 from __future__ import annotations
 
 import os
+import select
+import stat
 import sys
 import termios
 import threading
@@ -24,6 +26,10 @@ ESCAPE_BYTE = 0x1D
 class Console:
     def write(self, data: bytes) -> None:
         raise NotImplementedError
+
+    def set_stopping(self, stopping: bool) -> None:
+        """While a machine stops, output that cannot be written at once is dropped,
+        so a reader that went away never holds a vCPU thread in write()."""
 
     def start_input(self, sink: Callable[[bytes], int], on_escape: Callable[[], None]) -> None:
         """Begin delivering input to ``sink`` (returns how many bytes it took)."""
@@ -44,18 +50,25 @@ class FdConsole(Console):
         self.fd = fd
         self.owned = owned
         self.broken = False
+        self.stopping = False
+        # A pipe, socket or terminal can stay full for ever (nobody reading,
+        # Ctrl-S): wait for room in short slices so a stopping machine can give up.
+        mode = os.fstat(fd).st_mode
+        self.may_block = not stat.S_ISREG(mode)
+
+    def set_stopping(self, stopping: bool) -> None:
+        self.stopping = stopping
 
     def write(self, data: bytes) -> None:
-        if self.broken:
-            return
         view = memoryview(data)
-        while view:
+        while view and not self.broken:
+            if self.may_block:
+                while not select.select([], [self.fd], [], 0.1)[1]:
+                    if self.stopping:
+                        return
             try:
                 n = os.write(self.fd, view)
-            except InterruptedError:
-                continue
-            except BlockingIOError:
-                time.sleep(0.001)
+            except (InterruptedError, BlockingIOError):
                 continue
             except OSError:
                 self.broken = True  # reader went away: drop output, keep the guest running

@@ -58,6 +58,7 @@ class Machine:
 
     def start(self) -> None:
         install_kick_handler()
+        self.console.set_stopping(False)
         for v in self.vcpus:
             v.start()
 
@@ -68,6 +69,7 @@ class Machine:
         with self._lock:
             if self._stop is None:
                 self._stop = stop
+        self.console.set_stopping(True)
         for v in self.vcpus:
             v.request(VcpuThread.STOPPED)
         if all(v.state == VcpuThread.STOPPED for v in self.vcpus):

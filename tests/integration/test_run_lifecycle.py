@@ -59,3 +59,34 @@ def test_large_guest_with_memory_above_4g_boots() -> None:
 def test_guest_started_twice_in_a_row_leaves_nothing_behind() -> None:
     first, second = run_probe("probe.test=hello"), run_probe("probe.test=hello")
     assert first.status == second.status == 0
+
+
+def test_guest_reboot_with_destroy_ends_pyhv_with_0() -> None:
+    run = run_probe("probe.test=reboot")
+    assert run.line("reboot")["via"] == "i8042" and run.status == 0 and "rebooted" in run.stderr
+
+
+def test_guest_reboot_with_restart_boots_the_guest_again() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--cmdline", "probe.test=reboot",
+         "--on-reboot", "restart"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env,
+    )
+    boots = [line for line in (_first_line(p) for _ in range(4)) if line.startswith(b"probe: boot")]
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=20)
+    assert len(boots) == 2
+
+
+def test_poweroff_with_restart_boots_the_guest_again() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--cmdline", "probe.test=poweroff",
+         "--on-poweroff", "restart"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env,
+    )
+    lines = [_first_line(p) for _ in range(6)]
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=20)
+    assert sum(line.startswith(b"probe: boot") for line in lines) >= 2

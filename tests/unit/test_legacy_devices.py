@@ -124,3 +124,26 @@ def test_port80_records_codes_in_order() -> None:
     p.write(0, 1, 0x10)
     p.write(0, 1, 0x1FF)
     assert [c for _, c in p.records] == [0x10, 0xFF] and p.read(0, 1) == 0xFF
+
+
+def test_console_to_a_full_pipe_gives_up_once_the_machine_stops() -> None:
+    import os
+    import threading
+
+    from pyhv.backends.console import FdConsole
+
+    r, w = os.pipe()
+    os.set_blocking(w, True)
+    console = FdConsole(w, owned=True)
+    done = threading.Event()
+
+    def writer() -> None:
+        console.write(b"x" * (1 << 20))  # far more than a pipe holds
+        done.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    blocked = not done.wait(0.3)
+    console.set_stopping(True)
+    assert blocked and done.wait(2)
+    console.close()
+    os.close(r)
