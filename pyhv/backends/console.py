@@ -19,6 +19,8 @@ from typing import Callable
 
 from ..errors import UsageError
 
+PIPE_BUF = 4096
+
 #: Ctrl-] ends an interactive session, as in ``xl console`` and telnet.
 ESCAPE_BYTE = 0x1D
 
@@ -67,7 +69,8 @@ class FdConsole(Console):
                     if self.stopping:
                         return
             try:
-                n = os.write(self.fd, view)
+                # at most PIPE_BUF at a time: a writable pipe takes that much without blocking
+                n = os.write(self.fd, view[:PIPE_BUF] if self.may_block else view)
             except (InterruptedError, BlockingIOError):
                 continue
             except OSError:
