@@ -226,7 +226,7 @@ def _make(directory: Path) -> str | None:
         return "make not found"
     print(f"building: make -C {directory.relative_to(REPO)}", file=sys.stderr)
     r = subprocess.run(["make", "-C", str(directory)], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
     if r.returncode != 0:
         return (f"make -C {directory.relative_to(REPO)} failed: "
                 f"{_last_line(r.stdout)}")

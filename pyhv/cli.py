@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import PyhvError, UsageError
 
@@ -129,7 +130,7 @@ def _run(args: SimpleNamespace) -> int:
         console.close()
 
 
-def _run_machine(config: "MachineConfig", console: "Console", progress: bool) -> int:
+def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int:
     """Boot, and boot again while the guest reboots (or powers off) into a restart.
 
     SIGINT, SIGTERM and SIGHUP stop whichever machine is running and end the

@@ -15,6 +15,8 @@ memory; a range that straddles regions or leaves RAM raises
 from __future__ import annotations
 
 import os
+from typing import Protocol
+
 from ._sys import libc
 from .errors import MemoryAccessError, PyhvError
 
@@ -42,7 +44,7 @@ def x86_ram_layout(size: int) -> list[tuple[int, int]]:
 class Region:
     """One RAM range: guest-physical [gpa, gpa+size) is host [host_addr, host_addr+size)."""
 
-    __slots__ = ("gpa", "size", "host_addr", "view", "fd")
+    __slots__ = ("fd", "gpa", "host_addr", "size", "view")
 
     def __init__(self, gpa: int, size: int, host_addr: int, view: memoryview, fd: int = -1) -> None:
         self.gpa = gpa
@@ -126,7 +128,7 @@ class GuestMemory:
 
     # --- lifetime --------------------------------------------------------------
 
-    def register(self, vm: "VmLike", first_slot: int = 0) -> None:
+    def register(self, vm: VmLike, first_slot: int = 0) -> None:
         """Register every region with KVM as a memory slot."""
         for i, region in enumerate(self.regions):
             vm.set_user_memory_region(first_slot + i, region.gpa, region.size, region.host_addr)
@@ -141,7 +143,9 @@ class GuestMemory:
         self.regions = []
 
 
-class VmLike:  # pragma: no cover - typing aid
+class VmLike(Protocol):
+    """What :meth:`GuestMemory.register` needs of a VM (pyhv.kvm.Vm)."""
+
     def set_user_memory_region(
         self, slot: int, guest_phys_addr: int, memory_size: int, userspace_addr: int, flags: int = 0
     ) -> None: ...

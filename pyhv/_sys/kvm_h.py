@@ -47,7 +47,7 @@ class kvm_regs(_Struct):
     _fields_ = [
         (name, u64)
         for name in (
-            "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags".split()
+            ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"]
         )
     ]
 
@@ -399,7 +399,7 @@ KVM_RUN_UNION_FIELDS = [
         ("internal", _run_internal),
         ("system_event", _run_system_event),
     )
-    for field, _ in struct._fields_
+    for field, *_ in struct._fields_
 ]
 
 # Offsets the vCPU hot path reads with struct.unpack_from (checked by the ABI test).

@@ -15,7 +15,7 @@ import termios
 import threading
 import time
 import tty
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import UsageError
 
@@ -91,7 +91,7 @@ class StdioConsole(FdConsole):
         super().__init__(sys.stdout.fileno(), owned=False)
         self.in_fd = sys.stdin.fileno() if sys.stdin is not None else -1
         self._saved: list | None = None  # type: ignore[type-arg]
-        self._sink: Callable[[bytes], int] = lambda data: len(data)
+        self._sink: Callable[[bytes], int] = len  # until a UART is attached: discard
         self._on_escape: Callable[[], None] = lambda: None
         self._started = False
 

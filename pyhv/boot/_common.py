@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import os
 import stat
+from typing import NamedTuple
 
 from pyhv.boot._types import GuestRam
 from pyhv.boot.layout import (

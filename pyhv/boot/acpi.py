@@ -15,7 +15,9 @@ start info (``rsdp_paddr``).
 from __future__ import annotations
 
 import struct
+
 from . import aml
+from ._types import GuestRam
 
 ACPI_BASE = 0xE0000
 ACPI_LIMIT = 0x100000
@@ -127,13 +129,9 @@ class AcpiTables:
         self.blobs: dict[int, bytes] = {}  # address -> table
         self.tables: dict[str, int] = {}  # signature -> address
 
-    def write(self, mem: "GuestRamLike") -> None:
+    def write(self, mem: GuestRam) -> None:
         for addr, blob in self.blobs.items():
             mem.write(addr, blob)
-
-
-class GuestRamLike:  # pragma: no cover - typing aid
-    def write(self, gpa: int, data: bytes) -> None: ...
 
 
 def build_tables(apic_ids: list[int], devices: list[bytes], base: int = ACPI_BASE) -> AcpiTables:

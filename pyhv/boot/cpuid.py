@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-
 CPUID_FLAG_SIGNIFICANT_INDEX = 1
 
 LEAF1_ECX_VMX = 1 << 5
@@ -32,8 +31,11 @@ LEVEL_CORE = 2
 
 
 class CpuidEntry(NamedTuple):
+    """One ``kvm_cpuid_entry2``; ``subleaf`` is its ``index`` (a NamedTuple
+    field may not be called ``index``: that is tuple.subleaf)."""
+
     function: int
-    index: int
+    subleaf: int
     flags: int
     eax: int
     ebx: int
@@ -57,33 +59,39 @@ def _topology(function: int, subleaf: int, apic_id: int, vcpus: int) -> CpuidEnt
     return CpuidEntry(function, subleaf, CPUID_FLAG_SIGNIFICANT_INDEX, eax, ebx, ecx, apic_id)
 
 
+def _refine(e: CpuidEntry, apic_id: int, vcpus: int) -> CpuidEntry:
+    """One leaf of KVM's supported set, made right for this vCPU."""
+    f = e.function
+    if f == 0x1:
+        ebx = (e.ebx & 0x0000_FFFF) | ((vcpus & 0xFF) << 16) | ((apic_id & 0xFF) << 24)
+        ecx = (e.ecx | LEAF1_ECX_HYPERVISOR) & ~LEAF1_ECX_VMX
+        edx = e.edx | LEAF1_EDX_HTT if vcpus > 1 else e.edx & ~LEAF1_EDX_HTT
+        return e._replace(ebx=ebx, ecx=ecx, edx=edx)
+    if f == KVM_SIGNATURE_LEAF:
+        sig = KVM_SIGNATURE
+        return e._replace(
+            ebx=int.from_bytes(sig[0:4], "little"),
+            ecx=int.from_bytes(sig[4:8], "little"),
+            edx=int.from_bytes(sig[8:12], "little"),
+        )
+    if f == 0x8000_0001:
+        ecx = e.ecx & ~EXT1_ECX_SVM
+        ecx = ecx | EXT1_ECX_CMP_LEGACY if vcpus > 1 else ecx & ~EXT1_ECX_CMP_LEGACY
+        return e._replace(ecx=ecx)
+    if f == 0x8000_0008:
+        # AMD: ECX[7:0] = cores - 1, ECX[15:12] = APIC ID bits for cores
+        return e._replace(ecx=(e.ecx & ~0xF0FF) | (_apic_id_bits(vcpus) << 12) | ((vcpus - 1) & 0xFF))
+    return e
+
+
 def vcpu_cpuid(supported: list[CpuidEntry], apic_id: int, vcpus: int) -> list[CpuidEntry]:
     """The CPUID table for the vCPU with ``apic_id`` in a machine of ``vcpus``."""
     out: list[CpuidEntry] = []
-    sig = KVM_SIGNATURE
-    for e in supported:
-        f = e.function
-        if f == 0x1:
-            ebx = (e.ebx & 0x0000_FFFF) | ((vcpus & 0xFF) << 16) | ((apic_id & 0xFF) << 24)
-            ecx = (e.ecx | LEAF1_ECX_HYPERVISOR) & ~LEAF1_ECX_VMX
-            edx = e.edx | LEAF1_EDX_HTT if vcpus > 1 else e.edx & ~LEAF1_EDX_HTT
-            e = e._replace(ebx=ebx, ecx=ecx, edx=edx)
-        elif f in (0xB, 0x1F):
+    for entry in supported:
+        f = entry.function
+        if f in (0xB, 0x1F):
             continue  # regenerated below, all subleaves
-        elif f == KVM_SIGNATURE_LEAF:
-            e = e._replace(
-                ebx=int.from_bytes(sig[0:4], "little"),
-                ecx=int.from_bytes(sig[4:8], "little"),
-                edx=int.from_bytes(sig[8:12], "little"),
-            )
-        elif f == 0x8000_0001:
-            ecx = e.ecx & ~EXT1_ECX_SVM
-            ecx = ecx | EXT1_ECX_CMP_LEGACY if vcpus > 1 else ecx & ~EXT1_ECX_CMP_LEGACY
-            e = e._replace(ecx=ecx)
-        elif f == 0x8000_0008:
-            # AMD: ECX[7:0] = cores - 1, ECX[15:12] = APIC ID bits for cores
-            e = e._replace(ecx=(e.ecx & ~0xF0FF) | (_apic_id_bits(vcpus) << 12) | ((vcpus - 1) & 0xFF))
-        out.append(e)
+        out.append(_refine(entry, apic_id, vcpus))
     max_leaf = max((e.eax for e in supported if e.function == 0), default=0)
     for leaf in (0xB, 0x1F):
         if max_leaf >= leaf and (leaf == 0xB or any(e.function == leaf for e in supported)):

@@ -16,9 +16,8 @@ entry address stored in 4 or 8 bytes (64-bit kernels use 8).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import struct
+from typing import NamedTuple
 
 from pyhv.boot._common import check_load_range, write_zeros
 from pyhv.boot._types import GuestRam

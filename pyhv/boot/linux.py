@@ -34,9 +34,8 @@ the high halves of the ramdisk and command line pointers at 0x0c0..0x0cb,
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import struct
+from typing import NamedTuple
 
 from pyhv.boot import elf
 from pyhv.boot._common import (

@@ -27,10 +27,9 @@ size, 20) and the boot loader name.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import os
 import struct
+from typing import NamedTuple
 
 from pyhv.boot import elf
 from pyhv.boot._common import (

@@ -29,9 +29,8 @@ entry state asks for).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import struct
+from typing import NamedTuple
 
 from pyhv.boot._types import GuestRam
 from pyhv.boot.layout import (
@@ -104,7 +103,7 @@ class Segment(NamedTuple):
     dpl: int
     db: bool
     s: bool
-    l: bool
+    l: bool  # noqa: E741 - the architectural name of the long-mode bit
     g: bool
 
     def descriptor(self) -> int:

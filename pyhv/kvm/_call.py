@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import KvmError
 from .._sys.ioctl import ioctl, ioctl_ulong
+from ..errors import KvmError
 
 
 def call(fd: int, name: str, request: int, arg: Any = 0) -> int:

@@ -8,11 +8,15 @@ API, goes through :func:`decode`.
 from __future__ import annotations
 
 import struct
+from typing import Any
 from dataclasses import dataclass
 
 from .._sys import kvm_h as h
 
 _EXIT = h.KVM_RUN_OFF_EXIT
+
+#: anything struct.unpack_from reads: bytes, bytearray, memoryview, the mmap'd kvm_run
+Buffer = Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +107,7 @@ INTERNAL_ERROR_NAMES = {
 }
 
 
-def decode(run: bytes | memoryview | bytearray) -> Exit:
+def decode(run: Buffer) -> Exit:
     """Decode the exit recorded in a ``kvm_run`` page."""
     (reason,) = struct.unpack_from("<I", run, h.KVM_RUN_OFF_EXIT_REASON)
     if reason == h.KVM_EXIT_IO:

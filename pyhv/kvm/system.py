@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .._sys import kvm_h as h
 from ..errors import KvmError, PyhvError
 from ._call import call
+
+if TYPE_CHECKING:
+    from .vm import Vm
 
 
 class Kvm:
@@ -28,7 +32,7 @@ class Kvm:
     def check_extension(self, cap: int) -> int:
         return call(self.fd, "KVM_CHECK_EXTENSION", h.KVM_CHECK_EXTENSION, cap)
 
-    def create_vm(self) -> "Vm":
+    def create_vm(self) -> Vm:
         from .vm import Vm
 
         fd = call(self.fd, "KVM_CREATE_VM", h.KVM_CREATE_VM, 0)

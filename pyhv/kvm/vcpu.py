@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class Vcpu:
-    def __init__(self, vm: "Vm", fd: int, index: int) -> None:
+    def __init__(self, vm: Vm, fd: int, index: int) -> None:
         self.vm = vm
         self.fd = fd
         self.index = index

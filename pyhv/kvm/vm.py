@@ -18,7 +18,7 @@ TSS_ADDR = 0xFFFB_D000
 
 
 class Vm:
-    def __init__(self, kvm: "Kvm", fd: int) -> None:
+    def __init__(self, kvm: Kvm, fd: int) -> None:
         self.kvm = kvm
         self.fd = fd
         self.irqchip = False
@@ -77,7 +77,7 @@ class Vm:
     def set_clock(self, clock: int) -> None:
         call(self.fd, "KVM_SET_CLOCK", h.KVM_SET_CLOCK, h.kvm_clock_data(clock=clock))
 
-    def create_vcpu(self, index: int) -> "Vcpu":
+    def create_vcpu(self, index: int) -> Vcpu:
         from .vcpu import Vcpu
 
         fd = call(self.fd, "KVM_CREATE_VCPU", h.KVM_CREATE_VCPU, index)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._sys import kvm_h as h
 
-_GPRS = "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15".split()
+_GPRS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
 
 
 def format_registers(regs: h.kvm_regs, sregs: h.kvm_sregs) -> str:

@@ -24,7 +24,7 @@ import signal
 import struct
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .._sys import kvm_h as h
 from .._sys.ioctl import fast_ioctl, get_errno
@@ -111,7 +111,7 @@ class VcpuThread:
             stop = self._loop()
         except PyhvError as e:
             stop = Stop(StopKind.ERROR, 1, f"vcpu{self.vcpu.index}: {e}")
-        except Exception as e:  # a bug in pyhv: report it, do not hang the machine
+        except Exception as e:  # noqa: BLE001 - a bug in pyhv: report it, do not hang the machine
             stop = Stop(StopKind.ERROR, 1, f"vcpu{self.vcpu.index}: internal error: {e!r}")
         with self._cond:
             self.state = self.STOPPED
@@ -182,7 +182,7 @@ class VcpuThread:
                         else:
                             for i in range(count):
                                 pack_into(fmt, run, offset + i * size, device.read(port - base, size) & ALL_ONES[size])
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - a device failing on guest input fails that access
                         self._device_failed(f"port {port:#x}", e)
                 elif reason == EXIT_MMIO:
                     addr, data, length, is_write = unpack_from("<Q8sIB", run, _EXIT)
@@ -197,7 +197,7 @@ class VcpuThread:
                         else:
                             value = r.device.read(addr - r.base, length) & ((1 << (8 * length)) - 1)
                             run[_MMIO_DATA : _MMIO_DATA + length] = value.to_bytes(length, "little")
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - a device failing on guest input fails that access
                         self._device_failed(f"MMIO {addr:#x}", e)
                 else:
                     stop = self._other_exit()

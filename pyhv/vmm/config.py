@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UsageError
-from ..memory import MiB, PAGE_SIZE
+from ..memory import PAGE_SIZE, MiB
 
 MIN_MEMORY = 16 * MiB
 MAX_MEMORY = 1 << 40

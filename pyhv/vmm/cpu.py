@@ -54,7 +54,7 @@ def setup_cpuid(vcpu: Vcpu, supported: list[CpuidEntry], vcpus: int) -> None:
     for e in vcpu_cpuid(supported, apic_id=vcpu.index, vcpus=vcpus):
         entries.append(
             h.kvm_cpuid_entry2(
-                function=e.function, index=e.index, flags=e.flags, eax=e.eax, ebx=e.ebx, ecx=e.ecx, edx=e.edx
+                function=e.function, index=e.subleaf, flags=e.flags, eax=e.eax, ebx=e.ebx, ecx=e.ecx, edx=e.edx
             )
         )
     vcpu.set_cpuid(entries)

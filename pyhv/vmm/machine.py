@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from ..backends.console import Console
 from ..devices.bus import MmioBus, PioBus
 from ..devices.legacy.port80 import ProgressCodes
+from ..errors import PyhvError
 from ..kvm import Kvm, Vm
 from ..memory import GuestMemory
-from ..errors import PyhvError
 from ..vcpu import Stop, StopKind, VcpuThread
 from ..vcpu.thread import install_kick_handler
 from .config import MachineConfig
@@ -91,7 +91,7 @@ class Machine:
         for v in self.vcpus:
             v.request(VcpuThread.RUNNING)
 
-    def vcpu_state(self, index: int) -> "VcpuState":
+    def vcpu_state(self, index: int) -> VcpuState:
         """The whole state of vCPU ``index``; the machine must be paused or stopped."""
         from ..vcpu.cpustate import read_state
 

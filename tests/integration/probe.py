@@ -40,7 +40,7 @@ def pyhv(*args: str, timeout: float = 60) -> Run:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.run(
         [sys.executable, "-m", "pyhv", *args],
-        capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False,
     )
     return Run(p.returncode, p.stdout, p.stderr)
 

@@ -9,7 +9,7 @@ import pytest
 from pyhv._sys import kvm_h as h
 from pyhv.errors import KvmError
 from pyhv.kvm import Kvm, Vm
-from pyhv.memory import MiB, GuestMemory
+from pyhv.memory import GuestMemory, MiB
 
 pytestmark = pytest.mark.kvm
 

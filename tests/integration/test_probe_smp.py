@@ -15,7 +15,7 @@ pytestmark = pytest.mark.kvm
 ENTRIES = {"elf64": (), "pvh": ("--boot", "pvh")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _checksum(n: int) -> int:
     mask = (1 << 64) - 1
     x, total = 0x9E3779B97F4A7C15, 0

@@ -17,7 +17,7 @@ SUPPORTED = [
 
 
 def _leaf(entries: list[CpuidEntry], function: int, index: int = 0) -> CpuidEntry:
-    return next(e for e in entries if e.function == function and e.index == index)
+    return next(e for e in entries if e.function == function and e.subleaf == index)
 
 
 def test_leaf1_carries_apic_id_and_cpu_count() -> None:

@@ -15,7 +15,7 @@ def pyhv(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
         [sys.executable, "-m", "pyhv", *args], capture_output=True, text=True, env=env,
-        stdin=subprocess.DEVNULL, timeout=30,
+        stdin=subprocess.DEVNULL, timeout=30, check=False,
     )
 
 

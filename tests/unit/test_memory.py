@@ -1,7 +1,7 @@
 import pytest
 
 from pyhv.errors import MemoryAccessError, PyhvError
-from pyhv.memory import GiB, MiB, GuestMemory, x86_ram_layout
+from pyhv.memory import GiB, GuestMemory, MiB, x86_ram_layout
 
 
 def test_small_guest_is_one_low_range() -> None:

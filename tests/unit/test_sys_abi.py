@@ -36,7 +36,7 @@ def _py_offset(struct: type, path: str) -> int:
         offset, t = h.kvm_run.u.offset, h._run_exit
     for part in parts:
         offset += getattr(t, part).offset
-        t = dict((n, ft) for n, ft, *_ in t._fields_)[part]
+        t = {n: ft for n, ft, *_ in t._fields_}[part]
     return offset
 
 

@@ -10,7 +10,7 @@ Port numbers are those the FADT publishes (pyhv.boot.acpi).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ...boot.acpi import RESET_PORT, RESET_VALUE, S5_SLP_TYP, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT
 
@@ -36,7 +36,7 @@ class AcpiPm:
             self._reset()
 
     #: (port, bus device, name) for the builder
-    def ports(self) -> list[tuple[int, "_Register", str]]:
+    def ports(self) -> list[tuple[int, _Register, str]]:
         return [
             (SLEEP_CONTROL_PORT, self.sleep_control, "acpi-sleep-control"),
             (SLEEP_STATUS_PORT, self.sleep_status, "acpi-sleep-status"),

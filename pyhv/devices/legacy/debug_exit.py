@@ -7,7 +7,7 @@ ends pyhv with status 0.  Off unless configured (``--debug-exit``).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 DEFAULT_BASE = 0xF4
 LENGTH = 4

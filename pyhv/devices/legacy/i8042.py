@@ -7,7 +7,7 @@ There is no keyboard or mouse behind it.  Ports: data 0x60, status/command 0x64.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64

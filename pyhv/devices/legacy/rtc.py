@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 INDEX_PORT = 0x70
 DATA_PORT = 0x71
