@@ -64,6 +64,14 @@ class Bus:
         self._ranges.insert(i, Range(base, length, device, name))
         self._bases.insert(i, base)
 
+    def remove(self, base: int) -> None:
+        """Take out the range that starts at ``base`` (a BAR the guest moved)."""
+        i = bisect.bisect_left(self._bases, base)
+        if i == len(self._bases) or self._bases[i] != base:
+            raise BusConflict(f"{self.name}: nothing inserted at {base:#x}")
+        del self._bases[i]
+        del self._ranges[i]
+
     def find(self, addr: int) -> Range | None:
         i = bisect.bisect(self._bases, addr) - 1
         if i >= 0:
@@ -99,6 +107,13 @@ class PioBus(Bus):
         super().insert(base, length, device, name)
         for port in range(base, base + length):
             self.table[port] = (device, base)
+
+    def remove(self, base: int) -> None:
+        r = self.find(base)
+        super().remove(base)
+        if r is not None:
+            for port in range(r.base, r.end):
+                self.table.pop(port, None)
 
 
 class MmioBus(Bus):

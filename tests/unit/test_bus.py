@@ -48,3 +48,22 @@ def test_port_table_covers_every_port_of_a_range() -> None:
 def test_range_beyond_the_port_space_is_refused() -> None:
     with pytest.raises(BusConflict):
         PioBus().insert(0xFFFF, 2, Recorder(), "x")
+
+
+def test_removed_range_no_longer_answers() -> None:
+    bus, dev = MmioBus(), Recorder()
+    bus.insert(0x1000, 0x100, dev, "bar")
+    bus.remove(0x1000)
+    assert bus.find(0x1010) is None and bus.read(0x1010, 4) == 0xFFFF_FFFF
+
+
+def test_removed_port_range_leaves_the_port_table() -> None:
+    bus = PioBus()
+    bus.insert(0x60, 2, Recorder(), "x")
+    bus.remove(0x60)
+    assert bus.table == {}
+
+
+def test_removing_what_is_not_there_is_refused() -> None:
+    with pytest.raises(BusConflict):
+        MmioBus().remove(0x1000)

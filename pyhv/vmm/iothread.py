@@ -1,0 +1,113 @@
+"""The I/O thread: device work driven by epoll over eventfds.
+
+Queue notifications arrive as ioeventfds that KVM signals without leaving the
+kernel; completion interrupts leave through KVM_SIGNAL_MSI or irqfds.  So a
+vCPU thread never runs device code for a virtqueue: it only exits to Python
+for register accesses, and the I/O thread does the requests.
+
+Callbacks run on this one thread, in order; a callback that raises is reported
+once and the loop goes on (a device should have failed itself already).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import threading
+from collections.abc import Callable
+
+
+class IoThread:
+    def __init__(self, name: str = "io") -> None:
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Callable[[], None]] = {}
+        self._eventfds: set[int] = set()
+        self._lock = threading.Lock()
+        self._pending: list[Callable[[], None]] = []
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake, select.EPOLLIN)
+        self._stopping = False
+        self._failed: set[int] = set()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def add_eventfd(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` each time eventfd ``fd`` is signalled (its count is consumed)."""
+        with self._lock:
+            self._handlers[fd] = callback
+            self._eventfds.add(fd)
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` while ``fd`` is readable (the callback reads it)."""
+        with self._lock:
+            self._handlers[fd] = callback
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def remove(self, fd: int) -> None:
+        with self._lock:
+            self._handlers.pop(fd, None)
+            self._eventfds.discard(fd)
+        try:
+            self._epoll.unregister(fd)
+        except (FileNotFoundError, ValueError, OSError):
+            pass
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread (from any thread)."""
+        with self._lock:
+            self._pending.append(fn)
+        os.eventfd_write(self._wake, 1)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        os.eventfd_write(self._wake, 1)
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.stop()
+        self._epoll.close()
+        os.close(self._wake)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                events = self._epoll.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self._wake:
+                    self._drain(fd)
+                    with self._lock:
+                        pending, self._pending = self._pending, []
+                    for fn in pending:
+                        self._call(id(fn), fn)
+                    continue
+                with self._lock:
+                    handler = self._handlers.get(fd)
+                    is_eventfd = fd in self._eventfds
+                if handler is None:
+                    continue
+                if is_eventfd:
+                    self._drain(fd)
+                self._call(fd, handler)
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            pass
+
+    def _call(self, key: int, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - one failing device must not stop the others
+            if key not in self._failed:
+                self._failed.add(key)
+                print(f"pyhv: I/O handler failed: {e!r}", file=sys.stderr)
