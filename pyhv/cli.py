@@ -25,7 +25,7 @@ class Option:
 
     def __init__(
         self, name: str, help: str, metavar: str = "", default: object = None,
-        choices: tuple[str, ...] = (), required: bool = False,
+        choices: tuple[str, ...] = (), required: bool = False, repeat: bool = False,
     ) -> None:
         self.name = name
         self.help = help
@@ -33,6 +33,9 @@ class Option:
         self.default = False if not metavar else default
         self.choices = choices
         self.required = required
+        self.repeat = repeat  # may be given several times: a list of values
+        if repeat:
+            self.default = []
 
     @property
     def dest(self) -> str:
@@ -49,6 +52,8 @@ RUN_OPTIONS = [
     Option("--vcpus", "number of virtual CPUs (default 1)", "N", "1"),
     Option("--boot", "boot protocol (default: from the image)", "PROTO", "auto", ("auto", "linux", "pvh", "multiboot")),
     Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
+    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S] (repeatable)", "SPEC", repeat=True),
+    Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST", "stdio"),
     Option("--on-reboot", "what a guest reboot does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
@@ -76,7 +81,7 @@ def usage(command: str | None = None) -> str:
 def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
     """``--name VALUE``, ``--name=VALUE`` and flags; UsageError on anything else."""
     by_name = {o.name: o for o in options}
-    values: dict[str, object] = {o.dest: o.default for o in options}
+    values: dict[str, object] = {o.dest: [] if o.repeat else o.default for o in options}
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -95,7 +100,10 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
             value = args.pop(0)
         if option.choices and value not in option.choices:
             raise UsageError(f"{name} {value!r}: expected one of {', '.join(option.choices)}")
-        values[option.dest] = value
+        if option.repeat:
+            values[option.dest].append(value)  # type: ignore[attr-defined]
+        else:
+            values[option.dest] = value
     for o in options:
         if o.required and values[o.dest] is None:
             raise UsageError(f"{o.name} is required")
@@ -105,7 +113,7 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
 def _run(args: SimpleNamespace) -> int:
     from .backends.console import open_console
     from .vmm import MachineConfig
-    from .vmm.config import parse_size
+    from .vmm.config import parse_disk, parse_size
 
     try:
         vcpus = int(args.vcpus)
@@ -122,6 +130,8 @@ def _run(args: SimpleNamespace) -> int:
         boot=args.boot,
         on_reboot=args.on_reboot,
         on_poweroff=args.on_poweroff,
+        disks=[parse_disk(d) for d in args.disk],
+        rng=args.rng,
     )
     console = open_console(config.serial)
     try:

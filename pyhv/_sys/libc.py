@@ -66,3 +66,17 @@ def view(addr: int, length: int) -> memoryview:
 def map_vcpu_run(fd: int, size: int) -> _mmap.mmap:
     """Map a vCPU's ``struct kvm_run`` page(s)."""
     return _mmap.mmap(fd, size, _mmap.MAP_SHARED, _mmap.PROT_READ | _mmap.PROT_WRITE)
+
+
+_libc.fallocate.restype = ctypes.c_int
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with mode flags (os.posix_fallocate has none).  Raises OSError."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        raise _err("fallocate")

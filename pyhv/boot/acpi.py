@@ -134,8 +134,10 @@ class AcpiTables:
             mem.write(addr, blob)
 
 
-def build_tables(apic_ids: list[int], devices: list[bytes], base: int = ACPI_BASE) -> AcpiTables:
-    """Lay out RSDP, XSDT, FADT, MADT and DSDT from ``base`` upwards."""
+def build_tables(
+    apic_ids: list[int], devices: list[bytes], extra: list[tuple[str, bytes]] | None = None, base: int = ACPI_BASE
+) -> AcpiTables:
+    """Lay out RSDP, XSDT, FADT, MADT, DSDT and ``extra`` (signature, table) from ``base`` upwards."""
     out = AcpiTables(rsdp_addr=base)
     cursor = base + 64  # RSDP is 36 bytes; keep the tables 16-byte aligned
 
@@ -150,7 +152,8 @@ def build_tables(apic_ids: list[int], devices: list[bytes], base: int = ACPI_BAS
     dsdt_addr = place("DSDT", dsdt(devices))
     fadt_addr = place("FACP", fadt(dsdt_addr))
     madt_addr = place("APIC", madt(apic_ids))
-    xsdt_addr = place("XSDT", sdt(b"XSDT", 1, struct.pack("<QQ", fadt_addr, madt_addr)))
+    pointers = [fadt_addr, madt_addr] + [place(sig, table) for sig, table in extra or []]
+    xsdt_addr = place("XSDT", sdt(b"XSDT", 1, struct.pack(f"<{len(pointers)}Q", *pointers)))
     if cursor > ACPI_LIMIT:
         raise ValueError("ACPI tables do not fit below 1 MiB")
     out.blobs[base] = rsdp(xsdt_addr)

@@ -7,16 +7,22 @@ afterwards costs milliseconds per slot.
 
 from __future__ import annotations
 
+from ..backends.block import RawDisk
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
 from ..devices.legacy import acpi_pm, debug_exit, i8042, port80, rtc, uart
+from ..devices.virtio.blk import Blk
+from ..devices.virtio.pci import VirtioPci
+from ..devices.virtio.rng import Rng
 from ..kvm import Kvm
 from ..memory import GuestMemory
 from ..vcpu import Stop, StopKind, VcpuThread
 from .config import MachineConfig
 from .cpu import apply_entry_state, setup_cpuid, setup_msrs, supported_entries
+from .iothread import IoThread
 from .machine import Machine
+from .pci import PciWiring
 
 _BOOT_PROTOCOL = {"auto": "auto", "linux": "linux", "pvh": "pvh", "multiboot": "multiboot"}
 
@@ -29,11 +35,25 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = None
+    disks: list[RawDisk] = []
+    wiring = PciWiring()
     try:
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
         memory = GuestMemory(config.memory)
-        tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices())
+        vm_box: list = []  # the VM, once it exists (MSI delivery needs it)
+
+        def deliver(address: int, data: int) -> None:
+            vm_box[0].signal_msi(address, data)
+
+        for disk_config in config.disks:
+            disk = RawDisk(disk_config.path, readonly=disk_config.readonly)
+            disks.append(disk)
+            wiring.add(VirtioPci(Blk(memory, disk, serial=disk_config.serial), deliver))
+        if config.rng:
+            wiring.add(VirtioPci(Rng(memory), deliver))
+        pci_devices, pci_tables = wiring.acpi()
+        tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
         tables.write(memory)
         entry = load_kernel(
             memory,
@@ -45,6 +65,7 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         )
         kvm = kvm or Kvm()
         vm = kvm.create_vm()
+        vm_box.append(vm)
         vm.set_tss_addr()
         memory.register(vm)
         vm.create_irqchip()
@@ -53,6 +74,11 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         pio, mmio = PioBus(), MmioBus()
         progress = port80.ProgressCodes()
         machine = Machine(config, kvm, vm, memory, pio, mmio, console, progress, owns_console)
+        machine.io = IoThread()
+        machine.pci = wiring
+        machine.disks = disks
+        wiring.attach(vm, pio, mmio, machine.io)
+        machine.devices.update({f"pci{wiring.root.slot_of(t)}": t.device for t in wiring.transports})
 
         com1 = uart.Uart(console.write, irq=lambda level: vm.irq_line(uart.COM1_IRQ, int(level)))
         pio.insert(uart.COM1_BASE, 8, com1, "com1")
@@ -96,7 +122,8 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         if machine is not None:
             machine.close()
         else:
-            for resource in (memory, vm, kvm, console if owns_console else None):
+            wiring.close()
+            for resource in (*disks, memory, vm, kvm, console if owns_console else None):
                 if resource is not None:
                     resource.close()
         raise

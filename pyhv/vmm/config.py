@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 from ..errors import UsageError
 from ..memory import PAGE_SIZE, MiB
 
@@ -11,6 +14,7 @@ MAX_VCPUS = 255  # xAPIC IDs are 8 bits; 0xff is the broadcast ID
 BOOT_PROTOCOLS = ("auto", "linux", "pvh", "multiboot")
 ON_REBOOT = ("destroy", "restart")
 ON_POWEROFF = ("destroy", "restart")
+MAX_DISKS = 16
 
 _UNITS = {"": MiB, "k": 1 << 10, "m": MiB, "g": 1 << 30, "t": 1 << 40}
 
@@ -29,6 +33,31 @@ def parse_size(text: str, what: str = "memory") -> int:
     return int(number) * _UNITS[unit]
 
 
+class DiskConfig(NamedTuple):
+    path: str
+    readonly: bool = False
+    serial: str = ""
+
+
+def parse_disk(spec: str) -> DiskConfig:
+    """``PATH[,ro][,serial=TEXT]`` (the path may not contain a comma)."""
+    path, *opts = spec.split(",")
+    if not path:
+        raise UsageError(f"--disk {spec!r}: missing the image path")
+    readonly, serial = False, ""
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if key == "ro" and not eq:
+            readonly = True
+        elif key == "serial" and eq:
+            if len(value.encode()) > 20 or not value.isprintable():
+                raise UsageError(f"--disk {spec!r}: serial must be at most 20 printable bytes")
+            serial = value
+        else:
+            raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (expected ro or serial=...)")
+    return DiskConfig(path, readonly, serial)
+
+
 class MachineConfig:
     """Validated on construction; treat as read-only afterwards."""
 
@@ -44,6 +73,8 @@ class MachineConfig:
         boot: str = "auto",
         on_reboot: str = "destroy",
         on_poweroff: str = "destroy",
+        disks: Sequence[DiskConfig] = (),
+        rng: bool = False,
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -55,6 +86,8 @@ class MachineConfig:
         self.boot = boot
         self.on_reboot = on_reboot
         self.on_poweroff = on_poweroff
+        self.disks = tuple(disks)
+        self.rng = rng
         self._validate()
 
     def __repr__(self) -> str:
@@ -71,5 +104,7 @@ class MachineConfig:
             raise UsageError(f"boot {self.boot!r}: expected one of {', '.join(BOOT_PROTOCOLS)}")
         if self.on_reboot not in ON_REBOOT:
             raise UsageError(f"on_reboot {self.on_reboot!r}: expected one of {', '.join(ON_REBOOT)}")
+        if len(self.disks) > MAX_DISKS:
+            raise UsageError(f"{len(self.disks)} disks: at most {MAX_DISKS}")
         if self.on_poweroff not in ON_POWEROFF:
             raise UsageError(f"on_poweroff {self.on_poweroff!r}: expected one of {', '.join(ON_POWEROFF)}")

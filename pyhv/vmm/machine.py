@@ -23,7 +23,10 @@ from ..vcpu.thread import install_kick_handler
 from .config import MachineConfig
 
 if TYPE_CHECKING:
+    from ..backends.block import RawDisk
     from ..vcpu.cpustate import VcpuState
+    from .iothread import IoThread
+    from .pci import PciWiring
 
 
 class Machine:
@@ -50,6 +53,9 @@ class Machine:
         self.owns_console = owns_console
         self.devices: dict[str, Any] = {}
         self.vcpus: list[VcpuThread] = []
+        self.io: IoThread | None = None  # device work (virtio queues)
+        self.pci: PciWiring | None = None
+        self.disks: list[RawDisk] = []
         self._stop: Stop | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -59,6 +65,8 @@ class Machine:
     def start(self) -> None:
         install_kick_handler()
         self.console.set_stopping(False)
+        if self.io is not None:
+            self.io.start()
         for v in self.vcpus:
             v.start()
 
@@ -129,6 +137,12 @@ class Machine:
         """Stop if running and release every resource (fds, memory, terminal)."""
         if any(v.state in (VcpuThread.RUNNING, VcpuThread.PAUSED) for v in self.vcpus):
             self.stop()
+        if self.io is not None:
+            self.io.close()
+        if self.pci is not None:
+            self.pci.close()
+        for disk in self.disks:
+            disk.close()
         for v in self.vcpus:
             v.vcpu.close()
         self.vm.close()

@@ -27,3 +27,17 @@ def test_too_little_memory_is_refused() -> None:
 def test_zero_vcpus_is_refused() -> None:
     with pytest.raises(UsageError, match="vcpus"):
         MachineConfig(kernel="k", vcpus=0)
+
+
+def test_disk_spec_with_options_parses() -> None:
+    from pyhv.vmm.config import DiskConfig, parse_disk
+
+    assert parse_disk("/tmp/d.img,ro,serial=abc") == DiskConfig("/tmp/d.img", True, "abc")
+
+
+@pytest.mark.parametrize("spec", ["", ",ro", "/d,rw", "/d,serial=" + "x" * 21, "/d,serial"])
+def test_bad_disk_spec_is_a_usage_error(spec: str) -> None:
+    from pyhv.vmm.config import parse_disk
+
+    with pytest.raises(UsageError):
+        parse_disk(spec)

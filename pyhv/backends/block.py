@@ -1,0 +1,105 @@
+"""Disk images behind virtio-blk: a raw file (or block device) opened once.
+
+The builder opens the image (or is handed its file descriptor), so the device
+process never opens paths after start-up.  Reads and writes go straight
+between the file and guest memory with preadv/pwritev on views of guest RAM.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .._sys import libc
+from ..errors import ImageError
+
+SECTOR_SIZE = 512
+
+
+class RawDisk:
+    def __init__(self, path: str, readonly: bool = False, fd: int | None = None) -> None:
+        self.path = path
+        self.readonly = readonly
+        if fd is None:
+            flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
+            try:
+                fd = os.open(path, flags)
+            except OSError as e:
+                raise ImageError(path, f"cannot open disk image: {e.strerror}") from None
+        self.fd = fd
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISBLK(st.st_mode):
+                size = os.lseek(fd, 0, os.SEEK_END)
+            elif stat.S_ISREG(st.st_mode):
+                size = st.st_size
+            else:
+                raise ImageError(path, "disk image must be a regular file or a block device")
+        except ImageError:
+            os.close(fd)
+            raise
+        if size % SECTOR_SIZE:
+            os.close(fd)
+            raise ImageError(path, f"disk image size {size} is not a multiple of {SECTOR_SIZE} bytes")
+        self.size = size
+
+    @property
+    def sectors(self) -> int:
+        return self.size // SECTOR_SIZE
+
+    def readv(self, offset: int, buffers: list[memoryview]) -> int:
+        done = 0
+        while buffers:
+            n = os.preadv(self.fd, buffers, offset + done)
+            if n <= 0:
+                raise OSError(5, "short read")
+            done += n
+            buffers = _advance(buffers, n)
+        return done
+
+    def writev(self, offset: int, buffers: list[memoryview]) -> int:
+        done = 0
+        while buffers:
+            n = os.pwritev(self.fd, buffers, offset + done)
+            if n <= 0:
+                raise OSError(5, "short write")
+            done += n
+            buffers = _advance(buffers, n)
+        return done
+
+    def flush(self) -> None:
+        os.fdatasync(self.fd)
+
+    def discard(self, offset: int, length: int) -> None:
+        libc.fallocate(self.fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, offset, length)
+
+    def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        if may_unmap:
+            try:
+                self.discard(offset, length)
+                return
+            except OSError:
+                pass
+        try:
+            libc.fallocate(self.fd, libc.FALLOC_FL_ZERO_RANGE | libc.FALLOC_FL_KEEP_SIZE, offset, length)
+        except OSError:
+            zero = bytes(min(length, 1 << 20))
+            done = 0
+            while done < length:
+                done += os.pwrite(self.fd, zero[: length - done], offset + done)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _advance(buffers: list[memoryview], n: int) -> list[memoryview]:
+    """The buffers left after ``n`` bytes were transferred."""
+    out = list(buffers)
+    while out and n >= len(out[0]):
+        n -= len(out[0])
+        out.pop(0)
+    if out and n:
+        out[0] = out[0][n:]
+    return out

@@ -1,0 +1,235 @@
+"""A virtio device, independent of the transport that carries it (virtio 1.2, 2.1-2.4).
+
+The transport (PCI or MMIO) maps its registers onto this object: device and
+driver feature words, the device status, the queues' configuration and the
+device-specific configuration space.  Queue notifications arrive through
+:meth:`VirtioDevice.notify` (on the I/O thread, from an ioeventfd); the
+device signals used buffers and configuration changes through
+``self.interrupt``, a callable the transport installs.
+
+Status machine (2.1): the driver writes ACKNOWLEDGE, DRIVER, then FEATURES_OK
+after choosing features -- accepted only if they are a subset of what the
+device offers and include VERSION_1 -- then DRIVER_OK, which activates the
+queues it made ready.  Writing 0 resets everything.  A protocol violation by
+the driver (a malformed ring) sets DEVICE_NEEDS_RESET and the device stops
+processing until the driver resets it: the VM keeps running.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ...errors import PyhvError
+from .queue import (
+    VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_VERSION_1,
+    Buffer,
+    QueueError,
+    SplitQueue,
+)
+
+STATUS_ACKNOWLEDGE = 1
+STATUS_DRIVER = 2
+STATUS_DRIVER_OK = 4
+STATUS_FEATURES_OK = 8
+STATUS_DEVICE_NEEDS_RESET = 0x40
+STATUS_FAILED = 0x80
+
+#: what ``interrupt`` is called with for a configuration change
+CONFIG_INTERRUPT = -1
+
+TRANSPORT_FEATURES = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_INDIRECT_DESC) | (1 << VIRTIO_F_EVENT_IDX)
+
+
+class VirtioDevice:
+    """Subclasses set ``device_id`` and ``name`` and implement the ``_device_*`` hooks."""
+
+    device_id = 0
+    name = "virtio"
+
+    def __init__(self, mem: Any, num_queues: int, queue_max_size: int = 256) -> None:
+        self.mem = mem
+        self.queues = [SplitQueue(mem, queue_max_size) for _ in range(num_queues)]
+        self.lock = threading.RLock()
+        self.interrupt: Callable[[int], None] = lambda vector: None
+        self.status = 0
+        self.driver_features = 0
+        self.config_generation = 0
+        self.failure: str | None = None
+        self._reported = False
+
+    # --- features -------------------------------------------------------------
+
+    def device_features(self) -> int:
+        """Device-specific feature bits (0-23); transport bits are added here."""
+        return 0
+
+    def offered_features(self) -> int:
+        return self.device_features() | TRANSPORT_FEATURES
+
+    @property
+    def negotiated(self) -> int:
+        return self.driver_features if self.status & STATUS_FEATURES_OK else 0
+
+    def has_feature(self, bit: int) -> bool:
+        return bool(self.negotiated >> bit & 1)
+
+    def write_driver_features(self, word: int, value: int) -> None:
+        """The driver's choice, 32 bits at a time; ignored once FEATURES_OK is set."""
+        if self.status & STATUS_FEATURES_OK or word not in (0, 1):
+            return
+        shift = 32 * word
+        self.driver_features = (self.driver_features & ~(0xFFFF_FFFF << shift)) | ((value & 0xFFFF_FFFF) << shift)
+
+    # --- status -----------------------------------------------------------------
+
+    def write_status(self, value: int) -> None:
+        with self.lock:
+            value &= 0xFF
+            if value == 0:
+                self.reset()
+                return
+            if value & STATUS_FEATURES_OK and not self.status & STATUS_FEATURES_OK:
+                wanted = self.driver_features
+                if wanted & ~self.offered_features() or not wanted >> VIRTIO_F_VERSION_1 & 1:
+                    value &= ~STATUS_FEATURES_OK  # refused: the driver reads it back and gives up
+            if value & STATUS_DRIVER_OK and not self.status & STATUS_DRIVER_OK:
+                if not value & STATUS_FEATURES_OK:
+                    value &= ~STATUS_DRIVER_OK
+                else:
+                    self.status = value | (self.status & STATUS_DEVICE_NEEDS_RESET)
+                    self._activate()
+                    return
+            self.status = value | (self.status & STATUS_DEVICE_NEEDS_RESET)
+
+    def _activate(self) -> None:
+        try:
+            for q in self.queues:
+                if q.ready:
+                    q.activate(self.driver_features)
+        except QueueError as e:
+            self.fail(f"queue set-up: {e}")
+            return
+        self._device_activate()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.status = 0
+            self.driver_features = 0
+            self.failure = None
+            for q in self.queues:
+                q.reset()
+            self._device_reset()
+
+    def fail(self, reason: str) -> None:
+        """The driver broke the protocol: DEVICE_NEEDS_RESET, logged once per device."""
+        with self.lock:
+            self.failure = reason
+            self.status |= STATUS_DEVICE_NEEDS_RESET
+            if not self._reported:
+                self._reported = True
+                print(f"pyhv: {self.name}: {reason}; device needs reset", file=sys.stderr)
+        if self.status & STATUS_DRIVER_OK:
+            self.config_generation += 1
+            self.interrupt(CONFIG_INTERRUPT)
+
+    # --- queues -----------------------------------------------------------------
+
+    def notify(self, index: int) -> None:
+        """The driver kicked queue ``index``: process what it made available."""
+        with self.lock:
+            if (
+                not self.status & STATUS_DRIVER_OK
+                or self.status & STATUS_DEVICE_NEEDS_RESET
+                or not 0 <= index < len(self.queues)
+            ):
+                return
+            q = self.queues[index]
+            if not q.ready:
+                return
+            try:
+                used = self._device_process(index, q)
+            except QueueError as e:
+                self.fail(f"queue {index}: {e}")
+                return
+            signal = used and q.should_notify()
+        if signal:
+            self.interrupt(index)
+
+    # --- configuration space ----------------------------------------------------
+
+    def config_bytes(self) -> bytes:
+        """The device-specific configuration space as the driver sees it."""
+        return b""
+
+    def read_config(self, offset: int, size: int) -> int:
+        data = self.config_bytes()
+        if offset < 0 or size not in (1, 2, 4, 8) or offset + size > len(data):
+            return 0
+        return int.from_bytes(data[offset : offset + size], "little")
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        """Most configuration fields are read-only; devices override for writable ones."""
+
+    # --- hooks ----------------------------------------------------------------------
+
+    def _device_activate(self) -> None:
+        pass
+
+    def _device_reset(self) -> None:
+        pass
+
+    def _device_process(self, index: int, queue: SplitQueue) -> bool:
+        """Serve available chains; True if any buffer was used."""
+        raise NotImplementedError
+
+    # --- state --------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "status": self.status,
+                "driver_features": self.driver_features,
+                "config_generation": self.config_generation,
+                "queues": [q.state() for q in self.queues],
+            }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("queues"), list):
+            raise PyhvError(f"{self.name} state: malformed")
+        for key, limit in (("status", 0xFF), ("driver_features", (1 << 64) - 1), ("config_generation", 0xFF)):
+            v = state.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= limit:
+                raise PyhvError(f"{self.name} state: bad {key}")
+        if len(state["queues"]) != len(self.queues):
+            raise PyhvError(f"{self.name} state: {len(state['queues'])} queues, device has {len(self.queues)}")
+        with self.lock:
+            for q, qs in zip(self.queues, state["queues"], strict=True):
+                q.set_state(qs)
+            self.status = state["status"]
+            self.driver_features = state["driver_features"]
+            self.config_generation = state["config_generation"]
+
+
+def buffer_views(mem: Any, buffers: list[Buffer], skip: int, length: int) -> list[memoryview]:
+    """Views of guest memory for bytes [skip, skip+length) of the concatenated buffers.
+
+    Each view comes from ``mem.view``, which checks that the range lies inside
+    guest RAM; the queue already checked every buffer when it popped the chain.
+    """
+    views: list[memoryview] = []
+    for b in buffers:
+        if length <= 0:
+            break
+        if skip >= b.length:
+            skip -= b.length
+            continue
+        take = min(b.length - skip, length)
+        views.append(mem.view(b.addr + skip, take))
+        length -= take
+        skip = 0
+    return views
