@@ -49,39 +49,41 @@ class Bus:
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
-        self._ranges: list[Range] = []
-        self._bases: list[int] = []
+        # (bases, ranges), replaced whole on every change: vCPU threads look
+        # ranges up while another vCPU's BAR write may be moving one
+        self._snap: tuple[list[int], list[Range]] = ([], [])
 
     def insert(self, base: int, length: int, device: BusDevice, name: str) -> None:
         if length <= 0 or base < 0 or base + length > self.limit:
             raise BusConflict(f"{self.name}: {name} range {base:#x}+{length:#x} is invalid")
-        for r in self._ranges:
+        bases, ranges = self._snap
+        for r in ranges:
             if base < r.end and r.base < base + length:
                 raise BusConflict(
                     f"{self.name}: {name} at {base:#x}+{length:#x} overlaps {r.name} at {r.base:#x}+{r.length:#x}"
                 )
-        i = bisect.bisect(self._bases, base)
-        self._ranges.insert(i, Range(base, length, device, name))
-        self._bases.insert(i, base)
+        i = bisect.bisect(bases, base)
+        self._snap = (bases[:i] + [base] + bases[i:], ranges[:i] + [Range(base, length, device, name)] + ranges[i:])
 
     def remove(self, base: int) -> None:
         """Take out the range that starts at ``base`` (a BAR the guest moved)."""
-        i = bisect.bisect_left(self._bases, base)
-        if i == len(self._bases) or self._bases[i] != base:
+        bases, ranges = self._snap
+        i = bisect.bisect_left(bases, base)
+        if i == len(bases) or bases[i] != base:
             raise BusConflict(f"{self.name}: nothing inserted at {base:#x}")
-        del self._bases[i]
-        del self._ranges[i]
+        self._snap = (bases[:i] + bases[i + 1 :], ranges[:i] + ranges[i + 1 :])
 
     def find(self, addr: int) -> Range | None:
-        i = bisect.bisect(self._bases, addr) - 1
+        bases, ranges = self._snap
+        i = bisect.bisect(bases, addr) - 1
         if i >= 0:
-            r = self._ranges[i]
+            r = ranges[i]
             if addr < r.end:
                 return r
         return None
 
     def ranges(self) -> list[Range]:
-        return list(self._ranges)
+        return list(self._snap[1])
 
     def read(self, addr: int, size: int) -> int:
         r = self.find(addr)
