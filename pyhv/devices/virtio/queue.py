@@ -34,14 +34,15 @@ without a bound and never allocates in proportion to a guest value:
 * indirect tables (VIRTQ_DESC_F_INDIRECT) are accepted only when
   VIRTIO_F_INDIRECT_DESC was negotiated, never together with VIRTQ_DESC_F_NEXT,
   never nested, with a length that is a non-zero multiple of 16 and at most
-  ``max(MAX_INDIRECT, size)`` entries, the whole table inside one RAM region.
+  ``size`` entries ("A driver MUST NOT create a descriptor chain longer than
+  the Queue Size of the device", 2.7.5.3.1), the whole table inside one RAM
+  region.
 
 Two choices go beyond the letter of the specification.  A zero-length
 descriptor is refused: it carries nothing, no driver needs one, and accepting
-it would let a chain grow without moving a byte.  The specification sets no
-limit on the length of an indirect table (other than the 2**32-byte chain
-limit); this queue caps it at :data:`MAX_INDIRECT` entries, or the queue size if
-that is larger, which is what Linux uses at most and bounds what one pop reads.
+it would let a chain grow without moving a byte.  And a chain that is too long
+is treated as a ring violation (DEVICE_NEEDS_RESET) rather than a failed
+request, like every other breach of a driver MUST.
 
 Memory ordering
 ---------------
@@ -105,8 +106,6 @@ VIRTIO_F_VERSION_1 = 32
 
 #: the largest queue size a split virtqueue can have (2.7)
 MAX_QUEUE_SIZE = 32768
-#: entries an indirect table may have at least (the cap is max(MAX_INDIRECT, size))
-MAX_INDIRECT = 1024
 #: the most bytes one chain may describe: the used ring's len field is 32 bits
 MAX_CHAIN_BYTES = 0xFFFF_FFFF
 
@@ -441,7 +440,7 @@ class SplitQueue:
                 f"descriptor {index}: indirect table length {length} is not a positive multiple of 16"
             )
         count = length // DESC_SIZE
-        cap = max(MAX_INDIRECT, self.size)
+        cap = self.size
         if count > cap:
             raise QueueError(f"descriptor {index}: indirect table of {count} entries, more than {cap}")
         if not self.mem.contains(addr, length):
