@@ -61,7 +61,7 @@ def test_random_blk_requests_never_escape_the_device(reqs: list[tuple[int, int, 
 @given(st.binary(min_size=256, max_size=256), st.binary(min_size=40, max_size=40), st.integers(0, 0xFFFF))
 def test_random_ring_memory_never_escapes_the_rng(table: bytes, avail: bytes, avail_idx: int) -> None:
     ram = FakeGuestRam(RAM)
-    dev = Rng(ram, entropy=lambda n: bytes(n))
+    dev = Rng(ram, entropy=bytes)
     transport = m.VirtioMmio(dev, Line())
     driver = FakeDriver(ram, size=16)
     _bring_up(transport, driver)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -951,58 +952,80 @@ def test_fuzz_random_ring_bytes_raise_nothing_but_queue_error(
     assert mem.violations == 0
 
 
-# Most fuzzed descriptors are plausible -- a small buffer in RAM, or a pointer
-# to a short indirect table -- so that chains get long, loop and nest; the rest
-# are wild values.
-plausible_buffers = st.builds(
-    desc_entry,
-    st.integers(0x2000, 0x2FC0),
-    st.integers(1, 64),
-    st.sampled_from([0, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE]),
-    st.integers(0, 8),
-)
-indirect_pointers = st.builds(
-    desc_entry,
-    st.integers(0, 63).map(lambda k: FUZZ_TABLES + 16 * k),
-    st.integers(1, 8).map(lambda n: 16 * n),
-    st.sampled_from([VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT]),
-    st.integers(0, 8),
-)
-wild_descriptors = st.builds(
-    desc_entry,
-    st.integers(0, FUZZ_RAM) | st.integers(0, 2**64 - 1),
-    st.integers(0, 64) | st.integers(0, 64).map(lambda n: 16 * n) | st.integers(0, 2**32 - 1),
-    st.integers(0, 7) | st.integers(0, 0xFFFF),
-    st.integers(0, 40) | st.integers(0, 0xFFFF),
-)
-descriptors = st.one_of(plausible_buffers, plausible_buffers, indirect_pointers, wild_descriptors)
+# The structured fuzz lays out rings that are mostly plausible -- small buffers
+# in RAM, heads and next fields below the size, pointers to short indirect
+# tables -- so that chains get long, loop and nest; the rest is wild values.
+FUZZ_BUFFERS = 0x2400  # where plausible buffers lie (clear of the rings and the tables)
+
+
+@st.composite
+def mostly(draw: st.DrawFn, usual: st.SearchStrategy[int], rare: st.SearchStrategy[int]) -> int:
+    """A value from ``usual`` three times in four, else from ``rare``."""
+    return draw(rare if draw(st.sampled_from([False, False, False, True])) else usual)
+
+
+@st.composite
+def descriptors(draw: st.DrawFn, entries: int) -> bytes:
+    """One raw descriptor for a table of ``entries`` entries."""
+    kind = draw(st.sampled_from(["buffer"] * 6 + ["indirect"] * 2 + ["wild"] * 2))
+    next_ = draw(mostly(st.integers(0, max(entries - 1, 0)), st.integers(0, 0xFFFF)))
+    if kind == "buffer":
+        flags = draw(
+            st.sampled_from(
+                [0, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE]
+            )
+        )
+        return desc_entry(
+            draw(st.integers(FUZZ_BUFFERS, FUZZ_TABLES - 64)), draw(st.integers(1, 64)), flags, next_
+        )
+    if kind == "indirect":
+        addr = draw(st.integers(0, 63).map(lambda k: FUZZ_TABLES + 16 * k))
+        flags = draw(st.sampled_from([VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT]))
+        return desc_entry(addr, 16 * draw(st.integers(1, 8)), flags, next_)
+    return desc_entry(
+        draw(st.integers(0, FUZZ_RAM) | st.integers(0, 2**64 - 1)),
+        draw(st.integers(0, 64) | st.integers(0, 64).map(lambda n: 16 * n) | st.integers(0, 2**32 - 1)),
+        draw(st.integers(0, 7) | st.integers(0, 0xFFFF)),
+        next_,
+    )
+
+
+class HostileLayout(NamedTuple):
+    size: int
+    avail_idx: int
+    ring: bytes  # the available ring's entries
+    table: bytes  # the descriptor table
+    indirect: bytes  # the area indirect descriptors point into
+
+
+@st.composite
+def hostile_layouts(draw: st.DrawFn) -> HostileLayout:
+    size, avail_idx = draw(sizes_and_avail_idx())
+    entries = min(size, 32)
+    heads = st.lists(
+        mostly(st.integers(0, max(entries - 1, 0)), st.integers(0, 0xFFFF)),
+        min_size=entries,
+        max_size=entries,
+    )
+    return HostileLayout(
+        size,
+        avail_idx,
+        b"".join(h.to_bytes(2, "little") for h in draw(heads)),
+        b"".join(draw(st.lists(descriptors(entries), min_size=entries, max_size=entries))),
+        b"".join(draw(st.lists(descriptors(8), max_size=64))),
+    )
 
 
 @FUZZ_SETTINGS
-@given(
-    shape=sizes_and_avail_idx(),
-    features=feature_words,
-    table=st.lists(descriptors, max_size=40),
-    indirect=st.lists(descriptors, max_size=64),
-    ring=st.lists(st.integers(0, 8), max_size=40),  # heads: mostly below the size
-    writes=guest_writes,
-)
+@given(layout=hostile_layouts(), features=feature_words, writes=guest_writes)
 def test_fuzz_hostile_descriptor_chains_raise_nothing_but_queue_error(
-    shape: tuple[int, int],
-    features: int,
-    table: list[bytes],
-    indirect: list[bytes],
-    ring: list[int],
-    writes: list[tuple[int, bytes]],
+    layout: HostileLayout, features: int, writes: list[tuple[int, bytes]]
 ) -> None:
-    size, avail_idx = shape
     mem = FakeGuestRam(FUZZ_RAM)
-    mem.scribble(0, b"".join(table))
-    mem.scribble(
-        0x1000, b"\0\0" + avail_idx.to_bytes(2, "little") + b"".join(r.to_bytes(2, "little") for r in ring)
-    )
-    mem.scribble(FUZZ_TABLES, b"".join(indirect))
+    mem.scribble(0, layout.table)
+    mem.scribble(0x1000, b"\0\0" + layout.avail_idx.to_bytes(2, "little") + layout.ring)
+    mem.scribble(FUZZ_TABLES, layout.indirect)
 
-    run_hostile(size, (0, 0x1000, 0x2000), features, mem, writes)
+    run_hostile(layout.size, (0, 0x1000, 0x2000), features, mem, writes)
 
     assert mem.violations == 0
