@@ -383,6 +383,10 @@ int acpi_scan(uint32_t kind, uint64_t info, int verbose)
             parse_madt(t, len);
         else if (sig_is(t, "FACP", 4) && !acpi.have_fadt)
             parse_fadt(t, len);
+        else if (sig_is(t, "MCFG", 4) && !acpi.mcfg) {
+            acpi.mcfg = t;
+            acpi.mcfg_len = len;
+        }
     }
     if (acpi.have_fadt && acpi.dsdt && !check_table(acpi.dsdt, verbose, "DSDT"))
         acpi.dsdt = 0;

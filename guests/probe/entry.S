@@ -137,7 +137,11 @@ io_gate:
         cmpq    %rsi, %rax
         jne     81b
 82:     iretq
-9:      jmp     isr_stubs + 16 * IO_GATE_VECTOR    /* a plain breakpoint */
+9:      cmpl    $IO_GATE_INL, %ecx
+        jne     10f
+        inl     %dx, %eax
+        iretq
+10:     jmp     isr_stubs + 16 * IO_GATE_VECTOR    /* a plain breakpoint */
 
 /*
  * LAPIC timer interrupt (TIMER_VECTOR), taken in ring 3 with IF=1: count
@@ -151,6 +155,29 @@ timer_isr:
         movq    %rsp, %rax
         andq    $-CPU_AREA_SIZE, %rax
         incq    PERCPU_OFF + PERCPU_TICKS(%rax)
+        movq    lapic_eoi_addr(%rip), %rax
+        movl    $0, (%rax)
+        popq    %rax
+        iretq
+
+/*
+ * MSI-X interrupts (IRQ_VECTOR_BASE + i, taken in ring 3 with IF=1):
+ * count in irq_count[i], EOI, return.  One 16-byte entry per vector,
+ * 64-byte aligned so that the IDT can add 16 * i to the low 16 bits of
+ * irq_isrs.
+ */
+        .balign 64
+        .globl  irq_isrs
+irq_isrs:
+        .set    i, 0
+        .rept   IRQ_VECTORS
+        .balign 16
+        incq    irq_count + 8 * i(%rip)
+        jmp     irq_common
+        .set    i, i + 1
+        .endr
+irq_common:
+        pushq   %rax
         movq    lapic_eoi_addr(%rip), %rax
         movl    $0, (%rax)
         popq    %rax
@@ -403,6 +430,12 @@ ap_boot:
         .quad   0                       /* AP_BOOT_USER_RSP */
         .quad   0                       /* AP_BOOT_TSS_SEL */
 
+/* MSI-X interrupts per vector (IRQ_VECTOR_BASE + i), counted in ring 0. */
+        .balign 8
+        .globl  irq_count
+irq_count:
+        .fill   IRQ_VECTORS, 8, 0
+
 /* Where the timer interrupt writes its EOI (ring 3 may move the LAPIC). */
         .balign 8
         .globl  lapic_eoi_addr
@@ -453,8 +486,8 @@ tss_end:
 
 /*
  * IDT: every vector goes to its stub (vector 2, 8 and 18 on the IST1
- * stack), except vector 3, which is the DPL=3 I/O gate, and the LAPIC
- * timer and spurious vectors.
+ * stack), except vector 3, which is the DPL=3 I/O gate, the LAPIC
+ * timer, the MSI-X and the spurious vectors.
  */
         .macro  IDT_GATE lo16, mid16, hi32, ist, attr
         .word   \lo16
@@ -474,6 +507,8 @@ idt:
         IDT_GATE io_gate_lo16, io_gate_mid16, io_gate_hi32, 0, GATE_INTR_DPL3
         .elseif vec == TIMER_VECTOR
         IDT_GATE timer_isr_lo16, timer_isr_mid16, timer_isr_hi32, 0, GATE_INTR_DPL0
+        .elseif (vec >= IRQ_VECTOR_BASE) & (vec < IRQ_VECTOR_BASE + IRQ_VECTORS)
+        IDT_GATE irq_isrs_lo16+16*(vec-IRQ_VECTOR_BASE), irq_isrs_mid16, irq_isrs_hi32, 0, GATE_INTR_DPL0
         .elseif vec == SPURIOUS_VECTOR
         IDT_GATE spurious_isr_lo16, spurious_isr_mid16, spurious_isr_hi32, 0, GATE_INTR_DPL0
         .elseif (vec == 2) | (vec == 8) | (vec == 18)

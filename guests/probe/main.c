@@ -10,16 +10,6 @@
 #define CMDLINE_MAX         4096
 #define MAPPED_LIMIT        0x100000000ULL  /* identity map covers 0..4 GiB */
 
-struct options {
-    const char *test;
-    size_t test_len;
-    uint64_t n;
-    int have_n;
-    uint64_t port;
-    uint64_t addr;
-    unsigned ring;              /* pio/mmio: loop in ring 3 or ring 0 */
-};
-
 static size_t bounded_strlen_max(const char *s);
 
 /* ------------------------------------------------------------------ */
@@ -131,6 +121,27 @@ static int parse_u64(const char *s, size_t len, int allow_hex, uint64_t *out)
     return 1;
 }
 
+/* probe.features=NAME[,NAME...]: eventidx, indirect, none. */
+static void parse_features(struct options *o, const char *val, size_t val_len)
+{
+    size_t i = 0;
+
+    o->features = 0;
+    while (i < val_len) {
+        size_t start = i;
+
+        while (i < val_len && val[i] != ',')
+            i++;
+        if (mem_eq(val + start, i - start, "eventidx"))
+            o->features |= FEAT_EVENT_IDX;
+        else if (mem_eq(val + start, i - start, "indirect"))
+            o->features |= FEAT_INDIRECT;
+        else if (!mem_eq(val + start, i - start, "none"))
+            fail("bad value for probe.features: ", val, val_len);
+        i++;
+    }
+}
+
 static void parse_option(struct options *o, const char *tok, size_t len)
 {
     const char *key = tok, *val;
@@ -162,6 +173,25 @@ static void parse_option(struct options *o, const char *tok, size_t len)
         if (!parse_u64(val, val_len, 0, &v) || (v != 0 && v != 3))
             fail("bad value for probe.ring: ", val, val_len);
         o->ring = (unsigned)v;
+    } else if (mem_eq(key, key_len, "probe.irq")) {
+        if (mem_eq(val, val_len, "poll"))
+            o->msix = 0;
+        else if (mem_eq(val, val_len, "msix"))
+            o->msix = 1;
+        else
+            fail("bad value for probe.irq: ", val, val_len);
+    } else if (mem_eq(key, key_len, "probe.qd")) {
+        if (!parse_u64(val, val_len, 0, &v) || v < 1 || v > 256)
+            fail("bad value for probe.qd: ", val, val_len);
+        o->qd = v;
+        o->have_qd = 1;
+    } else if (mem_eq(key, key_len, "probe.mb")) {
+        if (!parse_u64(val, val_len, 0, &v) || v < 1 || v > (1u << 20))
+            fail("bad value for probe.mb: ", val, val_len);
+        o->mb = v;
+        o->have_mb = 1;
+    } else if (mem_eq(key, key_len, "probe.features")) {
+        parse_features(o, val, val_len);
     } else {
         fail("unknown option ", key, key_len);
     }
@@ -394,7 +424,8 @@ static NORETURN void test_fault(void)
 void user_main(uint32_t kind, uint64_t info)
 {
     struct options o = { .test = "hello", .test_len = 5,
-                         .port = 0x0b00, .addr = 0xd0000000, .ring = 3 };
+                         .port = 0x0b00, .addr = 0xd0000000, .ring = 3,
+                         .boot_kind = kind, .boot_info = info };
     const char *err, *cmdline;
     size_t len;
 
@@ -441,5 +472,15 @@ void user_main(uint32_t kind, uint64_t info)
         test_smp(kind, info);
     if (mem_eq(o.test, o.test_len, "timer"))
         test_timer(kind, info, o.have_n ? o.n : 20);
+    if (mem_eq(o.test, o.test_len, "pci"))
+        test_pci(&o);
+    if (mem_eq(o.test, o.test_len, "rng"))
+        test_rng(&o);
+    if (mem_eq(o.test, o.test_len, "blk"))
+        test_blk(&o);
+    if (mem_eq(o.test, o.test_len, "blkbench"))
+        test_blkbench(&o);
+    if (mem_eq(o.test, o.test_len, "hostile"))
+        test_hostile(&o);
     fail("unknown test ", o.test, o.test_len);
 }

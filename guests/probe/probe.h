@@ -60,6 +60,7 @@
 #define IO_GATE_CLI     (IO_GATE_MAGIC + 8)   /* return to ring 3 with IF=0 */
 #define IO_GATE_PIO_LOOP  (IO_GATE_MAGIC + 9)  /* RSI times outb, EDX port */
 #define IO_GATE_MMIO_LOOP (IO_GATE_MAGIC + 10) /* RSI times movl to (RDI) */
+#define IO_GATE_INL     (IO_GATE_MAGIC + 11)  /* EDX port, EAX result */
 
 /* IST slot used for #NMI, #DF and #MC. */
 #define IST_CRITICAL 1
@@ -100,8 +101,23 @@
 #define TIMER_VECTOR      0x40
 #define SPURIOUS_VECTOR   0xff
 
+/*
+ * MSI-X vectors of the virtio workloads: IRQ_VECTOR_BASE + i for MSI-X
+ * table entry i (0 = configuration change, 1 = queue 0).  The ring-0
+ * handler counts each in irq_count[i] and sends an EOI.
+ */
+#define IRQ_VECTOR_BASE   0x50
+#define IRQ_VECTORS       4
+
 #define LAPIC_DEFAULT_BASE 0xfee00000
 #define LAPIC_EOI          0x0b0
+
+/*
+ * RAM for the virtio workloads' rings, request headers and data buffers,
+ * handed out by dma_alloc() (pci.c); neither loaded nor zeroed.
+ */
+#define DMA_ARENA        0x400000
+#define DMA_ARENA_END    0x2000000
 
 /* Devices. */
 #define COM1_PORT        0x3f8
@@ -178,6 +194,21 @@ static inline uint16_t gate_inw(uint16_t port)
 
     __asm__ volatile("int3" : "+a"(v) : "c"(IO_GATE_INW), "d"(port) : "memory");
     return (uint16_t)v;
+}
+
+static inline uint32_t gate_inl(uint16_t port)
+{
+    uint32_t v = 0;
+
+    __asm__ volatile("int3" : "+a"(v) : "c"(IO_GATE_INL), "d"(port) : "memory");
+    return v;
+}
+
+static inline uint32_t inl(uint16_t port)
+{
+    uint32_t v;
+    __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
 }
 
 static inline void outw(uint16_t port, uint16_t v)
@@ -257,6 +288,11 @@ static inline uint16_t port_inw(uint16_t port)
     return need_gate() ? gate_inw(port) : inw(port);
 }
 
+static inline uint32_t port_inl(uint16_t port)
+{
+    return need_gate() ? gate_inl(port) : inl(port);
+}
+
 static inline void cpu_relax(void)
 {
     __asm__ volatile("pause" : : : "memory");
@@ -281,6 +317,16 @@ static inline uint32_t mmio_read32(uint64_t addr)
 static inline void mmio_write32(uint64_t addr, uint32_t v)
 {
     *(volatile uint32_t *)addr = v;
+}
+
+static inline uint16_t mmio_read16(uint64_t addr)
+{
+    return *(volatile uint16_t *)addr;
+}
+
+static inline uint8_t mmio_read8(uint64_t addr)
+{
+    return *(volatile uint8_t *)addr;
 }
 
 static inline void mmio_write8(uint64_t addr, uint8_t v)
@@ -318,6 +364,20 @@ static inline uint64_t cpu_area_of(unsigned cpu)
     return CPU_AREAS + (uint64_t)cpu * CPU_AREA_SIZE;
 }
 
+/* a * b / c without overflow in the product (the quotient must fit). */
+static inline uint64_t muldiv64(uint64_t a, uint64_t b, uint64_t c)
+{
+    uint64_t lo, hi, q, r;
+
+    if (c == 0)
+        return 0;
+    __asm__("mulq %3" : "=a"(lo), "=d"(hi) : "a"(a), "rm"(b) : "cc");
+    if (hi >= c)
+        return UINT64_MAX;
+    __asm__("divq %4" : "=a"(q), "=d"(r) : "a"(lo), "d"(hi), "rm"(c) : "cc");
+    return q;
+}
+
 static inline uint64_t rdtsc(void)
 {
     uint32_t lo, hi;
@@ -348,6 +408,25 @@ void *memcpy(void *d, const void *s, size_t n);
 NORETURN void exception_handler(struct trap_frame *f);
 
 /* main.c (ring 3) */
+#define FEAT_EVENT_IDX  1               /* probe.features=eventidx */
+#define FEAT_INDIRECT   2               /* probe.features=indirect */
+struct options {
+    const char *test;
+    size_t test_len;
+    uint64_t n;
+    int have_n;
+    uint64_t port;
+    uint64_t addr;
+    unsigned ring;              /* pio/mmio: loop in ring 3 or ring 0 */
+    int msix;                   /* probe.irq=msix (else poll) */
+    uint64_t qd;                /* probe.qd: requests in flight */
+    int have_qd;
+    uint64_t mb;                /* probe.mb: MiB for blkbench */
+    int have_mb;
+    unsigned features;          /* FEAT_* from probe.features */
+    uint32_t boot_kind;         /* how the probe was entered */
+    uint64_t boot_info;         /* zero page or hvm_start_info */
+};
 NORETURN void user_main(uint32_t kind, uint64_t info);
 void print_result(int pass);
 NORETURN void fail(const char *msg, const char *arg, size_t arg_len);
@@ -383,6 +462,8 @@ struct acpi_info {
     uint32_t smi_cmd;
     uint8_t acpi_enable;
     uint64_t dsdt;
+    uint64_t mcfg;                      /* MCFG table, 0 if none */
+    uint32_t mcfg_len;
 };
 extern struct acpi_info acpi;
 /* Parse what is there; verbose=1 prints the acpi workload's lines.
@@ -397,6 +478,61 @@ void tsc_delay_us(uint64_t us);
 NORETURN void test_smp(uint32_t kind, uint64_t info);
 NORETURN void test_timer(uint32_t kind, uint64_t info, uint64_t n);
 NORETURN void ap_user_main(unsigned index);
+/* Calibrate the TSC as the timer workload does (enables the LAPIC);
+ * returns the rate and where it came from. */
+uint64_t tsc_calibrate(const char **source);
+/* Software-enable this CPU's LAPIC, mask LINT0 and the 8259, so that
+ * only MSIs reach ring 3 once it turns interrupts on.  Returns the
+ * LAPIC ID. */
+uint32_t lapic_setup_for_msi(void);
+
+/* entry.S: MSI-X interrupts counted by the ring-0 handlers. */
+extern volatile uint64_t irq_count[IRQ_VECTORS];
+
+/* pci.c (ring 3) */
+struct pci_bar {
+    uint64_t addr;              /* 0: unassigned or not usable */
+    uint64_t size;
+    uint8_t io, is64, pref;
+    const char *how;            /* "firmware", "probe" or why it is unusable */
+};
+struct pci_dev {
+    uint8_t bus, dev, fn, hdr_type;
+    uint16_t vendor, device;
+    uint32_t class_code;        /* base class, subclass, prog-if */
+    unsigned nbars;
+    struct pci_bar bar[6];
+};
+#define PCI_MAX_DEVS 64
+extern struct pci_dev pci_devs[PCI_MAX_DEVS];
+extern unsigned pci_ndevs;
+/* Find the configuration mechanism, enumerate, size and (if need be)
+ * assign BARs.  verbose: 0 quiet, 1 one line per function, 2 also the
+ * BARs.  Returns NULL or an error message. */
+const char *pci_init(const struct options *o, int verbose);
+uint32_t pci_read32(const struct pci_dev *d, unsigned off);
+uint16_t pci_read16(const struct pci_dev *d, unsigned off);
+uint8_t pci_read8(const struct pci_dev *d, unsigned off);
+void pci_write32(const struct pci_dev *d, unsigned off, uint32_t v);
+void pci_write16(const struct pci_dev *d, unsigned off, uint16_t v);
+/* Next capability with this ID after offset 'after' (0: from the start). */
+unsigned pci_find_cap(const struct pci_dev *d, uint8_t id, unsigned after);
+struct pci_dev *pci_find(uint16_t vendor, uint16_t device);
+/* Memory decoding and bus mastering on, INTx off. */
+void pci_enable(const struct pci_dev *d);
+void pci_put_bdf(const struct pci_dev *d);
+NORETURN void test_pci(const struct options *o);
+
+/* pci.c: DMA memory (identity mapped RAM in the DMA arena, zeroed). */
+void *dma_alloc(uint64_t size, uint64_t align);
+uint64_t dma_mark(void);
+void dma_release(uint64_t mark);
+
+/* virtio.c, blk.c (ring 3) */
+NORETURN void test_rng(const struct options *o);
+NORETURN void test_blk(const struct options *o);
+NORETURN void test_blkbench(const struct options *o);
+NORETURN void test_hostile(const struct options *o);
 
 #endif /* __ASSEMBLER__ */
 #endif /* PROBE_H */

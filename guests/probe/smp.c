@@ -377,6 +377,35 @@ static void setup_bsp(uint32_t kind, uint64_t info)
     calibrate();
 }
 
+/* For other workloads: the LAPIC as the ACPI MADT (if any) places it. */
+static void use_madt_lapic(void)
+{
+    if (acpi.have_madt)
+        lapic = acpi.lapic_addr;
+    lapic_eoi_addr = lapic + LAPIC_EOI;
+}
+
+uint64_t tsc_calibrate(const char **source)
+{
+    use_madt_lapic();
+    lapic_enable();
+    calibrate();
+    if (source)
+        *source = tsc_source;
+    return tsc_rate;
+}
+
+uint32_t lapic_setup_for_msi(void)
+{
+    use_madt_lapic();
+    lapic_enable();
+    lapic_write(LAPIC_LVT_LINT0, LVT_MASKED);
+    lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | TIMER_VECTOR);
+    port_outb(PIC1_DATA, 0xff);
+    port_outb(PIC2_DATA, 0xff);
+    return lapic_id();
+}
+
 /* ------------------------------------------------------------------ */
 /* smp workload.                                                        */
 

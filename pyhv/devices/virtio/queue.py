@@ -74,12 +74,14 @@ sleep -- a lost interrupt, a hung guest.  The barrier comes from a
 compare-and-swap and an atomic add on the lock word, ``lock``-prefixed
 instructions that x86 orders as full barriers (:meth:`SplitQueue._fence`).
 
-Index fields are read and written with a native ``"H"`` :class:`struct.Struct`
-on a view of guest memory, which CPython compiles to one 2-byte load or store:
-on an aligned address that is a single-copy-atomic access, so the guest never
+Index fields are read with a native ``"H"`` :class:`struct.Struct` and written
+through a ``memoryview.cast("H")`` item assignment: each is one 2-byte load or
+store, which on an aligned address is single-copy atomic, so the guest never
 sees a half-written ``used.idx`` and the device never reads a torn
-``avail.idx`` (a plain byte copy might).  Every index field is at least
-2-aligned because the rings are.
+``avail.idx``.  (``struct.pack_into`` is *not* one store: it zeroes the target
+first and then writes the value, and a polling driver saw ``used.idx`` drop to
+0 between the two.)  Every index field is at least 2-aligned because the rings
+are.
 
 This object is not thread-safe: the device serialises calls to it.
 """
@@ -340,7 +342,10 @@ class SplitQueue:
         return value
 
     def _store16(self, gpa: int, value: int) -> None:
-        _U16.pack_into(self.mem.view(gpa, 2), 0, value)
+        # One 2-byte store.  struct.pack_into would not do: it clears the target
+        # and then writes the value, so a driver polling used.idx could see 0
+        # in between and take the whole ring for new entries.
+        self.mem.view(gpa, 2).cast("H")[0] = value
 
     def _fence(self) -> None:
         """A full memory barrier (store -> load); see "Memory ordering" in the module doc."""

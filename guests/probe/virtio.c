@@ -1,0 +1,592 @@
+/*
+ * virtio over PCI, modern transport (virtio 1.2, 4.1), split virtqueues
+ * (2.7), all in ring 3; and the rng workload.
+ *
+ * The hot paths touch only RAM: requests go into the descriptor table and
+ * the available ring, completions are found by watching the used ring.
+ * The device is told about new requests with one notify write per batch,
+ * and not at all when it says it does not need one (VIRTQ_USED_F_NO_NOTIFY
+ * or, with VIRTIO_F_EVENT_IDX, avail_event).  In polling mode the device
+ * is asked not to interrupt; with MSI-X (probe.irq=msix) the queue's
+ * vector is IRQ_VECTOR_BASE + 1 and ring 3 waits, with interrupts on,
+ * for the ring-0 handler to count it.
+ */
+#include "virtio.h"
+
+/* Common configuration structure (4.1.4.3) */
+#define CC_DFSELECT         0x00
+#define CC_DF               0x04
+#define CC_GFSELECT         0x08
+#define CC_GF               0x0c
+#define CC_MSIX_CONFIG      0x10
+#define CC_NUM_QUEUES       0x12
+#define CC_STATUS           0x14
+#define CC_CFG_GENERATION   0x15
+#define CC_Q_SELECT         0x16
+#define CC_Q_SIZE           0x18
+#define CC_Q_MSIX           0x1a
+#define CC_Q_ENABLE         0x1c
+#define CC_Q_NOTIFY_OFF     0x1e
+#define CC_Q_DESC           0x20
+#define CC_Q_DRIVER         0x28
+#define CC_Q_DEVICE         0x30
+#define CC_MIN_LEN          0x38
+
+/* virtio PCI capability (vendor-specific, ID 0x09) */
+#define PCI_CAP_VENDOR      0x09
+#define PCI_CAP_MSIX        0x11
+#define VCAP_CFG_TYPE       3
+#define VCAP_BAR            4
+#define VCAP_OFFSET         8
+#define VCAP_LENGTH         12
+#define VCAP_NOTIFY_MULT    16
+#define VCAP_COMMON         1
+#define VCAP_NOTIFY         2
+#define VCAP_ISR            3
+#define VCAP_DEVICE         4
+
+#define MSIX_CTRL_ENABLE    0x8000
+#define MSIX_CTRL_MASK_ALL  0x4000
+#define MSI_NO_VECTOR       0xffff
+#define MSI_ADDRESS_BASE    0xfee00000u
+#define MSIX_ENTRY_CONFIG   0
+#define MSIX_ENTRY_QUEUE0   1
+
+static uint8_t cc_r8(struct virtio *v, unsigned off)   { return mmio_read8(v->common + off); }
+static uint16_t cc_r16(struct virtio *v, unsigned off) { return mmio_read16(v->common + off); }
+static uint32_t cc_r32(struct virtio *v, unsigned off) { return mmio_read32(v->common + off); }
+static void cc_w8(struct virtio *v, unsigned off, uint8_t x)   { mmio_write8(v->common + off, x); }
+static void cc_w16(struct virtio *v, unsigned off, uint16_t x) { mmio_write16(v->common + off, x); }
+static void cc_w32(struct virtio *v, unsigned off, uint32_t x) { mmio_write32(v->common + off, x); }
+
+static void cc_w64(struct virtio *v, unsigned off, uint64_t x)
+{
+    cc_w32(v, off, (uint32_t)x);
+    cc_w32(v, off + 4, (uint32_t)(x >> 32));
+}
+
+uint8_t virtio_status(struct virtio *v)
+{
+    return cc_r8(v, CC_STATUS);
+}
+
+void virtio_set_status(struct virtio *v, uint8_t s)
+{
+    cc_w8(v, CC_STATUS, s);
+}
+
+uint8_t vcfg_generation(struct virtio *v)
+{
+    return cc_r8(v, CC_CFG_GENERATION);
+}
+
+uint8_t vcfg8(struct virtio *v, unsigned off)   { return mmio_read8(v->devcfg + off); }
+uint16_t vcfg16(struct virtio *v, unsigned off) { return mmio_read16(v->devcfg + off); }
+uint32_t vcfg32(struct virtio *v, unsigned off) { return mmio_read32(v->devcfg + off); }
+
+uint64_t vcfg64(struct virtio *v, unsigned off)
+{
+    uint8_t g0, g1;
+    uint64_t x;
+    unsigned tries = 0;
+
+    do {
+        g0 = vcfg_generation(v);
+        x = mmio_read32(v->devcfg + off) | (uint64_t)mmio_read32(v->devcfg + off + 4) << 32;
+        g1 = vcfg_generation(v);
+    } while (g0 != g1 && ++tries < 100);
+    return x;
+}
+
+uint64_t virtio_irqs(const struct virtio *v)
+{
+    (void)v;
+    return irq_count[MSIX_ENTRY_CONFIG] + irq_count[MSIX_ENTRY_QUEUE0];
+}
+
+/* ------------------------------------------------------------------ */
+/* Finding the device and its structures.                               */
+
+/* Address of [offset, offset + length) in a memory BAR, or 0. */
+static uint64_t bar_region(const struct pci_dev *d, unsigned bar, uint32_t offset, uint32_t length)
+{
+    const struct pci_bar *b;
+
+    if (bar > 5)
+        return 0;
+    b = &d->bar[bar];
+    if (b->io || !b->addr || (uint64_t)offset + length > b->size)
+        return 0;
+    return b->addr + offset;
+}
+
+const char *virtio_find(struct virtio *v, uint16_t device_id)
+{
+    struct pci_dev *d = pci_find(VIRTIO_VENDOR, device_id);
+    unsigned cap = 0;
+
+    memset(v, 0, sizeof(*v));
+    if (!d)
+        return device_id == VIRTIO_ID_BLK ? "no virtio-blk device (1af4:1042)"
+                                          : "no virtio-rng device (1af4:1044)";
+    v->pci = d;
+    while ((cap = pci_find_cap(d, PCI_CAP_VENDOR, cap)) != 0) {
+        uint8_t type = pci_read8(d, cap + VCAP_CFG_TYPE);
+        uint8_t caplen = pci_read8(d, cap + 2);
+        unsigned bar = pci_read8(d, cap + VCAP_BAR);
+        uint32_t off = pci_read32(d, cap + VCAP_OFFSET);
+        uint32_t len = pci_read32(d, cap + VCAP_LENGTH);
+        uint64_t a;
+
+        if (caplen < 16)
+            continue;
+        a = bar_region(d, bar, off, len);
+        /* The first usable structure of each type counts. */
+        if (type == VCAP_COMMON && !v->common && len >= CC_MIN_LEN) {
+            v->common = a;
+        } else if (type == VCAP_NOTIFY && !v->notify && caplen >= 20 && a) {
+            v->notify = a;
+            v->notify_len = len;
+            v->notify_mult = pci_read32(d, cap + VCAP_NOTIFY_MULT);
+        } else if (type == VCAP_ISR && !v->isr && len >= 1) {
+            v->isr = a;
+        } else if (type == VCAP_DEVICE && !v->devcfg && a) {
+            v->devcfg = a;
+            v->devcfg_len = len;
+        }
+    }
+    if (!v->common)
+        return "no usable virtio common configuration capability";
+    if (!v->notify)
+        return "no usable virtio notification capability";
+    if (!v->isr)
+        return "no usable virtio ISR capability";
+    v->msix_cap = pci_find_cap(d, PCI_CAP_MSIX, 0);
+    pci_enable(d);
+    return NULL;
+}
+
+int virtio_reset(struct virtio *v)
+{
+    uint64_t t0 = rdtsc(), limit = us_tsc(1000000);
+
+    virtio_set_status(v, 0);
+    while (virtio_status(v) != 0) {
+        if (rdtsc() - t0 > limit)
+            return 0;
+        cpu_relax();
+    }
+    return 1;
+}
+
+static const char *setup_msix(struct virtio *v)
+{
+    const struct pci_dev *d = v->pci;
+    uint16_t ctrl;
+    uint32_t tbl;
+    unsigned e;
+
+    if (!v->msix_cap)
+        return "probe.irq=msix: the device has no MSI-X capability";
+    ctrl = pci_read16(d, v->msix_cap + 2);
+    v->msix_size = (ctrl & 0x7ff) + 1u;
+    if (v->msix_size < 2)
+        return "probe.irq=msix: fewer than 2 MSI-X table entries";
+    tbl = pci_read32(d, v->msix_cap + 4);
+    v->msix_table = bar_region(d, tbl & 7, tbl & ~7u, 16 * 2);
+    if (!v->msix_table)
+        return "probe.irq=msix: MSI-X table not in a usable BAR";
+    v->apic_id = lapic_setup_for_msi();
+    for (e = 0; e < 2; e++) {
+        uint64_t ent = v->msix_table + 16 * e;
+
+        mmio_write32(ent + 0, MSI_ADDRESS_BASE | v->apic_id << 12);
+        mmio_write32(ent + 4, 0);
+        mmio_write32(ent + 8, IRQ_VECTOR_BASE + e);     /* fixed, edge */
+        mmio_write32(ent + 12, 0);                      /* unmasked */
+    }
+    pci_write16(d, v->msix_cap + 2, (uint16_t)((ctrl | MSIX_CTRL_ENABLE) & ~MSIX_CTRL_MASK_ALL));
+    cc_w16(v, CC_MSIX_CONFIG, MSIX_ENTRY_CONFIG);
+    if (cc_r16(v, CC_MSIX_CONFIG) != MSIX_ENTRY_CONFIG)
+        return "the device refused the configuration MSI-X vector";
+    return NULL;
+}
+
+static const char *setup_queue(struct virtio *v, unsigned max_qsize)
+{
+    struct virtq *q = &v->vq;
+    uint16_t max, off, i;
+    unsigned size = 1;
+
+    memset(q, 0, sizeof(*q));
+    cc_w16(v, CC_Q_SELECT, 0);
+    max = cc_r16(v, CC_Q_SIZE);
+    v->queue_max = max;
+    if (max == 0)
+        return "queue 0 is not available";
+    while (size * 2 <= max && size * 2 <= max_qsize)
+        size *= 2;
+    q->size = (uint16_t)size;
+    q->index = 0;
+    cc_w16(v, CC_Q_SIZE, q->size);
+    q->desc = dma_alloc(16ULL * size, 4096);
+    q->avail = dma_alloc(6 + 2ULL * size, 4096);
+    q->used = dma_alloc(6 + 8ULL * size, 4096);
+    q->token = dma_alloc(4ULL * size, 16);
+    q->ndesc = dma_alloc(2ULL * size, 16);
+    q->event_idx = !!(v->features & VF_EVENT_IDX);
+    q->indirect = !!(v->features & VF_INDIRECT_DESC);
+    q->msix = v->msix;
+    q->irq_slot = MSIX_ENTRY_QUEUE0;
+    q->irq_seen = irq_count[MSIX_ENTRY_QUEUE0];
+    if (q->indirect)
+        q->indir = dma_alloc(16ULL * VQ_INDIRECT_MAX * size, 16);
+    for (i = 0; i < q->size; i++)
+        q->desc[i].next = (uint16_t)(i + 1);
+    q->free_head = 0;
+    q->num_free = q->size;
+    if (!q->msix && !q->event_idx)
+        q->avail[0] = VQ_AVAIL_NO_INTERRUPT;
+    if (q->event_idx)                   /* used_event: see vq_get() */
+        q->avail[2 + q->size] = q->msix ? 0 : 0xffff;
+    cc_w64(v, CC_Q_DESC, (uint64_t)q->desc);
+    cc_w64(v, CC_Q_DRIVER, (uint64_t)q->avail);
+    cc_w64(v, CC_Q_DEVICE, (uint64_t)q->used);
+    if (v->msix) {
+        cc_w16(v, CC_Q_MSIX, MSIX_ENTRY_QUEUE0);
+        if (cc_r16(v, CC_Q_MSIX) != MSIX_ENTRY_QUEUE0)
+            return "the device refused the queue's MSI-X vector";
+    }
+    off = cc_r16(v, CC_Q_NOTIFY_OFF);
+    if ((uint64_t)off * v->notify_mult + 2 > v->notify_len)
+        return "queue notify address outside the notification structure";
+    q->notify_addr = v->notify + (uint64_t)off * v->notify_mult;
+    cc_w16(v, CC_Q_ENABLE, 1);
+    return NULL;
+}
+
+const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max_qsize)
+{
+    const char *err;
+    uint8_t s;
+
+    v->msix = msix;
+    if (!virtio_reset(v))
+        return "device_status did not read 0 after reset";
+    virtio_set_status(v, VS_ACKNOWLEDGE);
+    virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER);
+    cc_w32(v, CC_DFSELECT, 0);
+    v->dev_features = cc_r32(v, CC_DF);
+    cc_w32(v, CC_DFSELECT, 1);
+    v->dev_features |= (uint64_t)cc_r32(v, CC_DF) << 32;
+    if (!(v->dev_features & VF_VERSION_1)) {
+        virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FAILED);
+        return "the device does not offer VIRTIO_F_VERSION_1";
+    }
+    v->features = v->dev_features & (want | VF_VERSION_1);
+    cc_w32(v, CC_GFSELECT, 0);
+    cc_w32(v, CC_GF, (uint32_t)v->features);
+    cc_w32(v, CC_GFSELECT, 1);
+    cc_w32(v, CC_GF, (uint32_t)(v->features >> 32));
+    virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FEATURES_OK);
+    s = virtio_status(v);
+    if (!(s & VS_FEATURES_OK)) {
+        virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FAILED);
+        return "the device did not accept the features (FEATURES_OK clear)";
+    }
+    if (msix) {
+        err = setup_msix(v);
+    } else {
+        err = NULL;
+        if (v->msix_cap) {              /* INTx is off too: no interrupts at all */
+            uint16_t ctrl = pci_read16(v->pci, v->msix_cap + 2);
+
+            pci_write16(v->pci, v->msix_cap + 2, (uint16_t)(ctrl & ~MSIX_CTRL_ENABLE));
+        }
+    }
+    if (!err)
+        err = setup_queue(v, max_qsize);
+    if (err) {
+        virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FAILED);
+        return err;
+    }
+    virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FEATURES_OK | VS_DRIVER_OK);
+    if (msix)
+        user_sti();
+    return NULL;
+}
+
+void virtio_print(const struct virtio *v, const char *what)
+{
+    line_begin("virtio");
+    put_str(" dev=");
+    pci_put_bdf(v->pci);
+    kv_str("type", what);
+    kv_hex("device_features", v->dev_features);
+    kv_hex("features", v->features);
+    kv_dec("queue_size", v->vq.size);
+    kv_dec("queue_max", v->queue_max);
+    kv_hex("common", v->common);
+    kv_hex("notify", v->vq.notify_addr);
+    kv_dec("notify_mult", v->notify_mult);
+    kv_hex("isr", v->isr);
+    kv_hex("device_cfg", v->devcfg);
+    kv_str("irq", v->msix ? "msix" : "poll");
+    if (v->msix) {
+        kv_dec("msix_vectors", v->msix_size);
+        kv_dec("apic_id", v->apic_id);
+    }
+    line_end();
+}
+
+/* ------------------------------------------------------------------ */
+/* Split virtqueue.                                                     */
+
+static volatile uint16_t *used_idx_ptr(const struct virtq *q)
+{
+    return (volatile uint16_t *)(q->used + 2);
+}
+
+unsigned vq_descs_for(const struct virtq *q, unsigned n)
+{
+    return (q->indirect && n > 1 && n <= VQ_INDIRECT_MAX) ? 1 : n;
+}
+
+int vq_add(struct virtq *q, const struct vbuf *b, unsigned n, uint32_t token)
+{
+    uint16_t head = q->free_head, idx, last = 0;
+    unsigned i;
+
+    if (n == 0 || vq_descs_for(q, n) > q->num_free)
+        return -1;
+    if (vq_descs_for(q, n) == 1 && n > 1) {
+        volatile struct vq_desc *t = q->indir + (uint64_t)head * VQ_INDIRECT_MAX;
+
+        for (i = 0; i < n; i++) {
+            t[i].addr = b[i].addr;
+            t[i].len = b[i].len;
+            t[i].flags = (uint16_t)((b[i].write ? VD_WRITE : 0) | (i + 1 < n ? VD_NEXT : 0));
+            t[i].next = (uint16_t)(i + 1);
+        }
+        q->desc[head].addr = (uint64_t)t;
+        q->desc[head].len = n * 16;
+        q->desc[head].flags = VD_INDIRECT;
+        q->free_head = q->desc[head].next;
+        q->num_free--;
+        q->ndesc[head] = 1;
+    } else {
+        /* The free list is linked through 'next', which is exactly the chain. */
+        idx = head;
+        for (i = 0; i < n; i++) {
+            q->desc[idx].addr = b[i].addr;
+            q->desc[idx].len = b[i].len;
+            q->desc[idx].flags = (uint16_t)((b[i].write ? VD_WRITE : 0) | (i + 1 < n ? VD_NEXT : 0));
+            last = idx;
+            idx = q->desc[idx].next;
+        }
+        q->free_head = q->desc[last].next;
+        q->num_free = (uint16_t)(q->num_free - n);
+        q->ndesc[head] = (uint16_t)n;
+    }
+    q->token[head] = token;
+    q->avail[2 + (q->avail_idx & (q->size - 1))] = head;
+    barrier();
+    q->avail_idx++;
+    q->avail[1] = q->avail_idx;
+    return 0;
+}
+
+void vq_kick(struct virtq *q)
+{
+    uint16_t new_idx = q->avail_idx, old_idx = q->kicked_idx;
+    int need;
+
+    if (new_idx == old_idx)
+        return;
+    /* The avail index store must be visible before we read what the
+     * device asked for (it does the mirror image). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (q->event_idx) {
+        uint16_t ev = *(volatile uint16_t *)(q->used + 4 + 8 * (uint64_t)q->size);
+
+        need = (uint16_t)(new_idx - ev - 1) < (uint16_t)(new_idx - old_idx);
+    } else {
+        need = !(*(volatile uint16_t *)q->used & VQ_USED_NO_NOTIFY);
+    }
+    q->kicked_idx = new_idx;
+    q->kicks++;
+    if (need) {
+        mmio_write16(q->notify_addr, q->index);
+        q->notifies++;
+    }
+}
+
+int vq_get(struct virtq *q, uint32_t *token, uint32_t *len)
+{
+    uint16_t idx = *used_idx_ptr(q), slot, n, last;
+    uint32_t id;
+    volatile uint8_t *e;
+
+    if (idx == q->last_used)
+        return 0;
+    barrier();
+    /* More than a queue's worth ahead: the index went back or is garbage. */
+    if ((uint16_t)(idx - q->last_used) > q->size) {
+        if (!q->bad_used++) {
+            line_begin("virtio");
+            kv_str("error", "used_idx_out_of_range");
+            kv_dec("used_idx", idx);
+            kv_dec("last_used", q->last_used);
+            kv_dec("queue_size", q->size);
+            line_end();
+        }
+        return -1;
+    }
+    slot = q->last_used & (q->size - 1);
+    e = q->used + 4 + 8 * (uint64_t)slot;
+    id = *(volatile uint32_t *)e;
+    *len = *(volatile uint32_t *)(e + 4);
+    q->last_used++;
+    /*
+     * used_event: with interrupts, ask for one as soon as anything past
+     * what we have seen is used; when polling, one behind, which the
+     * device has already passed, so it never asks for one.
+     */
+    if (q->event_idx)
+        q->avail[2 + q->size] = q->msix ? q->last_used : (uint16_t)(q->last_used - 1);
+    if (id >= q->size || q->ndesc[id] == 0) {
+        if (!q->bad_used++) {
+            line_begin("virtio");
+            kv_str("error", "bad_used_element");
+            kv_dec("id", id);
+            kv_dec("len", *len);
+            kv_dec("slot", (uint16_t)(q->last_used - 1));
+            kv_dec("avail_idx", q->avail_idx);
+            line_end();
+        }
+        return -1;
+    }
+    n = q->ndesc[id];
+    last = (uint16_t)id;
+    while (--n)
+        last = q->desc[last].next;
+    q->desc[last].next = q->free_head;
+    q->free_head = (uint16_t)id;
+    q->num_free = (uint16_t)(q->num_free + q->ndesc[id]);
+    q->ndesc[id] = 0;
+    q->completed++;
+    *token = q->token[id];
+    return 1;
+}
+
+int vq_wait(struct virtq *q, uint64_t timeout_tsc)
+{
+    uint64_t t0 = rdtsc();
+
+    for (;;) {
+        if (!q->msix) {
+            if (*used_idx_ptr(q) != q->last_used)
+                return 1;
+        } else {
+            uint64_t c = irq_count[q->irq_slot];
+
+            if (c != q->irq_seen) {
+                q->irq_seen = c;
+                q->need_check = 1;
+            }
+            if (q->need_check) {
+                /* used_event (written in vq_get) before the index read. */
+                __atomic_thread_fence(__ATOMIC_SEQ_CST);
+                if (*used_idx_ptr(q) != q->last_used)
+                    return 1;
+                q->need_check = 0;
+            }
+        }
+        if (rdtsc() - t0 > timeout_tsc)
+            return 0;
+        cpu_relax();
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* rng workload.                                                        */
+
+#define RNG_BYTES   4096
+#define RNG_CHUNK   512
+
+uint64_t virtio_want(const struct options *o)
+{
+    return (o->features & FEAT_EVENT_IDX ? VF_EVENT_IDX : 0) |
+           (o->features & FEAT_INDIRECT ? VF_INDIRECT_DESC : 0);
+}
+
+NORETURN void test_rng(const struct options *o)
+{
+    static struct virtio v;
+    const char *err = pci_init(o, 1);
+    uint8_t *staging, *out;
+    uint8_t seen[256];
+    unsigned got = 0, requests = 0, rounds = 0, distinct = 0, i;
+
+    if (err)
+        fail(err, "", 0);
+    if ((err = virtio_find(&v, VIRTIO_ID_RNG)) != NULL)
+        fail(err, "", 0);
+    if ((err = virtio_start(&v, virtio_want(o), o->msix, 256)) != NULL)
+        fail(err, "", 0);
+    virtio_print(&v, "rng");
+    staging = dma_alloc(RNG_BYTES, 4096);
+    out = dma_alloc(RNG_BYTES, 16);
+
+    /* Rounds of up to 8 requests of 512 bytes, one notify each round. */
+    while (got < RNG_BYTES && rounds < 1000) {
+        unsigned want = RNG_BYTES - got, k, n = 0;
+
+        rounds++;
+        for (k = 0; k * RNG_CHUNK < want; k++) {
+            struct vbuf b = { (uint64_t)(staging + k * RNG_CHUNK),
+                              want - k * RNG_CHUNK < RNG_CHUNK ? want - k * RNG_CHUNK : RNG_CHUNK, 1 };
+
+            if (vq_add(&v.vq, &b, 1, k) < 0)
+                break;
+            n++;
+        }
+        requests += n;
+        vq_kick(&v.vq);
+        while (n) {
+            uint32_t tok, len;
+            int r;
+
+            if (!vq_wait(&v.vq, us_tsc(VQ_TIMEOUT_US)))
+                fail("timeout waiting for virtio-rng", "", 0);
+            while (n && (r = vq_get(&v.vq, &tok, &len)) != 0) {
+                if (r < 0 || tok >= 8 || len > RNG_CHUNK)
+                    fail("virtio-rng returned a bad used element", "", 0);
+                if (len > RNG_BYTES - got)
+                    len = RNG_BYTES - got;
+                memcpy(out + got, staging + tok * RNG_CHUNK, len);
+                got += len;
+                n--;
+            }
+        }
+    }
+    memset(seen, 0, sizeof(seen));
+    for (i = 0; i < got; i++) {
+        if (!seen[out[i]])
+            distinct++;
+        seen[out[i]] = 1;
+    }
+    line_begin("rng");
+    kv_dec("bytes", got);
+    kv_dec("distinct", distinct);
+    kv_dec("requests", requests);
+    kv_dec("notifies", v.vq.notifies);
+    if (v.msix)
+        kv_dec("irqs", virtio_irqs(&v));
+    line_end();
+    if (got < RNG_BYTES)
+        fail("virtio-rng did not deliver 4096 bytes", "", 0);
+    if (distinct <= 200)
+        fail("too few distinct byte values", "", 0);
+    pass();
+}

@@ -1,0 +1,129 @@
+/*
+ * virtio 1.x over PCI (modern transport only) with split virtqueues:
+ * shared by virtio.c (transport, queues, the rng workload) and blk.c.
+ */
+#ifndef VIRTIO_H
+#define VIRTIO_H
+
+#include "probe.h"
+
+#define VIRTIO_VENDOR       0x1af4
+#define VIRTIO_ID_BLK       0x1042      /* 0x1040 + device type 2 */
+#define VIRTIO_ID_RNG       0x1044      /* 0x1040 + device type 4 */
+
+/* device_status bits */
+#define VS_ACKNOWLEDGE      0x01
+#define VS_DRIVER           0x02
+#define VS_DRIVER_OK        0x04
+#define VS_FEATURES_OK      0x08
+#define VS_NEEDS_RESET      0x40
+#define VS_FAILED           0x80
+
+/* Transport feature bits */
+#define VF_INDIRECT_DESC    (1ULL << 28)
+#define VF_EVENT_IDX        (1ULL << 29)
+#define VF_VERSION_1        (1ULL << 32)
+
+/* Split virtqueue descriptor */
+struct vq_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+#define VD_NEXT             1
+#define VD_WRITE            2
+#define VD_INDIRECT         4
+
+#define VQ_AVAIL_NO_INTERRUPT 1
+#define VQ_USED_NO_NOTIFY     1
+
+/* Most entries in one request's indirect table (blk: header + 128 + status). */
+#define VQ_INDIRECT_MAX     130
+
+/* One buffer of a request: guest-physical address, length, device writes it? */
+struct vbuf {
+    uint64_t addr;
+    uint32_t len;
+    uint32_t write;
+};
+
+struct virtq {
+    uint16_t size;                      /* power of 2 */
+    uint16_t index;
+    volatile struct vq_desc *desc;
+    volatile uint16_t *avail;           /* flags, idx, ring[size], used_event */
+    volatile uint8_t *used;             /* flags, idx, ring[size] {id, len}, avail_event */
+    uint64_t notify_addr;
+    uint16_t free_head, num_free;
+    uint16_t avail_idx;                 /* next free avail slot (published) */
+    uint16_t kicked_idx;                /* avail_idx at the last notify decision */
+    uint16_t last_used;                 /* next used element to look at */
+    int event_idx, indirect, msix;
+    unsigned irq_slot;                  /* irq_count[] index (MSI-X entry) */
+    uint64_t irq_seen;
+    int need_check;
+    uint32_t *token;                    /* per head */
+    uint16_t *ndesc;                    /* descriptors per head, 0 = free */
+    volatile struct vq_desc *indir;     /* per head: VQ_INDIRECT_MAX entries */
+    uint64_t notifies, kicks, completed, bad_used;
+};
+
+struct virtio {
+    struct pci_dev *pci;
+    uint64_t common, notify, isr, devcfg;
+    uint32_t notify_mult, notify_len, devcfg_len;
+    unsigned msix_cap, msix_size;
+    uint64_t msix_table;
+    uint64_t dev_features, features;
+    uint16_t queue_max;
+    int msix;
+    uint32_t apic_id;
+    struct virtq vq;                    /* queue 0: the only one used */
+};
+
+/* Per-wait timeout for a request (generous: ring 0 may be emulated). */
+#define VQ_TIMEOUT_US       10000000
+
+/* Locate device_id (vendor 0x1af4) after pci_init(), read its virtio
+ * capabilities, enable it on the bus.  NULL or an error message. */
+const char *virtio_find(struct virtio *v, uint16_t device_id);
+/* Reset, negotiate VERSION_1 plus (want & offered), set up queue 0 with
+ * at most max_qsize entries, MSI-X or polling, DRIVER_OK. */
+const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max_qsize);
+/* Write 0 to device_status and wait until it reads 0.  1 if it did. */
+int virtio_reset(struct virtio *v);
+uint8_t virtio_status(struct virtio *v);
+void virtio_set_status(struct virtio *v, uint8_t s);
+void virtio_print(const struct virtio *v, const char *what);
+uint64_t virtio_irqs(const struct virtio *v);
+/* Transport features asked for by probe.features. */
+uint64_t virtio_want(const struct options *o);
+
+/* Device-specific configuration. */
+uint8_t vcfg8(struct virtio *v, unsigned off);
+uint16_t vcfg16(struct virtio *v, unsigned off);
+uint32_t vcfg32(struct virtio *v, unsigned off);
+uint64_t vcfg64(struct virtio *v, unsigned off);
+uint8_t vcfg_generation(struct virtio *v);
+
+/* Descriptors one request of n buffers takes from the ring. */
+unsigned vq_descs_for(const struct virtq *q, unsigned n);
+/* Add a request (not yet notified).  0, or -1 if the ring is full. */
+int vq_add(struct virtq *q, const struct vbuf *b, unsigned n, uint32_t token);
+/* Notify the device of everything added since the last kick, if it
+ * asked to be notified. */
+void vq_kick(struct virtq *q);
+/* Take one completed request: 1 and its token and written length, 0
+ * if there is none, -1 if the device returned a bad id. */
+int vq_get(struct virtq *q, uint32_t *token, uint32_t *len);
+/* Wait (polling or for an MSI-X interrupt) until vq_get() has something;
+ * 0 on timeout. */
+int vq_wait(struct virtq *q, uint64_t timeout_tsc);
+
+static inline uint64_t us_tsc(uint64_t us)
+{
+    return muldiv64(tsc_hz(), us, 1000000);
+}
+
+#endif /* VIRTIO_H */
