@@ -720,6 +720,44 @@ static void bench_rand_gen(struct blk *b, struct blk_slot *s, uint64_t i, void *
     s->len = (uint32_t)(per * SECTOR);
 }
 
+/*
+ * Crash consistency: write the salt-2 pattern to sectors [0, n), FLUSH, say
+ * so, then keep running (counting) until the host kills the VMM.  The host
+ * then finds every flushed sector in the image file.
+ */
+NORETURN void test_blkflush(const struct options *o)
+{
+    struct blk *b = blk_attach(o);
+    uint64_t n = o->have_n ? o->n : 256, done;
+    volatile uint64_t *counter = (volatile uint64_t *)COUNTER_ADDR;
+    const char *err;
+    int st = BLK_S_OK;
+
+    if ((err = blk_start(b, virtio_want(o), o->msix)) != NULL)
+        fail(err, "", 0);
+    blk_slots(b, 1, 65536);
+    if (n > b->capacity)
+        n = b->capacity;
+    for (done = 0; done < n && st == BLK_S_OK; done += 128) {
+        uint32_t nsec = n - done < 128 ? (uint32_t)(n - done) : 128;
+
+        pattern_fill(b->slots[0].buf, done, nsec, 2);
+        st = blk_sync(b, BLK_T_OUT, done, nsec * SECTOR);
+    }
+    if (st == BLK_S_OK)
+        st = blk_sync(b, BLK_T_FLUSH, 0, 0);
+    line_begin("blkflush");
+    kv_dec("sectors", n);
+    kv_dec("salt", 2);
+    kv_status("flush", st);
+    line_end();
+    if (st != BLK_S_OK)
+        fail("blkflush: a write or the flush failed", "", 0);
+    *counter = 0;
+    for (;;)
+        (*counter)++;
+}
+
 NORETURN void test_blkbench(const struct options *o)
 {
     struct blk *b;

@@ -532,6 +532,7 @@ void dma_release(uint64_t mark);
 NORETURN void test_rng(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);
+NORETURN void test_blkflush(const struct options *o);
 NORETURN void test_hostile(const struct options *o);
 
 #endif /* __ASSEMBLER__ */
