@@ -64,9 +64,11 @@ class GuestMemory:
     def __init__(self, size: int, *, memfd: bool = False) -> None:
         self.size = size
         self.regions: list[Region] = []
+        self._low = Region(0, 0, 0, memoryview(b""))
         try:
             for gpa, length in x86_ram_layout(size):
                 self.regions.append(self._map(gpa, length, memfd))
+            self._low = self.regions[0]
         except OSError as e:
             self.close()
             raise PyhvError(f"cannot allocate {size // MiB} MiB of guest memory: {e.strerror}") from None
@@ -92,6 +94,11 @@ class GuestMemory:
     # --- translation -----------------------------------------------------------
 
     def _find(self, gpa: int, size: int) -> Region:
+        # Device emulation calls this for every ring and buffer access; the
+        # low region (where almost everything is) is tried first.
+        low = self._low
+        if 0 <= gpa and 0 <= size and gpa + size <= low.end:
+            return low
         if gpa < 0 or size < 0:
             raise MemoryAccessError(f"guest range {gpa:#x}+{size:#x} is invalid")
         for region in self.regions:
@@ -141,6 +148,7 @@ class GuestMemory:
             if region.fd >= 0:
                 os.close(region.fd)
         self.regions = []
+        self._low = Region(0, 0, 0, memoryview(b""))  # every access now fails cleanly
 
 
 class VmLike(Protocol):

@@ -69,3 +69,10 @@ def test_memfd_backing_reads_back_what_was_written() -> None:
 
 def test_host_address_is_inside_the_mapping(mem: GuestMemory) -> None:
     assert mem.host_address(0x1000) == mem.regions[0].host_addr + 0x1000
+
+
+def test_access_after_close_is_a_memory_access_error() -> None:
+    m = GuestMemory(16 * MiB)
+    m.close()
+    with pytest.raises(MemoryAccessError):
+        m.read(0, 4)
