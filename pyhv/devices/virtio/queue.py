@@ -331,6 +331,12 @@ class SplitQueue:
         self._used_ring = self.used_addr + 4
         self._used_event = self.avail_addr + 4 + 2 * self.size
         self._avail_event = self.used_addr + 4 + USED_ELEM_SIZE * self.size
+        # Views of the three rings, taken once: each range was checked to lie
+        # inside guest RAM (_check_geometry) before the queue starts.
+        self._desc_view = self.mem.view(self.desc_addr, DESC_SIZE * self.size)
+        self._avail_u16 = self.mem.view(self.avail_addr, 4 + 2 * self.size).cast("H")
+        self._used_view = self.mem.view(self.used_addr, 4 + USED_ELEM_SIZE * self.size)
+        self._used_u16 = self._used_view[:4].cast("H")
         self._active = True
 
     # --- ring access -------------------------------------------------------------
@@ -357,7 +363,7 @@ class SplitQueue:
         pending = (self._shadow_avail_idx - self.last_avail_idx) & 0xFFFF
         if pending:
             return pending
-        idx = self._load16(self.avail_addr + 2)
+        idx = self._avail_u16[1]  # avail.idx
         pending = (idx - self.last_avail_idx) & 0xFFFF
         if pending > self.size:
             raise QueueError(
@@ -386,7 +392,7 @@ class SplitQueue:
             if not self._pending():
                 return None
             # the slot is below size: inside the available ring checked at activation
-            head = self._load16(self._avail_ring + 2 * (self.last_avail_idx & self._mask))
+            head = self._avail_u16[2 + (self.last_avail_idx & self._mask)]  # avail.ring[slot]
             if head >= self.size:
                 raise QueueError(f"available ring head {head} is not below the queue size {self.size}")
             chain = self._walk(head)
@@ -406,9 +412,7 @@ class SplitQueue:
         index = head
         for _ in range(self.size):  # a longer chain revisits a descriptor: a loop
             # index < size, so the 16 bytes lie inside the descriptor table
-            addr, length, flags, nxt = _DESC.unpack(
-                self.mem.read(self.desc_addr + DESC_SIZE * index, DESC_SIZE)
-            )
+            addr, length, flags, nxt = _DESC.unpack_from(self._desc_view, DESC_SIZE * index)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 if flags & VIRTQ_DESC_F_NEXT:
                     raise QueueError(f"descriptor {index} has both INDIRECT and NEXT")
@@ -488,18 +492,17 @@ class SplitQueue:
         entry: int | None = None,
     ) -> bool:
         """Check one buffer descriptor and append it; returns whether a writable buffer has been seen."""
-        where = f"descriptor {index}" if entry is None else f"descriptor {index} indirect entry {entry}"
         if length == 0:
-            raise QueueError(f"{where} has length 0")
+            raise QueueError(f"{_where(index, entry)} has length 0")
         if total > MAX_CHAIN_BYTES:
-            raise QueueError(f"{where}: chain describes more than {MAX_CHAIN_BYTES} bytes")
+            raise QueueError(f"{_where(index, entry)}: chain describes more than {MAX_CHAIN_BYTES} bytes")
         if not self.mem.contains(addr, length):
-            raise QueueError(f"{where}: buffer {addr:#x}+{length:#x} is not inside guest RAM")
+            raise QueueError(f"{_where(index, entry)}: buffer {addr:#x}+{length:#x} is not inside guest RAM")
         if flags & VIRTQ_DESC_F_WRITE:
             writable.append(Buffer(addr, length, True))
             return True
         if seen_writable:
-            raise QueueError(f"{where} is device-readable after a device-writable descriptor")
+            raise QueueError(f"{_where(index, entry)} is device-readable after a device-writable descriptor")
         readable.append(Buffer(addr, length, False))
         return False
 
@@ -519,9 +522,9 @@ class SplitQueue:
         try:
             # slot < size: the element lies inside the used ring checked at activation
             slot = self.used_idx & self._mask
-            self.mem.write(self._used_ring + USED_ELEM_SIZE * slot, _USED_ELEM.pack(chain.head, written))
+            _USED_ELEM.pack_into(self._used_view, 4 + USED_ELEM_SIZE * slot, chain.head, written)
             self.used_idx = (self.used_idx + 1) & 0xFFFF
-            self._store16(self.used_addr + 2, self.used_idx)
+            self._used_u16[1] = self.used_idx  # used.idx: one 2-byte store, after the element
         except MemoryAccessError as e:
             raise QueueError(str(e)) from None
 
@@ -540,7 +543,7 @@ class SplitQueue:
                 old = self._signalled_used
                 new = self._signalled_used = self.used_idx
                 return old is None or need_event(self._load16(self._used_event), new, old)
-            return not self._load16(self.avail_addr) & VIRTQ_AVAIL_F_NO_INTERRUPT
+            return not self._avail_u16[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
         except MemoryAccessError as e:
             raise QueueError(str(e)) from None
 
@@ -625,6 +628,10 @@ class SplitQueue:
         self.used_idx = used_idx
         self._signalled_used = signalled
         self._notify = notify
+
+
+def _where(index: int, entry: int | None) -> str:
+    return f"descriptor {index}" if entry is None else f"descriptor {index} indirect entry {entry}"
 
 
 def _int_field(state: dict[str, object], key: str, limit: int) -> int:
