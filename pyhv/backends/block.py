@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 from .._sys import libc
 from ..errors import ImageError
@@ -48,21 +49,18 @@ class RawDisk:
         return self.size // SECTOR_SIZE
 
     def readv(self, offset: int, buffers: list[memoryview]) -> int:
-        done = 0
-        while buffers:
-            n = os.preadv(self.fd, buffers, offset + done)
-            if n <= 0:
-                raise OSError(5, "short read")
-            done += n
-            buffers = _advance(buffers, n)
-        return done
+        return self._transfer(os.preadv, offset, buffers)
 
     def writev(self, offset: int, buffers: list[memoryview]) -> int:
+        return self._transfer(os.pwritev, offset, buffers)
+
+    def _transfer(self, op: Callable[[int, list[memoryview], int], int], offset: int, buffers: list[memoryview]) -> int:
+        """preadv/pwritev until every buffer is done (a short transfer is retried)."""
         done = 0
         while buffers:
-            n = os.pwritev(self.fd, buffers, offset + done)
+            n = op(self.fd, buffers, offset + done)
             if n <= 0:
-                raise OSError(5, "short write")
+                raise OSError(5, "short transfer (end of the image?)")
             done += n
             buffers = _advance(buffers, n)
         return done
