@@ -44,18 +44,15 @@ def x86_ram_layout(size: int) -> list[tuple[int, int]]:
 class Region:
     """One RAM range: guest-physical [gpa, gpa+size) is host [host_addr, host_addr+size)."""
 
-    __slots__ = ("fd", "gpa", "host_addr", "size", "view")
+    __slots__ = ("end", "fd", "gpa", "host_addr", "size", "view")
 
     def __init__(self, gpa: int, size: int, host_addr: int, view: memoryview, fd: int = -1) -> None:
         self.gpa = gpa
         self.size = size
+        self.end = gpa + size  # a plain attribute: bounds checks read it on every access
         self.host_addr = host_addr
         self.view = view
         self.fd = fd  # memfd backing, or -1 for anonymous memory
-
-    @property
-    def end(self) -> int:
-        return self.gpa + self.size
 
 
 class GuestMemory:
