@@ -104,6 +104,8 @@ class GuestMemory:
         raise MemoryAccessError(f"guest range {gpa:#x}+{size:#x} is outside guest RAM")
 
     def contains(self, gpa: int, size: int = 1) -> bool:
+        if 0 <= gpa and 0 <= size and gpa + size <= self._low.end:
+            return True
         try:
             self._find(gpa, size)
         except MemoryAccessError:

@@ -112,7 +112,11 @@ class Blk(VirtioDevice):
         if chain.readable_len() < HEADER.size or status_room < 1:
             self.errors += 1
             return 0  # no header or nowhere to put the status: nothing to answer
-        kind, _, sector = HEADER.unpack(chain.read_all(self.mem, HEADER.size)[: HEADER.size])
+        first = chain.readable[0]
+        if first.length >= HEADER.size:  # the usual layout: the header is a buffer of its own
+            kind, _, sector = HEADER.unpack_from(self.mem.view(first.addr, HEADER.size))
+        else:
+            kind, _, sector = HEADER.unpack(chain.read_all(self.mem, HEADER.size))
         data_in = status_room - 1  # device-writable data bytes (before the status byte)
         data_out = chain.readable_len() - HEADER.size  # device-readable data bytes
         try:
@@ -122,7 +126,8 @@ class Blk(VirtioDevice):
             status, written = VIRTIO_BLK_S_IOERR, 0
         if status != VIRTIO_BLK_S_OK:
             self.errors += 1
-        chain.write_at(self.mem, status_room - 1, bytes((status,)))
+        last = chain.writable[-1]  # the status is the last writable byte (5.2.6)
+        self.mem.view(last.addr + last.length - 1, 1)[0] = status
         return written + 1
 
     def _dispatch(self, chain: DescriptorChain, kind: int, sector: int, data_in: int, data_out: int) -> tuple[int, int]:
