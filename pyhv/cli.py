@@ -53,6 +53,7 @@ RUN_OPTIONS = [
     Option("--boot", "boot protocol (default: from the image)", "PROTO", "auto", ("auto", "linux", "pvh", "multiboot")),
     Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
     Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S] (repeatable)", "SPEC", repeat=True),
+    Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST", "stdio"),
     Option("--on-reboot", "what a guest reboot does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
@@ -113,7 +114,7 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
 def _run(args: SimpleNamespace) -> int:
     from .backends.console import open_console
     from .vmm import MachineConfig
-    from .vmm.config import parse_disk, parse_size
+    from .vmm.config import parse_disk, parse_net, parse_size
 
     try:
         vcpus = int(args.vcpus)
@@ -132,6 +133,7 @@ def _run(args: SimpleNamespace) -> int:
         on_poweroff=args.on_poweroff,
         disks=[parse_disk(d) for d in args.disk],
         rng=args.rng,
+        nets=[parse_net(n) for n in args.net],
     )
     console = open_console(config.serial)
     try:

@@ -8,17 +8,19 @@ afterwards costs milliseconds per slot.
 from __future__ import annotations
 
 from ..backends.block import RawDisk
+from ..backends.tap import Tap
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
 from ..devices.legacy import acpi_pm, debug_exit, i8042, port80, rtc, uart
 from ..devices.virtio.blk import Blk
+from ..devices.virtio.net import Net
 from ..devices.virtio.pci import VirtioPci
 from ..devices.virtio.rng import Rng
 from ..kvm import Kvm
 from ..memory import GuestMemory
 from ..vcpu import Stop, StopKind, VcpuThread
-from .config import MachineConfig
+from .config import MachineConfig, default_mac, parse_mac
 from .cpu import apply_entry_state, setup_cpuid, setup_msrs, supported_entries
 from .iothread import IoThread
 from .machine import Machine
@@ -35,7 +37,8 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = None
-    disks: list[RawDisk] = []
+    backends: list[RawDisk | Tap] = []  # what the machine closes
+    nets: list[Net] = []
     wiring = PciWiring()
     try:
         # Images are checked and loaded before /dev/kvm is touched: bad input
@@ -48,8 +51,15 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
 
         for disk_config in config.disks:
             disk = RawDisk(disk_config.path, readonly=disk_config.readonly)
-            disks.append(disk)
+            backends.append(disk)
             wiring.add(VirtioPci(Blk(memory, disk, serial=disk_config.serial), deliver))
+        for net_config in config.nets:
+            tap = Tap(net_config.tap, bridge=net_config.bridge)
+            backends.append(tap)
+            mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
+            net = Net(memory, tap, mac)
+            nets.append(net)
+            wiring.add(VirtioPci(net, deliver))
         if config.rng:
             wiring.add(VirtioPci(Rng(memory), deliver))
         pci_devices, pci_tables = wiring.acpi()
@@ -76,8 +86,10 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         machine = Machine(config, kvm, vm, memory, pio, mmio, console, progress, owns_console)
         machine.io = IoThread()
         machine.pci = wiring
-        machine.disks = disks
+        machine.backends = backends
         wiring.attach(vm, pio, mmio, machine.io)
+        for net in nets:
+            net.watch_rx = _rx_watcher(machine.io, net)
         machine.devices.update({f"pci{wiring.root.slot_of(t)}": t.device for t in wiring.transports})
 
         com1 = uart.Uart(console.write, irq=lambda level: vm.irq_line(uart.COM1_IRQ, int(level)))
@@ -123,10 +135,20 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
             machine.close()
         else:
             wiring.close()
-            for resource in (*disks, memory, vm, kvm, console if owns_console else None):
+            for resource in (*backends, memory, vm, kvm, console if owns_console else None):
                 if resource is not None:
                     resource.close()
         raise
+
+
+def _rx_watcher(io: IoThread, net: Net):  # type: ignore[no-untyped-def]
+    def watch(on: bool) -> None:
+        if on:
+            io.add_reader(net.tap.fd, net.tap_readable)
+        else:
+            io.remove(net.tap.fd)
+
+    return watch
 
 
 def _acpi_devices() -> list[bytes]:

@@ -58,6 +58,51 @@ def parse_disk(spec: str) -> DiskConfig:
     return DiskConfig(path, readonly, serial)
 
 
+class NetConfig(NamedTuple):
+    tap: str
+    mac: str = ""  # empty: derived from the TAP name
+    bridge: str = ""
+
+
+def parse_net(spec: str) -> NetConfig:
+    """``tap=NAME[,mac=52:54:00:12:34:56][,bridge=BR]``."""
+    fields: dict[str, str] = {}
+    for opt in spec.split(","):
+        key, eq, value = opt.partition("=")
+        if key not in ("tap", "mac", "bridge") or not eq or not value or key in fields:
+            raise UsageError(f"--net {spec!r}: expected tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,bridge=NAME]")
+        fields[key] = value
+    if "tap" not in fields:
+        raise UsageError(f"--net {spec!r}: tap=NAME is required")
+    if len(fields["tap"]) > 15:
+        raise UsageError(f"--net {spec!r}: interface names are at most 15 characters")
+    mac = fields.get("mac", "")
+    if mac:
+        parse_mac(mac, f"--net {spec!r}")
+    return NetConfig(fields["tap"], mac, fields.get("bridge", ""))
+
+
+def parse_mac(text: str, what: str = "mac") -> bytes:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise UsageError(f"{what}: MAC address must look like 52:54:00:12:34:56")
+    try:
+        mac = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise UsageError(f"{what}: MAC address must look like 52:54:00:12:34:56") from None
+    if mac[0] & 1:
+        raise UsageError(f"{what}: {text} is a multicast address")
+    return mac
+
+
+def default_mac(tap: str) -> bytes:
+    """A locally administered MAC derived from the TAP name (stable across runs)."""
+    import binascii
+
+    h = binascii.crc32(tap.encode())
+    return bytes((0x52, 0x54, 0x00, (h >> 16) & 0xFF, (h >> 8) & 0xFF, h & 0xFF))
+
+
 class MachineConfig:
     """Validated on construction; treat as read-only afterwards."""
 
@@ -75,6 +120,7 @@ class MachineConfig:
         on_poweroff: str = "destroy",
         disks: Sequence[DiskConfig] = (),
         rng: bool = False,
+        nets: Sequence[NetConfig] = (),
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -88,6 +134,7 @@ class MachineConfig:
         self.on_poweroff = on_poweroff
         self.disks = tuple(disks)
         self.rng = rng
+        self.nets = tuple(nets)
         self._validate()
 
     def __repr__(self) -> str:

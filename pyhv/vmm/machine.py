@@ -24,6 +24,7 @@ from .config import MachineConfig
 
 if TYPE_CHECKING:
     from ..backends.block import RawDisk
+    from ..backends.tap import Tap
     from ..vcpu.cpustate import VcpuState
     from .iothread import IoThread
     from .pci import PciWiring
@@ -55,7 +56,7 @@ class Machine:
         self.vcpus: list[VcpuThread] = []
         self.io: IoThread | None = None  # device work (virtio queues)
         self.pci: PciWiring | None = None
-        self.disks: list[RawDisk] = []
+        self.backends: list[RawDisk | Tap] = []  # disk images and TAPs, closed with the machine
         self._stop: Stop | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -141,8 +142,8 @@ class Machine:
             self.io.close()
         if self.pci is not None:
             self.pci.close()
-        for disk in self.disks:
-            disk.close()
+        for backend in self.backends:
+            backend.close()
         for v in self.vcpus:
             v.vcpu.close()
         self.vm.close()

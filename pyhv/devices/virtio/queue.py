@@ -404,6 +404,13 @@ class SplitQueue:
         except MemoryAccessError as e:
             raise QueueError(str(e)) from None
 
+    def unpop(self) -> None:
+        """Give back the chain just popped: the device could not use it yet
+        (virtio-net had no frame for a receive buffer); the next pop returns it again."""
+        self.last_avail_idx = (self.last_avail_idx - 1) & 0xFFFF
+        if self._active and self.event_idx and self._notify:
+            self._store16(self._avail_event, self.last_avail_idx)
+
     def _walk(self, head: int) -> DescriptorChain:
         readable: list[Buffer] = []
         writable: list[Buffer] = []

@@ -1,0 +1,163 @@
+"""virtio-net (virtio 1.2, 5.1) on a TAP device: one receive and one transmit queue.
+
+Frames keep the 12-byte ``struct virtio_net_hdr_v1`` in front on both sides,
+so the TAP (opened with IFF_VNET_HDR and header size 12) and the guest's
+buffers exchange bytes without copying through Python objects: transmit is
+one ``writev`` from guest memory, receive one ``readv`` into it.
+
+pyhv offers no checksum or segmentation offloads (the TAP is told so with
+TUNSETOFFLOAD 0), so a transmit header must be all zeroes apart from
+num_buffers: anything else is a malformed frame and is dropped, counted, and
+reported once.  Frames longer than :data:`MAX_FRAME` are dropped the same way.
+The guest never takes the device or the VMM down with a frame.
+
+Receive is driven by the TAP: while the guest has posted receive buffers the
+I/O thread watches the TAP; when they run out it stops watching until the
+guest kicks the receive queue.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ...backends.tap import VNET_HDR_SIZE, Tap
+from .device import VirtioDevice, buffer_views
+from .queue import SplitQueue
+
+DEVICE_ID = 1
+RX, TX = 0, 1
+
+VIRTIO_NET_F_MTU = 3
+VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_STATUS = 16
+VIRTIO_NET_S_LINK_UP = 1
+
+MTU = 1500
+#: the largest frame (with its header) pyhv moves without offloads
+MAX_FRAME = VNET_HDR_SIZE + 14 + 4 + MTU + 64
+HDR_NUM_BUFFERS = 10
+
+
+class Net(VirtioDevice):
+    device_id = DEVICE_ID
+    name = "virtio-net"
+
+    def __init__(self, mem: Any, tap: Tap, mac: bytes) -> None:
+        super().__init__(mem, num_queues=2)
+        if len(mac) != 6:
+            raise ValueError("MAC address must be 6 bytes")
+        self.tap = tap
+        self.mac = mac
+        self.name = f"virtio-net({tap.name})"
+        #: set by the builder: start/stop watching the TAP for received frames
+        self.watch_rx: Callable[[bool], None] = lambda on: None
+        self._watching = False
+        self.rx_frames = self.tx_frames = self.rx_bytes = self.tx_bytes = 0
+        self.tx_dropped = self.rx_dropped = 0
+        self._warned = False
+
+    def device_features(self) -> int:
+        return (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS) | (1 << VIRTIO_NET_F_MTU)
+
+    def config_bytes(self) -> bytes:
+        # struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu
+        return self.mac + struct.pack("<HHH", VIRTIO_NET_S_LINK_UP, 1, MTU)
+
+    def _device_activate(self) -> None:
+        self._set_watch(True)
+
+    def _device_reset(self) -> None:
+        self._set_watch(False)
+
+    def _set_watch(self, on: bool) -> None:
+        if on != self._watching:
+            self._watching = on
+            self.watch_rx(on)
+
+    def _device_process(self, index: int, queue: SplitQueue) -> bool:
+        if index == TX:
+            return self._transmit(queue)
+        # the guest posted receive buffers: frames waiting in the TAP can come in
+        self._set_watch(True)
+        return self._receive(queue)
+
+    # --- guest -> TAP ------------------------------------------------------------
+
+    def _transmit(self, queue: SplitQueue) -> bool:
+        used = False
+        while (chain := queue.pop()) is not None:
+            length = chain.readable_len()
+            if not VNET_HDR_SIZE < length <= MAX_FRAME:
+                self._drop_tx(f"frame of {length} bytes")
+            else:
+                header = chain.read_all(self.mem, VNET_HDR_SIZE)
+                if any(header[:HDR_NUM_BUFFERS]):  # flags, gso_type, hdr_len, gso_size, csum_*
+                    self._drop_tx("offload header fields set but no offload was negotiated")
+                else:
+                    views = buffer_views(self.mem, chain.readable, 0, length)
+                    try:
+                        os.writev(self.tap.fd, views)
+                        self.tx_frames += 1
+                        self.tx_bytes += length - VNET_HDR_SIZE
+                    except BlockingIOError:
+                        self.tx_dropped += 1  # the TAP's queue is full: the network drops, as a wire would
+                    except OSError as e:
+                        self._drop_tx(f"TAP write failed: {e.strerror}")
+            queue.push_used(chain, 0)
+            used = True
+        return used
+
+    def _drop_tx(self, why: str) -> None:
+        self.tx_dropped += 1
+        if not self._warned:
+            self._warned = True
+            print(f"pyhv: {self.name}: dropped a transmitted frame: {why}", file=sys.stderr)
+
+    # --- TAP -> guest --------------------------------------------------------------
+
+    def tap_readable(self) -> None:
+        """The I/O thread saw the TAP readable: move frames into posted buffers."""
+        with self.lock:
+            if not self.status & 4 or self.status & 0x40:
+                return
+            try:
+                used = self._receive(self.queues[RX])
+            except Exception as e:  # noqa: BLE001 - QueueError and friends: fail the device
+                self.fail(f"receive queue: {e}")
+                return
+            signal = used and self.queues[RX].should_notify()
+        if signal:
+            self.interrupt(RX)
+
+    def _receive(self, queue: SplitQueue) -> bool:
+        used = False
+        while True:
+            if not queue.has_available():
+                self._set_watch(False)  # nowhere to put a frame: wait for the guest's kick
+                return used
+            chain = queue.pop()
+            if chain is None:
+                return used
+            room = chain.writable_len()
+            views = buffer_views(self.mem, chain.writable, 0, room)
+            try:
+                n = os.readv(self.tap.fd, views)
+            except BlockingIOError:
+                queue.unpop()
+                return used
+            except OSError:
+                n = 0
+            if n < VNET_HDR_SIZE:
+                self.rx_dropped += 1
+                queue.push_used(chain, 0)
+            else:
+                # one buffer per frame (no MRG_RXBUF): num_buffers = 1
+                chain.write_at(self.mem, HDR_NUM_BUFFERS, b"\x01\x00")
+                self.rx_frames += 1
+                self.rx_bytes += n - VNET_HDR_SIZE
+                queue.push_used(chain, n)
+            used = True
