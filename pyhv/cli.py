@@ -54,6 +54,7 @@ RUN_OPTIONS = [
     Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
     Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S] (repeatable)", "SPEC", repeat=True),
     Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
+    Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST", "stdio"),
     Option("--on-reboot", "what a guest reboot does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
@@ -134,6 +135,7 @@ def _run(args: SimpleNamespace) -> int:
         disks=[parse_disk(d) for d in args.disk],
         rng=args.rng,
         nets=[parse_net(n) for n in args.net],
+        balloon=args.balloon,
     )
     console = open_console(config.serial)
     try:

@@ -129,6 +129,22 @@ class GuestMemory:
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.view(gpa, len(data))[:] = data
 
+    def discard(self, gpa: int, size: int) -> None:
+        """Give the host pages of ``[gpa, gpa+size)`` back (balloon inflate).
+
+        The range must be page aligned and inside one region.  The guest reads
+        zeroes there afterwards, and the host allocates again on first touch.
+        """
+        if gpa % PAGE_SIZE or size % PAGE_SIZE:
+            raise MemoryAccessError(f"discard of {gpa:#x}+{size:#x} is not page aligned")
+        region = self._find(gpa, size)
+        offset = gpa - region.gpa
+        if region.fd >= 0:
+            # shared memfd pages live in the file: punch them out of it
+            libc.fallocate(region.fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, offset, size)
+        else:
+            libc.madvise(region.host_addr + offset, size, libc.MADV_DONTNEED)
+
     def ram_ranges(self) -> list[tuple[int, int]]:
         return [(r.gpa, r.size) for r in self.regions]
 

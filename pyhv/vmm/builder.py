@@ -13,6 +13,7 @@ from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
 from ..devices.legacy import acpi_pm, debug_exit, i8042, port80, rtc, uart
+from ..devices.virtio.balloon import Balloon
 from ..devices.virtio.blk import Blk
 from ..devices.virtio.net import Net
 from ..devices.virtio.pci import VirtioPci
@@ -62,6 +63,9 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
             wiring.add(VirtioPci(net, deliver))
         if config.rng:
             wiring.add(VirtioPci(Rng(memory), deliver))
+        balloon = Balloon(memory) if config.balloon else None
+        if balloon is not None:
+            wiring.add(VirtioPci(balloon, deliver))
         pci_devices, pci_tables = wiring.acpi()
         tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
         tables.write(memory)
@@ -87,6 +91,7 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         machine.io = IoThread()
         machine.pci = wiring
         machine.backends = backends
+        machine.balloon = balloon
         wiring.attach(vm, pio, mmio, machine.io)
         for net in nets:
             net.watch_rx = _rx_watcher(machine.io, net)

@@ -121,6 +121,7 @@ class MachineConfig:
         disks: Sequence[DiskConfig] = (),
         rng: bool = False,
         nets: Sequence[NetConfig] = (),
+        balloon: bool = False,
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -135,6 +136,7 @@ class MachineConfig:
         self.disks = tuple(disks)
         self.rng = rng
         self.nets = tuple(nets)
+        self.balloon = balloon
         self._validate()
 
     def __repr__(self) -> str:

@@ -25,6 +25,7 @@ from .config import MachineConfig
 if TYPE_CHECKING:
     from ..backends.block import RawDisk
     from ..backends.tap import Tap
+    from ..devices.virtio.balloon import Balloon
     from ..vcpu.cpustate import VcpuState
     from .iothread import IoThread
     from .pci import PciWiring
@@ -57,6 +58,7 @@ class Machine:
         self.io: IoThread | None = None  # device work (virtio queues)
         self.pci: PciWiring | None = None
         self.backends: list[RawDisk | Tap] = []  # disk images and TAPs, closed with the machine
+        self.balloon: Balloon | None = None
         self._stop: Stop | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -119,6 +121,14 @@ class Machine:
             if s in states:
                 return s
         return VcpuThread.STOPPED
+
+    def set_balloon_target(self, size: int) -> None:
+        """Ask the guest to give back ``size`` bytes (rounded down to 4 KiB pages)."""
+        if self.balloon is None:
+            raise PyhvError("this machine has no balloon device (configure balloon=True / --balloon)")
+        if not 0 <= size <= self.memory.size:
+            raise PyhvError(f"balloon target {size} bytes: must be between 0 and the guest's memory")
+        self.balloon.set_target(size >> 12)
 
     def wait(self, timeout: float | None = None) -> Stop | None:
         """Wait until every vCPU has stopped; the reason, or None on timeout."""

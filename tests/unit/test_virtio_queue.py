@@ -980,7 +980,9 @@ def descriptors(draw: st.DrawFn, entries: int) -> bytes:
     if kind == "indirect":
         # mostly a table in the fuzzed area; sometimes one running past the end of RAM
         addr = draw(mostly(st.integers(0, 15).map(lambda k: FUZZ_TABLES + 16 * k), st.integers(0, FUZZ_RAM)))
-        flags = draw(st.sampled_from([VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT]))
+        flags = draw(
+            mostly(st.just(VIRTQ_DESC_F_INDIRECT), st.just(VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT))
+        )
         return desc_entry(addr, 16 * draw(st.integers(1, 8)), flags, next_)
     return desc_entry(
         draw(st.integers(0, FUZZ_RAM) | st.integers(0, 2**64 - 1)),
@@ -1000,8 +1002,11 @@ class HostileLayout(NamedTuple):
 
 @st.composite
 def hostile_layouts(draw: st.DrawFn) -> HostileLayout:
-    size, avail_idx = draw(sizes_and_avail_idx())
-    entries = min(size, 32)
+    # sizes are valid here (test_fuzz_random_ring_bytes covers the others) so that
+    # the examples spend their time walking chains
+    size = draw(st.sampled_from([1, 2, 4, 8, 16, 32]))
+    avail_idx = draw(mostly(st.integers(1, size), st.integers(0, 0xFFFF)))
+    entries = size
     heads = st.lists(
         mostly(st.integers(0, max(entries - 1, 0)), st.integers(0, 0xFFFF)),
         min_size=entries,
@@ -1017,7 +1022,11 @@ def hostile_layouts(draw: st.DrawFn) -> HostileLayout:
 
 
 @FUZZ_SETTINGS
-@given(layout=hostile_layouts(), features=feature_words, writes=guest_writes)
+@given(
+    layout=hostile_layouts(),
+    features=mostly(st.sampled_from([ALL_FEATURES, NO_EVENT_IDX]), feature_words),
+    writes=guest_writes,
+)
 def test_fuzz_hostile_descriptor_chains_raise_nothing_but_queue_error(
     layout: HostileLayout, features: int, writes: list[tuple[int, bytes]]
 ) -> None:
