@@ -54,6 +54,7 @@ RUN_OPTIONS = [
     Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
     Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S] (repeatable)", "SPEC", repeat=True),
     Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
+    Option("--vsock", "virtio-vsock: cid=N,uds=PATH (host side: Firecracker's unix-socket convention)", "SPEC"),
     Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST", "stdio"),
@@ -115,7 +116,7 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
 def _run(args: SimpleNamespace) -> int:
     from .backends.console import open_console
     from .vmm import MachineConfig
-    from .vmm.config import parse_disk, parse_net, parse_size
+    from .vmm.config import parse_disk, parse_net, parse_size, parse_vsock
 
     try:
         vcpus = int(args.vcpus)
@@ -136,6 +137,7 @@ def _run(args: SimpleNamespace) -> int:
         rng=args.rng,
         nets=[parse_net(n) for n in args.net],
         balloon=args.balloon,
+        vsock=parse_vsock(args.vsock) if args.vsock else None,
     )
     console = open_console(config.serial)
     try:

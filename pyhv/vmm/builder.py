@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..backends.block import RawDisk
 from ..backends.tap import Tap
+from ..errors import UsageError
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
@@ -18,13 +19,14 @@ from ..devices.virtio.blk import Blk
 from ..devices.virtio.net import Net
 from ..devices.virtio.pci import VirtioPci
 from ..devices.virtio.rng import Rng
+from ..devices.virtio.vsock import Vsock
 from ..kvm import Kvm
 from ..memory import GuestMemory
 from ..vcpu import Stop, StopKind, VcpuThread
 from .config import MachineConfig, default_mac, parse_mac
 from .cpu import apply_entry_state, setup_cpuid, setup_msrs, supported_entries
 from .iothread import IoThread
-from .machine import Machine
+from .machine import Closeable, Machine
 from .pci import PciWiring
 
 _BOOT_PROTOCOL = {"auto": "auto", "linux": "linux", "pvh": "pvh", "multiboot": "multiboot"}
@@ -38,7 +40,7 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = None
-    backends: list[RawDisk | Tap] = []  # what the machine closes
+    backends: list[Closeable] = []  # what the machine closes
     nets: list[Net] = []
     wiring = PciWiring()
     try:
@@ -66,6 +68,15 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         balloon = Balloon(memory) if config.balloon else None
         if balloon is not None:
             wiring.add(VirtioPci(balloon, deliver))
+        vsock = None
+        if config.vsock is not None:
+            vsock = Vsock(memory, config.vsock.cid, config.vsock.uds)
+            try:
+                vsock.listen()
+            except OSError as e:
+                raise UsageError(f"--vsock: cannot listen on {config.vsock.uds}: {e.strerror}") from None
+            backends.append(vsock)
+            wiring.add(VirtioPci(vsock, deliver))
         pci_devices, pci_tables = wiring.acpi()
         tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
         tables.write(memory)
@@ -95,6 +106,8 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         wiring.attach(vm, pio, mmio, machine.io)
         for net in nets:
             net.watch_rx = _rx_watcher(machine.io, net)
+        if vsock is not None:
+            vsock.watch = machine.io.watch
         machine.devices.update({f"pci{wiring.root.slot_of(t)}": t.device for t in wiring.transports})
 
         com1 = uart.Uart(console.write, irq=lambda level: vm.irq_line(uart.COM1_IRQ, int(level)))

@@ -103,6 +103,24 @@ def default_mac(tap: str) -> bytes:
     return bytes((0x52, 0x54, 0x00, (h >> 16) & 0xFF, (h >> 8) & 0xFF, h & 0xFF))
 
 
+class VsockConfig(NamedTuple):
+    cid: int
+    uds: str
+
+
+def parse_vsock(spec: str) -> VsockConfig:
+    """``cid=N,uds=PATH`` (Firecracker's host-side convention)."""
+    fields = dict(opt.partition("=")[::2] for opt in spec.split(","))
+    if set(fields) != {"cid", "uds"} or not fields["uds"] or not fields["cid"].isdigit():
+        raise UsageError(f"--vsock {spec!r}: expected cid=N,uds=PATH")
+    cid = int(fields["cid"])
+    if not 3 <= cid < 0xFFFF_FFFF:
+        raise UsageError(f"--vsock {spec!r}: guest CID must be at least 3 (0-2 are reserved)")
+    if len(fields["uds"].encode()) > 90:
+        raise UsageError(f"--vsock {spec!r}: socket path too long for a unix socket (with _PORT added)")
+    return VsockConfig(cid, fields["uds"])
+
+
 class MachineConfig:
     """Validated on construction; treat as read-only afterwards."""
 
@@ -122,6 +140,7 @@ class MachineConfig:
         rng: bool = False,
         nets: Sequence[NetConfig] = (),
         balloon: bool = False,
+        vsock: VsockConfig | None = None,
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -137,6 +156,7 @@ class MachineConfig:
         self.rng = rng
         self.nets = tuple(nets)
         self.balloon = balloon
+        self.vsock = vsock
         self._validate()
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ class IoThread:
     def __init__(self, name: str = "io") -> None:
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}
+        self._writers: dict[int, Callable[[], None]] = {}
         self._eventfds: set[int] = set()
         self._lock = threading.Lock()
         self._pending: list[Callable[[], None]] = []
@@ -44,9 +45,33 @@ class IoThread:
             self._handlers[fd] = callback
         self._epoll.register(fd, select.EPOLLIN)
 
+    def watch(
+        self, fd: int, on_read: Callable[[], None] | None, on_write: Callable[[], None] | None = None
+    ) -> None:
+        """Call ``on_read`` while ``fd`` is readable and ``on_write`` while it is
+        writable (either may be None); replaces what was watched on ``fd``."""
+        mask = (select.EPOLLIN if on_read else 0) | (select.EPOLLOUT if on_write else 0)
+        with self._lock:
+            known = fd in self._handlers or fd in self._writers
+            if on_read:
+                self._handlers[fd] = on_read
+            else:
+                self._handlers.pop(fd, None)
+            if on_write:
+                self._writers[fd] = on_write
+            else:
+                self._writers.pop(fd, None)
+        if not mask:
+            self.remove(fd)
+        elif known:
+            self._epoll.modify(fd, mask)
+        else:
+            self._epoll.register(fd, mask)
+
     def remove(self, fd: int) -> None:
         with self._lock:
             self._handlers.pop(fd, None)
+            self._writers.pop(fd, None)
             self._eventfds.discard(fd)
         try:
             self._epoll.unregister(fd)
@@ -80,7 +105,7 @@ class IoThread:
                 events = self._epoll.poll()
             except InterruptedError:
                 continue
-            for fd, _ in events:
+            for fd, mask in events:
                 if fd == self._wake:
                     self._drain(fd)
                     with self._lock:
@@ -90,8 +115,11 @@ class IoThread:
                     continue
                 with self._lock:
                     handler = self._handlers.get(fd)
+                    writer = self._writers.get(fd) if mask & select.EPOLLOUT else None
                     is_eventfd = fd in self._eventfds
-                if handler is None:
+                if writer is not None:
+                    self._call(fd, writer)
+                if handler is None or not mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                     continue
                 if is_eventfd:
                     self._drain(fd)

@@ -10,7 +10,7 @@ every vCPU to stop.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backends.console import Console
 from ..devices.bus import MmioBus, PioBus
@@ -23,12 +23,14 @@ from ..vcpu.thread import install_kick_handler
 from .config import MachineConfig
 
 if TYPE_CHECKING:
-    from ..backends.block import RawDisk
-    from ..backends.tap import Tap
     from ..devices.virtio.balloon import Balloon
     from ..vcpu.cpustate import VcpuState
     from .iothread import IoThread
     from .pci import PciWiring
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
 
 
 class Machine:
@@ -57,7 +59,7 @@ class Machine:
         self.vcpus: list[VcpuThread] = []
         self.io: IoThread | None = None  # device work (virtio queues)
         self.pci: PciWiring | None = None
-        self.backends: list[RawDisk | Tap] = []  # disk images and TAPs, closed with the machine
+        self.backends: list[Closeable] = []  # disk images, TAPs, sockets: closed with the machine
         self.balloon: Balloon | None = None
         self._stop: Stop | None = None
         self._stopped = threading.Event()

@@ -1,0 +1,397 @@
+"""virtio-vsock (virtio 1.2, 5.10) with the host side on unix sockets.
+
+The host side follows Firecracker's convention, so tools written for it work:
+
+* a host program connects to the VM's unix socket ``uds`` and writes
+  ``CONNECT <port>\\n``; once the guest accepts, it reads ``OK <host port>\\n``
+  and the socket carries the stream;
+* a guest connecting to the host (CID 2) port P reaches the unix socket
+  ``<uds>_<P>``; if nothing listens there the guest gets a reset.
+
+Streams use the spec's credit-based flow control (5.10.6.3): each side tells
+the other how much buffer it has (``buf_alloc``) and how much it has consumed
+(``fwd_cnt``); a sender never has more than ``buf_alloc - (tx_cnt - fwd_cnt)``
+bytes in flight.  pyhv reads a host socket only while the guest has credit,
+and counts bytes toward its own ``fwd_cnt`` only once they are written to the
+host socket.  A peer that vanishes is a reset (RST) to the other side.
+
+Everything runs on the I/O thread.  Packets for the guest wait in a queue until
+it posts receive buffers.  Malformed packets from the guest (bad type, lengths
+that do not match the buffers, a CID that is not its own) are answered with a
+reset and never take the device down.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .device import VirtioDevice
+from .queue import DescriptorChain, SplitQueue
+
+DEVICE_ID = 19
+RX, TX, EVENT = 0, 1, 2
+HOST_CID = 2
+
+HEADER = struct.Struct("<QQIIIHHIII")  # src_cid dst_cid src_port dst_port len type op flags buf_alloc fwd_cnt
+TYPE_STREAM = 1
+OP_REQUEST, OP_RESPONSE, OP_RST, OP_SHUTDOWN, OP_RW, OP_CREDIT_UPDATE, OP_CREDIT_REQUEST = 1, 2, 3, 4, 5, 6, 7
+SHUTDOWN_RCV, SHUTDOWN_SEND = 1, 2
+
+#: host-side receive buffer per connection (what the guest may have in flight to us)
+BUF_ALLOC = 256 * 1024
+#: largest payload pyhv puts in one packet to the guest, and accepts from it
+MAX_PAYLOAD = 64 * 1024
+CONNECT_LINE_MAX = 64
+FIRST_HOST_PORT = 1 << 30
+
+Watch = Callable[[int, Callable[[], None] | None, Callable[[], None] | None], None]
+
+
+class Connection:
+    def __init__(self, sock: socket.socket, host_port: int, guest_port: int) -> None:
+        self.sock = sock
+        self.host_port = host_port
+        self.guest_port = guest_port
+        self.established = False
+        self.from_host = True  # who asked for it
+        self.peer_buf_alloc = 0
+        self.peer_fwd_cnt = 0
+        self.tx_cnt = 0  # bytes sent to the guest
+        self.rx_cnt = 0  # bytes received from the guest
+        self.fwd_cnt = 0  # bytes of those written to the host socket
+        self.last_credit_sent = 0
+        self.to_host = bytearray()  # received from the guest, not yet written to the socket
+        self.closing = False
+
+    def guest_credit(self) -> int:
+        return self.peer_buf_alloc - (self.tx_cnt - self.peer_fwd_cnt)
+
+
+class Vsock(VirtioDevice):
+    device_id = DEVICE_ID
+    name = "virtio-vsock"
+
+    def __init__(self, mem: Any, guest_cid: int, uds: str) -> None:
+        super().__init__(mem, num_queues=3)
+        if not 3 <= guest_cid < 0xFFFF_FFFF:
+            raise ValueError(f"guest CID {guest_cid} is reserved or out of range")
+        self.guest_cid = guest_cid
+        self.uds = uds
+        #: set by the builder: (fd, on_read, on_write) -> watch on the I/O thread
+        self.watch: Watch = lambda fd, r, w: None
+        self.conns: dict[tuple[int, int], Connection] = {}  # (host port, guest port)
+        self.pending: deque[tuple[bytes, bytes]] = deque()  # packets for the guest
+        self._next_port = FIRST_HOST_PORT
+        self._unaccepted: dict[int, tuple[socket.socket, bytearray]] = {}
+        self.listener: socket.socket | None = None
+        self.bad_packets = 0
+
+    def device_features(self) -> int:
+        return 0
+
+    def config_bytes(self) -> bytes:
+        return struct.pack("<Q", self.guest_cid)
+
+    # --- the host listener ------------------------------------------------------
+
+    def listen(self) -> None:
+        """Bind the host-side unix socket (the builder calls this before start)."""
+        try:
+            os.unlink(self.uds)
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(self.uds)
+        s.listen(64)
+        s.setblocking(False)
+        self.listener = s
+
+    def start_watching(self) -> None:
+        if self.listener is not None:
+            self.watch(self.listener.fileno(), self._accept, None)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        self._unaccepted[sock.fileno()] = (sock, bytearray())
+        fd = sock.fileno()
+        self.watch(fd, lambda: self._read_connect(fd), None)
+
+    def _read_connect(self, fd: int) -> None:
+        sock, line = self._unaccepted[fd]
+        try:
+            data = sock.recv(CONNECT_LINE_MAX - len(line))
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        line += data
+        if not data or (b"\n" not in line and len(line) >= CONNECT_LINE_MAX):
+            self._drop_unaccepted(fd)
+            return
+        if b"\n" not in line:
+            return
+        head, _, rest = bytes(line).partition(b"\n")
+        words = head.split()
+        if len(words) != 2 or words[0] != b"CONNECT" or not words[1].isdigit() or int(words[1]) > 0xFFFF_FFFF:
+            self._drop_unaccepted(fd)
+            return
+        del self._unaccepted[fd]
+        with self.lock:
+            host_port = self._allocate_port()
+            conn = Connection(sock, host_port, int(words[1]))
+            conn.to_host = bytearray()
+            self.conns[(host_port, conn.guest_port)] = conn
+            self.watch(fd, None, None)
+            conn.early = bytearray(rest)  # type: ignore[attr-defined]
+            self._send(conn, OP_REQUEST)
+            self._flush_rx()
+
+    def _drop_unaccepted(self, fd: int) -> None:
+        sock, _ = self._unaccepted.pop(fd)
+        self.watch(fd, None, None)
+        sock.close()
+
+    def _allocate_port(self) -> int:
+        while True:
+            port = self._next_port
+            self._next_port = FIRST_HOST_PORT if self._next_port >= 0xFFFF_FFFE else self._next_port + 1
+            if not any(k[0] == port for k in self.conns):
+                return port
+
+    # --- packets to the guest -----------------------------------------------------
+
+    def _send(self, conn: Connection, op: int, payload: bytes = b"", flags: int = 0) -> None:
+        header = HEADER.pack(
+            HOST_CID, self.guest_cid, conn.host_port, conn.guest_port, len(payload), TYPE_STREAM, op, flags,
+            BUF_ALLOC, conn.fwd_cnt,
+        )
+        conn.last_credit_sent = conn.fwd_cnt
+        self.pending.append((header, payload))
+
+    def _send_rst(self, src_port: int, dst_port: int) -> None:
+        header = HEADER.pack(HOST_CID, self.guest_cid, src_port, dst_port, 0, TYPE_STREAM, OP_RST, 0, 0, 0)
+        self.pending.append((header, b""))
+
+    def _flush_rx(self) -> None:
+        """Move waiting packets into the guest's receive buffers."""
+        q = self.queues[RX]
+        if not q.active:
+            return
+        used = False
+        try:
+            while self.pending and (chain := q.pop()) is not None:
+                header, payload = self.pending[0]
+                if chain.writable_len() < len(header) + len(payload):
+                    q.unpop()
+                    break
+                self.pending.popleft()
+                chain.write_at(self.mem, 0, header + payload)
+                q.push_used(chain, len(header) + len(payload))
+                used = True
+            signal = used and q.should_notify()
+        except Exception as e:  # noqa: BLE001 - a ring violation: the device needs a reset
+            self.fail(f"receive queue: {e}")
+            return
+        if signal:
+            self.interrupt(RX)
+
+    # --- the queues -------------------------------------------------------------------
+
+    def _device_activate(self) -> None:
+        self.start_watching()
+
+    def _device_reset(self) -> None:
+        for conn in list(self.conns.values()):
+            self._close(conn, tell_guest=False)
+        self.pending.clear()
+
+    def _device_process(self, index: int, queue: SplitQueue) -> bool:
+        if index == RX:
+            self._flush_rx()
+            return False
+        if index == EVENT:
+            return False
+        used = False
+        while (chain := queue.pop()) is not None:
+            self._from_guest(chain)
+            queue.push_used(chain, 0)
+            used = True
+        self._flush_rx()
+        return used
+
+    def _from_guest(self, chain: DescriptorChain) -> None:
+        total = chain.readable_len()
+        if total < HEADER.size or total > HEADER.size + MAX_PAYLOAD:
+            self._bad("packet of {total} bytes")
+            return
+        data = chain.read_all(self.mem, total)
+        src_cid, dst_cid, src_port, dst_port, length, type_, op, flags, buf_alloc, fwd_cnt = HEADER.unpack_from(data)
+        payload = data[HEADER.size :]
+        if src_cid != self.guest_cid or dst_cid != HOST_CID or length != len(payload):
+            self._bad(f"header src_cid={src_cid} dst_cid={dst_cid} len={length} with {len(payload)} bytes")
+            return
+        if type_ != TYPE_STREAM:
+            self._send_rst(dst_port, src_port)
+            return
+        conn = self.conns.get((dst_port, src_port))
+        if conn is not None:
+            conn.peer_buf_alloc, conn.peer_fwd_cnt = buf_alloc, fwd_cnt
+        if op == OP_REQUEST:
+            self._guest_connect(dst_port, src_port, buf_alloc, fwd_cnt)
+        elif conn is None:
+            if op != OP_RST:
+                self._send_rst(dst_port, src_port)
+        elif op == OP_RESPONSE and not conn.established:
+            conn.established = True
+            self._write_host(conn, f"OK {conn.host_port}\n".encode())
+            early = getattr(conn, "early", b"")
+            if early:
+                self._forward_to_guest(conn, bytes(early))
+            self.watch(conn.sock.fileno(), self._reader(conn), None)
+        elif op == OP_RW and conn.established:
+            if conn.rx_cnt + len(payload) - conn.fwd_cnt > BUF_ALLOC:
+                self._bad("guest sent past its credit")
+                self._close(conn, tell_guest=True)
+                return
+            conn.rx_cnt += len(payload)
+            conn.to_host += payload
+            self._drain_to_host(conn)
+        elif op == OP_CREDIT_UPDATE:
+            self._resume_host_reads(conn)
+        elif op == OP_CREDIT_REQUEST:
+            self._send(conn, OP_CREDIT_UPDATE)
+        elif op == OP_SHUTDOWN:
+            if flags & SHUTDOWN_SEND and flags & SHUTDOWN_RCV:
+                self._close(conn, tell_guest=True)
+            elif flags & SHUTDOWN_SEND:
+                try:
+                    conn.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+        elif op == OP_RST:
+            self._close(conn, tell_guest=False)
+
+    def _bad(self, what: str) -> None:
+        self.bad_packets += 1
+        if self.bad_packets == 1:
+            print(f"pyhv: {self.name}: malformed packet from the guest: {what}", file=sys.stderr)
+
+    def _guest_connect(self, host_port: int, guest_port: int, buf_alloc: int, fwd_cnt: int) -> None:
+        path = f"{self.uds}_{host_port}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            self._send_rst(host_port, guest_port)
+            return
+        sock.setblocking(False)
+        conn = Connection(sock, host_port, guest_port)
+        conn.from_host = False
+        conn.established = True
+        conn.peer_buf_alloc, conn.peer_fwd_cnt = buf_alloc, fwd_cnt
+        self.conns[(host_port, guest_port)] = conn
+        self._send(conn, OP_RESPONSE)
+        self.watch(sock.fileno(), self._reader(conn), None)
+
+    # --- host socket <-> guest --------------------------------------------------------
+
+    def _host_readable(self, conn: Connection) -> None:
+        with self.lock:
+            if (conn.host_port, conn.guest_port) not in self.conns:
+                return
+            credit = conn.guest_credit()
+            if credit <= 0:
+                self.watch(conn.sock.fileno(), None, self._writer(conn) if conn.to_host else None)
+                return
+            try:
+                data = conn.sock.recv(min(credit, MAX_PAYLOAD))
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._send(conn, OP_SHUTDOWN, flags=SHUTDOWN_RCV | SHUTDOWN_SEND)
+                self.watch(conn.sock.fileno(), None, None)
+                conn.closing = True
+            else:
+                self._forward_to_guest(conn, data)
+            self._flush_rx()
+
+    def _forward_to_guest(self, conn: Connection, data: bytes) -> None:
+        conn.tx_cnt += len(data)
+        self._send(conn, OP_RW, data)
+
+    def _resume_host_reads(self, conn: Connection) -> None:
+        if conn.established and not conn.closing and conn.guest_credit() > 0:
+            self.watch(conn.sock.fileno(), self._reader(conn), self._writer(conn) if conn.to_host else None)
+
+    def _write_host(self, conn: Connection, data: bytes) -> None:
+        try:
+            conn.sock.sendall(data)
+        except OSError:
+            self._close(conn, tell_guest=True)
+
+    def _drain_to_host(self, conn: Connection) -> None:
+        while conn.to_host:
+            try:
+                n = conn.sock.send(conn.to_host)
+            except BlockingIOError:
+                reader = self._reader(conn) if not conn.closing else None
+                self.watch(conn.sock.fileno(), reader, self._writer(conn))
+                return
+            except OSError as e:
+                if e.errno != errno.EINTR:
+                    self._close(conn, tell_guest=True)
+                    return
+                continue
+            del conn.to_host[:n]
+            conn.fwd_cnt += n
+        if conn.fwd_cnt - conn.last_credit_sent >= BUF_ALLOC // 4:
+            self._send(conn, OP_CREDIT_UPDATE)
+
+    def _reader(self, conn: Connection) -> Callable[[], None]:
+        return lambda: self._host_readable(conn)
+
+    def _writer(self, conn: Connection) -> Callable[[], None]:
+        def writable() -> None:
+            with self.lock:
+                self._drain_to_host(conn)
+                if not conn.to_host and (conn.host_port, conn.guest_port) in self.conns:
+                    reader = self._reader(conn) if not conn.closing else None
+                    self.watch(conn.sock.fileno(), reader, None)
+                self._flush_rx()
+
+        return writable
+
+    def _close(self, conn: Connection, tell_guest: bool) -> None:
+        self.conns.pop((conn.host_port, conn.guest_port), None)
+        self.watch(conn.sock.fileno(), None, None)
+        conn.sock.close()
+        if tell_guest:
+            self._send_rst(conn.host_port, conn.guest_port)
+
+    def close(self) -> None:
+        for conn in list(self.conns.values()):
+            self._close(conn, tell_guest=False)
+        for fd in list(self._unaccepted):
+            self._drop_unaccepted(fd)
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            try:
+                os.unlink(self.uds)
+            except OSError:
+                pass
