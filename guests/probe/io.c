@@ -120,29 +120,6 @@ void put_hex16(uint64_t v)
         put_char(hex_digits[(v >> shift) & 0xf]);
 }
 
-void put_ipv4(uint32_t ip)
-{
-    int shift;
-
-    for (shift = 24; shift >= 0; shift -= 8) {
-        put_dec((ip >> shift) & 0xff);
-        if (shift)
-            put_char('.');
-    }
-}
-
-void put_mac(const uint8_t *mac)
-{
-    int i;
-
-    for (i = 0; i < 6; i++) {
-        if (i)
-            put_char(':');
-        put_char(hex_digits[mac[i] >> 4]);
-        put_char(hex_digits[mac[i] & 0xf]);
-    }
-}
-
 /*
  * Printable ASCII goes out as is; '"', '\\' and anything outside
  * 0x20..0x7e are written as \xHH so a quoted value stays one token.
