@@ -19,10 +19,14 @@ without a bound and never allocates in proportion to a guest value:
 
 * at :meth:`SplitQueue.activate` the size (a power of two, 1..``max_size``)
   and the three rings (alignment, and each whole ring inside one RAM region)
-  are checked, so every later ring access is known to be in RAM; the accesses
-  still go through the bounds-checked :class:`GuestRam` methods, and a
-  :class:`~pyhv.errors.MemoryAccessError` that escapes them anyway becomes a
-  :class:`QueueError`;
+  are checked, and the queue then takes one view of each ring through the
+  bounds-checked :meth:`GuestRam.view`; every ring access indexes those views
+  with an index below the size, so it stays inside the ring (and a view can
+  never reach past it: an out-of-range index raises).  Buffers and indirect
+  tables are still checked one by one with :meth:`GuestRam.contains`, and a
+  :class:`~pyhv.errors.MemoryAccessError` that escapes becomes a
+  :class:`QueueError`.  The views must not outlive the guest memory: the
+  machine stops the I/O thread before it unmaps RAM;
 * ``avail.idx`` may run ahead of what the device has consumed by at most the
   queue size, and every head index is below the size;
 * every descriptor is read and checked as the chain is walked: the buffer lies
