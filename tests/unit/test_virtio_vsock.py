@@ -175,3 +175,17 @@ def test_garbage_instead_of_connect_closes_the_host_socket(guest: Guest) -> None
     s.settimeout(2)
     guest.loop.run()
     assert s.recv(64) == b"" and guest.dev.conns == {}
+
+
+def test_data_larger_than_a_receive_buffer_is_split_with_matching_lengths(guest: Guest) -> None:
+    for _ in range(4):
+        guest.heads.append(guest.rx.add_chain(writable=[HEADER.size + 1000]))
+    guest.t.write(m.NOTIFY_OFFSET, 4, RX)
+    host = _host_connect(guest, 1234)
+    (request, _), = guest.received()
+    guest.send(OP_RESPONSE, 1234, request[2])
+    host.recv(64)
+    host.sendall(bytes(2500))
+    guest.loop.run()
+    packets = guest.received()
+    assert [(h[4], len(p)) for h, p in packets] == [(1000, 1000), (1000, 1000), (500, 500)]

@@ -69,6 +69,7 @@ class Connection:
         self.last_credit_sent = 0
         self.to_host = bytearray()  # received from the guest, not yet written to the socket
         self.closing = False
+        self.stalled = False  # not reading the host socket: the guest has no credit left
 
     def guest_credit(self) -> int:
         return self.peer_buf_alloc - (self.tx_cnt - self.peer_fwd_cnt)
@@ -193,10 +194,22 @@ class Vsock(VirtioDevice):
         try:
             while self.pending and (chain := q.pop()) is not None:
                 header, payload = self.pending[0]
-                if chain.writable_len() < len(header) + len(payload):
-                    q.unpop()
-                    break
-                self.pending.popleft()
+                room = chain.writable_len() - len(header)
+                if room < min(len(payload), 1):
+                    self._bad_rx_buffer(chain.writable_len())
+                    q.push_used(chain, 0)  # too small for even a header: hand it back empty
+                    used = True
+                    continue
+                if len(payload) > room:
+                    # stream data may be split: send what fits, keep the rest first in line
+                    fields = list(HEADER.unpack(header))
+                    rest = payload[room:]
+                    fields[4] = len(rest)
+                    self.pending[0] = (HEADER.pack(*fields), rest)
+                    fields[4] = room
+                    header, payload = HEADER.pack(*fields), payload[:room]
+                else:
+                    self.pending.popleft()
                 chain.write_at(self.mem, 0, header + payload)
                 q.push_used(chain, len(header) + len(payload))
                 used = True
@@ -247,7 +260,10 @@ class Vsock(VirtioDevice):
             return
         conn = self.conns.get((dst_port, src_port))
         if conn is not None:
+            starved = conn.stalled
             conn.peer_buf_alloc, conn.peer_fwd_cnt = buf_alloc, fwd_cnt
+            if starved and conn.guest_credit() > 0:
+                self._resume_host_reads(conn)  # every packet carries fresh credit
         if op == OP_REQUEST:
             self._guest_connect(dst_port, src_port, buf_alloc, fwd_cnt)
         elif conn is None:
@@ -283,6 +299,9 @@ class Vsock(VirtioDevice):
         elif op == OP_RST:
             self._close(conn, tell_guest=False)
 
+    def _bad_rx_buffer(self, size: int) -> None:
+        self._bad(f"receive buffer of {size} bytes cannot hold a packet header")
+
     def _bad(self, what: str) -> None:
         self.bad_packets += 1
         if self.bad_packets == 1:
@@ -314,7 +333,11 @@ class Vsock(VirtioDevice):
                 return
             credit = conn.guest_credit()
             if credit <= 0:
+                # the guest's buffer is full: stop reading and ask it to say when it has room
+                conn.stalled = True
                 self.watch(conn.sock.fileno(), None, self._writer(conn) if conn.to_host else None)
+                self._send(conn, OP_CREDIT_REQUEST)
+                self._flush_rx()
                 return
             try:
                 data = conn.sock.recv(min(credit, MAX_PAYLOAD))
@@ -336,6 +359,7 @@ class Vsock(VirtioDevice):
 
     def _resume_host_reads(self, conn: Connection) -> None:
         if conn.established and not conn.closing and conn.guest_credit() > 0:
+            conn.stalled = False
             self.watch(conn.sock.fileno(), self._reader(conn), self._writer(conn) if conn.to_host else None)
 
     def _write_host(self, conn: Connection, data: bytes) -> None:
