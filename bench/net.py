@@ -64,11 +64,13 @@ def vmm_command(vmm: str, kernel: Path, cmdline: str) -> tuple[list[str], dict[s
             "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,mac=52:54:00:12:34:56"], None
 
 
-def probe_fields(out: str, key: str) -> dict[str, str]:
+def probe_fields(out: str, key: str, field: str) -> dict[str, str]:
+    """The fields of the last ``probe: KEY ...`` line that has ``field``."""
+    found: dict[str, str] = {}
     for line in out.splitlines():
-        if line.startswith(f"probe: {key} "):
-            return dict(t.partition("=")[::2] for t in shlex.split(line[len("probe: "):]) if "=" in t)
-    return {}
+        if line.startswith(f"probe: {key} ") and f" {field}=" in line:
+            found = dict(t.partition("=")[::2] for t in shlex.split(line[len("probe: "):]) if "=" in t)
+    return found
 
 
 def guest_to_host(vmm: str, kernel: Path, size: int, secs: float) -> float | str:
@@ -123,7 +125,7 @@ def host_to_guest(vmm: str, kernel: Path, size: int, secs: float) -> float | str
         p.kill()
         out, _ = p.communicate()
     stop.set()
-    fields = probe_fields(out, "netbench")
+    fields = probe_fields(out, "netbench", "rx_mbps")
     if "rx_mbps" not in fields:
         return "no netbench line"
     return float(fields["rx_mbps"]) / 8  # probe reports megabits
@@ -132,7 +134,7 @@ def host_to_guest(vmm: str, kernel: Path, size: int, secs: float) -> float | str
 def round_trip(vmm: str, kernel: Path) -> float | str:
     cmd, env = vmm_command(vmm, kernel, f"probe.test=netping probe.n=200 probe.ip={GUEST_IP} probe.peer={HOST_IP}")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
-    fields = probe_fields(p.stdout, "netping")
+    fields = probe_fields(p.stdout, "netping", "rtt_us_p50")
     if "rtt_us_p50" not in fields:
         return "no netping line"
     return float(fields["rtt_us_p50"])

@@ -205,8 +205,8 @@ static const char *blk_start(struct blk *b, uint64_t want, int msix)
     b->max_segs = b->seg_max ? b->seg_max : MAX_DATA_SEGS;
     if (b->max_segs > MAX_DATA_SEGS)
         b->max_segs = MAX_DATA_SEGS;
-    if (!v->vq.indirect && b->max_segs + 2 > v->vq.size)
-        b->max_segs = v->vq.size > 2 ? v->vq.size - 2u : 1;
+    if (!v->vq[0].indirect && b->max_segs + 2 > v->vq[0].size)
+        b->max_segs = v->vq[0].size > 2 ? v->vq[0].size - 2u : 1;
     b->max_discard_sectors = b->max_discard_seg = b->discard_align = 0;
     b->max_wz_sectors = b->max_wz_seg = 0;
     if ((f & BLK_F_DISCARD) && v->devcfg_len >= 48) {
@@ -265,7 +265,7 @@ static int blk_submit(struct blk *b, struct blk_slot *s)
                                  s->len - off < b->seg_bytes ? s->len - off : b->seg_bytes, (uint32_t)write };
     }
     vb[n++] = (struct vbuf){ (uint64_t)(s->rec + 16), 1, 1 };
-    return vq_add(&b->v.vq, vb, n, (uint32_t)(s - b->slots)) < 0 ? BLK_R_NO_ROOM : 0;
+    return vq_add(&b->v.vq[0], vb, n, (uint32_t)(s - b->slots)) < 0 ? BLK_R_NO_ROOM : 0;
 }
 
 static int slot_status(const struct blk_slot *s)
@@ -281,7 +281,7 @@ static int slot_status(const struct blk_slot *s)
 static int blk_pipeline(struct blk *b, uint64_t nreq, unsigned depth,
                         blk_gen_fn gen, blk_done_fn done, void *ctx)
 {
-    struct virtq *q = &b->v.vq;
+    struct virtq *q = &b->v.vq[0];
     uint64_t next = 0, finished = 0;
     unsigned inflight = 0, i;
 
@@ -332,7 +332,7 @@ static int blk_pipeline(struct blk *b, uint64_t nreq, unsigned depth,
 static int blk_sync(struct blk *b, uint32_t type, uint64_t sector, uint32_t len)
 {
     struct blk_slot *s = &b->slots[0];
-    struct virtq *q = &b->v.vq;
+    struct virtq *q = &b->v.vq[0];
     uint32_t tok, ulen;
     int r;
 
@@ -652,7 +652,7 @@ NORETURN void test_blk(const struct options *o)
     kv_dec("verified", verified_sectors);
     kv_dec("mismatches", mismatched_sectors);
     kv_dec("requests", b->requests);
-    kv_dec("notifies", b->v.vq.notifies);
+    kv_dec("notifies", b->v.vq[0].notifies);
     if (b->v.msix)
         kv_dec("irqs", virtio_irqs(&b->v));
     line_end();
@@ -678,7 +678,7 @@ struct bench_phase {
 static int bench_run(struct blk *b, struct bench_phase *p, struct rw_ctx *c, uint64_t nreq,
                      unsigned depth, blk_gen_fn gen, uint64_t bytes)
 {
-    uint64_t n0 = b->v.vq.notifies, i0 = virtio_irqs(&b->v), t0, t1;
+    uint64_t n0 = b->v.vq[0].notifies, i0 = virtio_irqs(&b->v), t0, t1;
     int r;
 
     t0 = rdtsc();
@@ -687,7 +687,7 @@ static int bench_run(struct blk *b, struct bench_phase *p, struct rw_ctx *c, uin
     p->bytes = bytes;
     p->requests = nreq;
     p->cycles = t1 - t0;
-    p->notifies = b->v.vq.notifies - n0;
+    p->notifies = b->v.vq[0].notifies - n0;
     p->irqs = virtio_irqs(&b->v) - i0;
     line_begin("blkbench");
     kv_str("phase", p->name);
@@ -861,7 +861,7 @@ static void set_desc(volatile struct vq_desc *d, uint64_t addr, uint32_t len, ui
  * case cannot be built (no indirect descriptors). */
 static int hostile_build(struct blk *b, unsigned kind, uint8_t **status_byte)
 {
-    struct virtq *q = &b->v.vq;
+    struct virtq *q = &b->v.vq[0];
     uint8_t *rec = dma_alloc(32, 32), *data = dma_alloc(4096, 4096);
     uint64_t hdr = (uint64_t)rec, status = (uint64_t)(rec + 16), buf = (uint64_t)data;
     volatile struct vq_desc *t, *t2;
@@ -971,7 +971,7 @@ NORETURN void test_hostile(const struct options *o)
             virtio_print(&b->v, "blk");
             print_blk_line(b);
         }
-        q = &b->v.vq;
+        q = &b->v.vq[0];
         cfg_irqs = irq_count[0];
         built = hostile_build(b, kind, &req_status);
         t0 = rdtsc();

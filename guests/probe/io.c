@@ -120,6 +120,29 @@ void put_hex16(uint64_t v)
         put_char(hex_digits[(v >> shift) & 0xf]);
 }
 
+void put_ipv4(uint32_t ip)
+{
+    int shift;
+
+    for (shift = 24; shift >= 0; shift -= 8) {
+        put_dec((ip >> shift) & 0xff);
+        if (shift)
+            put_char('.');
+    }
+}
+
+void put_mac(const uint8_t *mac)
+{
+    int i;
+
+    for (i = 0; i < 6; i++) {
+        if (i)
+            put_char(':');
+        put_char(hex_digits[mac[i] >> 4]);
+        put_char(hex_digits[mac[i] & 0xf]);
+    }
+}
+
 /*
  * Printable ASCII goes out as is; '"', '\\' and anything outside
  * 0x20..0x7e are written as \xHH so a quoted value stays one token.
@@ -204,4 +227,31 @@ void *memcpy(void *d, const void *s, size_t n)
     while (n--)
         *p++ = *q++;
     return d;
+}
+
+/* Shell sort with Knuth's gaps (1, 4, 13, 40, ...). */
+void sort_u64(uint64_t *a, uint64_t n)
+{
+    uint64_t g = 1, i, j;
+
+    while (g < n / 3)
+        g = 3 * g + 1;
+    for (; g > 0; g /= 3) {
+        for (i = g; i < n; i++) {
+            uint64_t x = a[i];
+
+            for (j = i; j >= g && a[j - g] > x; j -= g)
+                a[j] = a[j - g];
+            a[j] = x;
+        }
+    }
+}
+
+uint64_t percentile_u64(const uint64_t *sorted, uint64_t n, unsigned p)
+{
+    uint64_t r = (p * n + 99) / 100;
+
+    if (!n)
+        return 0;
+    return sorted[r ? r - 1 : 0];
 }

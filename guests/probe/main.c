@@ -121,6 +121,34 @@ static int parse_u64(const char *s, size_t len, int allow_hex, uint64_t *out)
     return 1;
 }
 
+/* Dotted-quad IPv4 address: four decimal parts 0..255; host byte order. */
+static int parse_ipv4(const char *s, size_t len, uint32_t *out)
+{
+    uint32_t ip = 0;
+    size_t i = 0;
+    unsigned part;
+
+    for (part = 0; part < 4; part++) {
+        size_t start = i;
+        uint64_t v;
+
+        while (i < len && s[i] != '.')
+            i++;
+        if (i - start > 3 || !parse_u64(s + start, i - start, 0, &v) || v > 255)
+            return 0;
+        ip = ip << 8 | (uint32_t)v;
+        if (part < 3) {
+            if (i == len)
+                return 0;
+            i++;                        /* the dot */
+        }
+    }
+    if (i != len)
+        return 0;
+    *out = ip;
+    return 1;
+}
+
 /* probe.features=NAME[,NAME...]: eventidx, indirect, none. */
 static void parse_features(struct options *o, const char *val, size_t val_len)
 {
@@ -165,6 +193,7 @@ static void parse_option(struct options *o, const char *tok, size_t len)
         if (!parse_u64(val, val_len, 1, &v) || v > 0xffff)
             fail("bad value for probe.port: ", val, val_len);
         o->port = v;
+        o->have_port = 1;
     } else if (mem_eq(key, key_len, "probe.addr")) {
         if (!parse_u64(val, val_len, 1, &v) || v > MAPPED_LIMIT - 4 || (v & 3))
             fail("bad value for probe.addr: ", val, val_len);
@@ -192,6 +221,26 @@ static void parse_option(struct options *o, const char *tok, size_t len)
         o->have_mb = 1;
     } else if (mem_eq(key, key_len, "probe.features")) {
         parse_features(o, val, val_len);
+    } else if (mem_eq(key, key_len, "probe.ip")) {
+        if (!parse_ipv4(val, val_len, &o->ip))
+            fail("bad value for probe.ip: ", val, val_len);
+    } else if (mem_eq(key, key_len, "probe.peer")) {
+        if (!parse_ipv4(val, val_len, &o->peer))
+            fail("bad value for probe.peer: ", val, val_len);
+    } else if (mem_eq(key, key_len, "probe.secs")) {
+        if (!parse_u64(val, val_len, 0, &v) || v < 1 || v > 86400)
+            fail("bad value for probe.secs: ", val, val_len);
+        o->secs = v;
+        o->have_secs = 1;
+    } else if (mem_eq(key, key_len, "probe.size")) {
+        if (!parse_u64(val, val_len, 0, &v) || v > (1u << 20))
+            fail("bad value for probe.size: ", val, val_len);
+        o->size = v;
+        o->have_size = 1;
+    } else if (mem_eq(key, key_len, "probe.conns")) {
+        if (!parse_u64(val, val_len, 0, &v) || v < 1 || v > 16)
+            fail("bad value for probe.conns: ", val, val_len);
+        o->conns = v;
     } else {
         fail("unknown option ", key, key_len);
     }
@@ -425,6 +474,7 @@ void user_main(uint32_t kind, uint64_t info)
 {
     struct options o = { .test = "hello", .test_len = 5,
                          .port = 0x0b00, .addr = 0xd0000000, .ring = 3,
+                         .ip = 0x0a00020f, .peer = 0x0a000201, .conns = 1,
                          .boot_kind = kind, .boot_info = info };
     const char *err, *cmdline;
     size_t len;
@@ -448,6 +498,8 @@ void user_main(uint32_t kind, uint64_t info)
     if (err)
         fail(err, "", 0);
 
+    o.cmdline = (uint64_t)cmdline;
+    o.cmdline_len = len;
     parse_cmdline(&o, cmdline, len);
 
     if (mem_eq(o.test, o.test_len, "hello"))
@@ -484,5 +536,19 @@ void user_main(uint32_t kind, uint64_t info)
         test_blkbench(&o);
     if (mem_eq(o.test, o.test_len, "hostile"))
         test_hostile(&o);
+    if (mem_eq(o.test, o.test_len, "net"))
+        test_net(&o);
+    if (mem_eq(o.test, o.test_len, "netping"))
+        test_netping(&o);
+    if (mem_eq(o.test, o.test_len, "netbench"))
+        test_netbench(&o);
+    if (mem_eq(o.test, o.test_len, "nethostile"))
+        test_nethostile(&o);
+    if (mem_eq(o.test, o.test_len, "vsock"))
+        test_vsock(&o);
+    if (mem_eq(o.test, o.test_len, "vsockclient"))
+        test_vsockclient(&o);
+    if (mem_eq(o.test, o.test_len, "balloon"))
+        test_balloon(&o);
     fail("unknown test ", o.test, o.test_len);
 }

@@ -103,7 +103,7 @@
 
 /*
  * MSI-X vectors of the virtio workloads: IRQ_VECTOR_BASE + i for MSI-X
- * table entry i (0 = configuration change, 1 = queue 0).  The ring-0
+ * table entry i (0 = configuration change, 1 + q = queue q).  The ring-0
  * handler counts each in irq_count[i] and sends an EOI.
  */
 #define IRQ_VECTOR_BASE   0x50
@@ -394,6 +394,8 @@ void put_dec(uint64_t v);
 void put_hex(uint64_t v);               /* 0x..., no leading zeros */
 void put_hex16(uint64_t v);             /* 0x + exactly 16 digits */
 void put_escaped(const char *s, size_t len);
+void put_ipv4(uint32_t ip);             /* dotted quad, ip in host order */
+void put_mac(const uint8_t *mac);       /* 6 bytes as aa:bb:cc:dd:ee:ff */
 void line_begin(const char *tag);       /* print_lock(), "probe:" [" " tag] */
 void kv_dec(const char *key, uint64_t v);
 void kv_hex(const char *key, uint64_t v);
@@ -403,6 +405,9 @@ NORETURN void probe_exit(uint32_t status);
 
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
+void sort_u64(uint64_t *a, uint64_t n);                 /* ascending */
+/* Nearest-rank p-th percentile of n sorted values (0 if n is 0). */
+uint64_t percentile_u64(const uint64_t *sorted, uint64_t n, unsigned p);
 
 /* trap.c (ring 0) */
 NORETURN void exception_handler(struct trap_frame *f);
@@ -416,6 +421,7 @@ struct options {
     uint64_t n;
     int have_n;
     uint64_t port;
+    int have_port;
     uint64_t addr;
     unsigned ring;              /* pio/mmio: loop in ring 3 or ring 0 */
     int msix;                   /* probe.irq=msix (else poll) */
@@ -424,8 +430,17 @@ struct options {
     uint64_t mb;                /* probe.mb: MiB for blkbench */
     int have_mb;
     unsigned features;          /* FEAT_* from probe.features */
+    uint32_t ip;                /* probe.ip: the guest's IPv4 address */
+    uint32_t peer;              /* probe.peer: the host's IPv4 address */
+    uint64_t secs;              /* probe.secs: how long to run */
+    int have_secs;
+    uint64_t size;              /* probe.size: bytes per frame or message */
+    int have_size;
+    uint64_t conns;             /* probe.conns: vsockclient connections */
     uint32_t boot_kind;         /* how the probe was entered */
     uint64_t boot_info;         /* zero page or hvm_start_info */
+    uint64_t cmdline;           /* where the command line is (0: none) */
+    uint64_t cmdline_len;
 };
 NORETURN void user_main(uint32_t kind, uint64_t info);
 void print_result(int pass);
@@ -528,8 +543,15 @@ void *dma_alloc(uint64_t size, uint64_t align);
 uint64_t dma_mark(void);
 void dma_release(uint64_t mark);
 
-/* virtio.c, blk.c (ring 3) */
+/* virtio.c, blk.c, net.c, vsock.c, balloon.c (ring 3) */
 NORETURN void test_rng(const struct options *o);
+NORETURN void test_net(const struct options *o);
+NORETURN void test_netping(const struct options *o);
+NORETURN void test_netbench(const struct options *o);
+NORETURN void test_nethostile(const struct options *o);
+NORETURN void test_vsock(const struct options *o);
+NORETURN void test_vsockclient(const struct options *o);
+NORETURN void test_balloon(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);
 NORETURN void test_blkflush(const struct options *o);

@@ -1,14 +1,15 @@
 /*
  * virtio over PCI, modern transport (virtio 1.2, 4.1), split virtqueues
- * (2.7), all in ring 3; and the rng workload.
+ * (2.7), all in ring 3; and the rng workload.  Up to VIRTIO_MAX_QUEUES
+ * queues per device (blk and rng use one, net two, vsock and balloon three).
  *
  * The hot paths touch only RAM: requests go into the descriptor table and
  * the available ring, completions are found by watching the used ring.
  * The device is told about new requests with one notify write per batch,
  * and not at all when it says it does not need one (VIRTQ_USED_F_NO_NOTIFY
  * or, with VIRTIO_F_EVENT_IDX, avail_event).  In polling mode the device
- * is asked not to interrupt; with MSI-X (probe.irq=msix) the queue's
- * vector is IRQ_VECTOR_BASE + 1 and ring 3 waits, with interrupts on,
+ * is asked not to interrupt; with MSI-X (probe.irq=msix) queue i's
+ * vector is IRQ_VECTOR_BASE + 1 + i and ring 3 waits, with interrupts on,
  * for the ring-0 handler to count it.
  */
 #include "virtio.h"
@@ -84,6 +85,8 @@ uint8_t vcfg8(struct virtio *v, unsigned off)   { return mmio_read8(v->devcfg + 
 uint16_t vcfg16(struct virtio *v, unsigned off) { return mmio_read16(v->devcfg + off); }
 uint32_t vcfg32(struct virtio *v, unsigned off) { return mmio_read32(v->devcfg + off); }
 
+void vcfg_w32(struct virtio *v, unsigned off, uint32_t x) { mmio_write32(v->devcfg + off, x); }
+
 uint64_t vcfg64(struct virtio *v, unsigned off)
 {
     uint8_t g0, g1;
@@ -100,8 +103,25 @@ uint64_t vcfg64(struct virtio *v, unsigned off)
 
 uint64_t virtio_irqs(const struct virtio *v)
 {
+    uint64_t n = 0;
+    unsigned i;
+
     (void)v;
-    return irq_count[MSIX_ENTRY_CONFIG] + irq_count[MSIX_ENTRY_QUEUE0];
+    for (i = 0; i < IRQ_VECTORS; i++)
+        n += irq_count[i];
+    return n;
+}
+
+const char *virtio_name(uint16_t device_id)
+{
+    switch (device_id) {
+    case VIRTIO_ID_NET:     return "virtio-net";
+    case VIRTIO_ID_BLK:     return "virtio-blk";
+    case VIRTIO_ID_RNG:     return "virtio-rng";
+    case VIRTIO_ID_BALLOON: return "virtio-balloon";
+    case VIRTIO_ID_VSOCK:   return "virtio-vsock";
+    default:                return "virtio";
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -126,9 +146,16 @@ const char *virtio_find(struct virtio *v, uint16_t device_id)
     unsigned cap = 0;
 
     memset(v, 0, sizeof(*v));
-    if (!d)
-        return device_id == VIRTIO_ID_BLK ? "no virtio-blk device (1af4:1042)"
-                                          : "no virtio-rng device (1af4:1044)";
+    if (!d) {
+        switch (device_id) {
+        case VIRTIO_ID_NET:     return "no virtio-net device (1af4:1041)";
+        case VIRTIO_ID_BLK:     return "no virtio-blk device (1af4:1042)";
+        case VIRTIO_ID_RNG:     return "no virtio-rng device (1af4:1044)";
+        case VIRTIO_ID_BALLOON: return "no virtio-balloon device (1af4:1045)";
+        case VIRTIO_ID_VSOCK:   return "no virtio-vsock device (1af4:1053)";
+        default:                return "no such virtio device";
+        }
+    }
     v->pci = d;
     while ((cap = pci_find_cap(d, PCI_CAP_VENDOR, cap)) != 0) {
         uint8_t type = pci_read8(d, cap + VCAP_CFG_TYPE);
@@ -179,12 +206,18 @@ int virtio_reset(struct virtio *v)
     return 1;
 }
 
+/* MSI-X table entries in use: the table's size, at most IRQ_VECTORS. */
+static unsigned msix_entries(const struct virtio *v)
+{
+    return v->msix_size < IRQ_VECTORS ? v->msix_size : IRQ_VECTORS;
+}
+
 static const char *setup_msix(struct virtio *v)
 {
     const struct pci_dev *d = v->pci;
     uint16_t ctrl;
     uint32_t tbl;
-    unsigned e;
+    unsigned e, n;
 
     if (!v->msix_cap)
         return "probe.irq=msix: the device has no MSI-X capability";
@@ -192,12 +225,13 @@ static const char *setup_msix(struct virtio *v)
     v->msix_size = (ctrl & 0x7ff) + 1u;
     if (v->msix_size < 2)
         return "probe.irq=msix: fewer than 2 MSI-X table entries";
+    n = msix_entries(v);
     tbl = pci_read32(d, v->msix_cap + 4);
-    v->msix_table = bar_region(d, tbl & 7, tbl & ~7u, 16 * 2);
+    v->msix_table = bar_region(d, tbl & 7, tbl & ~7u, 16 * n);
     if (!v->msix_table)
         return "probe.irq=msix: MSI-X table not in a usable BAR";
     v->apic_id = lapic_setup_for_msi();
-    for (e = 0; e < 2; e++) {
+    for (e = 0; e < n; e++) {
         uint64_t ent = v->msix_table + 16 * e;
 
         mmio_write32(ent + 0, MSI_ADDRESS_BASE | v->apic_id << 12);
@@ -212,22 +246,26 @@ static const char *setup_msix(struct virtio *v)
     return NULL;
 }
 
-static const char *setup_queue(struct virtio *v, unsigned max_qsize)
+static const char *setup_queue(struct virtio *v, unsigned qi, unsigned max_qsize)
 {
-    struct virtq *q = &v->vq;
-    uint16_t max, off, i;
+    static const char *const missing[VIRTIO_MAX_QUEUES] = {
+        "queue 0 is not available", "queue 1 is not available", "queue 2 is not available",
+    };
+    struct virtq *q = &v->vq[qi];
+    uint16_t max, off, i, entry = 0;
     unsigned size = 1;
 
     memset(q, 0, sizeof(*q));
-    cc_w16(v, CC_Q_SELECT, 0);
+    cc_w16(v, CC_Q_SELECT, (uint16_t)qi);
     max = cc_r16(v, CC_Q_SIZE);
-    v->queue_max = max;
+    if (qi == 0)
+        v->queue_max = max;
     if (max == 0)
-        return "queue 0 is not available";
+        return missing[qi];
     while (size * 2 <= max && size * 2 <= max_qsize)
         size *= 2;
     q->size = (uint16_t)size;
-    q->index = 0;
+    q->index = (uint16_t)qi;
     cc_w16(v, CC_Q_SIZE, q->size);
     q->desc = dma_alloc(16ULL * size, 4096);
     q->avail = dma_alloc(6 + 2ULL * size, 4096);
@@ -237,8 +275,13 @@ static const char *setup_queue(struct virtio *v, unsigned max_qsize)
     q->event_idx = !!(v->features & VF_EVENT_IDX);
     q->indirect = !!(v->features & VF_INDIRECT_DESC);
     q->msix = v->msix;
-    q->irq_slot = MSIX_ENTRY_QUEUE0;
-    q->irq_seen = irq_count[MSIX_ENTRY_QUEUE0];
+    if (v->msix) {
+        entry = (uint16_t)(MSIX_ENTRY_QUEUE0 + qi);
+        if (entry >= msix_entries(v))
+            entry = (uint16_t)(msix_entries(v) - 1);
+    }
+    q->irq_slot = entry;
+    q->irq_seen = irq_count[entry];
     if (q->indirect)
         q->indir = dma_alloc(16ULL * VQ_INDIRECT_MAX * size, 16);
     for (i = 0; i < q->size; i++)
@@ -253,8 +296,8 @@ static const char *setup_queue(struct virtio *v, unsigned max_qsize)
     cc_w64(v, CC_Q_DRIVER, (uint64_t)q->avail);
     cc_w64(v, CC_Q_DEVICE, (uint64_t)q->used);
     if (v->msix) {
-        cc_w16(v, CC_Q_MSIX, MSIX_ENTRY_QUEUE0);
-        if (cc_r16(v, CC_Q_MSIX) != MSIX_ENTRY_QUEUE0)
+        cc_w16(v, CC_Q_MSIX, entry);
+        if (cc_r16(v, CC_Q_MSIX) != entry)
             return "the device refused the queue's MSI-X vector";
     }
     off = cc_r16(v, CC_Q_NOTIFY_OFF);
@@ -265,12 +308,12 @@ static const char *setup_queue(struct virtio *v, unsigned max_qsize)
     return NULL;
 }
 
-const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max_qsize)
+const char *virtio_negotiate(struct virtio *v, uint64_t want, int msix)
 {
-    const char *err;
     uint8_t s;
 
     v->msix = msix;
+    v->nqueues = 0;
     if (!virtio_reset(v))
         return "device_status did not read 0 after reset";
     virtio_set_status(v, VS_ACKNOWLEDGE);
@@ -294,7 +337,17 @@ const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max
         virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FAILED);
         return "the device did not accept the features (FEATURES_OK clear)";
     }
-    if (msix) {
+    return NULL;
+}
+
+const char *virtio_setup(struct virtio *v, unsigned nq, unsigned max_qsize)
+{
+    const char *err;
+    unsigned i;
+
+    if (nq == 0 || nq > VIRTIO_MAX_QUEUES)
+        return "bad number of virtqueues";
+    if (v->msix) {
         err = setup_msix(v);
     } else {
         err = NULL;
@@ -304,16 +357,24 @@ const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max
             pci_write16(v->pci, v->msix_cap + 2, (uint16_t)(ctrl & ~MSIX_CTRL_ENABLE));
         }
     }
-    if (!err)
-        err = setup_queue(v, max_qsize);
+    for (i = 0; !err && i < nq; i++)
+        err = setup_queue(v, i, max_qsize);
     if (err) {
         virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FAILED);
         return err;
     }
+    v->nqueues = nq;
     virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FEATURES_OK | VS_DRIVER_OK);
-    if (msix)
+    if (v->msix)
         user_sti();
     return NULL;
+}
+
+const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max_qsize)
+{
+    const char *err = virtio_negotiate(v, want, msix);
+
+    return err ? err : virtio_setup(v, 1, max_qsize);
 }
 
 void virtio_print(const struct virtio *v, const char *what)
@@ -324,10 +385,12 @@ void virtio_print(const struct virtio *v, const char *what)
     kv_str("type", what);
     kv_hex("device_features", v->dev_features);
     kv_hex("features", v->features);
-    kv_dec("queue_size", v->vq.size);
+    kv_dec("queue_size", v->vq[0].size);
     kv_dec("queue_max", v->queue_max);
+    if (v->nqueues > 1)
+        kv_dec("queues", v->nqueues);
     kv_hex("common", v->common);
-    kv_hex("notify", v->vq.notify_addr);
+    kv_hex("notify", v->vq[0].notify_addr);
     kv_dec("notify_mult", v->notify_mult);
     kv_hex("isr", v->isr);
     kv_hex("device_cfg", v->devcfg);
@@ -547,19 +610,19 @@ NORETURN void test_rng(const struct options *o)
             struct vbuf b = { (uint64_t)(staging + k * RNG_CHUNK),
                               want - k * RNG_CHUNK < RNG_CHUNK ? want - k * RNG_CHUNK : RNG_CHUNK, 1 };
 
-            if (vq_add(&v.vq, &b, 1, k) < 0)
+            if (vq_add(&v.vq[0], &b, 1, k) < 0)
                 break;
             n++;
         }
         requests += n;
-        vq_kick(&v.vq);
+        vq_kick(&v.vq[0]);
         while (n) {
             uint32_t tok, len;
             int r;
 
-            if (!vq_wait(&v.vq, us_tsc(VQ_TIMEOUT_US)))
+            if (!vq_wait(&v.vq[0], us_tsc(VQ_TIMEOUT_US)))
                 fail("timeout waiting for virtio-rng", "", 0);
-            while (n && (r = vq_get(&v.vq, &tok, &len)) != 0) {
+            while (n && (r = vq_get(&v.vq[0], &tok, &len)) != 0) {
                 if (r < 0 || tok >= 8 || len > RNG_CHUNK)
                     fail("virtio-rng returned a bad used element", "", 0);
                 if (len > RNG_BYTES - got)
@@ -580,7 +643,7 @@ NORETURN void test_rng(const struct options *o)
     kv_dec("bytes", got);
     kv_dec("distinct", distinct);
     kv_dec("requests", requests);
-    kv_dec("notifies", v.vq.notifies);
+    kv_dec("notifies", v.vq[0].notifies);
     if (v.msix)
         kv_dec("irqs", virtio_irqs(&v));
     line_end();

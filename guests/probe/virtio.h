@@ -1,6 +1,7 @@
 /*
  * virtio 1.x over PCI (modern transport only) with split virtqueues:
- * shared by virtio.c (transport, queues, the rng workload) and blk.c.
+ * shared by virtio.c (transport, queues, the rng workload) and the
+ * device workloads (blk.c, net.c, vsock.c, balloon.c).
  */
 #ifndef VIRTIO_H
 #define VIRTIO_H
@@ -9,7 +10,13 @@
 
 #define VIRTIO_VENDOR       0x1af4
 #define VIRTIO_ID_BLK       0x1042      /* 0x1040 + device type 2 */
+#define VIRTIO_ID_NET       0x1041      /* 0x1040 + device type 1 */
 #define VIRTIO_ID_RNG       0x1044      /* 0x1040 + device type 4 */
+#define VIRTIO_ID_BALLOON   0x1045      /* 0x1040 + device type 5 */
+#define VIRTIO_ID_VSOCK     0x1053      /* 0x1040 + device type 19 */
+
+/* Most virtqueues a workload sets up (vsock: rx, tx, event). */
+#define VIRTIO_MAX_QUEUES   3
 
 /* device_status bits */
 #define VS_ACKNOWLEDGE      0x01
@@ -76,10 +83,11 @@ struct virtio {
     unsigned msix_cap, msix_size;
     uint64_t msix_table;
     uint64_t dev_features, features;
-    uint16_t queue_max;
+    uint16_t queue_max;                 /* queue 0's maximum size */
     int msix;
     uint32_t apic_id;
-    struct virtq vq;                    /* queue 0: the only one used */
+    unsigned nqueues;                   /* queues set up: vq[0 .. nqueues) */
+    struct virtq vq[VIRTIO_MAX_QUEUES];
 };
 
 /* Per-wait timeout for a request (generous: ring 0 may be emulated). */
@@ -91,6 +99,14 @@ const char *virtio_find(struct virtio *v, uint16_t device_id);
 /* Reset, negotiate VERSION_1 plus (want & offered), set up queue 0 with
  * at most max_qsize entries, MSI-X or polling, DRIVER_OK. */
 const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max_qsize);
+/* The same in two steps, for devices whose queues depend on the
+ * features: reset and negotiate (up to FEATURES_OK) ... */
+const char *virtio_negotiate(struct virtio *v, uint64_t want, int msix);
+/* ... then queues 0 .. nq-1 (each at most max_qsize entries), MSI-X or
+ * polling, DRIVER_OK.  With MSI-X, entry 0 is the configuration vector
+ * and queue i uses entry 1 + i (queues share the last entry when the
+ * table or IRQ_VECTORS is too small). */
+const char *virtio_setup(struct virtio *v, unsigned nq, unsigned max_qsize);
 /* Write 0 to device_status and wait until it reads 0.  1 if it did. */
 int virtio_reset(struct virtio *v);
 uint8_t virtio_status(struct virtio *v);
@@ -105,6 +121,7 @@ uint8_t vcfg8(struct virtio *v, unsigned off);
 uint16_t vcfg16(struct virtio *v, unsigned off);
 uint32_t vcfg32(struct virtio *v, unsigned off);
 uint64_t vcfg64(struct virtio *v, unsigned off);
+void vcfg_w32(struct virtio *v, unsigned off, uint32_t x);
 uint8_t vcfg_generation(struct virtio *v);
 
 /* Descriptors one request of n buffers takes from the ring. */
@@ -120,6 +137,15 @@ int vq_get(struct virtq *q, uint32_t *token, uint32_t *len);
 /* Wait (polling or for an MSI-X interrupt) until vq_get() has something;
  * 0 on timeout. */
 int vq_wait(struct virtq *q, uint64_t timeout_tsc);
+/* Nonzero if the used ring holds something vq_get() has not taken yet
+ * (a look at RAM only, whatever the interrupt mode). */
+static inline int vq_pending(const struct virtq *q)
+{
+    return *(volatile const uint16_t *)(q->used + 2) != q->last_used;
+}
+
+/* Device names for messages: "virtio-net" and so on. */
+const char *virtio_name(uint16_t device_id);
 
 static inline uint64_t us_tsc(uint64_t us)
 {
