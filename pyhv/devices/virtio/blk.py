@@ -98,12 +98,7 @@ class Blk(VirtioDevice):
         return bytes(cfg)
 
     def _device_process(self, index: int, queue: SplitQueue) -> bool:
-        used = False
-        while (chain := queue.pop()) is not None:
-            written = self._request(chain)
-            queue.push_used(chain, written)
-            used = True
-        return used
+        return self._drain(queue, self._request)
 
     def _request(self, chain: DescriptorChain) -> int:
         """Carry out one request; the number of bytes written into the chain."""

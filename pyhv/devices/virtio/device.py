@@ -24,6 +24,7 @@ from typing import Any
 
 from ...errors import PyhvError
 from .queue import (
+    DescriptorChain,
     VIRTIO_F_EVENT_IDX,
     VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_VERSION_1,
@@ -159,6 +160,25 @@ class VirtioDevice:
             signal = used and q.should_notify()
         if signal:
             self.interrupt(index)
+
+    def _drain(self, queue: SplitQueue, serve: Callable[[DescriptorChain], int]) -> bool:
+        """Serve every available chain with ``serve`` (returns bytes written).
+
+        While serving, the driver is told not to kick (2.7.7 / 2.7.10): a kick
+        from a guest costs a VM exit, and the device is already looking.  After
+        turning kicks back on, the queue is checked once more, so a chain added
+        in between is not left waiting for a kick that never comes.
+        """
+        used = False
+        queue.set_notification(False)
+        while True:
+            while (chain := queue.pop()) is not None:
+                queue.push_used(chain, serve(chain))
+                used = True
+            queue.set_notification(True)
+            if not queue.has_available():
+                return used
+            queue.set_notification(False)
 
     # --- configuration space ----------------------------------------------------
 

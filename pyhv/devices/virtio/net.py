@@ -26,7 +26,7 @@ from typing import Any
 
 from ...backends.tap import VNET_HDR_SIZE, Tap
 from .device import VirtioDevice, buffer_views
-from .queue import SplitQueue
+from .queue import DescriptorChain, SplitQueue
 
 DEVICE_ID = 1
 RX, TX = 0, 1
@@ -88,28 +88,29 @@ class Net(VirtioDevice):
     # --- guest -> TAP ------------------------------------------------------------
 
     def _transmit(self, queue: SplitQueue) -> bool:
-        used = False
-        while (chain := queue.pop()) is not None:
-            length = chain.readable_len()
-            if not VNET_HDR_SIZE < length <= MAX_FRAME:
-                self._drop_tx(f"frame of {length} bytes")
-            else:
-                header = chain.read_all(self.mem, VNET_HDR_SIZE)
-                if any(header[:HDR_NUM_BUFFERS]):  # flags, gso_type, hdr_len, gso_size, csum_*
-                    self._drop_tx("offload header fields set but no offload was negotiated")
-                else:
-                    views = buffer_views(self.mem, chain.readable, 0, length)
-                    try:
-                        os.writev(self.tap.fd, views)
-                        self.tx_frames += 1
-                        self.tx_bytes += length - VNET_HDR_SIZE
-                    except BlockingIOError:
-                        self.tx_dropped += 1  # the TAP's queue is full: the network drops, as a wire would
-                    except OSError as e:
-                        self._drop_tx(f"TAP write failed: {e.strerror}")
-            queue.push_used(chain, 0)
-            used = True
-        return used
+        return self._drain(queue, self._send_frame)
+
+    def _send_frame(self, chain: DescriptorChain) -> int:
+        """Write one guest frame to the TAP, or drop it; nothing is written back."""
+        length = chain.readable_len()
+        if not VNET_HDR_SIZE < length <= MAX_FRAME:
+            self._drop_tx(f"frame of {length} bytes")
+            return 0
+        header = chain.read_all(self.mem, VNET_HDR_SIZE)
+        if any(header[:HDR_NUM_BUFFERS]):  # flags, gso_type, hdr_len, gso_size, csum_*
+            self._drop_tx("offload header fields set but no offload was negotiated")
+            return 0
+        try:
+            os.writev(self.tap.fd, buffer_views(self.mem, chain.readable, 0, length))
+        except BlockingIOError:
+            self.tx_dropped += 1  # the TAP's queue is full: the network drops, as a wire would
+            return 0
+        except OSError as e:
+            self._drop_tx(f"TAP write failed: {e.strerror}")
+            return 0
+        self.tx_frames += 1
+        self.tx_bytes += length - VNET_HDR_SIZE
+        return 0
 
     def _drop_tx(self, why: str) -> None:
         self.tx_dropped += 1

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from .device import VirtioDevice, buffer_views
-from .queue import SplitQueue
+from .queue import DescriptorChain, SplitQueue
 
 DEVICE_ID = 4
 #: at most this much entropy per request, so one request cannot stall the I/O thread
@@ -27,15 +27,14 @@ class Rng(VirtioDevice):
         self._entropy = entropy
 
     def _device_process(self, index: int, queue: SplitQueue) -> bool:
-        used = False
-        while (chain := queue.pop()) is not None:
-            length = min(chain.writable_len(), MAX_REQUEST)
-            written = 0
-            if length:
-                data = self._entropy(length)
-                for view in buffer_views(self.mem, chain.writable, 0, len(data)):
-                    view[:] = data[written : written + len(view)]
-                    written += len(view)
-            queue.push_used(chain, written)
-            used = True
-        return used
+        return self._drain(queue, self._fill)
+
+    def _fill(self, chain: DescriptorChain) -> int:
+        length = min(chain.writable_len(), MAX_REQUEST)
+        written = 0
+        if length:
+            data = self._entropy(length)
+            for view in buffer_views(self.mem, chain.writable, 0, len(data)):
+                view[:] = data[written : written + len(view)]
+                written += len(view)
+        return written
