@@ -103,18 +103,15 @@ class Balloon(VirtioDevice):
         self.actual_pages = 0
 
     def _device_process(self, index: int, queue: SplitQueue) -> bool:
-        used = False
-        while (chain := queue.pop()) is not None:
-            if index == STATS:
+        if index == STATS:
+            while (chain := queue.pop()) is not None:
                 self._read_stats(chain)
                 self._stats_chain = chain  # kept until the host wants new numbers
-                continue
-            self._pages(chain, inflate=index == INFLATE)
-            queue.push_used(chain, 0)
-            used = True
-        return used
+            return False
+        inflate = index == INFLATE
+        return self._drain(queue, lambda chain: self._pages(chain, inflate))
 
-    def _pages(self, chain: DescriptorChain, inflate: bool) -> None:
+    def _pages(self, chain: DescriptorChain, inflate: bool) -> int:
         length = min(chain.readable_len(), 4 * MAX_PFNS)
         data = chain.read_all(self.mem, length)
         for (pfn,) in struct.iter_unpack("<I", data[: length - length % 4]):
@@ -127,6 +124,7 @@ class Balloon(VirtioDevice):
                 self.inflated += 1
             else:
                 self.inflated = max(0, self.inflated - 1)
+        return 0
 
     def _bad_pfn(self, pfn: int) -> None:
         self.bad_pfns += 1

@@ -236,18 +236,19 @@ class Vsock(VirtioDevice):
             return False
         if index == EVENT:
             return False
-        used = False
-        while (chain := queue.pop()) is not None:
-            self._from_guest(chain)
-            queue.push_used(chain, 0)
-            used = True
+        used = self._drain(queue, self._from_guest)
         self._flush_rx()
         return used
 
-    def _from_guest(self, chain: DescriptorChain) -> None:
+    def _from_guest(self, chain: DescriptorChain) -> int:
+        """Handle one packet from the transmit queue; nothing is written back."""
+        self._packet(chain)
+        return 0
+
+    def _packet(self, chain: DescriptorChain) -> None:
         total = chain.readable_len()
         if total < HEADER.size or total > HEADER.size + MAX_PAYLOAD:
-            self._bad("packet of {total} bytes")
+            self._bad(f"packet of {total} bytes")
             return
         data = chain.read_all(self.mem, total)
         src_cid, dst_cid, src_port, dst_port, length, type_, op, flags, buf_alloc, fwd_cnt = HEADER.unpack_from(data)
