@@ -73,7 +73,7 @@ def probe_fields(out: str, key: str, field: str) -> dict[str, str]:
     return found
 
 
-def guest_to_host(vmm: str, kernel: Path, size: int, secs: float) -> float | str:
+def guest_to_host(vmm: str, kernel: Path, size: int, secs: int) -> float | str:
     """MB/s of UDP payload arriving on the host from the guest."""
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -101,7 +101,7 @@ def guest_to_host(vmm: str, kernel: Path, size: int, secs: float) -> float | str
     return got / (last - first) / 1e6
 
 
-def host_to_guest(vmm: str, kernel: Path, size: int, secs: float) -> float | str:
+def host_to_guest(vmm: str, kernel: Path, size: int, secs: int) -> float | str:
     """MB/s the probe reports receiving while this process sends to it."""
     cmd, env = vmm_command(vmm, kernel, f"probe.test=netbench probe.size={size} probe.n=0 probe.secs={secs} probe.ip={GUEST_IP} probe.peer={HOST_IP}")
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True)
@@ -143,7 +143,7 @@ def round_trip(vmm: str, kernel: Path) -> float | str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--secs", type=float, default=3.0)
+    ap.add_argument("--secs", type=int, default=3)
     ap.add_argument("--kernel", type=Path, default=PROBE_ELF)
     args = ap.parse_args()
     rows = [(f"guest->host {k} MB/s", lambda v, s=s: guest_to_host(v, args.kernel, s, args.secs)) for k, s in SIZES.items()]
