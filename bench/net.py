@@ -13,8 +13,9 @@ created with netlink through pyroute2) and the same probe:
 * round trip: ``probe.test=netping`` pings 10.0.2.1 (the host answers), 200
   times, and reports the median.
 
-Medians of the repeats; ratios are pyhv / QEMU.  (The host's own veth figure,
-the limit the issue asks for, is not measured yet.)
+The limit is the host itself: the same UDP sends between two network
+namespaces over a veth pair (Python sender and receiver, as in the host-to-guest
+case).  Medians of the repeats; ratios are pyhv / QEMU and pyhv / limit.
 """
 
 from __future__ import annotations
@@ -131,6 +132,59 @@ def host_to_guest(vmm: str, kernel: Path, size: int, secs: int) -> float | str:
     return float(fields["rx_mbps"]) / 8  # probe reports megabits
 
 
+_RECEIVER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind(("10.7.0.2", 9)); s.settimeout(1.0)
+got, first, last = 0, 0.0, 0.0
+end = time.monotonic() + float(sys.argv[1]) + 3
+while time.monotonic() < end:
+    try:
+        n = len(s.recv(65536))
+    except socket.timeout:
+        if got:
+            break
+        continue
+    now = time.perf_counter(); first = first or now; last = now; got += n
+print(got / (last - first) / 1e6 if last > first else 0.0)
+"""
+_SENDER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+payload = bytes(int(sys.argv[2])); end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        s.sendto(payload, ("10.7.0.2", 9))
+    except OSError:
+        pass
+"""
+
+
+def veth_limit(size: int, secs: int) -> float | str:
+    """MB/s of UDP payload between two namespaces over veth: what the host can do."""
+    cmds = [
+        ["netns", "add", "pbnsA"], ["netns", "add", "pbnsB"],
+        ["link", "add", "pbva", "netns", "pbnsA", "type", "veth", "peer", "name", "pbvb", "netns", "pbnsB"],
+        ["-n", "pbnsA", "addr", "add", "10.7.0.1/24", "dev", "pbva"], ["-n", "pbnsB", "addr", "add", "10.7.0.2/24", "dev", "pbvb"],
+        ["-n", "pbnsA", "link", "set", "pbva", "up"], ["-n", "pbnsB", "link", "set", "pbvb", "up"],
+    ]
+    try:
+        for c in cmds:
+            subprocess.run(["ip", *c], check=True, capture_output=True)
+        rx = subprocess.Popen(["ip", "netns", "exec", "pbnsB", sys.executable, "-c", _RECEIVER, str(secs)],
+                              stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        subprocess.run(["ip", "netns", "exec", "pbnsA", sys.executable, "-c", _SENDER, str(secs), str(size)], check=True)
+        out, _ = rx.communicate(timeout=secs + 10)
+        return float(out.strip() or 0) or "nothing arrived over the veth"
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as e:
+        return f"veth set-up or run failed: {e}"
+    finally:
+        subprocess.run(["ip", "netns", "del", "pbnsA"], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", "pbnsB"], capture_output=True, check=False)
+
+
 def round_trip(vmm: str, kernel: Path) -> float | str:
     cmd, env = vmm_command(vmm, kernel, f"probe.test=netping probe.n=200 probe.ip={GUEST_IP} probe.peer={HOST_IP}")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
@@ -146,6 +200,7 @@ def main() -> int:
     ap.add_argument("--secs", type=int, default=3)
     ap.add_argument("--kernel", type=Path, default=PROBE_ELF)
     args = ap.parse_args()
+    limits = {k: veth_limit(s, args.secs) for k, s in SIZES.items()}
     rows = [(f"guest->host {k} MB/s", lambda v, s=s: guest_to_host(v, args.kernel, s, args.secs)) for k, s in SIZES.items()]
     rows += [(f"host->guest {k} MB/s", lambda v, s=s: host_to_guest(v, args.kernel, s, args.secs)) for k, s in SIZES.items()]
     rows.append(("round trip us (p50)", lambda v: round_trip(v, args.kernel)))
@@ -166,12 +221,20 @@ def main() -> int:
     finally:
         drop_tap()
     print(f"virtio-net over TAP {TAP}; {args.secs:g} s per transfer; medians of {args.repeats}\n")
-    print(f"{'':26} {'pyhv':>10} {'qemu':>10} {'pyhv/qemu':>10}")
+    print(f"{'':26} {'limit':>10} {'pyhv':>10} {'qemu':>10} {'pyhv/qemu':>10} {'pyhv/limit':>11}")
     for name, _ in rows:
         cells = [statistics.median(results[(name, v)]) if (name, v) in results and (name, v) not in failures else None for v in ("pyhv", "qemu")]
+        size = next((k for k in SIZES if f" {k} " in name), None)
+        limit = limits.get(size) if size else None
+        lim = limit if isinstance(limit, float) else None
         shown = [f"{c:10.1f}" if c is not None else f"{'failed':>10}" for c in cells]
         ratio = f"{cells[0] / cells[1]:9.2f}x" if None not in cells and cells[1] else f"{'-':>10}"
-        print(f"{name:26} {shown[0]} {shown[1]} {ratio}")
+        to_limit = f"{cells[0] / lim:10.2f}x" if cells[0] is not None and lim else f"{'-':>11}"
+        shown_lim = f"{lim:10.1f}" if lim else f"{'-':>10}"
+        print(f"{name:26} {shown_lim} {shown[0]} {shown[1]} {ratio} {to_limit}")
+    for size_name, limit in limits.items():
+        if isinstance(limit, str):
+            print(f"  limit ({size_name}): {limit}")
     for (name, vmm), why in failures.items():
         print(f"  {vmm} {name}: {why}")
     return 1 if failures else 0
