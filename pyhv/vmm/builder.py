@@ -57,7 +57,7 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
             backends.append(disk)
             wiring.add(VirtioPci(Blk(memory, disk, serial=disk_config.serial), deliver))
         for net_config in config.nets:
-            tap = Tap(net_config.tap, bridge=net_config.bridge)
+            tap = Tap(net_config.tap, fd=net_config.fd if net_config.fd >= 0 else None, bridge=net_config.bridge)
             backends.append(tap)
             mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
             net = Net(memory, tap, mac)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -62,18 +63,31 @@ class NetConfig(NamedTuple):
     tap: str
     mac: str = ""  # empty: derived from the TAP name
     bridge: str = ""
+    fd: int = -1  # an open TAP handed over by the toolstack, instead of opening ``tap``
 
 
 def parse_net(spec: str) -> NetConfig:
-    """``tap=NAME[,mac=52:54:00:12:34:56][,bridge=BR]``."""
+    """``tap=NAME[,mac=52:54:00:12:34:56][,bridge=BR]`` or ``fd=N[,mac=...]``."""
     fields: dict[str, str] = {}
     for opt in spec.split(","):
         key, eq, value = opt.partition("=")
-        if key not in ("tap", "mac", "bridge") or not eq or not value or key in fields:
-            raise UsageError(f"--net {spec!r}: expected tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,bridge=NAME]")
+        if key not in ("tap", "mac", "bridge", "fd") or not eq or not value or key in fields:
+            raise UsageError(f"--net {spec!r}: expected tap=NAME|fd=N[,mac=XX:XX:XX:XX:XX:XX][,bridge=NAME]")
         fields[key] = value
+    if "fd" in fields:
+        if not fields["fd"].isdigit() or "tap" in fields or "bridge" in fields:
+            raise UsageError(f"--net {spec!r}: fd=N takes a file descriptor number, without tap= or bridge=")
+        fd = int(fields["fd"])
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise UsageError(f"--net {spec!r}: file descriptor {fd} is not open") from None
+        mac = fields.get("mac", "")
+        if mac:
+            parse_mac(mac, f"--net {spec!r}")
+        return NetConfig(f"fd{fd}", mac, "", fd)
     if "tap" not in fields:
-        raise UsageError(f"--net {spec!r}: tap=NAME is required")
+        raise UsageError(f"--net {spec!r}: tap=NAME (or fd=N) is required")
     if len(fields["tap"]) > 15:
         raise UsageError(f"--net {spec!r}: interface names are at most 15 characters")
     mac = fields.get("mac", "")

@@ -125,3 +125,16 @@ def test_net_spec_parses_and_default_mac_is_stable() -> None:
 def test_bad_net_spec_is_a_usage_error(spec: str) -> None:
     with pytest.raises(UsageError):
         parse_net(spec)
+
+
+def test_net_spec_with_a_handed_over_fd_parses() -> None:
+    r, w = os.pipe()
+    spec = parse_net(f"fd={r},mac=52:54:00:00:00:09")
+    os.close(r)
+    os.close(w)
+    assert (spec.fd, spec.tap, spec.mac) == (r, f"fd{r}", "52:54:00:00:00:09")
+
+
+def test_net_spec_with_a_closed_fd_is_refused() -> None:
+    with pytest.raises(UsageError, match="not open"):
+        parse_net("fd=987")
