@@ -530,6 +530,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Measure pyhv as deployed: byte-compiled (PYTHONDONTWRITEBYTECODE may be set here).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "pyhv")], check=False)
     kernel = args.kernel.resolve()
     probe_problem, vmm_problem = prepare(args.vmms, kernel, not args.no_build)
 

@@ -7,23 +7,22 @@ afterwards costs milliseconds per slot.
 
 from __future__ import annotations
 
-from ..backends.block import RawDisk
-from ..backends.tap import Tap
-from ..errors import UsageError
+from typing import TYPE_CHECKING, Any
+
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
 from ..devices.legacy import acpi_pm, debug_exit, i8042, port80, rtc, uart
-from ..devices.virtio.balloon import Balloon
-from ..devices.virtio.blk import Blk
-from ..devices.virtio.net import Net
-from ..devices.virtio.pci import VirtioPci
-from ..devices.virtio.rng import Rng
-from ..devices.virtio.vsock import Vsock
+from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
 from ..vcpu import Stop, StopKind, VcpuThread
 from .config import MachineConfig, default_mac, parse_mac
+
+if TYPE_CHECKING:
+    from ..devices.virtio.balloon import Balloon
+    from ..devices.virtio.net import Net
+    from ..devices.virtio.vsock import Vsock
 from .cpu import apply_entry_state, setup_cpuid, setup_msrs, supported_entries
 from .iothread import IoThread
 from .machine import Closeable, Machine
@@ -41,7 +40,6 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
     console = console or open_console(config.serial)
     vm = memory = machine = None
     backends: list[Closeable] = []  # what the machine closes
-    nets: list[Net] = []
     wiring = PciWiring()
     try:
         # Images are checked and loaded before /dev/kvm is touched: bad input
@@ -52,31 +50,7 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         def deliver(address: int, data: int) -> None:
             vm_box[0].signal_msi(address, data)
 
-        for disk_config in config.disks:
-            disk = RawDisk(disk_config.path, readonly=disk_config.readonly)
-            backends.append(disk)
-            wiring.add(VirtioPci(Blk(memory, disk, serial=disk_config.serial), deliver))
-        for net_config in config.nets:
-            tap = Tap(net_config.tap, fd=net_config.fd if net_config.fd >= 0 else None, bridge=net_config.bridge)
-            backends.append(tap)
-            mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
-            net = Net(memory, tap, mac)
-            nets.append(net)
-            wiring.add(VirtioPci(net, deliver))
-        if config.rng:
-            wiring.add(VirtioPci(Rng(memory), deliver))
-        balloon = Balloon(memory) if config.balloon else None
-        if balloon is not None:
-            wiring.add(VirtioPci(balloon, deliver))
-        vsock = None
-        if config.vsock is not None:
-            vsock = Vsock(memory, config.vsock.cid, config.vsock.uds)
-            try:
-                vsock.listen()
-            except OSError as e:
-                raise UsageError(f"--vsock: cannot listen on {config.vsock.uds}: {e.strerror}") from None
-            backends.append(vsock)
-            wiring.add(VirtioPci(vsock, deliver))
+        nets, balloon, vsock = _virtio_devices(config, memory, wiring, deliver, backends)
         pci_devices, pci_tables = wiring.acpi()
         tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
         tables.write(memory)
@@ -157,6 +131,60 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
                 if resource is not None:
                     resource.close()
         raise
+
+
+def _virtio_devices(
+    config: MachineConfig, memory: GuestMemory, wiring: PciWiring, deliver: Any, backends: list[Closeable]
+) -> tuple[list[Net], Balloon | None, Vsock | None]:
+    """Open the backends and put the configured virtio devices on PCI.
+
+    Each device's module is imported only when the machine has one: the
+    domain's start-up pays for what it uses.
+    """
+    from ..devices.virtio.pci import VirtioPci
+
+    nets: list[Net] = []
+    if config.disks:
+        from ..backends.block import RawDisk
+        from ..devices.virtio.blk import Blk
+
+        for disk_config in config.disks:
+            disk = RawDisk(disk_config.path, readonly=disk_config.readonly)
+            backends.append(disk)
+            wiring.add(VirtioPci(Blk(memory, disk, serial=disk_config.serial), deliver))
+    if config.nets:
+        from ..backends.tap import Tap
+        from ..devices.virtio.net import Net
+
+        for net_config in config.nets:
+            tap = Tap(net_config.tap, fd=net_config.fd if net_config.fd >= 0 else None, bridge=net_config.bridge)
+            backends.append(tap)
+            mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
+            net = Net(memory, tap, mac)
+            nets.append(net)
+            wiring.add(VirtioPci(net, deliver))
+    if config.rng:
+        from ..devices.virtio.rng import Rng
+
+        wiring.add(VirtioPci(Rng(memory), deliver))
+    balloon = None
+    if config.balloon:
+        from ..devices.virtio.balloon import Balloon
+
+        balloon = Balloon(memory)
+        wiring.add(VirtioPci(balloon, deliver))
+    vsock = None
+    if config.vsock is not None:
+        from ..devices.virtio.vsock import Vsock
+
+        vsock = Vsock(memory, config.vsock.cid, config.vsock.uds)
+        try:
+            vsock.listen()
+        except OSError as e:
+            raise UsageError(f"--vsock: cannot listen on {config.vsock.uds}: {e.strerror}") from None
+        backends.append(vsock)
+        wiring.add(VirtioPci(vsock, deliver))
+    return nets, balloon, vsock
 
 
 def _rx_watcher(io: IoThread, net: Net):  # type: ignore[no-untyped-def]
