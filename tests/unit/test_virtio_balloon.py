@@ -11,7 +11,7 @@ from pyhv.devices.virtio.balloon import DEFLATE, INFLATE, Balloon
 from pyhv.memory import MiB, GuestMemory
 
 from .test_virtio_devices import Line
-from .virtio_fakes import FakeDriver
+from .virtio_fakes import FakeDriver, bring_up_mmio
 
 PAGE = 4096
 
@@ -19,21 +19,6 @@ PAGE = 4096
 def _rss_pages() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1])
-
-
-def _bring_up(transport: m.VirtioMmio, drivers: list[FakeDriver]) -> None:
-    w = transport.write
-    w(m.STATUS, 4, 3)
-    w(m.DRIVER_FEATURES_SEL, 4, 1)
-    w(m.DRIVER_FEATURES, 4, 1)
-    w(m.STATUS, 4, 11)
-    for q, d in enumerate(drivers):
-        w(m.QUEUE_SEL, 4, q)
-        w(m.QUEUE_NUM, 4, d.size)
-        for reg, addr in ((m.QUEUE_DESC_LOW, d.desc_addr), (m.QUEUE_DRIVER_LOW, d.avail_addr), (m.QUEUE_DEVICE_LOW, d.used_addr)):
-            w(reg, 4, addr)
-        w(m.QUEUE_READY, 4, 1)
-    w(m.STATUS, 4, 15)
 
 
 @pytest.fixture(params=[False, True], ids=["anonymous", "memfd"])
@@ -50,7 +35,7 @@ def _balloon(mem: GuestMemory) -> tuple[Balloon, m.VirtioMmio, FakeDriver, FakeD
     inflate = FakeDriver(mem, size=16, desc_addr=0x1000, avail_addr=0x2000, used_addr=0x3000, data_addr=0x10000)
     deflate = FakeDriver(mem, size=16, desc_addr=0x4000, avail_addr=0x5000, used_addr=0x6000, data_addr=0x20000)
     stats = FakeDriver(mem, size=16, desc_addr=0x7000, avail_addr=0x8000, used_addr=0x9000, data_addr=0x30000)
-    _bring_up(transport, [inflate, deflate, stats])
+    bring_up_mmio(transport, [inflate, deflate, stats])
     return dev, transport, inflate, deflate, line
 
 

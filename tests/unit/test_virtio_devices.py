@@ -16,7 +16,7 @@ from pyhv.devices.virtio.device import STATUS_DEVICE_NEEDS_RESET, VirtioDevice
 from pyhv.devices.virtio.queue import VIRTIO_F_VERSION_1
 from pyhv.devices.virtio.rng import Rng
 
-from .virtio_fakes import FakeDriver, FakeGuestRam
+from .virtio_fakes import FakeDriver, FakeGuestRam, bring_up_mmio
 
 MiB = 1 << 20
 
@@ -30,22 +30,7 @@ class Line:
 
 
 def _bring_up(transport: m.VirtioMmio, driver: FakeDriver, features: int = 1 << VIRTIO_F_VERSION_1) -> None:
-    """What a driver does (virtio 1.2, 3.1.1), through the MMIO registers."""
-    w = transport.write
-    w(m.STATUS, 4, 1)
-    w(m.STATUS, 4, 1 | 2)
-    w(m.DRIVER_FEATURES_SEL, 4, 0)
-    w(m.DRIVER_FEATURES, 4, features & 0xFFFF_FFFF)
-    w(m.DRIVER_FEATURES_SEL, 4, 1)
-    w(m.DRIVER_FEATURES, 4, features >> 32)
-    w(m.STATUS, 4, 1 | 2 | 8)
-    w(m.QUEUE_SEL, 4, 0)
-    w(m.QUEUE_NUM, 4, driver.size)
-    for reg, addr in ((m.QUEUE_DESC_LOW, driver.desc_addr), (m.QUEUE_DRIVER_LOW, driver.avail_addr), (m.QUEUE_DEVICE_LOW, driver.used_addr)):
-        w(reg, 4, addr & 0xFFFF_FFFF)
-        w(reg + 4, 4, addr >> 32)
-    w(m.QUEUE_READY, 4, 1)
-    w(m.STATUS, 4, 1 | 2 | 8 | 4)
+    bring_up_mmio(transport, [driver], features)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pyhv.errors import UsageError
 from pyhv.vmm.config import default_mac, parse_net
 
 from .test_virtio_devices import Line
-from .virtio_fakes import FakeDriver, FakeGuestRam
+from .virtio_fakes import FakeDriver, FakeGuestRam, bring_up_mmio
 
 MAC = bytes.fromhex("525400123456")
 FRAME = bytes.fromhex("ffffffffffff525400123456" "0806") + bytes(46)
@@ -47,18 +47,7 @@ def _net(ram: FakeGuestRam, pair: Pair) -> tuple[Net, m.VirtioMmio, FakeDriver, 
 
 
 def _bring_up_two(transport: m.VirtioMmio, rx: FakeDriver, tx: FakeDriver) -> None:
-    w = transport.write
-    w(m.STATUS, 4, 3)
-    w(m.DRIVER_FEATURES_SEL, 4, 1)
-    w(m.DRIVER_FEATURES, 4, 1)
-    w(m.STATUS, 4, 11)
-    for q, d in ((RX, rx), (TX, tx)):
-        w(m.QUEUE_SEL, 4, q)
-        w(m.QUEUE_NUM, 4, d.size)
-        for reg, addr in ((m.QUEUE_DESC_LOW, d.desc_addr), (m.QUEUE_DRIVER_LOW, d.avail_addr), (m.QUEUE_DEVICE_LOW, d.used_addr)):
-            w(reg, 4, addr)
-        w(m.QUEUE_READY, 4, 1)
-    w(m.STATUS, 4, 15)
+    bring_up_mmio(transport, [rx, tx])
 
 
 def test_transmitted_frame_reaches_the_tap_with_its_header(pair: Pair) -> None:

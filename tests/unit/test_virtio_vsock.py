@@ -25,7 +25,7 @@ from pyhv.devices.virtio.vsock import (
 )
 
 from .test_virtio_devices import Line
-from .virtio_fakes import FakeDriver, FakeGuestRam
+from .virtio_fakes import FakeDriver, FakeGuestRam, bring_up_mmio
 
 CID = 3
 
@@ -59,18 +59,7 @@ class Guest:
         self.rx = FakeDriver(self.ram, size=16, desc_addr=0x1000, avail_addr=0x2000, used_addr=0x3000, data_addr=0x10000)
         self.tx = FakeDriver(self.ram, size=16, desc_addr=0x4000, avail_addr=0x5000, used_addr=0x6000, data_addr=0x40000)
         ev = FakeDriver(self.ram, size=16, desc_addr=0x7000, avail_addr=0x8000, used_addr=0x9000, data_addr=0x70000)
-        w = self.t.write
-        w(m.STATUS, 4, 3)
-        w(m.DRIVER_FEATURES_SEL, 4, 1)
-        w(m.DRIVER_FEATURES, 4, 1)
-        w(m.STATUS, 4, 11)
-        for q, d in enumerate((self.rx, self.tx, ev)):
-            w(m.QUEUE_SEL, 4, q)
-            w(m.QUEUE_NUM, 4, d.size)
-            for reg, addr in ((m.QUEUE_DESC_LOW, d.desc_addr), (m.QUEUE_DRIVER_LOW, d.avail_addr), (m.QUEUE_DEVICE_LOW, d.used_addr)):
-                w(reg, 4, addr)
-            w(m.QUEUE_READY, 4, 1)
-        w(m.STATUS, 4, 15)
+        bring_up_mmio(self.t, [self.rx, self.tx, ev])
         self.heads: list[int] = []
         self.seen = 0
 

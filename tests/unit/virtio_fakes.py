@@ -204,3 +204,25 @@ class FakeDriver:
 def desc_entry(addr: int, length: int, flags: int = 0, next_: int = 0) -> bytes:
     """One raw descriptor, for hand-built indirect tables."""
     return DESC.pack(addr, length, flags, next_)
+
+
+def bring_up_mmio(transport: object, drivers: list[FakeDriver], features: int = 1 << 32) -> None:
+    """What a driver does through virtio-mmio registers (virtio 1.2, 3.1.1):
+    negotiate ``features``, program one queue per driver in order, DRIVER_OK."""
+    from pyhv.devices.virtio import mmio as m
+
+    w = transport.write  # type: ignore[attr-defined]
+    w(m.STATUS, 4, 1)
+    w(m.STATUS, 4, 1 | 2)
+    for sel in (0, 1):
+        w(m.DRIVER_FEATURES_SEL, 4, sel)
+        w(m.DRIVER_FEATURES, 4, (features >> (32 * sel)) & 0xFFFF_FFFF)
+    w(m.STATUS, 4, 1 | 2 | 8)
+    for q, d in enumerate(drivers):
+        w(m.QUEUE_SEL, 4, q)
+        w(m.QUEUE_NUM, 4, d.size)
+        for reg, addr in ((m.QUEUE_DESC_LOW, d.desc_addr), (m.QUEUE_DRIVER_LOW, d.avail_addr), (m.QUEUE_DEVICE_LOW, d.used_addr)):
+            w(reg, 4, addr & 0xFFFF_FFFF)
+            w(reg + 4, 4, addr >> 32)
+        w(m.QUEUE_READY, 4, 1)
+    w(m.STATUS, 4, 1 | 2 | 8 | 4)
