@@ -121,42 +121,17 @@ class Segment(NamedTuple):
         )
 
 
-CODE64_SEGMENT = Segment(
-    base=0,
-    limit=0xFFFFFFFF,
-    selector=SEL_CODE64,
-    type=SEGMENT_TYPE_CODE,
-    present=True,
-    dpl=0,
-    db=False,
-    s=True,
-    l=True,
-    g=True,
-)
-DATA_SEGMENT = Segment(
-    base=0,
-    limit=0xFFFFFFFF,
-    selector=SEL_DATA,
-    type=SEGMENT_TYPE_DATA,
-    present=True,
-    dpl=0,
-    db=True,
-    s=True,
-    l=False,
-    g=True,
-)
-CODE32_SEGMENT = Segment(
-    base=0,
-    limit=0xFFFFFFFF,
-    selector=SEL_CODE32,
-    type=SEGMENT_TYPE_CODE,
-    present=True,
-    dpl=0,
-    db=True,
-    s=True,
-    l=False,
-    g=True,
-)
+def _flat(selector: int, type_: int, db: bool, long_mode: bool) -> Segment:
+    """A ring-0 segment covering all 4 GiB (base 0, page-granular limit)."""
+    return Segment(
+        base=0, limit=0xFFFFFFFF, selector=selector, type=type_, present=True, dpl=0,
+        db=db, s=True, l=long_mode, g=True,
+    )
+
+
+CODE64_SEGMENT = _flat(SEL_CODE64, SEGMENT_TYPE_CODE, db=False, long_mode=True)
+DATA_SEGMENT = _flat(SEL_DATA, SEGMENT_TYPE_DATA, db=True, long_mode=False)
+CODE32_SEGMENT = _flat(SEL_CODE32, SEGMENT_TYPE_CODE, db=True, long_mode=False)
 #: hidden task register state for both entry modes (no GDT descriptor)
 BOOT_TR = Segment(
     base=0,
