@@ -96,7 +96,11 @@ class Net(VirtioDevice):
         if not VNET_HDR_SIZE < length <= MAX_FRAME:
             self._drop_tx(f"frame of {length} bytes")
             return 0
-        header = chain.read_all(self.mem, VNET_HDR_SIZE)
+        first = chain.readable[0]
+        if first.length >= HDR_NUM_BUFFERS:  # the usual layout: the header starts its own buffer
+            header = self.mem.view(first.addr, HDR_NUM_BUFFERS)
+        else:
+            header = memoryview(chain.read_all(self.mem, VNET_HDR_SIZE))
         if any(header[:HDR_NUM_BUFFERS]):  # flags, gso_type, hdr_len, gso_size, csum_*
             self._drop_tx("offload header fields set but no offload was negotiated")
             return 0
@@ -157,7 +161,10 @@ class Net(VirtioDevice):
                 queue.push_used(chain, 0)
             else:
                 # one buffer per frame (no MRG_RXBUF): num_buffers = 1
-                chain.write_at(self.mem, HDR_NUM_BUFFERS, b"\x01\x00")
+                if len(views[0]) >= VNET_HDR_SIZE:
+                    views[0][HDR_NUM_BUFFERS:VNET_HDR_SIZE] = b"\x01\x00"
+                else:
+                    chain.write_at(self.mem, HDR_NUM_BUFFERS, b"\x01\x00")
                 self.rx_frames += 1
                 self.rx_bytes += n - VNET_HDR_SIZE
                 queue.push_used(chain, n)
