@@ -1,0 +1,1 @@
+"""The toolstack: domain configuration, and (to come) the control domain pyhvd."""
