@@ -45,7 +45,8 @@ class Option:
 # A small parser instead of argparse: `pyhv run` is the domain start-up path and
 # argparse (with the shutil, locale and gettext it pulls in) costs milliseconds.
 RUN_OPTIONS = [
-    Option("--kernel", "bzImage, ELF (vmlinux, PVH) or Multiboot kernel", "K", required=True),
+    Option("--kernel", "bzImage, ELF (vmlinux, PVH) or Multiboot kernel (required without --config)", "K"),
+    Option("--config", "boot the domain a TOML configuration file describes (docs: pyhv/toolstack/domconfig.py)", "FILE"),
     Option("--initrd", "initial ramdisk", "I"),
     Option("--cmdline", "kernel command line", "C", ""),
     Option("--memory", "guest memory (default 256M)", "SIZE", "256M"),
@@ -115,9 +116,35 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
 
 def _run(args: SimpleNamespace) -> int:
     from .backends.console import open_console
+
+    config = _config_from_file(args) if args.config else _config_from_options(args)
+    console = open_console(config.serial)
+    try:
+        return _run_machine(config, console, args.progress)
+    finally:
+        console.close()
+
+
+def _config_from_file(args: SimpleNamespace) -> "MachineConfig":
+    """The machine a configuration file describes; --debug-exit and --serial still apply."""
+    from .toolstack import domconfig
+    from .vmm import MachineConfig
+
+    if args.kernel:
+        raise UsageError("--config and --kernel: give one or the other")
+    machine = domconfig.load(args.config).machine
+    settings = {k: v for k, v in vars(machine).items() if not k.startswith("_")}
+    settings["debug_exit"] = args.debug_exit or machine.debug_exit
+    settings["serial"] = args.serial
+    return MachineConfig(**settings)
+
+
+def _config_from_options(args: SimpleNamespace) -> "MachineConfig":
     from .vmm import MachineConfig
     from .vmm.config import parse_disk, parse_net, parse_size, parse_vsock
 
+    if not args.kernel:
+        raise UsageError("--kernel is required (or --config FILE)")
     try:
         vcpus = int(args.vcpus)
     except ValueError:
@@ -139,11 +166,7 @@ def _run(args: SimpleNamespace) -> int:
         balloon=args.balloon,
         vsock=parse_vsock(args.vsock) if args.vsock else None,
     )
-    console = open_console(config.serial)
-    try:
-        return _run_machine(config, console, args.progress)
-    finally:
-        console.close()
+    return config
 
 
 def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int:

@@ -89,3 +89,13 @@ def test_poweroff_with_restart_boots_the_guest_again() -> None:
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=20)
     assert sum(line.startswith(b"probe: boot") for line in lines) >= 2
+
+
+def test_domain_config_file_boots_its_vcpus(tmp_path: os.PathLike[str]) -> None:
+    from .probe import pyhv
+
+    path = os.path.join(tmp_path, "probe.toml")
+    with open(path, "w") as f:
+        f.write(f'name = "probe"\nkernel = "{PROBE}"\ncmdline = "probe.test=smp"\nvcpus = 2\nmemory = 128\n')
+    run = pyhv("run", "--config", path, "--debug-exit")
+    assert run.line("cpus_online")["cpus_online"] == "2" and run.status == 0

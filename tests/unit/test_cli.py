@@ -59,3 +59,19 @@ def test_option_equals_form_is_accepted() -> None:
 
     args = parse(["--kernel=k", "--memory=1G", "--debug-exit"], RUN_OPTIONS)
     assert (args.kernel, args.memory, args.debug_exit, args.vcpus) == ("k", "1G", True, "1")
+
+
+def test_config_and_kernel_together_are_refused(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "d.toml")
+    with open(path, "w") as f:
+        f.write('name = "a"\nkernel = "k"\n')
+    p = pyhv("run", "--config", path, "--kernel", "k")
+    assert p.returncode == 2 and "give one or the other" in p.stderr
+
+
+def test_config_with_a_bad_key_names_file_and_key(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "d.toml")
+    with open(path, "w") as f:
+        f.write('name = "a"\nkernel = "k"\nvcpus = 0\n')
+    p = pyhv("run", "--config", path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and f"{path}: vcpus:" in p.stderr
