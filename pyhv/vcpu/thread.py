@@ -38,6 +38,9 @@ KICK_SIGNAL = signal.SIGUSR1
 
 _PIO_FMT = {1: "<B", 2: "<H", 4: "<I"}
 _EXIT = h.KVM_RUN_OFF_EXIT
+_REASON = struct.Struct("<I")  # kvm_run.exit_reason
+_IO = struct.Struct("<BBHIQ")  # kvm_run.io: direction, size, port, count, data_offset
+_MMIO = struct.Struct("<Q8sIB")  # kvm_run.mmio: phys_addr, data, len, is_write
 _MMIO_DATA = _EXIT + 8
 
 
@@ -143,6 +146,9 @@ class VcpuThread:
         mmio_find = self.mmio.find
         unpack_from = struct.unpack_from
         pack_into = struct.pack_into
+        reason_unpack = _REASON.unpack_from
+        io_unpack = _IO.unpack_from
+        mmio_unpack = _MMIO.unpack_from
         pio_fmt = _PIO_FMT
         KVM_RUN = h.KVM_RUN
         EXIT_IO = h.KVM_EXIT_IO
@@ -162,10 +168,12 @@ class VcpuThread:
                         return None
                     continue
                 exits += 1
-                (reason,) = unpack_from("<I", run, 8)
+                (reason,) = reason_unpack(run, 8)
                 if reason == EXIT_IO:
-                    is_out, size, port, count, offset = unpack_from("<BBHIQ", run, _EXIT)
+                    is_out, size, port, count, offset = io_unpack(run, _EXIT)
                     entry = table.get(port)
+                    if entry is None and is_out:
+                        continue  # a write nobody claims is dropped: nothing to decode
                     fmt = pio_fmt.get(size)
                     if fmt is None or offset + size * count > len(run):
                         continue  # KVM never does this; don't trust it blindly either
@@ -185,7 +193,7 @@ class VcpuThread:
                     except Exception as e:  # noqa: BLE001 - a device failing on guest input fails that access
                         self._device_failed(f"port {port:#x}", e)
                 elif reason == EXIT_MMIO:
-                    addr, data, length, is_write = unpack_from("<Q8sIB", run, _EXIT)
+                    addr, data, length, is_write = mmio_unpack(run, _EXIT)
                     r = mmio_find(addr)
                     if r is None or not 0 < length <= 8:
                         if not is_write:
