@@ -14,6 +14,7 @@ up a port on every port-I/O exit.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from ..errors import PyhvError
@@ -23,6 +24,22 @@ class BusDevice(Protocol):
     def read(self, offset: int, size: int) -> int: ...
 
     def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+class BytePort:
+    """A one-byte register of a legacy device, as a bus device: reads and writes
+    go to two callables, whatever the offset or access size; writes are masked
+    to a byte."""
+
+    def __init__(self, read: Callable[[], int], write: Callable[[int], None]) -> None:
+        self._read = read
+        self._write = write
+
+    def read(self, offset: int, size: int) -> int:
+        return self._read()
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self._write(value & 0xFF)
 
 
 class BusConflict(PyhvError):

@@ -28,9 +28,6 @@ from .iothread import IoThread
 from .machine import Closeable, Machine
 from .pci import PciWiring
 
-_BOOT_PROTOCOL = {"auto": "auto", "linux": "linux", "pvh": "pvh", "multiboot": "multiboot"}
-
-
 def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None = None) -> Machine:
     """Create a machine ready to start; on any error release what was made.
 
@@ -45,10 +42,10 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
         memory = GuestMemory(config.memory)
-        vm_box: list = []  # the VM, once it exists (MSI delivery needs it)
-
         def deliver(address: int, data: int) -> None:
-            vm_box[0].signal_msi(address, data)
+            # devices are made before the VM; interrupts only flow once it exists
+            assert vm is not None
+            vm.signal_msi(address, data)
 
         nets, balloon, vsock = _virtio_devices(config, memory, wiring, deliver, backends)
         pci_devices, pci_tables = wiring.acpi()
@@ -59,12 +56,11 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
             config.kernel,
             config.initrd,
             config.cmdline,
-            protocol=_BOOT_PROTOCOL[config.boot],
+            protocol=config.boot,
             rsdp=tables.rsdp_addr,
         )
         kvm = kvm or Kvm()
         vm = kvm.create_vm()
-        vm_box.append(vm)
         vm.set_tss_addr()
         memory.register(vm)
         vm.create_irqchip()

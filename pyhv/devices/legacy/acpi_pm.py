@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..bus import BytePort
 from ...boot.acpi import RESET_PORT, RESET_VALUE, S5_SLP_TYP, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT
 
 SLP_EN_BIT = 0x20
@@ -19,13 +20,17 @@ SLP_TYP_MASK = 0x1C
 SLP_TYP_SHIFT = 2
 
 
+def _zero() -> int:
+    return 0  # write-only registers (and WAK_STS: never woken from a sleep state) read as 0
+
+
 class AcpiPm:
     def __init__(self, poweroff: Callable[[], None], reset: Callable[[], None]) -> None:
         self._poweroff = poweroff
         self._reset = reset
-        self.sleep_control = _Register(self._write_sleep_control)
-        self.sleep_status = _Register(lambda value: None)
-        self.reset = _Register(self._write_reset)
+        self.sleep_control = BytePort(_zero, self._write_sleep_control)
+        self.sleep_status = BytePort(_zero, lambda value: None)
+        self.reset = BytePort(_zero, self._write_reset)
 
     def _write_sleep_control(self, value: int) -> None:
         if value & SLP_EN_BIT and (value & SLP_TYP_MASK) >> SLP_TYP_SHIFT == S5_SLP_TYP:
@@ -36,20 +41,9 @@ class AcpiPm:
             self._reset()
 
     #: (port, bus device, name) for the builder
-    def ports(self) -> list[tuple[int, _Register, str]]:
+    def ports(self) -> list[tuple[int, BytePort, str]]:
         return [
             (SLEEP_CONTROL_PORT, self.sleep_control, "acpi-sleep-control"),
             (SLEEP_STATUS_PORT, self.sleep_status, "acpi-sleep-status"),
             (RESET_PORT, self.reset, "acpi-reset"),
         ]
-
-
-class _Register:
-    def __init__(self, on_write: Callable[[int], None]) -> None:
-        self._on_write = on_write
-
-    def read(self, offset: int, size: int) -> int:
-        return 0
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self._on_write(value & 0xFF)

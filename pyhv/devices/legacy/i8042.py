@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..bus import BytePort
+
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64
 
@@ -38,8 +40,8 @@ class I8042:
         self.status = STATUS_SYSTEM_FLAG_BIT
         self.output: int | None = None
         self.pending: int | None = None  # command waiting for its data byte
-        self.data = _Port(self, DATA_PORT)
-        self.command = _Port(self, COMMAND_PORT)
+        self.data = BytePort(lambda: self.read_port(DATA_PORT), lambda v: self.write_port(DATA_PORT, v))
+        self.command = BytePort(lambda: self.read_port(COMMAND_PORT), lambda v: self.write_port(COMMAND_PORT, v))
 
     def read_port(self, port: int) -> int:
         if port == DATA_PORT:
@@ -74,17 +76,3 @@ class I8042:
             self.output = OUTPUT_PORT_RESET_BIT
         elif cmd == CMD_PULSE_RESET:
             self._reset()
-
-
-class _Port:
-    """One of the controller's two ports, as a bus device."""
-
-    def __init__(self, controller: I8042, port: int) -> None:
-        self._controller = controller
-        self._port = port
-
-    def read(self, offset: int, size: int) -> int:
-        return self._controller.read_port(self._port)
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self._controller.write_port(self._port, value & 0xFF)

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..bus import BytePort
+
 INDEX_PORT = 0x70
 DATA_PORT = 0x71
 RTC_IRQ = 8
@@ -62,8 +64,8 @@ class Rtc:
         self.cmos[MEM_ABOVE_4G_MID] = (above_4g >> 8) & 0xFF
         self.cmos[MEM_ABOVE_4G_HI] = (above_4g >> 16) & 0xFF
         self._pending: dict[int, int] = {}  # time registers written while SET
-        self.index_port = _Port(self._read_index, self._write_index)
-        self.data_port = _Port(self._read_data, self._write_data)
+        self.index_port = BytePort(self._read_index, self._write_index)
+        self.data_port = BytePort(self._read_data, self._write_data)
 
     def _read_index(self) -> int:
         return self.index
@@ -138,15 +140,3 @@ class Rtc:
         except (ValueError, OverflowError):
             return  # nonsense date from the guest: keep the old time
         self.offset = guest - int(self._clock())
-
-
-class _Port:
-    def __init__(self, read: Callable[[], int], write: Callable[[int], None]) -> None:
-        self._read = read
-        self._write = write
-
-    def read(self, offset: int, size: int) -> int:
-        return self._read()
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self._write(value & 0xFF)

@@ -140,6 +140,10 @@ class VirtioDevice:
 
     # --- queues -----------------------------------------------------------------
 
+    def queue(self, index: int) -> SplitQueue | None:
+        """Queue ``index`` as a transport's queue-select register names it, if it exists."""
+        return self.queues[index] if 0 <= index < len(self.queues) else None
+
     def notify(self, index: int) -> None:
         """The driver kicked queue ``index``: process what it made available."""
         with self.lock:

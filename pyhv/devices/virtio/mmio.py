@@ -91,10 +91,6 @@ class VirtioMmio:
 
     # --- registers ----------------------------------------------------------------
 
-    def _queue(self):  # type: ignore[no-untyped-def]
-        q = self.queue_sel
-        return self.device.queues[q] if 0 <= q < len(self.device.queues) else None
-
     def read(self, offset: int, size: int) -> int:
         dev = self.device
         if offset >= CONFIG:
@@ -102,7 +98,7 @@ class VirtioMmio:
         if size != 4 or offset & 3:
             return 0
         with dev.lock:
-            q = self._queue()
+            q = self.device.queue(self.queue_sel)
             if offset == MAGIC_VALUE:
                 return MAGIC
             if offset == VERSION_REG:
@@ -149,7 +145,7 @@ class VirtioMmio:
                 self.queue_sel = self.device_features_sel = self.driver_features_sel = 0
             return
         with dev.lock:
-            q = self._queue()
+            q = self.device.queue(self.queue_sel)
             if offset == DEVICE_FEATURES_SEL:
                 self.device_features_sel = value
             elif offset == DRIVER_FEATURES_SEL:

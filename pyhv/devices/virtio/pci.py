@@ -181,7 +181,7 @@ class VirtioPci(PciDevice):
 
     def _common_bytes(self) -> bytes:
         dev = self.device
-        q = self._queue()
+        q = self.device.queue(self.queue_select)
         sel = self.device_feature_select
         feature = (dev.offered_features() >> (32 * sel)) & 0xFFFF_FFFF if sel < 2 else 0
         dsel = self.driver_feature_select
@@ -208,10 +208,6 @@ class VirtioPci(PciDevice):
             data = self._common_bytes()
         return int.from_bytes(data[offset : offset + size], "little")
 
-    def _queue(self):  # type: ignore[no-untyped-def]
-        queues = self.device.queues
-        return queues[self.queue_select] if self.queue_select < len(queues) else None
-
     def _common_write(self, offset: int, size: int, value: int) -> None:
         dev = self.device
         if offset == DEVICE_STATUS:
@@ -220,7 +216,7 @@ class VirtioPci(PciDevice):
                 self._reset_transport()
             return
         with dev.lock:
-            q = self._queue()
+            q = self.device.queue(self.queue_select)
             if offset == DEVICE_FEATURE_SELECT:
                 self.device_feature_select = value
             elif offset == DRIVER_FEATURE_SELECT:

@@ -68,6 +68,7 @@ class Connection:
         self.fwd_cnt = 0  # bytes of those written to the host socket
         self.last_credit_sent = 0
         self.to_host = bytearray()  # received from the guest, not yet written to the socket
+        self.early = b""  # sent by the host after its CONNECT line, before the guest accepted
         self.closing = False
         self.stalled = False  # not reading the host socket: the guest has no credit left
 
@@ -152,10 +153,9 @@ class Vsock(VirtioDevice):
         with self.lock:
             host_port = self._allocate_port()
             conn = Connection(sock, host_port, int(words[1]))
-            conn.to_host = bytearray()
+            conn.early = rest
             self.conns[(host_port, conn.guest_port)] = conn
             self.watch(fd, None, None)
-            conn.early = bytearray(rest)  # type: ignore[attr-defined]
             self._send(conn, OP_REQUEST)
             self._flush_rx()
 
@@ -273,9 +273,9 @@ class Vsock(VirtioDevice):
         elif op == OP_RESPONSE and not conn.established:
             conn.established = True
             self._write_host(conn, f"OK {conn.host_port}\n".encode())
-            early = getattr(conn, "early", b"")
-            if early:
-                self._forward_to_guest(conn, bytes(early))
+            if conn.early:
+                self._forward_to_guest(conn, conn.early)
+                conn.early = b""
             self.watch(conn.sock.fileno(), self._reader(conn), None)
         elif op == OP_RW and conn.established:
             if conn.rx_cnt + len(payload) - conn.fwd_cnt > BUF_ALLOC:
