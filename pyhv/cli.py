@@ -69,8 +69,12 @@ COMMANDS = {"run": ("boot one VM in the foreground", RUN_OPTIONS)}
 
 def usage(command: str | None = None) -> str:
     if command is None:
+        from .toolstack.xl import VERBS
+
         lines = ["usage: pyhv COMMAND [OPTIONS]", "", "commands:"]
-        lines += [f"  {name:10s} {text}" for name, (text, _) in COMMANDS.items()]
+        lines += [f"  {name:14s} {text}" for name, (text, _) in COMMANDS.items()]
+        lines += ["", "domain commands (through pyhvd; --socket PATH or PYHV_SOCKET names its socket):"]
+        lines += [f"  {name:14s} {text.partition(': ')[2] or text}" for name, (text, _) in VERBS.items()]
         lines.append("\n`pyhv COMMAND --help` describes a command's options.")
         return "\n".join(lines)
     text, options = COMMANDS[command]
@@ -234,8 +238,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(usage())
             return 0
         command, rest = argv[0], argv[1:]
+        if command == "domain":  # a domain's VMM process, started by pyhvd
+            from .toolstack.domain import main as domain_main
+
+            return domain_main(rest)
         if command not in COMMANDS:
-            raise UsageError(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
+            from .toolstack.xl import VERBS, run
+
+            if command in VERBS:
+                if "-h" in rest or "--help" in rest:
+                    print(f"usage: pyhv {VERBS[command][0]}")
+                    return 0
+                return run(command, rest)
+            raise UsageError(f"unknown command {command!r} (see pyhv --help)")
         if "-h" in rest or "--help" in rest:
             print(usage(command))
             return 0

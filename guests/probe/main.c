@@ -514,6 +514,8 @@ void user_main(uint32_t kind, uint64_t info)
         test_fault();
     if (mem_eq(o.test, o.test_len, "counter"))
         test_counter();
+    if (mem_eq(o.test, o.test_len, "ticker"))
+        test_ticker(&o);
     if (mem_eq(o.test, o.test_len, "reboot"))
         test_reboot();
     if (mem_eq(o.test, o.test_len, "acpi"))

@@ -16,8 +16,12 @@ import threading
 import time
 import tty
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    import socket
 
 PIPE_BUF = 4096
 
@@ -153,3 +157,106 @@ def open_console(spec: str) -> Console:
             raise UsageError(f"--serial {spec}: cannot open {path}: {e.strerror}") from None
         return FdConsole(fd, owned=True)
     raise UsageError(f"--serial {spec!r}: expected stdio, file:PATH or none")
+
+
+class LogConsole(Console):
+    """A domain's console when no terminal is attached: everything the guest
+    writes is appended to a log file (``pyhv dmesg``) and sent to the one
+    client connected to a unix socket (``pyhv console``), whose bytes are the
+    guest's input.  A client that does not keep up loses output, never the
+    guest's time; the log keeps everything up to ``max_log`` bytes, then the
+    older half moves to ``PATH.1``."""
+
+    def __init__(self, log_path: str, sock_path: str, max_log: int = 8 << 20) -> None:
+        import socket
+
+        self.log_path = log_path
+        self.max_log = max_log
+        self.log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.log_size = os.fstat(self.log_fd).st_size
+        self._lock = threading.Lock()
+        self._client: socket.socket | None = None
+        self._sink: Callable[[bytes], int] = len
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.listener.bind(sock_path)
+        os.chmod(sock_path, 0o600)
+        self.listener.listen(4)
+        self._closed = False
+        threading.Thread(target=self._accept, name="console-accept", daemon=True).start()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            try:
+                os.write(self.log_fd, data)
+                self.log_size += len(data)
+                if self.log_size > self.max_log:
+                    self._rotate()
+            except OSError:
+                pass  # a full disk loses log lines, not the guest
+            client = self._client
+        if client is not None:
+            try:
+                client.send(data, 0x40)  # MSG_DONTWAIT
+            except OSError:
+                pass  # a slow or vanished client misses output
+
+    def _rotate(self) -> None:
+        os.replace(self.log_path, self.log_path + ".1")
+        os.close(self.log_fd)
+        self.log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.log_size = 0
+
+    def start_input(self, sink: Callable[[bytes], int], on_escape: Callable[[], None]) -> None:
+        self._sink = sink
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                busy = self._client is not None
+                if not busy:
+                    self._client = conn
+            if busy:
+                try:
+                    conn.sendall(b"pyhv: console busy: another client is attached\r\n")
+                finally:
+                    conn.close()
+                continue
+            threading.Thread(target=self._pump, args=(conn,), name="console-input", daemon=True).start()
+
+    def _pump(self, conn: socket.socket) -> None:
+        try:
+            while True:
+                data = conn.recv(256)
+                if not data:
+                    break
+                while data:
+                    n = self._sink(data)
+                    data = data[n:]
+                    if data:
+                        time.sleep(0.002)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                if self._client is conn:
+                    self._client = None
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            if self.log_fd >= 0:
+                os.close(self.log_fd)
+                self.log_fd = -1

@@ -82,19 +82,63 @@ class DomainConfig(NamedTuple):
 
 
 def load(path: str) -> DomainConfig:
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: not valid TOML: {e}") from None
+    data = load_mapping(path)
     try:
         return parse(data)
     except UsageError as e:
         raise UsageError(f"{path}: {e}") from None
+
+
+def load_mapping(path: str) -> dict[str, Any]:
+    """The file's TOML as a mapping, not yet validated."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid TOML: {e}") from None
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """``key=value`` from the command line (``sched.weight=512`` reaches into a table).
+
+    The value is TOML when it parses as a TOML value (``2``, ``true``,
+    ``"text"``), otherwise the plain string, so ``cmdline=probe.test=counter``
+    needs no quotes."""
+    import tomllib
+
+    key, eq, text = assignment.partition("=")
+    if not eq or not key:
+        raise UsageError(f"{assignment!r}: expected key=value")
+    try:
+        value: Any = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    *tables, last = key.split(".")
+    target = data
+    for t in tables:
+        target = target.setdefault(t, {})
+        if not isinstance(target, dict):
+            raise UsageError(f"{key}: {t} is not a table")
+    target[last] = value
+
+
+def absolutize(data: dict[str, Any], base: str) -> None:
+    """Make the file paths in a configuration absolute, relative to ``base``."""
+    import os
+
+    def fix(table: Any, key: str) -> None:
+        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
+            table[key] = os.path.normpath(os.path.join(base, table[key]))
+
+    fix(data, "kernel")
+    fix(data, "initrd")
+    for d in data.get("disks", []) if isinstance(data.get("disks"), list) else []:
+        fix(d, "path")
+    fix(data.get("vsock"), "uds")
 
 
 def parse(data: dict[str, Any]) -> DomainConfig:

@@ -69,7 +69,9 @@ class VcpuThread:
         self.mmio = mmio
         self.on_stop = on_stop
         self.state = self.CREATED
-        self.exits = 0
+        # exits by kind, counted live: [port I/O, MMIO, other]; read by metrics
+        self.counts = [0, 0, 0]
+        self.tid = 0  # the host thread id, once running (CPU time, affinity)
         self._cond = threading.Condition()
         self._want: str | None = None  # requested state
         self._failed_devices: set[str] = set()
@@ -108,7 +110,12 @@ class VcpuThread:
 
     # --- the thread --------------------------------------------------------------
 
+    @property
+    def exits(self) -> int:
+        return sum(self.counts)
+
     def _main(self) -> None:
+        self.tid = threading.get_native_id()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         try:
             stop = self._loop()
@@ -153,66 +160,65 @@ class VcpuThread:
         KVM_RUN = h.KVM_RUN
         EXIT_IO = h.KVM_EXIT_IO
         EXIT_MMIO = h.KVM_EXIT_MMIO
-        exits = 0
-        try:
-            while True:
-                if fast_ioctl(fd, KVM_RUN, 0) < 0:
-                    err = get_errno()
-                    if err == errno.EAGAIN:
-                        # An AP waiting for INIT/SIPI just got one: KVM wants
-                        # KVM_RUN called again to start it.
-                        continue
-                    if err != errno.EINTR:
-                        raise KvmError("KVM_RUN", OSError(err, os.strerror(err)))
-                    if not self._service_requests():
-                        return None
+        counts = self.counts
+        while True:
+            if fast_ioctl(fd, KVM_RUN, 0) < 0:
+                err = get_errno()
+                if err == errno.EAGAIN:
+                    # An AP waiting for INIT/SIPI just got one: KVM wants
+                    # KVM_RUN called again to start it.
                     continue
-                exits += 1
-                (reason,) = reason_unpack(run, 8)
-                if reason == EXIT_IO:
-                    is_out, size, port, count, offset = io_unpack(run, _EXIT)
-                    entry = table.get(port)
-                    if entry is None and is_out:
-                        continue  # a write nobody claims is dropped: nothing to decode
-                    fmt = pio_fmt.get(size)
-                    if fmt is None or offset + size * count > len(run):
-                        continue  # KVM never does this; don't trust it blindly either
-                    if entry is None:
-                        if not is_out:
-                            for i in range(count):
-                                pack_into(fmt, run, offset + i * size, ALL_ONES[size])
-                        continue
-                    device, base = entry
-                    try:
-                        if is_out:
-                            for i in range(count):
-                                device.write(port - base, size, unpack_from(fmt, run, offset + i * size)[0])
-                        else:
-                            for i in range(count):
-                                pack_into(fmt, run, offset + i * size, device.read(port - base, size) & ALL_ONES[size])
-                    except Exception as e:  # noqa: BLE001 - a device failing on guest input fails that access
-                        self._device_failed(f"port {port:#x}", e)
-                elif reason == EXIT_MMIO:
-                    addr, data, length, is_write = mmio_unpack(run, _EXIT)
-                    r = mmio_find(addr)
-                    if r is None or not 0 < length <= 8:
-                        if not is_write:
-                            run[_MMIO_DATA : _MMIO_DATA + 8] = b"\xff" * 8  # unclaimed: all ones
-                        continue
-                    try:
-                        if is_write:
-                            r.device.write(addr - r.base, length, int.from_bytes(data[:length], "little"))
-                        else:
-                            value = r.device.read(addr - r.base, length) & ((1 << (8 * length)) - 1)
-                            run[_MMIO_DATA : _MMIO_DATA + length] = value.to_bytes(length, "little")
-                    except Exception as e:  # noqa: BLE001 - a device failing on guest input fails that access
-                        self._device_failed(f"MMIO {addr:#x}", e)
-                else:
-                    stop = self._other_exit()
-                    if stop is not None:
-                        return stop
-        finally:
-            self.exits += exits
+                if err != errno.EINTR:
+                    raise KvmError("KVM_RUN", OSError(err, os.strerror(err)))
+                if not self._service_requests():
+                    return None
+                continue
+            (reason,) = reason_unpack(run, 8)
+            if reason == EXIT_IO:
+                counts[0] += 1
+                is_out, size, port, count, offset = io_unpack(run, _EXIT)
+                entry = table.get(port)
+                if entry is None and is_out:
+                    continue  # a write nobody claims is dropped: nothing to decode
+                fmt = pio_fmt.get(size)
+                if fmt is None or offset + size * count > len(run):
+                    continue  # KVM never does this; don't trust it blindly either
+                if entry is None:
+                    if not is_out:
+                        for i in range(count):
+                            pack_into(fmt, run, offset + i * size, ALL_ONES[size])
+                    continue
+                device, base = entry
+                try:
+                    if is_out:
+                        for i in range(count):
+                            device.write(port - base, size, unpack_from(fmt, run, offset + i * size)[0])
+                    else:
+                        for i in range(count):
+                            pack_into(fmt, run, offset + i * size, device.read(port - base, size) & ALL_ONES[size])
+                except Exception as e:  # noqa: BLE001 - a device failing on guest input fails that access
+                    self._device_failed(f"port {port:#x}", e)
+            elif reason == EXIT_MMIO:
+                counts[1] += 1
+                addr, data, length, is_write = mmio_unpack(run, _EXIT)
+                r = mmio_find(addr)
+                if r is None or not 0 < length <= 8:
+                    if not is_write:
+                        run[_MMIO_DATA : _MMIO_DATA + 8] = b"\xff" * 8  # unclaimed: all ones
+                    continue
+                try:
+                    if is_write:
+                        r.device.write(addr - r.base, length, int.from_bytes(data[:length], "little"))
+                    else:
+                        value = r.device.read(addr - r.base, length) & ((1 << (8 * length)) - 1)
+                        run[_MMIO_DATA : _MMIO_DATA + length] = value.to_bytes(length, "little")
+                except Exception as e:  # noqa: BLE001 - a device failing on guest input fails that access
+                    self._device_failed(f"MMIO {addr:#x}", e)
+            else:
+                counts[2] += 1
+                stop = self._other_exit()
+                if stop is not None:
+                    return stop
 
     def _device_failed(self, where: str, e: Exception) -> None:
         """A device raised while serving the guest: fail that access, keep the VM."""

@@ -1,0 +1,293 @@
+"""pyhvd's REST API: JSON over HTTP/1.1 on a unix socket.
+
+Routes are listed once, in :data:`ROUTES`; the OpenAPI document
+(:mod:`pyhv.toolstack.openapi`, served at ``/openapi.json``) describes the same
+table.  ``DOM`` is a domain's id or name.  Every error is a JSON object
+``{"error": "one line"}`` with 400 (bad request: nothing changed), 404 (no such
+domain or route), 409 (refused in the domain's state), 501 (not supported
+yet), 504 (the domain did not answer in time) or 500.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socketserver
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from .. import __version__
+from ..errors import PyhvError
+from .registry import DomainRecord, Refused, Registry
+
+MAX_BODY = 1 << 20
+#: how long ``list`` waits for each domain's answer
+LIST_TIMEOUT = 2.0
+
+
+class Api:
+    """The operations behind the routes; each returns (status, body)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fanout")
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _ask_all(self, op: str, records: list[DomainRecord]) -> list[dict[str, Any] | None]:
+        """Ask every domain at once; None for those that did not answer in time."""
+
+        def ask(record: DomainRecord) -> dict[str, Any] | None:
+            try:
+                return record.call(op, timeout=LIST_TIMEOUT)
+            except Refused:
+                return None
+
+        return list(self.pool.map(ask, records))
+
+    # --- domains -------------------------------------------------------------------
+
+    def list_domains(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        records = self.registry.all()
+        infos = self._ask_all("info", records)
+        return 200, [r.summary(i) for r, i in zip(records, infos, strict=True)]
+
+    def create_domain(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"config"}, optional={"paused"})
+        if not isinstance(body["config"], dict):
+            raise Refused("config: must be an object (the domain configuration)", 400)
+        paused = body.get("paused", False)
+        if not isinstance(paused, bool):
+            raise Refused("paused: must be true or false", 400)
+        record = self.registry.create(body["config"], paused)
+        return 201, {"id": record.id, "name": record.name, "pid": record.pid}
+
+    def get_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        info = record.call("info")
+        return 200, {**record.summary(info), "vcpu": info["vcpu"], "balloon": info["balloon"],
+                     "restarts": info["restarts"], "config": record.config}
+
+    def destroy_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        self.registry.destroy(record)
+        return 200, {}
+
+    def simple_op(self, op: str) -> Callable[..., tuple[int, Any]]:
+        def handler(record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+            _fields(body)
+            record.call(op)
+            return 200, {}
+
+        return handler
+
+    def set_memory(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"target"})
+        record.call("mem-set", bytes=_int(body, "target"))
+        return 200, {}
+
+    def set_maxmem(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"maxmem"})
+        record.call("mem-max", bytes=_int(body, "maxmem"))
+        return 200, {}
+
+    def list_vcpus(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        return 200, record.call("info")["vcpu"]
+
+    def pin_vcpu(self, record: DomainRecord, vcpu: str, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"cpus"})
+        cpus = body["cpus"]
+        if not isinstance(cpus, list) or not cpus or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 4096 for c in cpus
+        ):
+            raise Refused("cpus: must be a non-empty list of host CPU numbers", 400)
+        record.call("vcpu-pin", vcpu="all" if vcpu == "all" else int(vcpu), cpus=cpus)
+        return 200, {}
+
+    def console(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        limit = query.get("bytes", str(64 << 10))
+        if not limit.isdigit() or not 0 < int(limit) <= 8 << 20:
+            raise Refused("bytes: must be a number from 1 to 8388608", 400)
+        try:
+            with open(record.console_log, "rb") as f:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(max(0, size - int(limit)))
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        return 200, {"log": data.decode("utf-8", "replace")}
+
+    def domain_metrics(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        return 200, record.call("metrics")
+
+    def devices(self, kind: str) -> Callable[..., tuple[int, Any]]:
+        def handler(record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+            key = "disks" if kind == "disks" else "nics"
+            return 200, record.config.get(key, [])
+
+        return handler
+
+    def hotplug(self, record: DomainRecord, *args: Any) -> tuple[int, Any]:
+        raise Refused("not supported yet: devices are fixed when the domain is created (no hotplug)", 501)
+
+    def metrics_text(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        from .metrics import prometheus
+
+        records = self.registry.all()
+        return 200, prometheus(records, self._ask_all("metrics", records), self._ask_all("info", records))
+
+    def openapi(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        from .openapi import document
+
+        return 200, document()
+
+    def version(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        return 200, {"version": __version__, "domains": len(self.registry.all())}
+
+
+def _fields(body: Any, required: set[str] = frozenset(), optional: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise Refused("the request body must be a JSON object", 400)
+    unknown = sorted(set(body) - required - optional)
+    if unknown:
+        raise Refused(f"{unknown[0]}: unknown field", 400)
+    missing = sorted(required - set(body))
+    if missing:
+        raise Refused(f"{missing[0]}: required", 400)
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 52:
+        raise Refused(f"{key}: must be a number of bytes", 400)
+    return value
+
+
+def routes(api: Api) -> list[tuple[str, re.Pattern[str], Callable[..., tuple[int, Any]]]]:
+    """(method, path pattern, handler); a ``{dom}`` group is resolved to its record."""
+    table: list[tuple[str, str, Callable[..., tuple[int, Any]]]] = [
+        ("GET", "/openapi.json", api.openapi),
+        ("GET", "/version", api.version),
+        ("GET", "/metrics", api.metrics_text),
+        ("GET", "/domains", api.list_domains),
+        ("POST", "/domains", api.create_domain),
+        ("GET", "/domains/{dom}", api.get_domain),
+        ("DELETE", "/domains/{dom}", api.destroy_domain),
+        ("POST", "/domains/{dom}/pause", api.simple_op("pause")),
+        ("POST", "/domains/{dom}/unpause", api.simple_op("unpause")),
+        ("POST", "/domains/{dom}/shutdown", api.simple_op("shutdown")),
+        ("POST", "/domains/{dom}/reboot", api.simple_op("reboot")),
+        ("PUT", "/domains/{dom}/memory", api.set_memory),
+        ("PUT", "/domains/{dom}/maxmem", api.set_maxmem),
+        ("GET", "/domains/{dom}/vcpus", api.list_vcpus),
+        ("PUT", "/domains/{dom}/vcpus/{vcpu}/affinity", api.pin_vcpu),
+        ("GET", "/domains/{dom}/console", api.console),
+        ("GET", "/domains/{dom}/metrics", api.domain_metrics),
+        ("GET", "/domains/{dom}/disks", api.devices("disks")),
+        ("POST", "/domains/{dom}/disks", api.hotplug),
+        ("DELETE", "/domains/{dom}/disks/{index}", api.hotplug),
+        ("GET", "/domains/{dom}/nics", api.devices("nics")),
+        ("POST", "/domains/{dom}/nics", api.hotplug),
+        ("DELETE", "/domains/{dom}/nics/{index}", api.hotplug),
+    ]
+    out = []
+    for method, path, handler in table:
+        pattern = re.escape(path).replace(r"\{dom\}", "(?P<dom>[^/]+)")
+        pattern = pattern.replace(r"\{vcpu\}", "(?P<vcpu>all|[0-9]{1,4})").replace(r"\{index\}", "(?P<index>[0-9]{1,4})")
+        out.append((method, re.compile(f"^{pattern}$"), handler))
+    return out
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that stops sending mid-request loses its connection
+    server_version = f"pyhvd/{__version__}"
+    server: Server
+
+    def address_string(self) -> str:
+        return "local"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # pyhvd logs what changes, not every request
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            body = self._body()
+            status, payload = self._route(url.path, query, body)
+        except Refused as e:
+            status, payload = e.http_status, {"error": str(e)}
+        except PyhvError as e:
+            status, payload = 409, {"error": str(e)}
+        except Exception as e:  # noqa: BLE001 - a bug fails the request, not pyhvd
+            self.server.log(f"internal error on {self.command} {self.path}: {e!r}")
+            status, payload = 500, {"error": f"internal error: {e!r}"}
+        self._send(status, payload)
+
+    def _body(self) -> Any:
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise Refused("chunked request bodies are not accepted; send Content-Length", 400)
+        if length is None:
+            return None
+        if not length.isdigit() or int(length) > MAX_BODY:
+            self.close_connection = True
+            raise Refused(f"Content-Length must be at most {MAX_BODY}", 400)
+        raw = self.rfile.read(int(length))
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise Refused("the request body is not valid JSON", 400) from None
+
+    def _route(self, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        allowed = []
+        for method, pattern, handler in self.server.routes:
+            m = pattern.match(path)
+            if m is None:
+                continue
+            if method != self.command:
+                allowed.append(method)
+                continue
+            groups = m.groupdict()
+            if "dom" not in groups:
+                return handler(body, query)
+            record = self.server.api.registry.find(groups.pop("dom"))
+            return handler(record, *groups.values(), body, query)
+        if allowed:
+            raise Refused(f"{self.command} is not allowed on {path} (allowed: {', '.join(allowed)})", 405)
+        raise Refused(f"no such resource: {path}", 404)
+
+    def _send(self, status: int, payload: Any) -> None:
+        if isinstance(payload, str):
+            data, ctype = payload.encode(), "text/plain; version=0.0.4; charset=utf-8"
+        else:
+            data, ctype = json.dumps(payload).encode(), "application/json"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+    request_queue_size = 128  # many clients at once (concurrent creates) must not see EAGAIN
+
+    def __init__(self, path: str, api: Api, log: Callable[[str], None]) -> None:
+        self.api = api
+        self.routes = routes(api)
+        self.log = log
+        super().__init__(path, Handler)

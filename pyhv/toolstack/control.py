@@ -1,0 +1,127 @@
+"""The domain control socket: one JSON request line, one JSON reply line.
+
+A request is an object with ``op`` and its arguments, e.g.
+``{"op": "mem-set", "bytes": 134217728}``; the reply is ``{"ok": true, ...}``
+or ``{"ok": false, "error": "one line"}``.  One request per connection keeps
+both ends trivial, and a stuck domain costs the caller one timeout, nothing
+more.  The socket is 0600: only root (pyhvd) talks to a domain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import PyhvError
+
+MAX_REQUEST = 64 << 10
+
+
+class ControlError(PyhvError):
+    """The domain refused the request, or (``transport``) could not be reached or did not answer."""
+
+    def __init__(self, message: str, transport: bool = False, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.transport = transport
+        self.timeout = timeout
+
+
+class Server:
+    """Serve ``handler(request) -> reply fields`` on a unix socket, one thread per request."""
+
+    def __init__(self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.path = path
+        self.handler = handler
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(path)
+        os.chmod(path, 0o600)
+        self.sock.listen(64)
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="control", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), name="control-request", daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            try:
+                reply = self._reply(_read_line(conn))
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass  # the caller went away
+
+    def _reply(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return {"ok": False, "error": "request is not JSON"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "request must be a JSON object"}
+        try:
+            return {"ok": True, **self.handler(request)}
+        except PyhvError as e:
+            return {"ok": False, "error": str(e)}
+        except Exception as e:  # noqa: BLE001 - a bug fails the request, not the domain
+            return {"ok": False, "error": f"internal error: {e!r}"}
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise OSError("request too long")
+    return data.split(b"\n", 1)[0]
+
+
+def call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Send one request; the reply's fields, or ControlError with the domain's message."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(json.dumps(request).encode() + b"\n")
+            line = _read_line(s)
+    except TimeoutError:
+        raise ControlError(f"no answer within {timeout:g} s", transport=True, timeout=True) from None
+    except OSError as e:
+        raise ControlError(f"cannot reach the domain: {e.strerror or e}", transport=True) from None
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise ControlError("the domain's reply is not JSON", transport=True) from None
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        error = reply.get("error") if isinstance(reply, dict) else None
+        raise ControlError(str(error or "request failed"))
+    reply.pop("ok")
+    return reply

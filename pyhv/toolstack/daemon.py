@@ -1,0 +1,123 @@
+"""``pyhvd``: the control domain.
+
+    pyhvd [--run-dir /run/pyhv] [--state-dir /var/lib/pyhv] [--socket PATH]
+
+Listens on ``RUN_DIR/pyhvd.sock`` (0600) for the REST API (:mod:`.api`),
+re-attaches to the domains a previous pyhvd left running, and runs until
+SIGTERM or SIGINT.  Stopping pyhvd leaves every domain running.
+
+Threads: the main thread serves the socket (one thread per connection, from
+socketserver); the registry's monitor thread watches the domain processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+from ..errors import PyhvError, UsageError
+
+DEFAULT_RUN_DIR = "/run/pyhv"
+DEFAULT_STATE_DIR = "/var/lib/pyhv"
+
+
+def default_socket() -> str:
+    return os.environ.get("PYHV_SOCKET") or os.path.join(os.environ.get("PYHV_RUN_DIR", DEFAULT_RUN_DIR), "pyhvd.sock")
+
+
+def _log(message: str) -> None:
+    print(f"pyhvd: {time.strftime('%Y-%m-%d %H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def _parse(argv: list[str]) -> dict[str, str]:
+    opts = {
+        "--run-dir": os.environ.get("PYHV_RUN_DIR", DEFAULT_RUN_DIR),
+        "--state-dir": os.environ.get("PYHV_STATE_DIR", DEFAULT_STATE_DIR),
+        "--socket": "",
+    }
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            raise SystemExit(print(__doc__) or 0)
+        name, eq, value = arg.partition("=")
+        if name not in opts:
+            raise UsageError(f"unknown option {name!r} (options: {', '.join(opts)})")
+        if not eq:
+            if not args:
+                raise UsageError(f"{name} needs a value")
+            value = args.pop(0)
+        opts[name] = value
+    opts["--socket"] = opts["--socket"] or os.path.join(opts["--run-dir"], "pyhvd.sock")
+    return opts
+
+
+def _claim_socket(path: str) -> None:
+    """Refuse to start twice; clear a socket a dead pyhvd left behind."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise PyhvError(f"another pyhvd is already serving {path}")
+
+
+def serve(run_dir: str, state_dir: str, sock_path: str, ready: threading.Event | None = None) -> int:
+    from .api import Api, Server
+    from .registry import Registry
+
+    registry = Registry(run_dir, state_dir, log=_log)
+    _claim_socket(sock_path)
+    old_umask = os.umask(0o177)
+    try:
+        server = Server(sock_path, Api(registry), _log)
+    finally:
+        os.umask(old_umask)
+    os.chmod(sock_path, 0o600)
+    registry.reattach()
+    registry.start_monitor()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    _log(f"serving {sock_path} ({len(registry.all())} domains running)")
+    if ready is not None:
+        ready.set()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+        try:
+            os.unlink(sock_path)
+        except OSError:
+            pass
+        registry.close()
+    _log("stopped; domains keep running")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        opts = _parse(sys.argv[1:] if argv is None else argv)
+        if os.geteuid() != 0 and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            raise PyhvError("cannot use /dev/kvm: run pyhvd as root or as a member of the kvm group")
+        return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"])
+    except PyhvError as e:
+        print(f"pyhvd: {e}", file=sys.stderr)
+        return e.exit_status
+    except OSError as e:
+        print(f"pyhvd: {e.strerror}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1

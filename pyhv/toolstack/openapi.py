@@ -1,0 +1,183 @@
+"""The OpenAPI 3.0 document of pyhvd's API (served at ``/openapi.json``).
+
+``docs/openapi.json`` is this document, committed; a test keeps the two equal
+and checks that every route in :func:`pyhv.toolstack.api.routes` is described.
+Regenerate with ``python -m pyhv.toolstack.openapi > docs/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .. import __version__
+
+SIZE = {"oneOf": [{"type": "string", "pattern": "^[0-9]+[KMGT]?i?B?$"}, {"type": "integer", "minimum": 1}],
+        "description": "a size such as \"256M\", or a number of MiB"}
+
+DOMAIN_CONFIG: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "kernel"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+        "kernel": {"type": "string", "description": "absolute path of a bzImage, ELF, PVH or Multiboot kernel"},
+        "initrd": {"type": "string"},
+        "cmdline": {"type": "string"},
+        "memory": SIZE,
+        "maxmem": SIZE,
+        "vcpus": {"type": "integer", "minimum": 1, "maximum": 255},
+        "boot": {"type": "string", "enum": ["auto", "linux", "pvh", "multiboot"]},
+        "serial": {"type": "string"},
+        "on_poweroff": {"type": "string", "enum": ["destroy", "restart"]},
+        "on_reboot": {"type": "string", "enum": ["destroy", "restart"]},
+        "on_crash": {"type": "string", "enum": ["destroy", "restart", "preserve"]},
+        "balloon": {"type": "boolean"},
+        "rng": {"type": "boolean"},
+        "disks": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["path"],
+            "properties": {"path": {"type": "string"}, "readonly": {"type": "boolean"},
+                           "serial": {"type": "string", "maxLength": 20}}}},
+        "nics": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["tap"],
+            "properties": {"tap": {"type": "string", "minLength": 1, "maxLength": 15},
+                           "mac": {"type": "string"}, "bridge": {"type": "string"}}}},
+        "vsock": {"type": "object", "additionalProperties": False, "required": ["uds"],
+                  "properties": {"cid": {"type": "integer", "minimum": 3, "maximum": 4294967294},
+                                 "uds": {"type": "string"}}},
+        "sched": {"type": "object", "additionalProperties": False, "properties": {
+            "weight": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "warp_ms": {"type": "integer", "minimum": 0, "maximum": 10000},
+            "warp_limit_ms": {"type": "integer", "minimum": 0, "maximum": 3600000},
+            "unwarp_ms": {"type": "integer", "minimum": 0, "maximum": 3600000}}},
+    },
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "DomainConfig": DOMAIN_CONFIG,
+    "CreateRequest": {"type": "object", "additionalProperties": False, "required": ["config"], "properties": {
+        "config": {"$ref": "#/components/schemas/DomainConfig"}, "paused": {"type": "boolean"}}},
+    "Created": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"}, "pid": {"type": "integer"}}},
+    "DomainSummary": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"}, "pid": {"type": "integer"},
+        "memory": {"type": "integer", "description": "bytes, less what the balloon holds"},
+        "maxmem": {"type": "integer"}, "vcpus": {"type": "integer"},
+        "state": {"type": "string", "enum": ["running", "blocked", "paused", "shutdown", "crashed", "dying",
+                                             "starting", "unknown"]},
+        "cpu_time": {"type": "number", "description": "seconds of host CPU"},
+        "created": {"type": "number"}}},
+    "Vcpu": {"type": "object", "properties": {
+        "index": {"type": "integer"}, "tid": {"type": "integer"}, "state": {"type": "string"},
+        "host_state": {"type": "string"}, "cpu_ns": {"type": "integer"}, "cpu": {"type": "integer"},
+        "affinity": {"type": "array", "items": {"type": "integer"}},
+        "exits": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+    "MemoryRequest": {"type": "object", "additionalProperties": False, "required": ["target"],
+                      "properties": {"target": {"type": "integer", "minimum": 0}}},
+    "MaxmemRequest": {"type": "object", "additionalProperties": False, "required": ["maxmem"],
+                      "properties": {"maxmem": {"type": "integer", "minimum": 0}}},
+    "AffinityRequest": {"type": "object", "additionalProperties": False, "required": ["cpus"], "properties": {
+        "cpus": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": 4095}}}},
+    "Empty": {"type": "object", "additionalProperties": False},
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "done") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": _json(_ref("Error"), "bad request; nothing changed"),
+    "404": _json(_ref("Error"), "no such domain"),
+    "409": _json(_ref("Error"), "refused in the domain's state"),
+    "504": _json(_ref("Error"), "the domain did not answer in time"),
+}
+
+# path -> method -> (summary, request schema or None, 2xx status, response schema)
+OPERATIONS: dict[str, dict[str, tuple[str, str | None, str, dict[str, Any]]]] = {
+    "/openapi.json": {"get": ("this document", None, "200", {"type": "object"})},
+    "/version": {"get": ("pyhvd's version and how many domains it runs", None, "200", {"type": "object"})},
+    "/metrics": {"get": ("every domain's counters, Prometheus text format", None, "200", {"type": "string"})},
+    "/domains": {
+        "get": ("list the domains", None, "200", {"type": "array", "items": _ref("DomainSummary")}),
+        "post": ("create and start a domain", "CreateRequest", "201", _ref("Created")),
+    },
+    "/domains/{dom}": {
+        "get": ("one domain in detail", None, "200", _ref("DomainSummary")),
+        "delete": ("destroy the domain", None, "200", _ref("Empty")),
+    },
+    "/domains/{dom}/pause": {"post": ("pause every vCPU", "Empty", "200", _ref("Empty"))},
+    "/domains/{dom}/unpause": {"post": ("resume every vCPU", "Empty", "200", _ref("Empty"))},
+    "/domains/{dom}/shutdown": {"post": ("power the domain off", "Empty", "200", _ref("Empty"))},
+    "/domains/{dom}/reboot": {"post": ("reset the domain", "Empty", "200", _ref("Empty"))},
+    "/domains/{dom}/memory": {"put": ("balloon the domain to a memory target (bytes)", "MemoryRequest", "200",
+                                      _ref("Empty"))},
+    "/domains/{dom}/maxmem": {"put": ("the most memory a target may ask for", "MaxmemRequest", "200",
+                                      _ref("Empty"))},
+    "/domains/{dom}/vcpus": {"get": ("the domain's vCPUs", None, "200", {"type": "array", "items": _ref("Vcpu")})},
+    "/domains/{dom}/vcpus/{vcpu}/affinity": {"put": ("confine vCPUs to host CPUs", "AffinityRequest", "200",
+                                                     _ref("Empty"))},
+    "/domains/{dom}/console": {"get": ("the end of the console log", None, "200", {
+        "type": "object", "properties": {"log": {"type": "string"}}})},
+    "/domains/{dom}/metrics": {"get": ("the domain's counters", None, "200", {"type": "object"})},
+    "/domains/{dom}/disks": {
+        "get": ("the domain's disks", None, "200", {"type": "array", "items": {"type": "object"}}),
+        "post": ("attach a disk (not supported yet: 501)", "Empty", "200", _ref("Empty")),
+    },
+    "/domains/{dom}/disks/{index}": {"delete": ("detach a disk (not supported yet: 501)", None, "200",
+                                                _ref("Empty"))},
+    "/domains/{dom}/nics": {
+        "get": ("the domain's network adapters", None, "200", {"type": "array", "items": {"type": "object"}}),
+        "post": ("attach an adapter (not supported yet: 501)", "Empty", "200", _ref("Empty")),
+    },
+    "/domains/{dom}/nics/{index}": {"delete": ("detach an adapter (not supported yet: 501)", None, "200",
+                                               _ref("Empty"))},
+}
+
+PARAMETERS = {
+    "dom": {"description": "domain id or name", "schema": {"type": "string"}},
+    "vcpu": {"description": "vCPU index or all", "schema": {"type": "string", "pattern": "^(all|[0-9]{1,4})$"}},
+    "index": {"description": "device index", "schema": {"type": "integer", "minimum": 0, "maximum": 9999}},
+}
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for path, methods in OPERATIONS.items():
+        item: dict[str, Any] = {}
+        params = [{"name": p, "in": "path", "required": True, **PARAMETERS[p]}
+                  for p in PARAMETERS if "{" + p + "}" in path]
+        if params:
+            item["parameters"] = params
+        for method, (summary, request, status, response) in methods.items():
+            op: dict[str, Any] = {"summary": summary, "responses": {status: _json(response)}}
+            if "{dom}" in path:
+                op["responses"].update(ERRORS)
+            elif request:
+                op["responses"]["400"] = ERRORS["400"]
+            if "not supported" in summary:
+                op["responses"]["501"] = _json(_ref("Error"), "not supported yet")
+            if path == "/domains/{dom}/console":
+                op["parameters"] = [{"name": "bytes", "in": "query", "required": False,
+                                     "schema": {"type": "integer", "minimum": 1, "maximum": 8388608}}]
+            if request:
+                op["requestBody"] = {"required": True,
+                                     "content": {"application/json": {"schema": _ref(request)}}}
+            item[method] = op
+        paths[path] = item
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "pyhvd", "version": __version__,
+                 "description": "The pyhv control domain: JSON over HTTP/1.1 on a unix socket."},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(document(), indent=2))

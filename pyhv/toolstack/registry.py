@@ -1,0 +1,418 @@
+"""pyhvd's view of the domains: ids and names, the domain processes, crashes.
+
+Every domain lives in ``RUN_DIR/domains/ID/``: ``domain.json`` (what pyhvd
+asked for), ``pid`` (the VMM process and its start time, so a recycled pid is
+never mistaken for it), the domain's sockets, and ``status.json`` once it ended.
+The domain's logs go to ``STATE_DIR/domains/NAME/`` and outlive it.  Because all
+of that is on disk and the VMM processes run in their own sessions, pyhvd can
+be killed and started again: :meth:`Registry.reattach` rebuilds the table from
+the directories and notices which domains died meanwhile.
+
+Threads: API request threads call create/find/remove under ``lock``; the
+monitor thread waits on every VMM process's pidfd and handles exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from ..errors import PyhvError, UsageError
+from . import control, domconfig
+
+#: how long a new domain may take to boot its machine
+START_TIMEOUT = 60.0
+#: how long a request to one domain may take
+CALL_TIMEOUT = 5.0
+
+
+class Refused(PyhvError):
+    """A request pyhvd understood but cannot carry out (the HTTP status says why)."""
+
+    def __init__(self, message: str, http_status: int = 409) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class DomainRecord:
+    def __init__(self, domid: int, name: str, config: dict[str, Any], run_dir: str, log_dir: str) -> None:
+        self.id = domid
+        self.name = name
+        self.config = config
+        self.run_dir = run_dir
+        self.log_dir = log_dir
+        self.pid = 0
+        self.start_time = ""
+        self.pidfd = -1
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.crashed: str | None = None  # why, when the VMM process died and on_crash=preserve
+        self.destroying = False
+        self.reaped = False
+        self.created = time.time()
+
+    @property
+    def control_path(self) -> str:
+        return os.path.join(self.run_dir, "control.sock")
+
+    @property
+    def console_path(self) -> str:
+        return os.path.join(self.run_dir, "console.sock")
+
+    @property
+    def console_log(self) -> str:
+        return os.path.join(self.log_dir, "console.log")
+
+    def call(self, op: str, timeout: float = CALL_TIMEOUT, **args: Any) -> dict[str, Any]:
+        if self.crashed is not None:
+            raise Refused(f"domain {self.name} has crashed ({self.crashed}); destroy it")
+        try:
+            return control.call(self.control_path, {"op": op, **args}, timeout)
+        except control.ControlError as e:
+            if e.transport:
+                raise Refused(f"domain {self.name}: {e}", 504 if e.timeout else 409) from None
+            raise Refused(str(e), 409) from None
+
+    def summary(self, info: dict[str, Any] | None) -> dict[str, Any]:
+        """What ``list`` shows; ``info`` is the domain's own answer (None: it did not answer)."""
+        cfg = domconfig.parse(self.config)
+        out = {
+            "id": self.id, "name": self.name, "pid": self.pid,
+            "memory": cfg.machine.memory, "maxmem": cfg.maxmem, "vcpus": cfg.machine.vcpus,
+            "state": "crashed" if self.crashed else "unknown", "cpu_time": 0.0, "created": self.created,
+        }
+        if info is not None:
+            out.update(
+                state=info["state"], memory=info["current_memory"], maxmem=info["maxmem"],
+                vcpus=info["vcpus"], cpu_time=info["cpu_time"],
+            )
+        return out
+
+
+def _proc_start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return ""
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else ""  # a zombie has ended
+
+
+class Registry:
+    def __init__(self, run_dir: str, state_dir: str, log: Any = print) -> None:
+        self.run_dir = run_dir
+        self.state_dir = state_dir
+        self.domains_dir = os.path.join(run_dir, "domains")
+        self.log = log
+        self.lock = threading.Lock()
+        self.domains: dict[int, DomainRecord] = {}
+        self._starting: set[str] = set()  # names reserved by creates in progress
+        for d, mode in ((run_dir, 0o700), (self.domains_dir, 0o700), (state_dir, 0o700)):
+            os.makedirs(d, mode=mode, exist_ok=True)
+            os.chmod(d, mode)
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, DomainRecord] = {}
+        self._closed = False
+        self._monitor = threading.Thread(target=self._watch, name="monitor", daemon=True)
+
+    # --- ids ------------------------------------------------------------------------
+
+    def _next_id(self) -> int:
+        """Domain ids are never reused, across pyhvd restarts too."""
+        path = os.path.join(self.state_dir, "next-domid")
+        try:
+            with open(path) as f:
+                domid = int(f.read())
+        except (OSError, ValueError):
+            domid = 1
+        domid = max([domid, *[d + 1 for d in self.domains]])
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{domid + 1}\n")
+        os.replace(tmp, path)
+        return domid
+
+    # --- lookups ----------------------------------------------------------------------
+
+    def find(self, ref: str) -> DomainRecord:
+        """A domain by id or name; Refused(404) if there is none."""
+        with self.lock:
+            if ref.isdigit() and int(ref) in self.domains:
+                return self.domains[int(ref)]
+            for d in self.domains.values():
+                if d.name == ref:
+                    return d
+        raise Refused(f"no domain {ref!r}", 404)
+
+    def all(self) -> list[DomainRecord]:
+        with self.lock:
+            return sorted(self.domains.values(), key=lambda d: d.id)
+
+    # --- create -------------------------------------------------------------------------
+
+    def create(self, config: dict[str, Any], paused: bool = False) -> DomainRecord:
+        """Validate, start the VMM process, wait until the guest runs."""
+        try:
+            cfg = domconfig.parse(config)
+        except UsageError as e:
+            raise Refused(str(e), 400) from None
+        _check_paths(config)
+        with self.lock:
+            if cfg.name in self._starting or any(d.name == cfg.name for d in self.domains.values()):
+                raise Refused(f"a domain named {cfg.name!r} already exists", 409)
+            self._starting.add(cfg.name)
+            domid = self._next_id()
+        try:
+            record = self._spawn(domid, cfg.name, config, paused)
+        finally:
+            with self.lock:
+                self._starting.discard(cfg.name)
+        return record
+
+    def _spawn(self, domid: int, name: str, config: dict[str, Any], paused: bool) -> DomainRecord:
+        run_dir = os.path.join(self.domains_dir, str(domid))
+        log_dir = os.path.join(self.state_dir, "domains", name)
+        os.makedirs(run_dir, mode=0o700)
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        record = DomainRecord(domid, name, config, run_dir, log_dir)
+        meta = {"id": domid, "name": name, "config": config, "paused": paused, "log_dir": log_dir,
+                "created": record.created}
+        _write_json(os.path.join(run_dir, "domain.json"), meta)
+        r, w = os.pipe()
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYHV_READY_FD=str(w), PYTHONPATH=package_parent)
+        try:
+            with open(os.path.join(log_dir, "vmm.log"), "ab") as out:
+                record.popen = subprocess.Popen(
+                    [sys.executable, "-S", "-m", "pyhv", "domain", run_dir],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, pass_fds=(w,), env=env, cwd="/",
+                )
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise Refused(f"cannot start the domain process: {e.strerror}", 500) from None
+        os.close(w)
+        record.pid = record.popen.pid
+        record.start_time = _proc_start_time(record.pid)
+        with open(os.path.join(run_dir, "pid"), "w") as f:
+            f.write(f"{record.pid} {record.start_time}\n")
+        try:
+            reply = _read_ready(r, START_TIMEOUT)
+        finally:
+            os.close(r)
+        if not reply.get("ok"):
+            _kill(record)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise Refused(str(reply.get("error", "the domain failed to start")), 400 if "error" in reply else 500)
+        with self.lock:
+            self.domains[domid] = record
+        self._watch_pid(record)
+        self.log(f"domain {domid} ({name}) started, pid {record.pid}")
+        return record
+
+    # --- removal and exits ----------------------------------------------------------------
+
+    def destroy(self, record: DomainRecord, timeout: float = 10.0) -> None:
+        """Stop the domain now; its process ends and the monitor removes it."""
+        if record.crashed is not None or record.pid == 0:
+            self._remove(record, "destroyed")
+            return
+        record.destroying = True
+        try:
+            record.call("destroy", timeout=2.0)
+        except Refused:
+            pass
+        if not _wait_gone(record, timeout):
+            _kill(record)
+        _wait_gone(record, 5.0)
+        self._reap(record)
+
+    def _remove(self, record: DomainRecord, why: str) -> None:
+        with self.lock:
+            if self.domains.pop(record.id, None) is None:
+                return
+            if record.pidfd >= 0:
+                self._by_fd.pop(record.pidfd, None)
+                try:
+                    self._epoll.unregister(record.pidfd)
+                except OSError:
+                    pass
+                os.close(record.pidfd)
+                record.pidfd = -1
+        shutil.rmtree(record.run_dir, ignore_errors=True)
+        self.log(f"domain {record.id} ({record.name}) {why}")
+
+    def _reap(self, record: DomainRecord) -> None:
+        """The VMM process ended: read why, apply the configuration's policy."""
+        if record.popen is not None:
+            record.popen.wait()
+        with self.lock:
+            if record.id not in self.domains or record.reaped:
+                return
+            record.reaped = True
+        if record.destroying:
+            self._remove(record, "destroyed")
+            return
+        status = _read_json(os.path.join(record.run_dir, "status.json"))
+        if status is not None:
+            self._remove(record, f"ended: {status.get('reason')} {status.get('detail') or ''}".rstrip())
+            return
+        self._vmm_crashed(record, "the VMM process died")
+
+    def _vmm_crashed(self, record: DomainRecord, why: str) -> None:
+        on_crash = domconfig.parse(record.config).on_crash
+        if on_crash == "preserve":
+            record.crashed = why
+            record.pid = 0
+            _write_json(os.path.join(record.run_dir, "crashed.json"), {"why": why, "time": time.time()})
+            self.log(f"domain {record.id} ({record.name}) crashed: {why}; preserved (on_crash=preserve)")
+            return
+        self._remove(record, f"crashed: {why}; on_crash={on_crash}")
+        if on_crash == "restart":
+            try:
+                new = self.create(record.config)
+                self.log(f"domain {record.name} restarted as {new.id} (on_crash=restart)")
+            except PyhvError as e:
+                self.log(f"domain {record.name}: restart after a crash failed: {e}")
+
+    # --- the monitor thread ---------------------------------------------------------------
+
+    def _watch_pid(self, record: DomainRecord) -> None:
+        try:
+            fd = os.pidfd_open(record.pid)
+        except OSError:  # already gone
+            threading.Thread(target=self._reap, args=(record,), daemon=True).start()
+            return
+        with self.lock:
+            record.pidfd = fd
+            self._by_fd[fd] = record
+            self._epoll.register(fd, select.EPOLLIN)
+
+    def start_monitor(self) -> None:
+        self._monitor.start()
+
+    def _watch(self) -> None:
+        while not self._closed:
+            try:
+                events = self._epoll.poll(0.5)
+            except OSError:
+                return
+            for fd, _ in events:
+                with self.lock:
+                    record = self._by_fd.pop(fd, None)
+                    if record is not None:
+                        self._epoll.unregister(fd)
+                        os.close(fd)
+                        record.pidfd = -1
+                if record is not None:
+                    # exits are handled off this thread: a restart must not block the others
+                    threading.Thread(target=self._reap, args=(record,), name="reap", daemon=True).start()
+
+    # --- after a pyhvd restart ---------------------------------------------------------------
+
+    def reattach(self) -> None:
+        """Rebuild the table from the run directory."""
+        for entry in sorted(os.listdir(self.domains_dir), key=lambda e: (len(e), e)):
+            run_dir = os.path.join(self.domains_dir, entry)
+            meta = _read_json(os.path.join(run_dir, "domain.json"))
+            if not entry.isdigit() or meta is None:
+                self.log(f"ignoring {run_dir}: not a domain directory")
+                continue
+            record = DomainRecord(int(entry), meta["name"], meta["config"], run_dir, meta["log_dir"])
+            record.created = meta.get("created", record.created)
+            try:
+                with open(os.path.join(run_dir, "pid")) as f:
+                    pid_text, start_time = f.read().split()
+                record.pid = int(pid_text)
+            except (OSError, ValueError):
+                record.pid, start_time = 0, ""
+            with self.lock:
+                self.domains[record.id] = record
+            crashed = _read_json(os.path.join(run_dir, "crashed.json"))
+            if crashed is not None:
+                record.crashed, record.pid = crashed.get("why", "crashed"), 0
+                continue
+            if record.pid and _proc_start_time(record.pid) == start_time:
+                record.start_time = start_time
+                self._watch_pid(record)
+                self.log(f"domain {record.id} ({record.name}) re-attached, pid {record.pid}")
+                continue
+            self._reap(record)  # it ended while pyhvd was away
+
+    def close(self) -> None:
+        self._closed = True
+        self._monitor.join(1.0) if self._monitor.is_alive() else None
+        self._epoll.close()
+
+
+def _check_paths(config: dict[str, Any]) -> None:
+    """Files a domain uses are named by absolute paths: pyhvd's directory is nobody's business."""
+    paths = [("kernel", config.get("kernel")), ("initrd", config.get("initrd"))]
+    paths += [(f"disks[{i}].path", d.get("path")) for i, d in enumerate(config.get("disks", []))]
+    if isinstance(config.get("vsock"), dict):
+        paths.append(("vsock.uds", config["vsock"].get("uds")))
+    for key, path in paths:
+        if path and not os.path.isabs(path):
+            raise Refused(f"{key}: must be an absolute path (got {path!r})", 400)
+
+
+def _read_ready(fd: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return {"ok": False, "error": f"the domain did not start within {timeout:g} s"}
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return {"ok": False, "error": "the domain process ended while starting (see its vmm.log)"}
+        data += chunk
+    try:
+        reply = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        reply = None
+    return reply if isinstance(reply, dict) else {"ok": False, "error": "garbled start-up message"}
+
+
+def _kill(record: DomainRecord) -> None:
+    if record.pid and _proc_start_time(record.pid) == record.start_time:
+        try:
+            os.kill(record.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_gone(record: DomainRecord, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if record.popen is not None:
+            if record.popen.poll() is not None:
+                return True
+        elif _proc_start_time(record.pid) != record.start_time:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_json(path: str, value: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)

@@ -1,0 +1,265 @@
+"""pyhvd end to end: domains as processes, the xl-style verbs, reliability.
+
+Every check on a guest's behaviour reads what the probe guest printed on its
+console (the domain's console log), not what pyhv says about it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyhv.toolstack.client import ApiError
+
+from .pyhvd import Daemon, daemon_fixture
+
+pytestmark = pytest.mark.kvm
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    yield from daemon_fixture(tmp_path)
+
+
+def _list(d: Daemon) -> dict[str, dict]:
+    r = d.pyhv("list", "--json")
+    assert r.returncode == 0, r.stderr
+    return {x["name"]: x for x in json.loads(r.stdout)}
+
+
+def _wait_ticks_past(d: Daemon, name: str, n: int, timeout: float = 20) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ticks = d.ticks(name)
+        if ticks and ticks[-1] > n:
+            return ticks
+        time.sleep(0.05)
+    raise AssertionError(f"{name} stopped ticking at {d.ticks(name)[-1:]}:\n{d.console_log(name)}")
+
+
+def test_create_list_pause_unpause_destroy(daemon: Daemon) -> None:
+    d = daemon
+    for name in ("t1", "t2", "t3"):
+        r = d.pyhv("create", str(d.config(name, "ticker probe.n=50")))
+        assert r.returncode == 0, r.stderr
+        assert f"domain {name} created" in r.stdout
+    for name in ("t1", "t2", "t3"):
+        d.wait_for(name, "probe: tick n=2 ")
+    listing = _list(d)
+    assert sorted(listing) == ["t1", "t2", "t3"]
+    assert all(x["state"] in ("running", "blocked") for x in listing.values())
+    table = d.pyhv("list").stdout.splitlines()
+    assert table[0].split() == ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)"]
+    assert any(line.split()[0] == "t2" and line.split()[4] == "r-----" for line in table[1:])
+
+    assert d.pyhv("pause", "t2").returncode == 0
+    assert _list(d)["t2"]["state"] == "paused"
+    frozen = d.ticks("t2")[-1]
+    before_t1 = d.ticks("t1")[-1]
+    time.sleep(0.6)
+    assert d.ticks("t2")[-1] == frozen, "the paused guest kept printing"
+    assert d.ticks("t1")[-1] > before_t1, "pausing t2 stopped t1"
+    assert d.pyhv("unpause", "t2").returncode == 0
+    ticks = _wait_ticks_past(d, "t2", frozen)
+    assert ticks == list(range(1, len(ticks) + 1)), "the counter skipped or repeated after unpause"
+
+    r = d.pyhv("destroy", "t3")
+    assert r.returncode == 0, r.stderr
+    assert sorted(_list(d)) == ["t1", "t2"]
+    r = d.pyhv("pause", "t3")
+    assert r.returncode == 1 and "no domain 't3'" in r.stderr
+
+
+def test_twenty_concurrent_creates(daemon: Daemon) -> None:
+    d = daemon
+    results: dict[str, object] = {}
+
+    def create(i: int) -> None:
+        try:
+            results[f"c{i}"] = d.client.post("/domains", {"config": d.config_dict(f"c{i}", "hello")})
+        except ApiError as e:
+            results[f"c{i}"] = e
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failures = {k: v for k, v in results.items() if isinstance(v, Exception)}
+    assert not failures
+    ids = sorted(r["id"] for r in results.values())  # type: ignore[index]
+    assert len(set(ids)) == 20
+    listing = _list(d)
+    assert sorted(listing) == sorted(f"c{i}" for i in range(20))
+    for name in listing:
+        log = d.wait_for(name, "probe: result=pass")
+        assert 'cmdline="probe.test=hello"' in log
+    # a second domain may not take a name in use
+    with pytest.raises(ApiError) as e:
+        d.client.post("/domains", {"config": d.config_dict("c3")})
+    assert e.value.http_status == 409 and "already exists" in str(e.value)
+
+
+def test_pyhvd_killed_and_restarted_finds_every_domain(daemon: Daemon) -> None:
+    d = daemon
+    for name in ("k1", "k2"):
+        assert d.pyhv("create", str(d.config(name, "ticker probe.n=50"))).returncode == 0
+    before = _list(d)
+    d.kill(signal.SIGKILL)
+    assert d.pyhv("list").returncode == 1  # nobody answers
+    last = d.ticks("k1")[-1]
+    _wait_ticks_past(d, "k1", last)  # the guests kept running without pyhvd
+    d.start()
+    after = _list(d)
+    assert {n: (x["id"], x["pid"]) for n, x in after.items()} == {n: (x["id"], x["pid"]) for n, x in before.items()}
+    assert all(x["state"] in ("running", "blocked") for x in after.values())
+    # the re-attached domains obey, and a new domain gets a fresh id
+    assert d.pyhv("pause", "k1").returncode == 0
+    assert _list(d)["k1"]["state"] == "paused"
+    assert d.pyhv("create", str(d.config("k3"))).returncode == 0
+    assert _list(d)["k3"]["id"] > max(x["id"] for x in before.values())
+    assert d.pyhv("destroy", "k2").returncode == 0
+    assert "k2" not in _list(d)
+
+
+def test_vmm_crash_applies_on_crash_and_spares_the_others(daemon: Daemon) -> None:
+    d = daemon
+    for name, policy in (("keep", "preserve"), ("gone", "destroy"), ("again", "restart"), ("bystander", "destroy")):
+        r = d.pyhv("create", str(d.config(name, "ticker probe.n=50", on_crash=policy)))
+        assert r.returncode == 0, r.stderr
+    before = _list(d)
+    for name in ("keep", "gone", "again"):
+        os.kill(before[name]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = _list(d)
+        if (now.get("keep", {}).get("state") == "crashed" and "gone" not in now
+                and now.get("again", {}).get("id", 0) > before["again"]["id"]):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"on_crash not applied: {now}\n{d.log()}")
+    assert now["again"]["state"] in ("running", "blocked")
+    d.wait_for("again", "probe: boot", timeout=10)
+    assert d.console_log("again").count("probe: boot") == 2  # a fresh guest after the crash
+    # the bystander never noticed
+    assert now["bystander"]["pid"] == before["bystander"]["pid"]
+    _wait_ticks_past(d, "bystander", d.ticks("bystander")[-1])
+    # a preserved crash is listed until destroyed
+    r = d.pyhv("list")
+    assert any(line.split()[0] == "keep" and line.split()[4] == "----c-" for line in r.stdout.splitlines())
+    assert d.pyhv("pause", "keep").returncode == 1
+    assert d.pyhv("destroy", "keep").returncode == 0
+    assert "keep" not in _list(d)
+
+
+def test_a_stuck_domain_does_not_hang_the_api(daemon: Daemon) -> None:
+    d = daemon
+    assert d.pyhv("create", str(d.config("stuck", "ticker probe.n=50"))).returncode == 0
+    assert d.pyhv("create", str(d.config("fine"))).returncode == 0
+    pid = _list(d)["stuck"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        listing = _list(d)
+        assert time.monotonic() - t0 < 10
+        assert listing["stuck"]["state"] == "unknown"
+        assert listing["fine"]["state"] in ("running", "blocked")
+        r = d.pyhv("pause", "stuck")
+        assert r.returncode == 1 and "no answer" in r.stderr
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert d.pyhv("pause", "stuck").returncode == 0
+
+
+def test_bad_requests_get_400_and_change_nothing(daemon: Daemon) -> None:
+    d = daemon
+    assert d.pyhv("create", str(d.config("only"))).returncode == 0
+    before = d.client.get("/domains")
+    entries = sorted(os.listdir(d.run_dir / "domains"))
+    good = d.config_dict("new")
+    bad_bodies = [
+        "{not json", "[1, 2]", json.dumps({"config": good, "surprise": 1}),
+        json.dumps({"config": {**good, "vcpus": "two"}}), json.dumps({"config": {**good, "vcpus": 0}}),
+        json.dumps({"config": {**good, "memory": "lots"}}), json.dumps({"config": {**good, "colour": "red"}}),
+        json.dumps({"config": {**good, "kernel": "relative/path"}}), json.dumps({"config": good, "paused": "yes"}),
+        json.dumps({"config": {**good, "kernel": "/etc/hostname"}}), json.dumps({}),
+    ]
+    import http.client
+    import socket
+
+    for body in bad_bodies:
+        conn = http.client.HTTPConnection("pyhvd")
+        conn.sock = socket.socket(socket.AF_UNIX)
+        conn.sock.connect(d.socket)
+        conn.request("POST", "/domains", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        reply = json.loads(response.read())
+        conn.close()
+        assert response.status == 400, (body, reply)
+        assert reply["error"] and "\n" not in reply["error"]
+    for path, body in (("/domains/only/memory", {"target": -1}), ("/domains/only/memory", {"target": "1G"}),
+                       ("/domains/only/vcpus/0/affinity", {"cpus": []}), ("/domains/only/maxmem", {})):
+        with pytest.raises(ApiError) as e:
+            d.client.put(path, body)
+        assert e.value.http_status == 400
+    assert d.client.get("/domains") == before or [x["name"] for x in d.client.get("/domains")] == ["only"]
+    assert sorted(os.listdir(d.run_dir / "domains")) == entries
+    # the CLI: bad usage is 2, with one line
+    r = d.pyhv("create", str(d.config("x", vcpus=0)))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "vcpus" in r.stderr
+    r = d.pyhv("vcpu-pin", "only", "0", "7-3")
+    assert r.returncode == 2
+
+
+def test_verbs_reboot_shutdown_console_dmesg_metrics(daemon: Daemon) -> None:
+    d = daemon
+    assert d.pyhv("create", str(d.config("v", "ticker probe.n=50"))).returncode == 0
+    d.wait_for("v", "probe: tick n=1 ")
+    r = d.pyhv("dmesg", "v")
+    assert r.returncode == 0 and "probe: ticker period_ms=50" in r.stdout
+    r = d.pyhv("vcpu-list", "v")
+    assert r.returncode == 0 and r.stdout.splitlines()[1].split()[:3] == ["v", "1", "0"]
+    r = d.pyhv("vcpu-pin", "v", "all", "0")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(d.pyhv("vcpu-list", "--json", "v").stdout)[0]["affinity"] == [0]
+    metrics = d.client.get("/metrics")
+    assert 'pyhv_vcpu_cpu_seconds_total{domain="v",id="1",vcpu="0"}' in metrics
+    assert 'pyhv_vcpu_exits_total{domain="v",id="1",vcpu="0",reason="io"}' in metrics
+    r = d.pyhv("top", "-b", "-n", "2", "-d", "0.3")
+    assert r.returncode == 0 and r.stdout.count("NAME") == 2
+    # the console streams the guest's output live; a second client is turned away
+    import subprocess
+    import sys
+
+    viewer = subprocess.Popen([sys.executable, "-m", "pyhv", "console", "v"], env=d.env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert viewer.stdout is not None
+        first = viewer.stdout.readline() + viewer.stdout.readline()
+        assert b"probe: tick n=" in first
+        r = d.pyhv("console", "v", input="")
+        assert "console busy" in r.stdout
+    finally:
+        viewer.kill()
+        viewer.wait()
+    r = d.pyhv("mem-set", "v", "16M")
+    assert r.returncode == 1 and "no balloon" in r.stderr
+    r = d.pyhv("block-attach", "v", "/tmp/x.img")
+    assert r.returncode == 1 and "not supported yet" in r.stderr
+    assert d.pyhv("reboot", "v").returncode == 0
+    log = d.wait_for("v", "probe: boot", timeout=10)
+    deadline = time.monotonic() + 20
+    while d.console_log("v").count("probe: boot") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.console_log("v").count("probe: boot") == 2, log
+    r = d.pyhv("shutdown", "-w", "v")
+    assert r.returncode == 0, r.stderr
+    assert "v" not in _list(d)
