@@ -156,10 +156,9 @@ def document() -> dict[str, Any]:
             item["parameters"] = params
         for method, (summary, request, status, response) in methods.items():
             op: dict[str, Any] = {"summary": summary, "responses": {status: _json(response)}}
+            op["responses"]["400"] = ERRORS["400"]  # any request can be malformed (e.g. a body that is not JSON)
             if "{dom}" in path:
                 op["responses"].update(ERRORS)
-            elif request:
-                op["responses"]["400"] = ERRORS["400"]
             if "not supported" in summary:
                 op["responses"]["501"] = _json(_ref("Error"), "not supported yet")
             if path == "/domains/{dom}/console":
