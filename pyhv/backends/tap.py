@@ -28,7 +28,11 @@ class Tap:
         self.fd = fd
         self.name = name
         if bridge:
-            self._attach(bridge)
+            try:
+                self._attach(bridge)
+            except BaseException:
+                self.close()  # a TAP created here goes away again
+                raise
 
     def _attach(self, bridge: str) -> None:
         """Enslave the TAP to ``bridge`` (netlink, through pyroute2)."""

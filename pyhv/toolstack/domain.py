@@ -66,12 +66,13 @@ class Domain:
         from ..vmm import build
 
         cfg = self.config.machine
+        nic_fds = self.meta.get("nic_fds", [])
         while True:
             if self._wanted is not None:  # destroyed while (re)starting
                 _tell(ready_fd, {"ok": False, "error": f"domain {self.name} was {self._wanted.detail} while starting"})
                 return {"reason": self._wanted.detail, "status": 0, "detail": "stopped while starting"}
             try:
-                machine = build(cfg, console=self.console)
+                machine = build(_with_taps(cfg, nic_fds), console=self.console)
             except PyhvError as e:
                 _tell(ready_fd, {"ok": False, "error": str(e)})
                 return {"reason": "error", "status": e.exit_status, "detail": str(e)}
@@ -307,6 +308,18 @@ def _vcpu_info(machine: Any) -> list[dict[str, Any]]:
             "exits": {"io": v.counts[0], "mmio": v.counts[1], "other": v.counts[2]},
         })
     return out
+
+
+def _with_taps(cfg: Any, fds: list[int]) -> Any:
+    """The configuration with each NIC on (a duplicate of) the TAP pyhvd opened:
+    a machine closes its backends, and a rebooted one needs them again."""
+    from ..vmm import MachineConfig
+
+    if not fds:
+        return cfg
+    settings = {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
+    settings["nets"] = [n._replace(fd=os.dup(fd), bridge="") for n, fd in zip(cfg.nets, fds, strict=True)]
+    return MachineConfig(**settings)
 
 
 def _tell(fd: int, message: dict[str, Any]) -> int:

@@ -183,6 +183,9 @@ class Registry:
         record = DomainRecord(domid, name, config, run_dir, log_dir)
         meta = {"id": domid, "name": name, "config": config, "paused": paused, "log_dir": log_dir,
                 "created": record.created}
+        taps = self._open_taps(config, run_dir)
+        nic_fds = [t.fd for t in taps]
+        meta["nic_fds"] = nic_fds
         _write_json(os.path.join(run_dir, "domain.json"), meta)
         r, w = os.pipe()
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -192,13 +195,16 @@ class Registry:
                 record.popen = subprocess.Popen(
                     [sys.executable, "-S", "-m", "pyhv", "domain", run_dir],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, pass_fds=(w,), env=env, cwd="/",
+                    start_new_session=True, pass_fds=(w, *nic_fds), env=env, cwd="/",
                 )
         except OSError as e:
             os.close(r)
             os.close(w)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise Refused(f"cannot start the domain process: {e.strerror}", 500) from None
+        finally:
+            for t in taps:
+                t.close()  # the domain holds them now; the TAPs go away with it
         os.close(w)
         record.pid = record.popen.pid
         record.start_time = _proc_start_time(record.pid)
@@ -217,6 +223,22 @@ class Registry:
         self._watch_pid(record)
         self.log(f"domain {domid} ({name}) started, pid {record.pid}")
         return record
+
+    def _open_taps(self, config: dict[str, Any], run_dir: str) -> list[Any]:
+        """Open each NIC's TAP and join its bridge here, in the toolstack (as Xen's
+        vif scripts do in dom0): the domain process gets the open descriptors."""
+        from ..backends.tap import Tap
+
+        taps: list[Any] = []
+        try:
+            for nic in config.get("nics", []):
+                taps.append(Tap(nic["tap"], bridge=nic.get("bridge", "")))
+        except PyhvError as e:
+            for t in taps:
+                t.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise Refused(str(e), 409) from None
+        return taps
 
     # --- removal and exits ----------------------------------------------------------------
 

@@ -263,3 +263,35 @@ def test_verbs_reboot_shutdown_console_dmesg_metrics(daemon: Daemon) -> None:
     r = d.pyhv("shutdown", "-w", "v")
     assert r.returncode == 0, r.stderr
     assert "v" not in _list(d)
+
+
+def test_nics_are_plugged_by_pyhvd_into_their_bridge(daemon: Daemon) -> None:
+    from pyroute2 import IPRoute
+
+    d = daemon
+    bridge, tap = f"pyhvbr{os.getpid() % 10000}", f"pyhvt{os.getpid() % 10000}"
+    with IPRoute() as ip:
+        ip.link("add", ifname=bridge, kind="bridge")
+        try:
+            config = d.config_dict("n", "hello", nics=[{"tap": tap, "bridge": bridge}])
+            d.client.post("/domains", {"config": config})
+            d.wait_for("n", "probe: result=pass")
+            (link,) = ip.link_lookup(ifname=tap)
+            assert ip.get_links(link)[0].get_attr("IFLA_MASTER") == ip.link_lookup(ifname=bridge)[0]
+            # reboot: the domain keeps its adapter
+            assert d.pyhv("reboot", "n").returncode == 0
+            deadline = time.monotonic() + 20
+            while d.console_log("n").count("probe: result=pass") < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert d.console_log("n").count("probe: result=pass") == 2
+            assert ip.link_lookup(ifname=tap)
+            assert d.pyhv("destroy", "n").returncode == 0
+            assert not ip.link_lookup(ifname=tap), "the TAP outlived its domain"
+            # a bridge that does not exist: refused, nothing left behind
+            bad = d.config_dict("m", "hello", nics=[{"tap": tap, "bridge": "nosuchbr0"}])
+            with pytest.raises(ApiError) as e:
+                d.client.post("/domains", {"config": bad})
+            assert "nosuchbr0" in str(e.value)
+            assert not ip.link_lookup(ifname=tap) and "m" not in _list(d)
+        finally:
+            ip.link("del", index=ip.link_lookup(ifname=bridge)[0])
