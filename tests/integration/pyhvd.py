@@ -66,9 +66,8 @@ class Daemon:
 
     def config(self, name: str, test: str = "hello", **extra: Any) -> Path:
         """A probe domain's TOML file."""
-        lines = [f'name = "{name}"', f'kernel = "{PROBE}"', f'cmdline = "probe.test={test}"', "memory = 32"]
-        for key, value in extra.items():
-            lines.append(f"{key} = {json.dumps(value)}")
+        values = {"name": name, "kernel": str(PROBE), "cmdline": f"probe.test={test}", "memory": 32, **extra}
+        lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
         path = self.tmp / f"{name}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path

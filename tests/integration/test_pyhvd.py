@@ -295,3 +295,23 @@ def test_nics_are_plugged_by_pyhvd_into_their_bridge(daemon: Daemon) -> None:
             assert not ip.link_lookup(ifname=tap) and "m" not in _list(d)
         finally:
             ip.link("del", index=ip.link_lookup(ifname=bridge)[0])
+
+
+def test_mem_set_balloons_the_guest(daemon: Daemon) -> None:
+    d = daemon
+    r = d.pyhv("create", str(d.config("b", "balloon probe.secs=30", balloon=True, memory=256)))
+    assert r.returncode == 0, r.stderr
+    d.wait_for("b", "probe: balloon ready")
+    r = d.pyhv("mem-set", "b", "240M")
+    assert r.returncode == 0, r.stderr
+    d.wait_for("b", "probe: balloon target=4096 actual=4096")  # the guest gave 16 MiB back
+    deadline = time.monotonic() + 10
+    while _list(d)["b"]["memory"] != 240 << 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _list(d)["b"]["memory"] == 240 << 20
+    r = d.pyhv("mem-set", "b", "512M")
+    assert r.returncode == 1 and "out of range" in r.stderr
+    assert d.pyhv("mem-max", "b", "128M").returncode == 1  # below what it has now
+    assert d.pyhv("mem-max", "b", "248M").returncode == 0
+    r = d.pyhv("mem-set", "b", "250M")
+    assert r.returncode == 1 and "out of range" in r.stderr
