@@ -220,6 +220,19 @@ class RunQueue:
             slice_ns = min(slice_ns, chosen.params.warp_limit_ns - chosen.warp_ran_ns)
         return chosen, max(1, slice_ns)
 
+    def would_preempt(self, e: Entity, now: int) -> bool:
+        """If the blocked entity ``e`` woke now, would it preempt the current
+        one at once?  (What ``wake`` would answer, without changing anything.)
+        A mechanism uses it to arm a sleeper so that the host lets it in the
+        moment it wakes."""
+        run = [x for x in self.entities if x.runnable and x is not e]
+        svt = min((x.avt for x in run), default=self.svt)
+        evt = max(e.avt, svt) - (e.params.warp_ns if self._may_warp(e, now) else 0)
+        cur = self.current
+        if cur is None or not cur.runnable or cur is e:
+            return True
+        return evt <= cur.evt - self._allow_virt(cur)
+
     # -- internals ----------------------------------------------------------
 
     def _allow_virt(self, e: Entity) -> int:

@@ -170,6 +170,21 @@ def test_warp_limit_and_unwarp_requirement() -> None:
     assert v.warping and v.evt == v.avt - 10 * MS
 
 
+def test_would_preempt_tells_a_sleeper_what_a_wake_would_do() -> None:
+    # C = 2.  cur runs with A = 10; s1 (A = 0, no warp) would wake at SVT =
+    # 10: not C ahead.  s2 (W = 5) would wake at E = 10 - 5 = 5 <= 10 - 2.
+    rq = RunQueue(ctx_allow_ns=2 * MS)
+    cur = rq.add(ent("cur"), 0)
+    s1 = rq.add(ent("s1"), 0, runnable=False)
+    s2 = rq.add(ent("s2", warp_ns=5 * MS), 0, runnable=False)
+    rq.pick(0)
+    rq.account(cur, 10 * MS, 10 * MS)
+    assert rq.would_preempt(s1, 10 * MS) is False
+    assert rq.would_preempt(s2, 10 * MS) is True
+    assert (s1.avt, s2.avt) == (0, 0)               # nothing changed
+    assert rq.wake(s2, 10 * MS) is True
+
+
 def test_remainders_make_virtual_time_exact() -> None:
     rq = RunQueue()
     e = rq.add(ent("e", 3), 0)
