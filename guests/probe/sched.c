@@ -100,7 +100,7 @@ static uint64_t tsc_to_tenth_us(uint64_t ticks, uint64_t hz)
 NORETURN void test_latency(const struct options *o)
 {
     uint64_t n = o->have_n ? o->n : 1000;
-    uint64_t hz, ahz, lapic, x, *samples, early = 0, i;
+    uint64_t hz, ahz, lapic, x, *samples, early = 0, over_1ms = 0, max_at = 0, max = 0, i;
     volatile uint64_t *ticks = &percpu_of(0)->ticks;
 
     if (n == 0 || n > LAT_MAX_SAMPLES)
@@ -144,6 +144,12 @@ NORETURN void test_latency(const struct options *o)
         } else {
             samples[i] = t - deadline;
         }
+        if (samples[i] > hz / 1000)
+            over_1ms++;
+        if (samples[i] > max) {
+            max = samples[i];
+            max_at = i;
+        }
     }
     mmio_write32(lapic + LAPIC_LVT_TIMER, LVT_MASKED | TIMER_VECTOR);
 
@@ -155,6 +161,8 @@ NORETURN void test_latency(const struct options *o)
     kv_tenths("max_us", tsc_to_tenth_us(samples[n - 1], hz));
     kv_tenths("min_us", tsc_to_tenth_us(samples[0], hz));
     kv_dec("early", early);
+    kv_dec("over_1ms", over_1ms);
+    kv_dec("max_at", max_at);
     line_end();
     if (early)
         fail("the timer fired before its deadline", "", 0);
