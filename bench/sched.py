@@ -234,6 +234,7 @@ def latency(args: argparse.Namespace, mode: str) -> dict:
         return {
             "mode": mode, "n": int(res["n"]), "p50_us": float(res["p50_us"]),
             "p99_us": float(res["p99_us"]), "max_us": float(res["max_us"]),
+            "over_1ms": int(res.get("over_1ms", "0")), "max_at": int(res.get("max_at", "0")),
             "latency_cpu_share": lat_share, "dispatcher": dt.cost(),
         }
     finally:
@@ -262,10 +263,10 @@ def report(args: argparse.Namespace, fair: dict | None, lats: list[dict]) -> Non
         print(f"worst difference {worst:.2f} pp (target <= {FAIR_TARGET_PP} pp: {verdict})")
     if lats:
         print("\nlatency: 1 latency domain (1..10 ms timer sleeps) against 3 burn domains, wake delay")
-        print(f"{'mode':<24} {'n':>6} {'p50 us':>9} {'p99 us':>9} {'max us':>9} {'lat CPU share':>14}")
+        print(f"{'mode':<24} {'n':>6} {'p50 us':>9} {'p99 us':>9} {'max us':>9} {'>1 ms':>6} {'lat CPU share':>14}")
         for r in lats:
             print(f"{MODES[r['mode']]:<24} {r['n']:>6} {r['p50_us']:>9.1f} {r['p99_us']:>9.1f} "
-                  f"{r['max_us']:>9.1f} {100 * r['latency_cpu_share']:>13.2f}%")
+                  f"{r['max_us']:>9.1f} {r['over_1ms']:>6} {100 * r['latency_cpu_share']:>13.2f}%")
         by = {r["mode"]: r for r in lats}
         if "warp" in by:
             w = by["warp"]["p99_us"]

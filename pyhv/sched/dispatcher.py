@@ -14,7 +14,8 @@ Mechanism (docs/SCHEDULING.md has the reasoning and the error bounds):
   what the chosen one leaves: no CPU is wasted when it halts), and a halted
   vCPU that would preempt the moment it wakes (a warped one) waits at
   SCHED_FIFO, so the host switches to it as soon as KVM wakes its thread,
-  without waiting for the dispatcher to notice.
+  without waiting for the dispatcher to notice.  A warped vCPU stays at
+  SCHED_FIFO while it is the chosen one (until its slice or warp ends).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from ..errors import PyhvError, UsageError
 from .bvt import DEFAULT_CTX_ALLOW_NS, BvtParams, Entity, RunQueue
 
 #: host scheduling classes a vCPU thread is put in
-RUN = "run"         # the chosen vCPU of its pool CPU: SCHED_OTHER
+RUN = "run"         # the chosen vCPU of its pool CPU (unless warped): SCHED_OTHER
 IDLE = "idle"       # runnable but not chosen, or asleep and not entitled to preempt: SCHED_IDLE
-READY = "ready"     # asleep, and would preempt on waking: SCHED_FIFO
+READY = "ready"     # asleep and would preempt on waking, or chosen and warped: SCHED_FIFO
 NORMAL = "normal"   # not managed (dispatcher off, or released): SCHED_OTHER
 
 READY_PRIORITY = 1
@@ -339,7 +340,7 @@ class Dispatcher:
             for v, _, _ in seen:
                 e = v.entity
                 if e is rq.current:
-                    cls = RUN
+                    cls = READY if e.warping else RUN
                 elif e.runnable:
                     cls = IDLE
                 else:

@@ -89,23 +89,42 @@ def test_classes_follow_the_bvt_decision() -> None:
     assert host.cls == {101: IDLE, 102: RUN, 103: READY}
 
     # t=6: the host let c in when it woke (FIFO), it has run 0.1 ms: it is
-    # the chosen one now, level with the others' SVT less its warp.
+    # the chosen one now, and stays at FIFO while it runs warped.
     clock.now = 6 * MS
     b.run_ns = 1 * MS - 100_000
     c.runnable, c.run_ns = True, 100_000
     d.step()
-    assert host.cls == {101: IDLE, 102: IDLE, 103: RUN}
+    assert host.cls == {101: IDLE, 102: IDLE, 103: READY}
+    assert d.queues[0].current is d._vcpus[2].entity
     m = {x.domain: x for x in d.metrics()}
     assert m["c"].warped and m["c"].evt_ns == m["c"].avt_ns - 50 * MS
     # It woke some time since the last round: the wake rule uses the virtual
     # times of that round (SVT = b's A = 0), then its 0.1 ms is charged.
     assert m["c"].avt_ns == 100_000
 
-    # t=7: c halted again: armed again; b (smaller A than a) runs.
+    # t=7: c halted again (still armed); b (smaller A than a) runs.
     clock.now = 7 * MS
     c.runnable = False
     d.step()
     assert host.cls == {101: IDLE, 102: RUN, 103: READY}
+
+
+def test_a_warped_vcpu_that_keeps_running_drops_to_idle_when_its_slice_ends() -> None:
+    # W = 6 ms, C = 5 ms.  c wakes and is chosen with a slice of
+    # (E_a - E_c) + C = (0 - (0 - 6)) + 5 = 11 ms; it computes all along.
+    d, host, clock = make()
+    a, c = host.task(1), host.task(3)
+    a.runnable = True
+    d.add_domain("a", 1, [1], BvtParams())
+    d.add_domain("c", 3, [3], BvtParams(warp_ns=6 * MS))
+    d.step()
+    assert host.cls == {1: RUN, 3: READY}
+    c.runnable = True
+    d.step()
+    assert host.cls == {1: IDLE, 3: READY}
+    clock.now = c.run_ns = 11 * MS
+    d.step()                                         # E_c = 11 - 6 = 5 >= E_a + C
+    assert host.cls == {1: RUN, 3: IDLE}
 
 
 def test_an_unwarped_sleeper_waits_at_idle() -> None:
