@@ -350,11 +350,14 @@ class Dispatcher:
                     v.cls = cls
 
     def run(self, stop: threading.Event, realtime: bool = True) -> None:
-        """Loop until ``stop`` is set.  With ``realtime`` the loop's own
-        thread runs SCHED_FIFO above the READY vCPUs (if the host allows)."""
+        """Loop until ``stop`` is set.  With ``realtime`` the calling thread
+        runs SCHED_FIFO above the READY vCPUs while it loops (if the host
+        allows), so that no vCPU can lock the dispatcher out."""
+        raised = False
         if realtime and self.enforce:
             try:
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(DISPATCHER_PRIORITY))
+                raised = True
             except OSError:
                 pass
         t0 = time.thread_time_ns()
@@ -364,6 +367,8 @@ class Dispatcher:
                 stop.wait(wait / 1e9)
         finally:
             self.busy_ns += time.thread_time_ns() - t0
+            if raised:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
     # -- metrics ------------------------------------------------------------------
 
