@@ -141,7 +141,18 @@ io_gate:
         jne     10f
         inl     %dx, %eax
         iretq
-10:     jmp     isr_stubs + 16 * IO_GATE_VECTOR    /* a plain breakpoint */
+        /*
+         * Wait for an interrupt: halt with interrupts on (the sti shadow
+         * covers the hlt, so no interrupt slips in between), let the
+         * handler run, and return to ring 3 with its own IF.
+         */
+10:     cmpl    $IO_GATE_WAIT, %ecx
+        jne     11f
+        sti
+        hlt
+        cli
+        iretq
+11:     jmp     isr_stubs + 16 * IO_GATE_VECTOR    /* a plain breakpoint */
 
 /*
  * LAPIC timer interrupt (TIMER_VECTOR), taken in ring 3 with IF=1: count

@@ -552,5 +552,9 @@ void user_main(uint32_t kind, uint64_t info)
         test_vsockclient(&o);
     if (mem_eq(o.test, o.test_len, "balloon"))
         test_balloon(&o);
+    if (mem_eq(o.test, o.test_len, "burn"))
+        test_burn(&o);
+    if (mem_eq(o.test, o.test_len, "latency"))
+        test_latency(&o);
     fail("unknown test ", o.test, o.test_len);
 }

@@ -61,6 +61,7 @@
 #define IO_GATE_PIO_LOOP  (IO_GATE_MAGIC + 9)  /* RSI times outb, EDX port */
 #define IO_GATE_MMIO_LOOP (IO_GATE_MAGIC + 10) /* RSI times movl to (RDI) */
 #define IO_GATE_INL     (IO_GATE_MAGIC + 11)  /* EDX port, EAX result */
+#define IO_GATE_WAIT    (IO_GATE_MAGIC + 12)  /* sti; hlt; cli: sleep until an interrupt */
 
 /* IST slot used for #NMI, #DF and #MC. */
 #define IST_CRITICAL 1
@@ -232,6 +233,12 @@ static inline void user_sti(void)
 static inline void user_cli(void)
 {
     __asm__ volatile("int3" : : "c"(IO_GATE_CLI) : "memory");
+}
+
+/* Ring 3: sleep (hlt in ring 0) until an interrupt has been handled. */
+static inline void user_wait_irq(void)
+{
+    __asm__ volatile("int3" : : "c"(IO_GATE_WAIT) : "memory");
 }
 
 /*
@@ -500,6 +507,13 @@ uint64_t tsc_calibrate(const char **source);
  * only MSIs reach ring 3 once it turns interrupts on.  Returns the
  * LAPIC ID. */
 uint32_t lapic_setup_for_msi(void);
+/* After tsc_calibrate: the LAPIC timer's rate (divide by 1) and base. */
+uint64_t lapic_timer_hz(void);
+uint64_t lapic_base(void);
+
+/* sched.c (ring 3) */
+NORETURN void test_burn(const struct options *o);
+NORETURN void test_latency(const struct options *o);
 
 /* entry.S: MSI-X interrupts counted by the ring-0 handlers. */
 extern volatile uint64_t irq_count[IRQ_VECTORS];

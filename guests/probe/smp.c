@@ -395,6 +395,16 @@ uint64_t tsc_calibrate(const char **source)
     return tsc_rate;
 }
 
+uint64_t lapic_timer_hz(void)
+{
+    return apic_hz;
+}
+
+uint64_t lapic_base(void)
+{
+    return lapic;
+}
+
 uint32_t lapic_setup_for_msi(void)
 {
     use_madt_lapic();

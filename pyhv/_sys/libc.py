@@ -80,3 +80,15 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with mode flags (os.posix_fallocate has none).  Raises OSError."""
     if _libc.fallocate(fd, mode, offset, length) != 0:
         raise _err("fallocate")
+
+
+_libc.prctl.restype = ctypes.c_int
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+PR_SET_NAME = 15
+
+
+def set_thread_name(name: str) -> None:
+    """Name the calling OS thread (``comm``, at most 15 bytes), so that host
+    tools and the scheduler can tell its threads apart.  Best effort."""
+    _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from .._sys import kvm_h as h
 from .._sys.ioctl import fast_ioctl, get_errno
+from .._sys.libc import set_thread_name
 from ..devices.bus import ALL_ONES, MmioBus, PioBus
 from ..errors import KvmError, PyhvError
 from ..kvm import Vcpu
@@ -116,6 +117,7 @@ class VcpuThread:
 
     def _main(self) -> None:
         self.tid = threading.get_native_id()
+        set_thread_name(f"vcpu{self.vcpu.index}")      # how a host scheduler finds vCPU threads
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         try:
             stop = self._loop()
