@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from .. import __version__
 from ..errors import PyhvError
 from .registry import DomainRecord, Refused, Registry
+from .sched import Scheduler
 
 MAX_BODY = 1 << 20
 #: how long ``list`` waits for each domain's answer
@@ -30,8 +31,9 @@ LIST_TIMEOUT = 2.0
 class Api:
     """The operations behind the routes; each returns (status, body)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, scheduler: Scheduler | None = None) -> None:
         self.registry = registry
+        self.scheduler = scheduler or Scheduler(registry, None, lambda message: None)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fanout")
 
     # --- helpers -----------------------------------------------------------------
@@ -135,7 +137,26 @@ class Api:
         from .metrics import prometheus
 
         records = self.registry.all()
-        return 200, prometheus(records, self._ask_all("metrics", records), self._ask_all("info", records))
+        return 200, prometheus(records, self._ask_all("metrics", records), self._ask_all("info", records),
+                               self.scheduler.vcpu_metrics())
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    def get_sched(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        return 200, self.scheduler.view()
+
+    def put_sched(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"ctx_allow_ms"})
+        self.scheduler.set_ctx_allow(body["ctx_allow_ms"])
+        return 200, {}
+
+    def get_domain_sched(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        return 200, self.scheduler.domain_view(record, self.scheduler.vcpu_metrics())
+
+    def put_domain_sched(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, optional={"weight", "warp_ms", "warp_limit_ms", "unwarp_ms"})
+        self.scheduler.set_domain(record, body)
+        return 200, {}
 
     def openapi(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         from .openapi import document
@@ -186,6 +207,10 @@ def routes(api: Api) -> list[tuple[str, re.Pattern[str], Callable[..., tuple[int
         ("PUT", "/domains/{dom}/vcpus/{vcpu}/affinity", api.pin_vcpu),
         ("GET", "/domains/{dom}/console", api.console),
         ("GET", "/domains/{dom}/metrics", api.domain_metrics),
+        ("GET", "/sched", api.get_sched),
+        ("PUT", "/sched", api.put_sched),
+        ("GET", "/domains/{dom}/sched", api.get_domain_sched),
+        ("PUT", "/domains/{dom}/sched", api.put_domain_sched),
         ("GET", "/domains/{dom}/disks", api.devices("disks")),
         ("POST", "/domains/{dom}/disks", api.hotplug),
         ("DELETE", "/domains/{dom}/disks/{index}", api.hotplug),

@@ -1,10 +1,13 @@
 """``pyhvd``: the control domain.
 
-    pyhvd [--run-dir /run/pyhv] [--state-dir /var/lib/pyhv] [--socket PATH]
+    pyhvd [--run-dir /run/pyhv] [--state-dir /var/lib/pyhv] [--socket PATH] [--cpu-pool CPUS]
 
 Listens on ``RUN_DIR/pyhvd.sock`` (0600) for the REST API (:mod:`.api`),
 re-attaches to the domains a previous pyhvd left running, and runs until
-SIGTERM or SIGINT.  Stopping pyhvd leaves every domain running.
+SIGTERM or SIGINT.  Stopping pyhvd leaves every domain running.  With
+``--cpu-pool CPUS`` (e.g. ``1`` or ``2-7``) the BVT dispatcher schedules every
+domain's vCPUs on those host CPUs (docs/SCHEDULING.md); stopping pyhvd hands
+them back to the host's scheduler.
 
 Threads: the main thread serves the socket (one thread per connection, from
 socketserver); the registry's monitor thread watches the domain processes.
@@ -38,6 +41,7 @@ def _parse(argv: list[str]) -> dict[str, str]:
         "--run-dir": os.environ.get("PYHV_RUN_DIR", DEFAULT_RUN_DIR),
         "--state-dir": os.environ.get("PYHV_STATE_DIR", DEFAULT_STATE_DIR),
         "--socket": "",
+        "--cpu-pool": os.environ.get("PYHV_CPU_POOL", ""),
     }
     args = list(argv)
     while args:
@@ -71,20 +75,23 @@ def _claim_socket(path: str) -> None:
     raise PyhvError(f"another pyhvd is already serving {path}")
 
 
-def serve(run_dir: str, state_dir: str, sock_path: str, ready: threading.Event | None = None) -> int:
+def serve(run_dir: str, state_dir: str, sock_path: str, pool: list[int] | None = None) -> int:
     from .api import Api, Server
     from .registry import Registry
+    from .sched import Scheduler
 
     registry = Registry(run_dir, state_dir, log=_log)
+    scheduler = Scheduler(registry, pool, _log)
     _claim_socket(sock_path)
     old_umask = os.umask(0o177)
     try:
-        server = Server(sock_path, Api(registry), _log)
+        server = Server(sock_path, Api(registry, scheduler), _log)
     finally:
         os.umask(old_umask)
     os.chmod(sock_path, 0o600)
     registry.reattach()
     registry.start_monitor()
+    scheduler.start()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -94,8 +101,6 @@ def serve(run_dir: str, state_dir: str, sock_path: str, ready: threading.Event |
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, on_signal)
     _log(f"serving {sock_path} ({len(registry.all())} domains running)")
-    if ready is not None:
-        ready.set()
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
@@ -104,6 +109,7 @@ def serve(run_dir: str, state_dir: str, sock_path: str, ready: threading.Event |
             os.unlink(sock_path)
         except OSError:
             pass
+        scheduler.close()
         registry.close()
     _log("stopped; domains keep running")
     return 0
@@ -114,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         opts = _parse(sys.argv[1:] if argv is None else argv)
         if os.geteuid() != 0 and not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise PyhvError("cannot use /dev/kvm: run pyhvd as root or as a member of the kvm group")
-        return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"])
+        pool = None
+        if opts["--cpu-pool"]:
+            from .xl import parse_cpus
+
+            pool = parse_cpus(opts["--cpu-pool"])
+        return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"], pool)
     except PyhvError as e:
         print(f"pyhvd: {e}", file=sys.stderr)
         return e.exit_status

@@ -13,6 +13,9 @@ FAMILIES = [
     ("pyhv_domain_memory_bytes", "gauge", "Guest memory less what the balloon holds."),
     ("pyhv_vcpu_cpu_seconds_total", "counter", "CPU time of one vCPU thread."),
     ("pyhv_vcpu_exits_total", "counter", "VM exits that reached the VMM, by reason."),
+    ("pyhv_vcpu_bvt_avt_seconds", "gauge", "BVT actual virtual time of a vCPU (CPU seconds at weight 1)."),
+    ("pyhv_vcpu_bvt_evt_seconds", "gauge", "BVT effective virtual time of a vCPU (actual less any warp)."),
+    ("pyhv_vcpu_bvt_share", "gauge", "A vCPU's share of the CPU time its pool CPU gave vCPUs."),
     ("pyhv_disk_read_bytes_total", "counter", "Bytes the guest read from a virtio-blk disk."),
     ("pyhv_disk_write_bytes_total", "counter", "Bytes the guest wrote to a virtio-blk disk."),
     ("pyhv_net_rx_bytes_total", "counter", "Bytes delivered to the guest by a virtio-net device."),
@@ -30,7 +33,8 @@ def _labels(**labels: object) -> str:
 
 
 def prometheus(
-    records: list[DomainRecord], metrics: list[dict[str, Any] | None], infos: list[dict[str, Any] | None]
+    records: list[DomainRecord], metrics: list[dict[str, Any] | None], infos: list[dict[str, Any] | None],
+    bvt: dict[str, list[dict[str, Any]]] | None = None,
 ) -> str:
     samples: dict[str, list[str]] = {name: [] for name, _, _ in FAMILIES}
     states: dict[str, int] = {}
@@ -38,6 +42,11 @@ def prometheus(
         state = record.summary(info)["state"]
         states[state] = states.get(state, 0) + 1
         dom = {"domain": record.name, "id": record.id}
+        for v in (bvt or {}).get(str(record.id), []):
+            labels = _labels(**dom, vcpu=v["vcpu"])
+            samples["pyhv_vcpu_bvt_avt_seconds"].append(f"{labels} {v['avt_ns'] / 1e9:.9f}")
+            samples["pyhv_vcpu_bvt_evt_seconds"].append(f"{labels} {v['evt_ns'] / 1e9:.9f}")
+            samples["pyhv_vcpu_bvt_share"].append(f"{labels} {v['share']:.6f}")
         if info is not None:
             samples["pyhv_domain_memory_bytes"].append(f"{_labels(**dom)} {info['current_memory']}")
         if m is None:

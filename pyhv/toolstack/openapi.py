@@ -80,6 +80,19 @@ SCHEMAS: dict[str, Any] = {
     "AffinityRequest": {"type": "object", "additionalProperties": False, "required": ["cpus"], "properties": {
         "cpus": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": 4095}}}},
     "Empty": {"type": "object", "additionalProperties": False},
+    "SchedParams": {"type": "object", "additionalProperties": False, "properties": {
+        "weight": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "warp_ms": {"type": "integer", "minimum": 0, "maximum": 10000},
+        "warp_limit_ms": {"type": "integer", "minimum": 0, "maximum": 3600000},
+        "unwarp_ms": {"type": "integer", "minimum": 0, "maximum": 3600000}}},
+    "CtxAllow": {"type": "object", "additionalProperties": False, "required": ["ctx_allow_ms"],
+                 "properties": {"ctx_allow_ms": {"type": "integer", "minimum": 1, "maximum": 10000}}},
+    "DomainSched": {"type": "object", "description": "a domain's BVT parameters and, when scheduled, per vCPU "
+                    "its actual and effective virtual time (avt_ns, evt_ns) and share of its pool CPU"},
+    "Sched": {"type": "object", "properties": {
+        "enabled": {"type": "boolean"}, "pool": {"type": "array", "items": {"type": "integer"}},
+        "ctx_allow_ms": {"type": "integer"}, "dispatcher_cpu_seconds": {"type": "number"},
+        "domains": {"type": "array", "items": {"$ref": "#/components/schemas/DomainSched"}}}},
 }
 
 
@@ -125,6 +138,15 @@ OPERATIONS: dict[str, dict[str, tuple[str, str | None, str, dict[str, Any]]]] = 
     "/domains/{dom}/console": {"get": ("the end of the console log", None, "200", {
         "type": "object", "properties": {"log": {"type": "string"}}})},
     "/domains/{dom}/metrics": {"get": ("the domain's counters", None, "200", {"type": "object"})},
+    "/sched": {
+        "get": ("the BVT dispatcher and every domain's parameters", None, "200", _ref("Sched")),
+        "put": ("set the context-switch allowance", "CtxAllow", "200", _ref("Empty")),
+    },
+    "/domains/{dom}/sched": {
+        "get": ("the domain's BVT parameters and vCPU virtual times", None, "200", _ref("DomainSched")),
+        "put": ("change some of the domain's BVT parameters (they apply at once)", "SchedParams", "200",
+                _ref("Empty")),
+    },
     "/domains/{dom}/disks": {
         "get": ("the domain's disks", None, "200", {"type": "array", "items": {"type": "object"}}),
         "post": ("attach a disk (not supported yet: 501)", "Empty", "200", _ref("Empty")),

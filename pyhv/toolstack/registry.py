@@ -240,6 +240,13 @@ class Registry:
             raise Refused(str(e), 409) from None
         return taps
 
+    def save_config(self, record: DomainRecord) -> None:
+        """Persist a changed configuration (e.g. scheduling parameters) for the next pyhvd."""
+        path = os.path.join(record.run_dir, "domain.json")
+        meta = _read_json(path)
+        if meta is not None:
+            _write_json(path, {**meta, "config": record.config})
+
     # --- removal and exits ----------------------------------------------------------------
 
     def destroy(self, record: DomainRecord, timeout: float = 10.0) -> None:

@@ -326,6 +326,7 @@ def top(client: Client, argv: list[str]) -> int:
         while True:
             now = time.monotonic()
             domains = client.get("/domains")
+            sched = {d["id"]: d for d in client.get("/sched")["domains"]}
             lines = [f"pyhv top - {time.strftime('%H:%M:%S')}  {len(domains)} domains"]
             rows = []
             for d in domains:
@@ -336,15 +337,19 @@ def top(client: Client, argv: list[str]) -> int:
                 exits = sum(sum(v["exits"].values()) for v in metrics["vcpu"]) if metrics else 0
                 blk = sum(x["read_bytes"] + x["write_bytes"] for x in metrics["disks"]) if metrics else 0
                 net = sum(x["rx_bytes"] + x["tx_bytes"] for x in metrics["nics"]) if metrics else 0
+                bvt = sched.get(d["id"], {}).get("vcpus", [])
+                share = f"{sum(v['share'] for v in bvt) * 100:.1f}" if bvt else "-"
+                avt = f"{max(v['avt_ns'] for v in bvt) / 1e6:.0f}" if bvt else "-"
                 rows.append([
                     d["name"], str(d["id"]), _state(d["state"]), f"{d['cpu_time']:.1f}", f"{cpu:.1f}",
                     str(d["memory"] >> 20), str(d["vcpus"]), str(exits), str(blk >> 10), str(net >> 10),
+                    share, avt,
                 ])
             if not batch:
                 sys.stdout.write("\x1b[H\x1b[2J")
             print("\n".join(lines))
-            _table(rows, ["NAME", "ID", "STATE", "CPU(sec)", "CPU(%)", "MEM(M)", "VCPUS", "EXITS", "VBD(K)", "NET(K)"],
-                   right=set(range(1, 10)) - {2})
+            _table(rows, ["NAME", "ID", "STATE", "CPU(sec)", "CPU(%)", "MEM(M)", "VCPUS", "EXITS", "VBD(K)", "NET(K)",
+                          "SHARE%", "AVT(ms)"], right=set(range(1, 12)) - {2})
             sys.stdout.flush()
             shown += 1
             if count and shown >= count:
@@ -362,6 +367,56 @@ def _metrics_or_none(client: Client, domid: int) -> dict[str, Any] | None:
     except PyhvError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def sched_bvt(client: Client, argv: list[str]) -> int:
+    """Show or set BVT parameters: -d DOM with --weight/--warp/--warp-limit/--unwarp,
+    or --ctx-allow alone; with neither, list every domain's parameters and vCPUs."""
+    args = Args(argv, {"--json"}, {"-d", "--weight", "--warp", "--warp-limit", "--unwarp", "--ctx-allow"})
+    args.want(0, 0, "sched-bvt [-d DOMAIN] [--weight N] [--warp MS] [--warp-limit MS] [--unwarp MS] [--ctx-allow MS]")
+    keys = {"--weight": "weight", "--warp": "warp_ms", "--warp-limit": "warp_limit_ms", "--unwarp": "unwarp_ms"}
+    changes = {}
+    for option, key in keys.items():
+        if option in args.values:
+            value = args.values[option]
+            if not value.isdigit():
+                raise UsageError(f"{option} {value!r}: expected a whole number")
+            changes[key] = int(value)
+    dom = args.values.get("-d")
+    if changes and dom is None:
+        raise UsageError("say which domain with -d DOMAIN")
+    if "--ctx-allow" in args.values:
+        value = args.values["--ctx-allow"]
+        if not value.isdigit():
+            raise UsageError(f"--ctx-allow {value!r}: expected milliseconds")
+        client.put("/sched", {"ctx_allow_ms": int(value)})
+        print(f"context-switch allowance set to {value} ms")
+    if changes:
+        client.put(f"{_dom(dom)}/sched", changes)  # type: ignore[arg-type]
+        print(f"domain {dom}: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    if changes or "--ctx-allow" in args.values:
+        return 0
+    view = client.get("/sched")
+    if dom is not None:
+        view["domains"] = [client.get(f"{_dom(dom)}/sched")]
+    if "--json" in args.flags:
+        _print_json(view)
+        return 0
+    state = f"on CPUs {_cpus(view['pool'])}" if view["enabled"] else "off (start pyhvd with --cpu-pool CPUS)"
+    print(f"BVT dispatcher {state}; context-switch allowance {view['ctx_allow_ms']} ms; "
+          f"dispatcher CPU {view['dispatcher_cpu_seconds']:.2f} s")
+    rows = []
+    for d in view["domains"]:
+        head = [d["name"], str(d["id"]), str(d["weight"]), str(d["warp_ms"]), str(d["warp_limit_ms"]),
+                str(d["unwarp_ms"])]
+        if not d["vcpus"]:
+            rows.append(head + ["-", "-", "-", "-", "-"])
+        for v in d["vcpus"]:
+            rows.append(head + [str(v["vcpu"]), str(v["cpu"]), f"{v['avt_ns'] / 1e6:.1f}", f"{v['evt_ns'] / 1e6:.1f}",
+                                f"{v['share'] * 100:.1f}"])
+    _table(rows, ["Name", "ID", "Weight", "Warp(ms)", "WarpL(ms)", "Unwarp(ms)", "VCPU", "CPU", "AVT(ms)",
+                  "EVT(ms)", "Share%"], right=set(range(1, 11)))
+    return 0
 
 
 def device_list(kind: str) -> Callable[[Client, list[str]], int]:
@@ -412,6 +467,8 @@ VERBS: dict[str, tuple[str, Callable[[Client, list[str]], int]]] = {
     "info": ("info [--json]: the host and pyhvd", info),
     "dmesg": ("dmesg DOMAIN [--bytes N]: the domain's console log", dmesg),
     "top": ("top [-b] [-d SECONDS] [-n N]: live view of every domain", top),
+    "sched-bvt": ("sched-bvt [-d DOMAIN] [--weight N] [--warp MS] [--warp-limit MS] [--unwarp MS] "
+                  "[--ctx-allow MS]: BVT scheduling parameters (none given: list them)", sched_bvt),
     "block-list": ("block-list DOMAIN", device_list("block")),
     "block-attach": ("block-attach DOMAIN SPEC (not supported yet)", hotplug("block", "attach")),
     "block-detach": ("block-detach DOMAIN INDEX (not supported yet)", hotplug("block", "detach")),

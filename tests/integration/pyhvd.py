@@ -19,8 +19,9 @@ from ..conftest import PROBE, ROOT
 
 
 class Daemon:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *args: str) -> None:
         self.tmp = tmp
+        self.args = args
         self.run_dir = tmp / "run"
         self.state_dir = tmp / "state"
         self.socket = str(self.run_dir / "pyhvd.sock")
@@ -32,7 +33,8 @@ class Daemon:
     def start(self) -> None:
         log = open(self.tmp / "pyhvd.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from pyhv.toolstack.daemon import main; sys.exit(main())"],
+            [sys.executable, "-c", "import sys; from pyhv.toolstack.daemon import main; sys.exit(main())",
+             *self.args],
             env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
         log.close()
@@ -67,7 +69,7 @@ class Daemon:
     def config(self, name: str, test: str = "hello", **extra: Any) -> Path:
         """A probe domain's TOML file."""
         values = {"name": name, "kernel": str(PROBE), "cmdline": f"probe.test={test}", "memory": 32, **extra}
-        lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        lines = [f"{key} = {_toml(value)}" for key, value in values.items()]
         path = self.tmp / f"{name}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -122,8 +124,17 @@ class Daemon:
                 pass
 
 
-def daemon_fixture(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path)
+def _toml(value: Any) -> str:
+    """A TOML value: inline tables and arrays, JSON-quoted strings."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def daemon_fixture(tmp_path: Path, *args: str) -> Iterator[Daemon]:
+    d = Daemon(tmp_path, *args)
     d.start()
     try:
         yield d
