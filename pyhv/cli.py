@@ -62,15 +62,27 @@ RUN_OPTIONS = [
     Option("--on-reboot", "what a guest reboot does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--progress", "print port 0x80 progress codes with times at exit"),
+    Option("--control", "a unix socket taking commands while the guest runs (balloon SIZE, info)", "PATH"),
 ]
 
-COMMANDS = {"run": ("boot one VM in the foreground", RUN_OPTIONS)}
+IMAGE_BUILD_OPTIONS = [
+    Option("--dir", "where the images go (default $XDG_CACHE_HOME/pyhv/images/default)", "DIR"),
+    Option("--force", "build again even when the cache holds the images"),
+]
+
+COMMANDS = {
+    "run": ("boot one VM in the foreground", RUN_OPTIONS),
+    "image build": (
+        "build the default Linux guest from Debian packages: kernel, initramfs, root disk (needs apt)",
+        IMAGE_BUILD_OPTIONS,
+    ),
+}
 
 
 def usage(command: str | None = None) -> str:
     if command is None:
         lines = ["usage: pyhv COMMAND [OPTIONS]", "", "commands:"]
-        lines += [f"  {name:10s} {text}" for name, (text, _) in COMMANDS.items()]
+        lines += [f"  {name:12s} {text}" for name, (text, _) in COMMANDS.items()]
         lines.append("\n`pyhv COMMAND --help` describes a command's options.")
         return "\n".join(lines)
     text, options = COMMANDS[command]
@@ -120,9 +132,15 @@ def _run(args: SimpleNamespace) -> int:
     config = _config_from_file(args) if args.config else _config_from_options(args)
     console = open_console(config.serial)
     try:
-        return _run_machine(config, console, args.progress)
+        return _run_machine(config, console, args.progress, args.control)
     finally:
         console.close()
+
+
+def _image_build(args: SimpleNamespace) -> int:
+    from .toolstack.image import build_command
+
+    return build_command(args.dir, args.force)
 
 
 def _config_from_file(args: SimpleNamespace) -> "MachineConfig":
@@ -169,7 +187,7 @@ def _config_from_options(args: SimpleNamespace) -> "MachineConfig":
     return config
 
 
-def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int:
+def _run_machine(config: MachineConfig, console: Console, progress: bool, control: str | None = None) -> int:
     """Boot, and boot again while the guest reboots (or powers off) into a restart.
 
     SIGINT, SIGTERM and SIGHUP stop whichever machine is running and end the
@@ -185,6 +203,11 @@ def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int
         for machine in current:
             machine.request_stop(Stop(StopKind.HOST, 128 + signum, f"stopped by {signal.Signals(signum).name}"))
 
+    server = None
+    if control:
+        from .vmm.control import ControlServer
+
+        server = ControlServer(control, lambda: current[0] if current else None)
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         while not caught:
@@ -222,6 +245,8 @@ def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        if server is not None:
+            server.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,12 +259,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(usage())
             return 0
         command, rest = argv[0], argv[1:]
+        if " ".join(argv[:2]) in COMMANDS:  # two-word commands: "image build"
+            command, rest = " ".join(argv[:2]), argv[2:]
         if command not in COMMANDS:
-            raise UsageError(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
+            raise UsageError(f"unknown command {' '.join(argv[:2])!r} (commands: {', '.join(COMMANDS)})"
+                             if command == "image" else
+                             f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
         if "-h" in rest or "--help" in rest:
             print(usage(command))
             return 0
-        return _run(parse(rest, COMMANDS[command][1]))
+        args = parse(rest, COMMANDS[command][1])
+        return _image_build(args) if command == "image build" else _run(args)
     except PyhvError as e:
         print(f"pyhv: {e}", file=sys.stderr)
         return e.exit_status
