@@ -188,10 +188,68 @@ def test() -> int:
         return 1
 
 
+INIT_MARKER = b"pyhv-guest: init reached"
+BENCH_CMDLINE = "console=ttyS0 quiet"
+BENCH_MEMORY = "256M"
+BENCH_VCPUS = 2
+
+
+def bench_commands() -> dict[str, list[str]]:
+    """Each VMM on the same kernel, initramfs, command line, memory and vCPUs; no other devices."""
+    qemu = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-m", BENCH_MEMORY, "-smp", str(BENCH_VCPUS),
+            "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
+            "-kernel", f"{L2}/vmlinuz", "-initrd", f"{L2}/initrd.img", "-append", BENCH_CMDLINE]
+    return {
+        "pyhv": [sys.executable, "-S", "-m", "pyhv", "run", "--kernel", f"{L2}/vmlinuz", "--initrd",
+                 f"{L2}/initrd.img", "--cmdline", BENCH_CMDLINE, "--memory", BENCH_MEMORY,
+                 "--vcpus", str(BENCH_VCPUS), "--serial", "stdio"],
+        "qemu-microvm": qemu[:1] + ["-M", "microvm"] + qemu[1:],
+        "qemu-pc": qemu[:1] + ["-M", "pc"] + qemu[1:],
+    }
+
+
+def time_to_init(argv: list[str], timeout: float = 120.0) -> float | None:
+    """Seconds from spawning the VMM to the guest's init printing its first line."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    seen = b""
+    try:
+        while time.monotonic() - start < timeout:
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if not ready:
+                continue
+            data = os.read(proc.stdout.fileno(), 65536)
+            if not data:
+                break
+            seen = (seen + data)[-4096:]
+            if INIT_MARKER in seen:
+                return time.monotonic() - start
+        return None
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+        if err.strip():
+            say(f"{argv[0]} stderr: {err.decode(errors='replace').strip()[-300:]}")
+
+
+def bench(repeats: int) -> int:
+    commands = bench_commands()
+    for rep in range(repeats):
+        names = list(commands)
+        names = names[rep % len(names):] + names[:rep % len(names)]  # rotate: noise hits all alike
+        for name in names:
+            t = time_to_init(commands[name])
+            print(f"bench: vmm={name} round={rep} init_s={'failed' if t is None else f'{t:.3f}'}", flush=True)
+    return 0
+
+
 def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else "test"
     if mode == "test":
         return test()
+    if mode.startswith("bench"):
+        return bench(int(mode[5:] or 3))
     say(f"unknown mode {mode!r}")
     return 2
 

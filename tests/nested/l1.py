@@ -44,8 +44,8 @@ PYTHON_PRUNE = (
     "dbm", "html", "venv", "concurrent", "zoneinfo",
 )
 QEMU_BINARY = "/usr/bin/qemu-system-x86_64"
-QEMU_FIRMWARE = ("bios-256k.bin", "bios-microvm.bin", "linuxboot_dma.bin", "kvmvapic.bin",
-                 "vgabios-stdvga.bin", "efi-virtio.rom", "qboot.rom")
+QEMU_PACKAGES = ("qemu-system-x86", "qemu-system-data", "seabios")
+QEMU_FIRMWARE = ("bios-256k.bin", "bios-microvm.bin", "qboot.rom", "linuxboot_dma.bin", "kvmvapic.bin")
 
 L1_INIT = r"""#!/bin/sh
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
@@ -105,7 +105,7 @@ def _python(tree: Path, debs: dict[str, Path]) -> None:
 
 
 def _qemu(tree: Path, work: Path) -> list[str]:
-    """qemu-system-x86 and the packages of the libraries it links (from ldd on this host)."""
+    """qemu-system-x86, its firmware, and the packages of the libraries it links (ldd on this host)."""
     libs = [line.split("=>")[1].split()[0] for line in _run("ldd", QEMU_BINARY).splitlines() if "=> /" in line]
     owners = set()
     for lib in libs:
@@ -115,27 +115,30 @@ def _qemu(tree: Path, work: Path) -> list[str]:
             if p.returncode == 0:
                 owners.add(p.stdout.split(":")[0])
                 break
-    packages = sorted(owners | {"qemu-system-x86"})
+    packages = sorted(owners | set(QEMU_PACKAGES))
     debs = image.download(packages, work / "debs")
+    staging = work / "qemu-staging"
+    shutil.rmtree(staging, ignore_errors=True)
     for name in packages:
-        image.extract(debs[name], tree)
-    share = tree / "usr" / "share"
-    keep = share / "qemu-keep"
-    keep.mkdir(parents=True)
+        image.extract(debs[name], staging)
+    for binary in ("usr/bin/qemu-system-x86_64",):
+        (tree / binary).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(staging / binary, tree / binary)
+    for lib_dir in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"):
+        if not (staging / lib_dir).is_dir():
+            continue
+        (tree / lib_dir).mkdir(parents=True, exist_ok=True)
+        for src in (staging / lib_dir).iterdir():  # the shared libraries only, not their plugin directories
+            dst = tree / lib_dir / src.name
+            if src.name.startswith("lib") and ".so" in src.name and not (dst.exists() or dst.is_symlink()):
+                shutil.copy2(src, dst, follow_symlinks=False)
     for fw in QEMU_FIRMWARE:
-        src = Path("/usr/share/qemu") / fw
-        if src.exists():
-            shutil.copyfile(os.path.realpath(src), keep / fw)
-    for child in share.iterdir():
-        if child != keep:
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    keep.rename(share / "qemu")
-    for junk in ("etc", "var", "usr/lib/x86_64-linux-gnu/qemu", "usr/bin/qemu-system-i386"):
-        p = tree / junk
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+        for share in ("usr/share/qemu", "usr/share/seabios"):
+            src = staging / share / fw
+            if src.exists() or src.is_symlink():
+                (tree / share).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src if src.exists() else staging / share / os.readlink(src), tree / share / fw)
+    shutil.rmtree(staging)
     return packages
 
 
