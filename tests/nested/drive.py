@@ -88,7 +88,7 @@ class Console:
         self.count += 1
         say(f"command {self.count}: {command}")
         # the shell expands the marker; the echoed command line shows it unexpanded
-        self.type(f"{command}; echo @@done-$(({self.count} * 1))-$?")
+        self.type(f"echo @@begin-$(({self.count} * 1)); {command}; echo @@done-$(({self.count} * 1))-$?")
         out = self.expect(f"@@done-{self.count}-", timeout)
         status = self.expect("\n", 5)
         say(f"command {self.count} -> status {status.strip()}")
@@ -154,6 +154,8 @@ def test() -> int:
         con.expect("# ", 30)
         con.run("uname -r")
         con.run("nproc")
+        con.run("cat /sys/devices/system/clocksource/clocksource0/current_clocksource")
+        con.run("awk '/PCI-MSI/ {print $NF}' /proc/interrupts")
         con.run(f"ping -c 3 -W 5 {HOST_IP}", 60)
         con.run(f"vsock-echo 2 {VSOCK_PORT} hello-over-vsock", 30)
         con.run("cat /sys/class/misc/hw_random/rng_current; head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' '")

@@ -46,12 +46,10 @@ class Run:
         return out
 
     def _output(self, n: str, command: str) -> tuple[list[str], int]:
-        echo = f"@@done-$(({n} * 1))-$?"
+        begin = [i for i, line in enumerate(self.l2) if line == f"@@begin-{n}"]
         ends = [i for i, line in enumerate(self.l2) if re.fullmatch(rf"@@done-{n}-\d+", line)]
-        assert ends, f"L2 never finished {command!r}"
-        end = ends[0]
-        start = max(i for i in range(end) if echo in self.l2[i]) + 1
-        return self.l2[start:end], int(self.l2[end].rsplit("-", 1)[1])
+        assert begin and ends, f"L2 never ran {command!r} to its end; see build/nested/last-run.log"
+        return self.l2[begin[0] + 1 : ends[0]], int(self.l2[ends[0]].rsplit("-", 1)[1])
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +72,18 @@ def test_l2_runs_the_debian_cloud_kernel(run: Run) -> None:
 
 def test_l2_sees_every_configured_vcpu(run: Run) -> None:
     assert run.output("nproc") == ([str(VCPUS)], 0)
+
+
+def test_l2_keeps_time_with_kvm_clock(run: Run) -> None:
+    assert run.output("cat /sys/devices/system/clocksource/clocksource0/current_clocksource") == (["kvm-clock"], 0)
+
+
+def test_each_virtio_device_in_l2_interrupts_through_msix(run: Run) -> None:
+    vectors, status = run.output("awk '/PCI-MSI/ {print $NF}' /proc/interrupts")
+    devices = {v.split("-")[0] for v in vectors}
+
+    assert status == 0 and devices == {f"virtio{i}" for i in range(5)}  # blk, net, rng, balloon, vsock
+    assert all(f"{d}-config" in vectors for d in devices) and {"virtio0-req.0", "virtio1-input.0"} <= set(vectors)
 
 
 def test_l2_pings_l1_over_virtio_net(run: Run) -> None:
