@@ -11,7 +11,8 @@ Three files in a cache directory, and where they came from:
   the network and starts a shell on the console;
 - ``rootfs.ext4``: the same tree as an ext4 image (``mkfs.ext4 -d``) for a disk
   root (``--disk rootfs.ext4 --cmdline "root=/dev/vda ..."``);
-- ``provenance.json``: package names and versions, the module list, file sizes.
+- ``provenance.json``: package names and versions, the module list, each
+  file's size and SHA-256.
 
 Packages come through ``apt-get download`` and are unpacked with ``dpkg-deb
 -x``; nothing is installed on the host.  The pieces (cpio writer, module
@@ -22,6 +23,7 @@ dependency closure, .deb helpers) are also used to build the nested test host
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -389,7 +391,8 @@ def build_default_guest(dest: Path, force: bool = False, log=print) -> dict[str,
         }
     for out in outputs:
         os.replace(out.with_name(out.name + ".tmp"), out)
-        provenance["files"][out.name] = out.stat().st_size  # type: ignore[index]
+        digest = hashlib.sha256(out.read_bytes()).hexdigest()
+        provenance["files"][out.name] = {"size": out.stat().st_size, "sha256": digest}  # type: ignore[index]
     provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
     log(f"pyhv image: {dest}")
     return provenance
