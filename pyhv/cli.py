@@ -62,9 +62,21 @@ RUN_OPTIONS = [
     Option("--on-reboot", "what a guest reboot does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--progress", "print port 0x80 progress codes with times at exit"),
+    Option("--control", "a unix socket taking commands while the guest runs (balloon SIZE, info)", "PATH"),
 ]
 
-COMMANDS = {"run": ("boot one VM in the foreground", RUN_OPTIONS)}
+IMAGE_BUILD_OPTIONS = [
+    Option("--dir", "where the images go (default $XDG_CACHE_HOME/pyhv/images/default)", "DIR"),
+    Option("--force", "build again even when the cache holds the images"),
+]
+
+COMMANDS = {
+    "run": ("boot one VM in the foreground", RUN_OPTIONS),
+    "image build": (
+        "build the default Linux guest from Debian packages: kernel, initramfs, root disk (needs apt)",
+        IMAGE_BUILD_OPTIONS,
+    ),
+}
 
 
 def usage(command: str | None = None) -> str:
@@ -124,9 +136,15 @@ def _run(args: SimpleNamespace) -> int:
     config = _config_from_file(args) if args.config else _config_from_options(args)
     console = open_console(config.serial)
     try:
-        return _run_machine(config, console, args.progress)
+        return _run_machine(config, console, args.progress, args.control)
     finally:
         console.close()
+
+
+def _image_build(args: SimpleNamespace) -> int:
+    from .toolstack.image import build_command
+
+    return build_command(args.dir, args.force)
 
 
 def _config_from_file(args: SimpleNamespace) -> "MachineConfig":
@@ -173,7 +191,7 @@ def _config_from_options(args: SimpleNamespace) -> "MachineConfig":
     return config
 
 
-def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int:
+def _run_machine(config: MachineConfig, console: Console, progress: bool, control: str | None = None) -> int:
     """Boot, and boot again while the guest reboots (or powers off) into a restart.
 
     SIGINT, SIGTERM and SIGHUP stop whichever machine is running and end the
@@ -189,6 +207,11 @@ def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int
         for machine in current:
             machine.request_stop(Stop(StopKind.HOST, 128 + signum, f"stopped by {signal.Signals(signum).name}"))
 
+    server = None
+    if control:
+        from .vmm.control import ControlServer
+
+        server = ControlServer(control, lambda: current[0] if current else None)
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         while not caught:
@@ -226,6 +249,8 @@ def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        if server is not None:
+            server.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .toolstack.domain import main as domain_main
 
             return domain_main(rest)
+        if " ".join(argv[:2]) in COMMANDS:  # two-word commands: "image build"
+            command, rest = " ".join(argv[:2]), argv[2:]
         if command not in COMMANDS:
             from .toolstack.xl import VERBS, run
 
@@ -250,11 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"usage: pyhv {VERBS[command][0]}")
                     return 0
                 return run(command, rest)
+            if command == "image":
+                raise UsageError(f"unknown command {' '.join(argv[:2])!r} (see pyhv --help)")
             raise UsageError(f"unknown command {command!r} (see pyhv --help)")
         if "-h" in rest or "--help" in rest:
             print(usage(command))
             return 0
-        return _run(parse(rest, COMMANDS[command][1]))
+        args = parse(rest, COMMANDS[command][1])
+        return _image_build(args) if command == "image build" else _run(args)
     except PyhvError as e:
         print(f"pyhv: {e}", file=sys.stderr)
         return e.exit_status

@@ -121,6 +121,26 @@ def rtc_device(port: int, irq: int) -> bytes:
     )
 
 
+#: where a real-mode jump to the BIOS (F000:FFF0) lands
+RESET_VECTOR_ADDR = 0xFFFF0
+
+
+def reset_vector_stub() -> bytes:
+    """Real-mode code for the BIOS reset vector: write RESET_VALUE to RESET_REG, then halt.
+
+    pyhv has no BIOS, but Linux may still jump to one to reboot: on a
+    hardware-reduced ACPI platform (no EFI) it picks ``reboot=efi``, finds no
+    EFI runtime, falls back to ``reboot=bios`` (arch/x86/kernel/reboot.c) and
+    jumps to F000:FFF0 in real mode.  A BIOS would reset the machine; this
+    stub asks pyhv to, through the same register ACPI publishes."""
+    return bytes(
+        [0xB0, RESET_VALUE]  # mov al, RESET_VALUE
+        + [0xBA, RESET_PORT & 0xFF, RESET_PORT >> 8]  # mov dx, RESET_PORT
+        + [0xEE]  # out dx, al
+        + [0xFA, 0xF4, 0xEB, 0xFD]  # cli; hlt; jmp back to hlt
+    )
+
+
 class AcpiTables:
     """The tables laid out at their guest-physical addresses."""
 
@@ -130,8 +150,10 @@ class AcpiTables:
         self.tables: dict[str, int] = {}  # signature -> address
 
     def write(self, mem: GuestRam) -> None:
+        """The tables, and the reset stub in the BIOS area that goes with them."""
         for addr, blob in self.blobs.items():
             mem.write(addr, blob)
+        mem.write(RESET_VECTOR_ADDR, reset_vector_stub())
 
 
 def build_tables(

@@ -455,8 +455,8 @@ VERBS: dict[str, tuple[str, Callable[[Client, list[str]], int]]] = {
     "create": ("create FILE [-p] [-c] [key=value ...]: start a domain from its TOML configuration", create),
     "list": ("list [-l] [--json] [DOMAIN ...]: domains and their state", list_),
     "console": ("console DOMAIN: attach to the serial console (Ctrl-] detaches)", console),
-    "pause": ("pause DOMAIN", _simple("pause", "paused")),
-    "unpause": ("unpause DOMAIN", _simple("unpause", "unpaused")),
+    "pause": ("pause DOMAIN: stop every vCPU where it is", _simple("pause", "paused")),
+    "unpause": ("unpause DOMAIN: let a paused domain run on", _simple("unpause", "unpaused")),
     "shutdown": ("shutdown [-w] DOMAIN: power the domain off (-w: wait until it is gone)", shutdown),
     "reboot": ("reboot DOMAIN: reset the domain", _simple("reboot", "rebooting")),
     "destroy": ("destroy DOMAIN: stop the domain at once", destroy),
@@ -469,12 +469,12 @@ VERBS: dict[str, tuple[str, Callable[[Client, list[str]], int]]] = {
     "top": ("top [-b] [-d SECONDS] [-n N]: live view of every domain", top),
     "sched-bvt": ("sched-bvt [-d DOMAIN] [--weight N] [--warp MS] [--warp-limit MS] [--unwarp MS] "
                   "[--ctx-allow MS]: BVT scheduling parameters (none given: list them)", sched_bvt),
-    "block-list": ("block-list DOMAIN", device_list("block")),
-    "block-attach": ("block-attach DOMAIN SPEC (not supported yet)", hotplug("block", "attach")),
-    "block-detach": ("block-detach DOMAIN INDEX (not supported yet)", hotplug("block", "detach")),
-    "network-list": ("network-list DOMAIN", device_list("network")),
-    "network-attach": ("network-attach DOMAIN SPEC (not supported yet)", hotplug("network", "attach")),
-    "network-detach": ("network-detach DOMAIN INDEX (not supported yet)", hotplug("network", "detach")),
+    "block-list": ("block-list DOMAIN: the domain's disks", device_list("block")),
+    "block-attach": ("block-attach DOMAIN SPEC: hotplug a disk (not supported yet)", hotplug("block", "attach")),
+    "block-detach": ("block-detach DOMAIN INDEX: unplug a disk (not supported yet)", hotplug("block", "detach")),
+    "network-list": ("network-list DOMAIN: the domain's network adapters", device_list("network")),
+    "network-attach": ("network-attach DOMAIN SPEC: hotplug an adapter (not supported yet)", hotplug("network", "attach")),
+    "network-detach": ("network-detach DOMAIN INDEX: unplug an adapter (not supported yet)", hotplug("network", "detach")),
 }
 
 

@@ -92,3 +92,17 @@ def test_iasl_reads_fadt_sleep_and_reset_registers(tables: acpi.AcpiTables, tmp_
     subprocess.run([IASL, "-d", "facp.dat"], cwd=tmp_path, capture_output=True, check=True)
     dsl = (tmp_path / "facp.dsl").read_text()
     assert "Hardware Reduced (V5) : 1" in dsl and "Sleep Control Register" in dsl and "00000000000003C0" in dsl
+
+
+def test_bios_reset_vector_writes_the_fadt_reset_value_to_the_reset_port(tables: acpi.AcpiTables) -> None:
+    from tests.unit.fakes import FakeRam, MiB
+
+    ram = FakeRam.of_size(16 * MiB)
+
+    tables.write(ram)
+
+    code = ram.read(0xFFFF0, 10)
+    fadt = _table(tables, "FACP")
+    reset_port = struct.unpack_from("<Q", fadt, 0x74 + 4)[0]
+    assert code[:6] == bytes([0xB0, fadt[0x80], 0xBA]) + struct.pack("<H", reset_port) + b"\xee"
+    assert code[6:10] == b"\xfa\xf4\xeb\xfd"  # cli; hlt; jmp back to the hlt
