@@ -168,25 +168,18 @@ class LogConsole(Console):
     older half moves to ``PATH.1``."""
 
     def __init__(self, log_path: str, sock_path: str, max_log: int = 8 << 20) -> None:
-        import socket
+        from .unixsock import listen_unix, serve_connections
 
         self.log_path = log_path
+        self.sock_path = sock_path
         self.max_log = max_log
         self.log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self.log_size = os.fstat(self.log_fd).st_size
         self._lock = threading.Lock()
         self._client: socket.socket | None = None
         self._sink: Callable[[bytes], int] = len
-        try:
-            os.unlink(sock_path)
-        except FileNotFoundError:
-            pass
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.listener.bind(sock_path)
-        os.chmod(sock_path, 0o600)
-        self.listener.listen(4)
-        self._closed = False
-        threading.Thread(target=self._accept, name="console-accept", daemon=True).start()
+        self.listener = listen_unix(sock_path, 4)
+        serve_connections(self.listener, self._attach, "console")
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -213,23 +206,19 @@ class LogConsole(Console):
     def start_input(self, sink: Callable[[bytes], int], on_escape: Callable[[], None]) -> None:
         self._sink = sink
 
-    def _accept(self) -> None:
-        while not self._closed:
+    def _attach(self, conn: socket.socket) -> None:
+        with self._lock:
+            busy = self._client is not None
+            if not busy:
+                self._client = conn
+        if busy:
             try:
-                conn, _ = self.listener.accept()
+                conn.sendall(b"pyhv: console busy: another client is attached\r\n")
             except OSError:
-                return
-            with self._lock:
-                busy = self._client is not None
-                if not busy:
-                    self._client = conn
-            if busy:
-                try:
-                    conn.sendall(b"pyhv: console busy: another client is attached\r\n")
-                finally:
-                    conn.close()
-                continue
-            threading.Thread(target=self._pump, args=(conn,), name="console-input", daemon=True).start()
+                pass
+            conn.close()
+            return
+        self._pump(conn)
 
     def _pump(self, conn: socket.socket) -> None:
         try:
@@ -251,8 +240,9 @@ class LogConsole(Console):
             conn.close()
 
     def close(self) -> None:
-        self._closed = True
-        self.listener.close()
+        from .unixsock import close_listener
+
+        close_listener(self.listener, self.sock_path)
         with self._lock:
             if self._client is not None:
                 self._client.close()

@@ -10,12 +10,11 @@ more.  The socket is 0600: only root (pyhvd) talks to a domain.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..backends.unixsock import close_listener, listen_unix, serve_connections
 from ..errors import PyhvError
 
 MAX_REQUEST = 64 << 10
@@ -36,25 +35,8 @@ class Server:
     def __init__(self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self.path = path
         self.handler = handler
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.bind(path)
-        os.chmod(path, 0o600)
-        self.sock.listen(64)
-        self._closed = False
-        self._thread = threading.Thread(target=self._accept, name="control", daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), name="control-request", daemon=True).start()
+        self.sock = listen_unix(path, 64)
+        serve_connections(self.sock, self._serve, "control")
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -80,16 +62,7 @@ class Server:
             return {"ok": False, "error": f"internal error: {e!r}"}
 
     def close(self) -> None:
-        self._closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        close_listener(self.sock, self.path)
 
 
 def _read_line(conn: socket.socket) -> bytes:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..backends.unixsock import close_listener, listen_unix, serve_connections
 from ..errors import PyhvError, UsageError
 from .config import parse_size
 
@@ -53,25 +53,13 @@ class ControlServer:
     def __init__(self, path: str, current: Callable[[], Machine | None]) -> None:
         self.path = path
         self.current = current
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if os.path.isdir(path):
+            raise UsageError(f"--control {path}: is a directory")
         try:
-            if os.path.exists(path) and not os.path.isdir(path):
-                os.unlink(path)
-            self.sock.bind(path)
-            self.sock.listen(4)
+            self.sock = listen_unix(path, 4)
         except OSError as e:
-            self.sock.close()
             raise UsageError(f"--control {path}: cannot listen: {e.strerror or e}") from None
-        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+        serve_connections(self.sock, self._client, "control")
 
     def _client(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rwb", buffering=0) as f:
@@ -89,8 +77,4 @@ class ControlServer:
                     return
 
     def close(self) -> None:
-        self.sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        close_listener(self.sock, self.path)
