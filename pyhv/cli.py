@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import PyhvError, UsageError
 
@@ -62,7 +62,12 @@ RUN_OPTIONS = [
     Option("--on-reboot", "what a guest reboot does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--progress", "print port 0x80 progress codes with times at exit"),
+    Option("--restore", "boot the machine a snapshot file holds, where it was saved (no --kernel/--config)", "FILE"),
+    Option("--snapshot-on-signal", "on SIGUSR2, save the running machine to FILE and carry on", "FILE"),
 ]
+
+#: what may go with --restore: the machine itself comes from the snapshot
+RESTORE_OPTIONS = {"restore", "snapshot_on_signal", "serial", "progress"}
 
 COMMANDS = {"run": ("boot one VM in the foreground", RUN_OPTIONS)}
 
@@ -117,12 +122,32 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
 def _run(args: SimpleNamespace) -> int:
     from .backends.console import open_console
 
-    config = _config_from_file(args) if args.config else _config_from_options(args)
-    console = open_console(config.serial)
+    snapshot = None
+    if args.restore:
+        snapshot = _open_snapshot(args)
+        config = snapshot.config
+    else:
+        config = _config_from_file(args) if args.config else _config_from_options(args)
     try:
-        return _run_machine(config, console, args.progress)
+        console = open_console(config.serial)
+        try:
+            return _run_machine(config, console, args.progress, snapshot, args.snapshot_on_signal)
+        finally:
+            console.close()
     finally:
-        console.close()
+        if snapshot is not None:
+            snapshot.close()
+
+
+def _open_snapshot(args: SimpleNamespace) -> Any:
+    from .vmm.snapshot import Snapshot
+
+    defaults = {o.dest: ([] if o.repeat else o.default) for o in RUN_OPTIONS}
+    extra = [name for name, value in vars(args).items() if name not in RESTORE_OPTIONS and value != defaults[name]]
+    if extra:
+        flag = "--" + extra[0].replace("_", "-")
+        raise UsageError(f"--restore takes the machine from the snapshot: {flag} cannot be given with it")
+    return Snapshot(args.restore, serial=args.serial)
 
 
 def _config_from_file(args: SimpleNamespace) -> "MachineConfig":
@@ -169,11 +194,15 @@ def _config_from_options(args: SimpleNamespace) -> "MachineConfig":
     return config
 
 
-def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int:
-    """Boot, and boot again while the guest reboots (or powers off) into a restart.
+def _run_machine(
+    config: MachineConfig, console: Console, progress: bool, snapshot: Any = None, save_to: str | None = None
+) -> int:
+    """Boot (or restore ``snapshot``), and boot again while the guest reboots (or
+    powers off) into a restart.
 
     SIGINT, SIGTERM and SIGHUP stop whichever machine is running and end the
-    loop, even when they arrive while the guest is rebooting."""
+    loop, even when they arrive while the guest is rebooting.  With ``save_to``,
+    SIGUSR2 saves the running machine there (and it runs on)."""
     from .vcpu import Stop, StopKind
     from .vmm import Machine, build
 
@@ -185,10 +214,24 @@ def _run_machine(config: MachineConfig, console: Console, progress: bool) -> int
         for machine in current:
             machine.request_stop(Stop(StopKind.HOST, 128 + signum, f"stopped by {signal.Signals(signum).name}"))
 
+    def on_save(signum: int, frame: object) -> None:
+        for machine in current:
+            assert save_to is not None
+            try:
+                info = machine.save(save_to)
+            except PyhvError as e:
+                print(f"pyhv: snapshot not saved: {e}", file=sys.stderr, flush=True)
+                continue
+            print(f"pyhv: saved snapshot {save_to} ({info.memory_written >> 20} MiB of memory written, "
+                  f"{info.seconds * 1000:.1f} ms)", file=sys.stderr, flush=True)
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    if save_to:
+        old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_save)
     try:
         while not caught:
-            machine = build(config, console=console)
+            machine = build(config, console=console, restore=snapshot)
+            snapshot = None  # a restart after a reboot boots afresh
             current[:] = [machine]
             try:
                 if caught:  # a signal arrived while the machine was being built

@@ -44,15 +44,19 @@ def x86_ram_layout(size: int) -> list[tuple[int, int]]:
 class Region:
     """One RAM range: guest-physical [gpa, gpa+size) is host [host_addr, host_addr+size)."""
 
-    __slots__ = ("end", "fd", "gpa", "host_addr", "size", "view")
+    __slots__ = ("end", "fd", "file_backed", "gpa", "host_addr", "size", "view")
 
-    def __init__(self, gpa: int, size: int, host_addr: int, view: memoryview, fd: int = -1) -> None:
+    def __init__(
+        self, gpa: int, size: int, host_addr: int, view: memoryview, fd: int = -1, file_backed: bool = False
+    ) -> None:
         self.gpa = gpa
         self.size = size
         self.end = gpa + size  # a plain attribute: bounds checks read it on every access
         self.host_addr = host_addr
         self.view = view
         self.fd = fd  # memfd backing, or -1 for anonymous memory
+        #: a private mapping of a snapshot file: pages not yet written read the file
+        self.file_backed = file_backed
 
 
 class GuestMemory:
@@ -69,6 +73,31 @@ class GuestMemory:
         except OSError as e:
             self.close()
             raise PyhvError(f"cannot allocate {size // MiB} MiB of guest memory: {e.strerror}") from None
+
+    @classmethod
+    def from_file(cls, size: int, fd: int, offsets: list[int]) -> GuestMemory:
+        """Guest RAM mapped private (copy-on-write) from file ``fd``: RAM range i
+        starts at file offset ``offsets[i]`` (page aligned).  Nothing is read
+        now: the guest faults pages in from the page cache as it touches them,
+        and its writes never reach the file."""
+        self = cls.__new__(cls)
+        self.size = size
+        self.regions = []
+        self._low = Region(0, 0, 0, memoryview(b""))
+        prot = libc.PROT_READ | libc.PROT_WRITE
+        try:
+            for (gpa, length), offset in zip(x86_ram_layout(size), offsets, strict=True):
+                addr = libc.mmap(length, prot, libc.MAP_PRIVATE | libc.MAP_NORESERVE, fd, offset)
+                self.regions.append(Region(gpa, length, addr, libc.view(addr, length), file_backed=True))
+            self._low = self.regions[0]
+        except OSError as e:
+            self.close()
+            raise PyhvError(f"cannot map {size // MiB} MiB of guest memory from the snapshot: {e.strerror}") from None
+        return self
+
+    def resident_pages(self, region: Region) -> bytes:
+        """mincore() of a region: byte i has bit 0 set if page i is in memory."""
+        return libc.mincore(region.host_addr, region.size)
 
     @staticmethod
     def _map(gpa: int, length: int, memfd: bool) -> Region:
@@ -150,10 +179,10 @@ class GuestMemory:
 
     # --- lifetime --------------------------------------------------------------
 
-    def register(self, vm: VmLike, first_slot: int = 0) -> None:
-        """Register every region with KVM as a memory slot."""
+    def register(self, vm: VmLike, first_slot: int = 0, flags: int = 0) -> None:
+        """Register every region with KVM as a memory slot (again, to change ``flags``)."""
         for i, region in enumerate(self.regions):
-            vm.set_user_memory_region(first_slot + i, region.gpa, region.size, region.host_addr)
+            vm.set_user_memory_region(first_slot + i, region.gpa, region.size, region.host_addr, flags)
 
     def close(self) -> None:
         """Unmap everything.  Views handed out earlier must not be used after this."""

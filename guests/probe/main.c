@@ -550,5 +550,9 @@ void user_main(uint32_t kind, uint64_t info)
         test_vsockclient(&o);
     if (mem_eq(o.test, o.test_len, "balloon"))
         test_balloon(&o);
+    if (mem_eq(o.test, o.test_len, "memsum"))
+        test_memsum(&o);
+    if (mem_eq(o.test, o.test_len, "blksnap"))
+        test_blksnap(&o);
     fail("unknown test ", o.test, o.test_len);
 }

@@ -80,3 +80,21 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with mode flags (os.posix_fallocate has none).  Raises OSError."""
     if _libc.fallocate(fd, mode, offset, length) != 0:
         raise _err("fallocate")
+
+
+_libc.mincore.restype = ctypes.c_int
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def mincore(addr: int, length: int) -> bytes:
+    """One byte per page of ``[addr, addr+length)``: bit 0 set if the page is resident."""
+    pages = (length + 4095) // 4096
+    vec = (ctypes.c_ubyte * pages)()
+    if _libc.mincore(addr, length, vec) != 0:
+        raise _err("mincore")
+    return bytes(vec)
+
+
+def buffer_address(buf: bytearray) -> int:
+    """The address of a bytearray's storage (valid while it is not resized)."""
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))

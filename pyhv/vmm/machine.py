@@ -115,6 +115,37 @@ class Machine:
             raise PyhvError(f"vCPU {index} is running: pause the machine first")
         return read_state(v.vcpu)
 
+    def save(self, path: str, sync: bool = True) -> Any:
+        """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py).
+
+        A running machine is paused for the save (vCPUs and device work) and
+        runs on afterwards; a paused or stopped one stays as it is.  Returns a
+        SaveInfo (sizes, time)."""
+        from .snapshot import save
+
+        with self.quiesced():
+            return save(self, path, sync)
+
+    def quiesced(self) -> Any:
+        """A context in which no vCPU runs and no device works (I/O thread held)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def held() -> Any:
+            running = self.state == VcpuThread.RUNNING
+            if running:
+                self.pause()
+            io_held = self.io is not None and self.io.pause()
+            try:
+                yield
+            finally:
+                if io_held and self.io is not None:
+                    self.io.resume()
+                if running:
+                    self.resume()
+
+        return held()
+
     @property
     def state(self) -> str:
         """running, paused, stopped or created (the vCPUs' common state)."""

@@ -96,6 +96,23 @@ class Balloon(VirtioDevice):
         if offset == 4 and size == 4:
             self.actual_pages = value & 0xFFFF_FFFF
 
+    # --- state ----------------------------------------------------------------------
+
+    def _device_state(self) -> Any:
+        # A statistics buffer the device holds is not carried: the guest gets
+        # no answer on that queue until it resets the device.
+        return {"target_pages": self.target_pages, "actual_pages": self.actual_pages, "inflated": self.inflated}
+
+    def _device_check_state(self, state: Any) -> Any:
+        from ..state import check_keys, int_field
+
+        st = check_keys(state, ("target_pages", "actual_pages", "inflated"), self.name)
+        pages = self.mem.size // PAGE_SIZE if hasattr(self.mem, "size") else 0xFFFF_FFFF
+        return tuple(int_field(st, k, min(pages, 0xFFFF_FFFF), self.name) for k in ("target_pages", "actual_pages", "inflated"))
+
+    def _device_set_state(self, checked: Any) -> None:
+        self.target_pages, self.actual_pages, self.inflated = checked
+
     # --- queues ---------------------------------------------------------------------
 
     def _device_reset(self) -> None:

@@ -222,6 +222,24 @@ class Vsock(VirtioDevice):
 
     # --- the queues -------------------------------------------------------------------
 
+    # --- state ----------------------------------------------------------------------
+
+    def _device_state(self) -> Any:
+        # Host connections are sockets of this process: they do not survive a
+        # restore.  The guest CID is part of the state so a mismatch is caught.
+        return {"guest_cid": self.guest_cid}
+
+    def _device_check_state(self, state: Any) -> Any:
+        from ..state import DeviceStateError, check_keys, int_field
+
+        st = check_keys(state, ("guest_cid",), self.name)
+        if int_field(st, "guest_cid", 0xFFFF_FFFF, self.name) != self.guest_cid:
+            raise DeviceStateError(f"{self.name} state: guest CID {st['guest_cid']} is not this device's {self.guest_cid}")
+        return None
+
+    def _device_set_state(self, checked: Any) -> None:
+        pass
+
     def _device_activate(self) -> None:
         self.start_watching()
 
