@@ -64,10 +64,12 @@ RUN_OPTIONS = [
     Option("--progress", "print port 0x80 progress codes with times at exit"),
     Option("--restore", "boot the machine a snapshot file holds, where it was saved (no --kernel/--config)", "FILE"),
     Option("--snapshot-on-signal", "on SIGUSR2, save the running machine to FILE and carry on", "FILE"),
+    Option("--incoming", "wait for a live migration on HOST:PORT and run the machine it brings", "HOST:PORT"),
+    Option("--migration-key", "file holding the key migrations are authenticated with (16+ bytes)", "FILE"),
 ]
 
-#: what may go with --restore: the machine itself comes from the snapshot
-RESTORE_OPTIONS = {"restore", "snapshot_on_signal", "serial", "progress"}
+#: what may go with --restore or --incoming: the machine itself comes from elsewhere
+RESTORE_OPTIONS = {"restore", "incoming", "migration_key", "snapshot_on_signal", "serial", "progress"}
 
 COMMANDS = {"run": ("boot one VM in the foreground", RUN_OPTIONS)}
 
@@ -122,6 +124,8 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
 def _run(args: SimpleNamespace) -> int:
     from .backends.console import open_console
 
+    if args.incoming:
+        return _run_incoming(args)
     snapshot = None
     if args.restore:
         snapshot = _open_snapshot(args)
@@ -139,15 +143,63 @@ def _run(args: SimpleNamespace) -> int:
             snapshot.close()
 
 
+def _only_restore_options(args: SimpleNamespace, what: str) -> None:
+    defaults = {o.dest: ([] if o.repeat else o.default) for o in RUN_OPTIONS}
+    extra = [name for name, value in vars(args).items() if name not in RESTORE_OPTIONS and value != defaults[name]]
+    if args.restore and args.incoming:
+        extra.insert(0, "incoming")
+    if extra:
+        flag = "--" + extra[0].replace("_", "-")
+        raise UsageError(f"{what}: {flag} cannot be given with it")
+
+
 def _open_snapshot(args: SimpleNamespace) -> Any:
     from .vmm.snapshot import Snapshot
 
-    defaults = {o.dest: ([] if o.repeat else o.default) for o in RUN_OPTIONS}
-    extra = [name for name, value in vars(args).items() if name not in RESTORE_OPTIONS and value != defaults[name]]
-    if extra:
-        flag = "--" + extra[0].replace("_", "-")
-        raise UsageError(f"--restore takes the machine from the snapshot: {flag} cannot be given with it")
+    _only_restore_options(args, "--restore takes the machine from the snapshot")
     return Snapshot(args.restore, serial=args.serial)
+
+
+def read_migration_key(path: str | None) -> bytes:
+    if not path:
+        raise UsageError("--migration-key FILE is required: migrations are authenticated with a shared key")
+    try:
+        with open(path, "rb") as f:
+            key = f.read(4096).strip()
+    except OSError as e:
+        raise UsageError(f"--migration-key {path}: {e.strerror}") from None
+    if len(key) < 16:
+        raise UsageError(f"--migration-key {path}: the key must be at least 16 bytes")
+    return key
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"{what} {text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _run_incoming(args: SimpleNamespace) -> int:
+    """``--incoming``: receive one migration, then run the machine as ``run`` does."""
+    from .backends.console import open_console
+    from .vmm import migrate
+
+    _only_restore_options(args, "--incoming takes the machine from the migration stream")
+    host, port = parse_host_port(args.incoming, "--incoming")
+    key = read_migration_key(args.migration_key)
+    server = migrate.listen(host, port)
+    console = open_console(args.serial)
+    try:
+        print(f"pyhv: waiting for a migration on {host}:{server.getsockname()[1]}", file=sys.stderr, flush=True)
+
+        def incoming(should_stop: Any) -> Any:
+            return migrate.receive(server, key, console=console, should_stop=should_stop)
+
+        return _run_machine(None, console, args.progress, None, args.snapshot_on_signal, first=incoming)
+    finally:
+        server.close()
+        console.close()
 
 
 def _config_from_file(args: SimpleNamespace) -> "MachineConfig":
@@ -195,7 +247,8 @@ def _config_from_options(args: SimpleNamespace) -> "MachineConfig":
 
 
 def _run_machine(
-    config: MachineConfig, console: Console, progress: bool, snapshot: Any = None, save_to: str | None = None
+    config: MachineConfig | None, console: Console, progress: bool, snapshot: Any = None,
+    save_to: str | None = None, first: Any = None,
 ) -> int:
     """Boot (or restore ``snapshot``), and boot again while the guest reboots (or
     powers off) into a restart.
@@ -230,13 +283,22 @@ def _run_machine(
         old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_save)
     try:
         while not caught:
-            machine = build(config, console=console, restore=snapshot)
+            if first is not None:  # the machine comes from a migration
+                machine = first(lambda: bool(caught))
+                if machine is None:
+                    break
+                first = None
+                config = machine.config
+            else:
+                assert config is not None
+                machine = build(config, console=console, restore=snapshot)
             snapshot = None  # a restart after a reboot boots afresh
             current[:] = [machine]
             try:
                 if caught:  # a signal arrived while the machine was being built
                     break
-                machine.start()
+                if machine.state == "created":  # a migrated machine is already running
+                    machine.start()
                 stop = None
                 while stop is None:
                     stop = machine.wait(0.5)

@@ -150,7 +150,32 @@ class GuestMemory:
         """A writable view of ``[gpa, gpa+size)``, which must lie inside one RAM region."""
         region = self._find(gpa, size)
         start = gpa - region.gpa
+        if self.touched is not None:
+            self._touch(gpa, size)
         return region.view[start : start + size]
+
+    def region_view(self, gpa: int, size: int) -> memoryview:
+        """:meth:`view` for the VMM's own copying (migration): not recorded as touched."""
+        region = self._find(gpa, size)
+        start = gpa - region.gpa
+        return region.view[start : start + size]
+
+    # --- what devices touched (migration) ----------------------------------------
+
+    #: page numbers handed out through view/write/discard since tracking began,
+    #: or None when not tracking.  KVM's dirty log sees only the guest's own
+    #: stores; this is how writes by devices (DMA) are found.
+    touched: set[int] | None = None
+
+    def track(self, on: bool) -> set[int]:
+        """Start (or stop) recording the pages devices reach; returns what was recorded."""
+        seen = self.touched or set()
+        self.touched = set() if on else None
+        return seen
+
+    def _touch(self, gpa: int, size: int) -> None:
+        assert self.touched is not None
+        self.touched.update(range(gpa >> 12, (gpa + max(size, 1) - 1 >> 12) + 1))
 
     def read(self, gpa: int, size: int) -> bytes:
         return bytes(self.view(gpa, size))
@@ -168,6 +193,8 @@ class GuestMemory:
             raise MemoryAccessError(f"discard of {gpa:#x}+{size:#x} is not page aligned")
         region = self._find(gpa, size)
         offset = gpa - region.gpa
+        if self.touched is not None:
+            self._touch(gpa, size)
         if region.fd >= 0:
             # shared memfd pages live in the file: punch them out of it
             libc.fallocate(region.fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, offset, size)

@@ -141,7 +141,7 @@ class Machine:
             finally:
                 if io_held and self.io is not None:
                     self.io.resume()
-                if running:
+                if running and self._stop is None:
                     self.resume()
 
         return held()
