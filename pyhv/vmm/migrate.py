@@ -87,32 +87,47 @@ class Channel:
         self.recv_seq = 0
         self.sent = 0
 
-    def _mac(self, seq: int, head: bytes, payload: bytes | memoryview) -> bytes:
+    def _mac(self, seq: int, head: bytes, *parts: bytes | memoryview) -> bytes:
         mac = hmac.new(self.key, SEQ.pack(seq) + head, hashlib.sha256)
-        mac.update(payload)
+        for part in parts:
+            mac.update(part)
         return mac.digest()
 
-    def send(self, kind: int, payload: bytes | memoryview = b"") -> None:
-        head = FRAME.pack(kind, len(payload))
-        tag = self._mac(self.send_seq, head, payload)
+    def send(self, kind: int, *parts: bytes | memoryview) -> None:
+        length = sum(len(p) for p in parts)
+        head = FRAME.pack(kind, length)
+        tag = self._mac(self.send_seq, head, *parts)
         self.send_seq += 1
-        self.sock.sendall(head)
-        self.sock.sendall(payload)
-        self.sock.sendall(tag)
-        self.sent += len(head) + len(payload) + TAG
+        buffers = [memoryview(b).cast("B") for b in (head, *parts, tag)]
+        while buffers:  # one sendmsg per frame, unless the socket takes less
+            n = self.sock.sendmsg(buffers)
+            while buffers and n >= len(buffers[0]):
+                n -= len(buffers[0])
+                buffers.pop(0)
+            if buffers and n:
+                buffers[0] = buffers[0][n:]
+        self.sent += len(head) + length + TAG
 
-    def recv(self, limit: int = MAX_FRAME) -> tuple[int, bytes]:
+    def recv_head(self, limit: int = MAX_FRAME) -> tuple[int, int, bytes]:
         head = recv_exact(self.sock, FRAME.size)
         kind, length = FRAME.unpack(head)
         if kind not in NAMES or length > limit:
             raise MigrationError(f"bad frame (type {kind}, {length} bytes)")
-        payload = recv_exact(self.sock, length)
+        return kind, length, head
+
+    def check_tag(self, kind: int, head: bytes, *parts: bytes | memoryview) -> None:
         tag = recv_exact(self.sock, TAG)
-        if not hmac.compare_digest(tag, self._mac(self.recv_seq, head, payload)):
+        if not hmac.compare_digest(tag, self._mac(self.recv_seq, head, *parts)):
             raise MigrationError("a frame failed authentication (wrong key or tampered stream)")
         self.recv_seq += 1
         if kind == FAIL:
-            raise MigrationError(f"the other side gave up: {payload.decode(errors='replace')[:200]}")
+            text = b"".join(bytes(p) for p in parts).decode(errors="replace")[:200]
+            raise MigrationError(f"the other side gave up: {text}")
+
+    def recv(self, limit: int = MAX_FRAME) -> tuple[int, bytes]:
+        kind, length, head = self.recv_head(limit)
+        payload = recv_exact(self.sock, length)
+        self.check_tag(kind, head, payload)
         return kind, payload
 
     def expect(self, kind: int, limit: int = MAX_FRAME) -> bytes:
@@ -124,14 +139,17 @@ class Channel:
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
+    recv_into(sock, memoryview(buf))
+    return bytes(buf)
+
+
+def recv_into(sock: socket.socket, view: memoryview) -> None:
+    got, n = 0, len(view)
     while got < n:
         k = sock.recv_into(view[got:])
         if k == 0:
             raise MigrationError("connection closed by the other side")
         got += k
-    return bytes(buf)
 
 
 def _handshake_source(sock: socket.socket, key: bytes) -> Channel:
@@ -231,8 +249,10 @@ def _send_runs(ch: Channel, memory: GuestMemory, runs: list[tuple[int, int]]) ->
                 if not memory.contains(gpa + done, n):
                     done += n
                     continue
-            view = memory.region_view(gpa + done, n)
-            ch.send(PAGES, PAGES_HEAD.pack(gpa + done) + view)
+            # a copy: the guest may be writing these pages while they go out,
+            # and the tag must cover exactly what is sent
+            data = bytes(memory.region_view(gpa + done, n))
+            ch.send(PAGES, PAGES_HEAD.pack(gpa + done), data)
             done += n
             sent += n
     return sent
@@ -243,14 +263,16 @@ def migrate(
     address: tuple[str, int],
     key: bytes,
     *,
+    max_downtime: float = 0.3,
     max_rounds: int = 30,
-    final_bytes: int = 32 << 20,
     timeout: float = 60.0,
 ) -> MigrationStats:
     """Move the running ``machine`` to the receiver at ``address``; on success it is stopped here.
 
-    Pre-copy goes on while the dirty memory exceeds ``final_bytes``, for at
-    most ``max_rounds`` rounds (fewer if a round does not shrink it)."""
+    Pre-copy rounds go on until the memory still dirty could be sent in
+    ``max_downtime`` seconds at the rate measured so far, for at most
+    ``max_rounds`` rounds, and stop early when three rounds in a row did not
+    shrink it (a guest dirtying memory faster than it can be sent)."""
     t0 = time.perf_counter()
     if len(key) < 16:
         raise MigrationError("the migration key must be at least 16 bytes")
@@ -263,26 +285,34 @@ def migrate(
     memory = machine.memory
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         ch = _handshake_source(sock, key)
         ch.send(CONFIG, json.dumps(config_to_plain(machine.config)).encode())
         ch.expect(READY, 0)
         log.start()
         logging = True
         memory.track(True)
-        _send_runs(ch, memory, _touched_runs(memory))
-        rounds, last = 0, None
+        started = time.perf_counter()
+        sent = _send_runs(ch, memory, _touched_runs(memory))
+        rate = sent / max(time.perf_counter() - started, 1e-6)  # bytes per second
+        rounds, growing, last = 0, 0, None
+        pending = log.collect()  # found dirty, not sent yet
         while rounds < max_rounds:
-            runs = log.collect()
-            dirty = sum(n for _, n in runs)
-            if dirty <= final_bytes or (last is not None and dirty >= last and rounds >= 3):
-                _send_runs(ch, memory, runs)  # what this round found still has to go
+            dirty = sum(n for _, n in pending)
+            growing = growing + 1 if last is not None and dirty >= last else 0
+            if dirty / rate <= max_downtime or growing >= 3:
                 break
-            _send_runs(ch, memory, runs)
+            started = time.perf_counter()
+            sent = _send_runs(ch, memory, pending)
+            rate = sent / max(time.perf_counter() - started, 1e-6)
             last = dirty
             rounds += 1
+            pending = log.collect()
         with machine.quiesced():
             paused = time.perf_counter()
-            runs = log.collect()
+            if machine.state == "stopped":
+                raise MigrationError("the machine stopped while its memory was being copied")
+            runs = pending + log.collect()
             device_pages = memory.track(False) | _ring_pages(machine)
             final = _send_runs(ch, memory, runs) + _send_runs(ch, memory, _page_runs(device_pages))
             ch.send(STATE, json.dumps(capture(machine), separators=(",", ":")).encode())
@@ -361,6 +391,7 @@ def receive(
         except TimeoutError:
             continue
         sock.settimeout(timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         try:
             ch = _handshake_destination(sock, key)
             raw = ch.expect(CONFIG, 1 << 20)
@@ -377,16 +408,24 @@ def receive(
             incoming = Incoming(config, memory, {}, [])
             ch.send(READY)
             while True:
-                kind, payload = ch.recv()
+                kind, length, head = ch.recv_head()
                 if kind == PAGES:
-                    if len(payload) < PAGES_HEAD.size + PAGE_SIZE or (len(payload) - PAGES_HEAD.size) % PAGE_SIZE:
+                    # Straight into guest memory, then the tag: a frame that fails
+                    # it ends the migration and this machine never runs.
+                    size = length - PAGES_HEAD.size
+                    if size < PAGE_SIZE or size % PAGE_SIZE or size > PAGES_MAX:
                         raise MigrationError("malformed page frame")
-                    (gpa,) = PAGES_HEAD.unpack_from(payload)
-                    data = memoryview(payload)[PAGES_HEAD.size :]
-                    if gpa % PAGE_SIZE or not memory.contains(gpa, len(data)):
+                    where = recv_exact(sock, PAGES_HEAD.size)
+                    (gpa,) = PAGES_HEAD.unpack(where)
+                    if gpa % PAGE_SIZE or not memory.contains(gpa, size):
                         raise MigrationError(f"page frame at {gpa:#x} is outside guest RAM")
-                    memory.region_view(gpa, len(data))[:] = data
-                elif kind == STATE:
+                    view = memory.region_view(gpa, size)
+                    recv_into(sock, view)
+                    ch.check_tag(kind, head, where, view)
+                    continue
+                payload = recv_exact(sock, length)
+                ch.check_tag(kind, head, payload)
+                if kind == STATE:
                     try:
                         state = json.loads(payload)
                     except ValueError:
