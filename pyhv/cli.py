@@ -63,13 +63,14 @@ RUN_OPTIONS = [
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--progress", "print port 0x80 progress codes with times at exit"),
     Option("--restore", "boot the machine a snapshot file holds, where it was saved (no --kernel/--config)", "FILE"),
+    Option("--verify", "with --restore: read all of the snapshot's memory and check its CRCs before running"),
     Option("--snapshot-on-signal", "on SIGUSR2, save the running machine to FILE and carry on", "FILE"),
     Option("--incoming", "wait for a live migration on HOST:PORT and run the machine it brings", "HOST:PORT"),
     Option("--migration-key", "file holding the key migrations are authenticated with (16+ bytes)", "FILE"),
 ]
 
 #: what may go with --restore or --incoming: the machine itself comes from elsewhere
-RESTORE_OPTIONS = {"restore", "incoming", "migration_key", "snapshot_on_signal", "serial", "progress"}
+RESTORE_OPTIONS = {"restore", "verify", "incoming", "migration_key", "snapshot_on_signal", "serial", "progress"}
 
 COMMANDS = {"run": ("boot one VM in the foreground", RUN_OPTIONS)}
 
@@ -157,7 +158,14 @@ def _open_snapshot(args: SimpleNamespace) -> Any:
     from .vmm.snapshot import Snapshot
 
     _only_restore_options(args, "--restore takes the machine from the snapshot")
-    return Snapshot(args.restore, serial=args.serial)
+    snapshot = Snapshot(args.restore, serial=args.serial)
+    if args.verify:
+        try:
+            snapshot.verify_memory()
+        except BaseException:
+            snapshot.close()
+            raise
+    return snapshot
 
 
 def read_migration_key(path: str | None) -> bytes:
@@ -186,6 +194,8 @@ def _run_incoming(args: SimpleNamespace) -> int:
     from .vmm import migrate
 
     _only_restore_options(args, "--incoming takes the machine from the migration stream")
+    if args.verify:
+        raise UsageError("--verify goes with --restore")
     host, port = parse_host_port(args.incoming, "--incoming")
     key = read_migration_key(args.migration_key)
     server = migrate.listen(host, port)
@@ -282,6 +292,7 @@ def _run_machine(
     if save_to:
         old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_save)
     try:
+        first_machine = first is not None
         while not caught:
             if first is not None:  # the machine comes from a migration
                 machine = first(lambda: bool(caught))
@@ -292,6 +303,9 @@ def _run_machine(
             else:
                 assert config is not None
                 machine = build(config, console=console, restore=snapshot)
+            announce = ("migration received" if first_machine else
+                        f"restored {snapshot.path}" if snapshot is not None else None)
+            first_machine = False
             snapshot = None  # a restart after a reboot boots afresh
             current[:] = [machine]
             try:
@@ -299,6 +313,9 @@ def _run_machine(
                     break
                 if machine.state == "created":  # a migrated machine is already running
                     machine.start()
+                if announce:
+                    print(f"pyhv: {announce}; running", file=sys.stderr, flush=True)
+                    announce = None
                 stop = None
                 while stop is None:
                     stop = machine.wait(0.5)

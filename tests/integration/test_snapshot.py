@@ -219,6 +219,20 @@ def test_corrupt_memory_is_found_by_verify(tmp_path: pathlib.Path) -> None:
     snapshot.close()
 
 
+def test_verify_refuses_corrupt_memory_before_running(tmp_path: pathlib.Path) -> None:
+    snap = _saved(tmp_path)
+    snapshot = Snapshot(str(snap))
+    offset = snapshot.extents[0][0]
+    snapshot.close()
+    with open(snap, "r+b") as f:
+        f.seek(offset + 7)
+        byte = f.read(1)
+        f.seek(offset + 7)
+        f.write(bytes([byte[0] ^ 0x55]))
+    run = pyhv("run", "--restore", str(snap), "--verify")
+    assert run.status == 2 and "CRC mismatch" in run.stderr and len(run.stderr.splitlines()) == 1, run.stderr
+
+
 def test_restore_refuses_options_that_describe_another_machine(tmp_path: pathlib.Path) -> None:
     snap = _saved(tmp_path)
     run = pyhv("run", "--restore", str(snap), "--memory", "1G")
