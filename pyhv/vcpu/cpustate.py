@@ -8,8 +8,7 @@ debug registers, i.e. everything a context switch between machines must carry
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._sys import kvm_h as h
 from ..errors import PyhvError
@@ -37,9 +36,8 @@ STATE_MSRS = [
 ]
 
 
-@dataclass(frozen=True)
-class VcpuState:
-    index: int
+class VcpuState(NamedTuple):
+    index: int  # type: ignore[assignment]  # (shadows tuple.index, which nothing here uses)
     regs: dict[str, int]
     sregs: dict[str, Any]
     fpu: dict[str, Any]
