@@ -126,6 +126,28 @@ class Machine:
         with self.quiesced():
             return save(self, path, sync)
 
+    @staticmethod
+    def restore(path: str, serial: str | None = None, console: Console | None = None) -> Machine:
+        """The machine snapshot ``path`` holds, built and ready to start where it was saved.
+
+        ``serial`` (or a ``console`` the caller keeps) says where COM1 goes
+        now; everything else comes from the file, which must stay in place
+        while the machine runs (its memory is mapped from it)."""
+        from .builder import build
+        from .snapshot import Snapshot
+
+        snapshot = Snapshot(path, serial=serial)
+        try:
+            return build(snapshot.config, console=console, restore=snapshot)
+        finally:
+            snapshot.close()
+
+    def migrate(self, address: tuple[str, int], key: bytes, **options: Any) -> Any:
+        """Live-migrate to ``pyhv run --incoming`` at ``address``; see vmm/migrate.py."""
+        from .migrate import migrate
+
+        return migrate(self, address, key, **options)
+
     def quiesced(self) -> Any:
         """A context in which no vCPU runs and no device works (I/O thread held)."""
         import contextlib

@@ -83,7 +83,7 @@ def test_memsum_migrates_to_another_process_without_losing_or_repeating_a_round(
     dest, port = _destination(tmp_path, "127.0.0.1:0")
     machine, log = _source(tmp_path)
     try:
-        stats = mg.migrate(machine, ("127.0.0.1", port), KEY)
+        stats = machine.migrate(("127.0.0.1", port), KEY)
         assert machine.state == "stopped"
         out, err = dest.communicate(timeout=120)
     finally:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from pyhv.vmm import MachineConfig, build
+from pyhv.vmm import Machine, MachineConfig, build
 from pyhv.vmm.snapshot import Snapshot
 
 from ..conftest import PROBE, ROOT
@@ -75,8 +75,7 @@ def test_paused_counter_restores_to_the_value_it_was_saved_with(tmp_path: pathli
         assert machine.state == "paused"
     finally:
         machine.close()
-    snapshot = Snapshot(snap)
-    restored = build(snapshot.config, restore=snapshot)
+    restored = Machine.restore(snap, serial="none")
     try:
         at_restore = _counter(restored.memory)
         restored.start()
@@ -85,7 +84,6 @@ def test_paused_counter_restores_to_the_value_it_was_saved_with(tmp_path: pathli
         assert (saved > 0, at_restore, _counter(restored.memory) > saved) == (True, saved, True)
     finally:
         restored.close()
-        snapshot.close()
 
 
 def test_two_vcpus_come_back_with_their_own_state(tmp_path: pathlib.Path) -> None:
