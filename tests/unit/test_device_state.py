@@ -197,6 +197,13 @@ def _balloon(ram: FakeGuestRam) -> Any:
     return b
 
 
+def _exercise_balloon(dev: Any, ram: FakeGuestRam) -> None:
+    _exercise_virtio_pci(dev, ram)
+    stats = dev.device._fake_drivers[2]
+    stats.add_chain(readable=[struct.pack("<HQ", 4, 1 << 20)])  # one statistic: free memory
+    dev.device.notify(2)  # the device keeps the buffer until the host wants new numbers
+
+
 def _vsock(ram: FakeGuestRam) -> Any:
     return Vsock(ram, 3, "/nonexistent/v.sock")
 
@@ -211,7 +218,7 @@ CASES: dict[str, tuple[Callable[[FakeGuestRam], Any], Callable[[Any, FakeGuestRa
     "virtio-pci-blk": (_virtio_pci(_blk), _exercise_virtio_pci),
     "virtio-pci-rng": (_virtio_pci(_rng), _exercise_virtio_pci),
     "virtio-pci-net": (_virtio_pci(_net), _exercise_virtio_pci),
-    "virtio-pci-balloon": (_virtio_pci(_balloon), _exercise_virtio_pci),
+    "virtio-pci-balloon": (_virtio_pci(_balloon), _exercise_balloon),
     "virtio-pci-vsock": (_virtio_pci(_vsock), _exercise_virtio_pci),
     "virtio-mmio-blk": (_virtio_mmio(_blk), _exercise_virtio_mmio),
     "virtio-mmio-rng": (_virtio_mmio(_rng), _exercise_virtio_mmio),
@@ -252,6 +259,17 @@ def test_restored_virtio_device_serves_the_next_request(name: str) -> None:
         driver.add_chain(readable=[struct.pack("<IIQ", 0, 0, 0)], writable=[512, 1])
     fresh.device.notify(0)
     assert driver.used_idx() == before + 1
+
+
+def test_restored_balloon_gives_back_the_statistics_buffer_it_held() -> None:
+    dev, ram = _made("virtio-pci-balloon")
+    assert dev.device.state()["device"]["stats_head"] is not None
+    fresh = CASES["virtio-pci-balloon"][0](ram)
+    fresh.set_state(json.loads(json.dumps(dev.state())))
+    stats = dev.device._fake_drivers[2]
+    before = stats.used_idx()
+    fresh.device.request_stats()
+    assert stats.used_idx() == before + 1
 
 
 # --- hostile input ------------------------------------------------------------------------
