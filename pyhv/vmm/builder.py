@@ -138,6 +138,8 @@ def build(
 
             apply_device_states(machine, restore.state["devices"])
             apply_vm_state(machine, restore.state, restore.vcpu_states)
+            for transport in wiring.transports:
+                machine.io.call_soon(transport.device.after_restore)  # runs once the machine starts
         console.start_input(
             com1.enqueue, lambda: machine.request_stop(Stop(StopKind.HOST, 0, "console escape"))
         )

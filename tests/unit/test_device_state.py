@@ -272,6 +272,20 @@ def test_restored_balloon_gives_back_the_statistics_buffer_it_held() -> None:
     assert stats.used_idx() == before + 1
 
 
+def test_restored_vsock_tells_the_guest_its_connections_are_gone() -> None:
+    dev, ram = _made("virtio-pci-vsock")
+    events = dev.device._fake_drivers[2]
+    events.add_chain(writable=[8])
+    fresh = CASES["virtio-pci-vsock"][0](ram)
+    fresh.set_state(json.loads(json.dumps(dev.state())))
+    before = events.used_idx()
+    fresh.device.after_restore()
+    head, written = events.used_elem(before)
+    assert events.used_idx() == before + 1 and written == 4
+    fresh.device.after_restore()  # once only
+    assert events.used_idx() == before + 1
+
+
 # --- hostile input ------------------------------------------------------------------------
 
 json_leaf = st.one_of(

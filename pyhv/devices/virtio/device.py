@@ -255,6 +255,10 @@ class VirtioDevice:
             if status & STATUS_DRIVER_OK and not status & STATUS_DEVICE_NEEDS_RESET:
                 self._device_activate()
 
+    def after_restore(self) -> None:
+        """Called on the I/O thread once a restored machine runs (the guest's
+        interrupt controllers are in place): tell the guest what it must know."""
+
     def _device_state(self) -> Any:
         """Device-specific state as plain values (None when there is none)."""
         return None
