@@ -100,9 +100,13 @@ class Machine:
         for v in self.vcpus:
             v.wait_state(VcpuThread.PAUSED, timeout)
 
-    def resume(self) -> None:
+    def resume(self, timeout: float = 5.0) -> None:
+        """Let paused vCPUs run again; returns once they do (as pause waits until they stop)."""
         for v in self.vcpus:
             v.request(VcpuThread.RUNNING)
+        for v in self.vcpus:
+            if v.thread.is_alive():
+                v.wait_state(VcpuThread.RUNNING, timeout)
 
     def vcpu_state(self, index: int) -> VcpuState:
         """The whole state of vCPU ``index``; the machine must be paused or stopped."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -12,11 +13,14 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pyhv.vmm import Machine, MachineConfig, build
 from pyhv.vmm.snapshot import Snapshot
 
 from ..conftest import PROBE, ROOT
+from ..unit.test_device_state import _mutate
 from .probe import Run, pyhv
 
 pytestmark = pytest.mark.kvm
@@ -235,3 +239,70 @@ def test_restore_refuses_options_that_describe_another_machine(tmp_path: pathlib
     snap = _saved(tmp_path)
     run = pyhv("run", "--restore", str(snap), "--memory", "1G")
     assert run.status == 2 and "--memory cannot be given" in run.stderr
+
+
+# --- a crafted snapshot: valid checksum, hostile state ----------------------------------------
+
+_CRAFT_EXAMPLES = int(os.environ.get("PYHV_FUZZ_EXAMPLES", "40"))
+
+
+@pytest.fixture(scope="module")
+def saved_blob(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, object]]:
+    path = tmp_path_factory.mktemp("craft") / "m.snap"
+    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=counter", serial="none", memory=32 << 20,
+                                  rng=True, balloon=True))
+    try:
+        machine.start()
+        time.sleep(0.1)
+        machine.save(str(path))
+    finally:
+        machine.close()
+    blob = path.read_bytes()
+    snapshot = Snapshot(str(path))
+    state = snapshot.state
+    snapshot.close()
+    return blob, state
+
+
+@settings(max_examples=_CRAFT_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                               HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_crafted_snapshot_with_a_valid_checksum_is_refused_in_one_line_or_runs(
+    tmp_path: pathlib.Path, saved_blob: tuple[bytes, dict[str, object]], data: st.DataObject
+) -> None:
+    from pyhv.errors import PyhvError
+    from pyhv.vmm import snapshot as s
+
+    blob, state = saved_blob
+    bad = _mutate(state, data)
+    text = json.dumps(bad).encode()
+    mem_len = s.HEADER.unpack_from(blob)[4]
+    path = tmp_path / f"crafted-{os.getpid()}-{time.monotonic_ns()}.snap"
+    path.write_bytes(s._header(mem_len, s.MEMORY_OFFSET + mem_len, text) + blob[s.HEADER.size : s.MEMORY_OFFSET + mem_len] + text)
+    try:
+        machine = Machine.restore(str(path), serial="none")
+    except PyhvError as e:
+        assert str(e) and "\n" not in str(e)
+    else:
+        machine.close()
+    finally:
+        path.unlink()
+
+
+def test_a_failed_save_leaves_the_machine_running_and_nothing_behind(tmp_path: pathlib.Path) -> None:
+    from pyhv.vmm.snapshot import SnapshotError
+
+    log = tmp_path / "console"
+    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=counter", serial=f"file:{log}", memory=32 << 20))
+    try:
+        machine.start()
+        _wait_for(log, "addr=0x1ff000")
+        with pytest.raises(SnapshotError, match="cannot create"):
+            machine.save(str(tmp_path / "no-such-dir" / "m.snap"))
+        assert machine.state == "running"
+        first = _counter(machine.memory)
+        time.sleep(0.1)
+        assert _counter(machine.memory) > first
+    finally:
+        machine.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["console"]
