@@ -335,6 +335,8 @@ def main() -> int:
     args = ap.parse_args()
     if not PROBE_ELF.exists():
         subprocess.run(["make", "-s", "-C", str(REPO / "guests")], check=True)
+    # Measure pyhv as deployed: byte-compiled (PYTHONDONTWRITEBYTECODE may be set here).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "pyhv")], check=False)
     vmms = args.vmm.split(",")
     if "qemu" in vmms and not shutil.which("qemu-system-x86_64"):
         print("qemu-system-x86_64 not found: QEMU left out", file=sys.stderr)
