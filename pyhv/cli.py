@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import PyhvError, UsageError
 
@@ -63,7 +63,16 @@ RUN_OPTIONS = [
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--progress", "print port 0x80 progress codes with times at exit"),
     Option("--control", "a unix socket taking commands while the guest runs (balloon SIZE, info)", "PATH"),
+    Option("--restore", "boot the machine a snapshot file holds, where it was saved (no --kernel/--config)", "FILE"),
+    Option("--verify", "with --restore: read all of the snapshot's memory and check its CRCs before running"),
+    Option("--snapshot-on-signal", "on SIGUSR2, save the running machine to FILE and carry on", "FILE"),
+    Option("--incoming", "wait for a live migration on HOST:PORT and run the machine it brings", "HOST:PORT"),
+    Option("--migration-key", "file holding the key migrations are authenticated with (16+ bytes)", "FILE"),
 ]
+
+#: what may go with --restore or --incoming: the machine itself comes from elsewhere
+RESTORE_OPTIONS = {"restore", "verify", "incoming", "migration_key", "snapshot_on_signal", "serial", "progress",
+                   "control"}
 
 IMAGE_BUILD_OPTIONS = [
     Option("--dir", "where the images go (default $XDG_CACHE_HOME/pyhv/images/default)", "DIR"),
@@ -133,11 +142,92 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
 def _run(args: SimpleNamespace) -> int:
     from .backends.console import open_console
 
-    config = _config_from_file(args) if args.config else _config_from_options(args)
-    console = open_console(config.serial)
+    if args.incoming:
+        return _run_incoming(args)
+    snapshot = None
+    if args.restore:
+        snapshot = _open_snapshot(args)
+        config = snapshot.config
+    else:
+        config = _config_from_file(args) if args.config else _config_from_options(args)
     try:
-        return _run_machine(config, console, args.progress, args.control)
+        console = open_console(config.serial)
+        try:
+            return _run_machine(config, console, args.progress, snapshot, args.snapshot_on_signal,
+                                control=args.control)
+        finally:
+            console.close()
     finally:
+        if snapshot is not None:
+            snapshot.close()
+
+
+def _only_restore_options(args: SimpleNamespace, what: str) -> None:
+    defaults = {o.dest: ([] if o.repeat else o.default) for o in RUN_OPTIONS}
+    extra = [name for name, value in vars(args).items() if name not in RESTORE_OPTIONS and value != defaults[name]]
+    if args.restore and args.incoming:
+        extra.insert(0, "incoming")
+    if extra:
+        flag = "--" + extra[0].replace("_", "-")
+        raise UsageError(f"{what}: {flag} cannot be given with it")
+
+
+def _open_snapshot(args: SimpleNamespace) -> Any:
+    from .vmm.snapshot import Snapshot
+
+    _only_restore_options(args, "--restore takes the machine from the snapshot")
+    snapshot = Snapshot(args.restore, serial=args.serial)
+    if args.verify:
+        try:
+            snapshot.verify_memory()
+        except BaseException:
+            snapshot.close()
+            raise
+    return snapshot
+
+
+def read_migration_key(path: str | None) -> bytes:
+    if not path:
+        raise UsageError("--migration-key FILE is required: migrations are authenticated with a shared key")
+    try:
+        with open(path, "rb") as f:
+            key = f.read(4096).strip()
+    except OSError as e:
+        raise UsageError(f"--migration-key {path}: {e.strerror}") from None
+    if len(key) < 16:
+        raise UsageError(f"--migration-key {path}: the key must be at least 16 bytes")
+    return key
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"{what} {text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _run_incoming(args: SimpleNamespace) -> int:
+    """``--incoming``: receive one migration, then run the machine as ``run`` does."""
+    from .backends.console import open_console
+    from .vmm import migrate
+
+    _only_restore_options(args, "--incoming takes the machine from the migration stream")
+    if args.verify:
+        raise UsageError("--verify goes with --restore")
+    host, port = parse_host_port(args.incoming, "--incoming")
+    key = read_migration_key(args.migration_key)
+    server = migrate.listen(host, port)
+    console = open_console(args.serial)
+    try:
+        print(f"pyhv: waiting for a migration on {host}:{server.getsockname()[1]}", file=sys.stderr, flush=True)
+
+        def incoming(should_stop: Any) -> Any:
+            return migrate.receive(server, key, console=console, should_stop=should_stop)
+
+        return _run_machine(None, console, args.progress, None, args.snapshot_on_signal, first=incoming,
+                            control=args.control)
+    finally:
+        server.close()
         console.close()
 
 
@@ -191,11 +281,16 @@ def _config_from_options(args: SimpleNamespace) -> "MachineConfig":
     return config
 
 
-def _run_machine(config: MachineConfig, console: Console, progress: bool, control: str | None = None) -> int:
-    """Boot, and boot again while the guest reboots (or powers off) into a restart.
+def _run_machine(
+    config: MachineConfig | None, console: Console, progress: bool, snapshot: Any = None,
+    save_to: str | None = None, first: Any = None, control: str | None = None,
+) -> int:
+    """Boot (or restore ``snapshot``), and boot again while the guest reboots (or
+    powers off) into a restart.
 
     SIGINT, SIGTERM and SIGHUP stop whichever machine is running and end the
-    loop, even when they arrive while the guest is rebooting."""
+    loop, even when they arrive while the guest is rebooting.  With ``save_to``,
+    SIGUSR2 saves the running machine there (and it runs on)."""
     from .vcpu import Stop, StopKind
     from .vmm import Machine, build
 
@@ -212,15 +307,46 @@ def _run_machine(config: MachineConfig, console: Console, progress: bool, contro
         from .vmm.control import ControlServer
 
         server = ControlServer(control, lambda: current[0] if current else None)
+
+    def on_save(signum: int, frame: object) -> None:
+        for machine in current:
+            assert save_to is not None
+            try:
+                info = machine.save(save_to)
+            except PyhvError as e:
+                print(f"pyhv: snapshot not saved: {e}", file=sys.stderr, flush=True)
+                continue
+            print(f"pyhv: saved snapshot {save_to} ({info.memory_written >> 20} MiB of memory written, "
+                  f"{info.seconds * 1000:.1f} ms)", file=sys.stderr, flush=True)
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    if save_to:
+        old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_save)
     try:
+        first_machine = first is not None
         while not caught:
-            machine = build(config, console=console)
+            if first is not None:  # the machine comes from a migration
+                machine = first(lambda: bool(caught))
+                if machine is None:
+                    break
+                first = None
+                config = machine.config
+            else:
+                assert config is not None
+                machine = build(config, console=console, restore=snapshot)
+            announce = ("migration received" if first_machine else
+                        f"restored {snapshot.path}" if snapshot is not None else None)
+            first_machine = False
+            snapshot = None  # a restart after a reboot boots afresh
             current[:] = [machine]
             try:
                 if caught:  # a signal arrived while the machine was being built
                     break
-                machine.start()
+                if machine.state == "created":  # a migrated machine is already running
+                    machine.start()
+                if announce:
+                    print(f"pyhv: {announce}; running", file=sys.stderr, flush=True)
+                    announce = None
                 stop = None
                 while stop is None:
                     stop = machine.wait(0.5)

@@ -44,15 +44,19 @@ def x86_ram_layout(size: int) -> list[tuple[int, int]]:
 class Region:
     """One RAM range: guest-physical [gpa, gpa+size) is host [host_addr, host_addr+size)."""
 
-    __slots__ = ("end", "fd", "gpa", "host_addr", "size", "view")
+    __slots__ = ("end", "fd", "file_backed", "gpa", "host_addr", "size", "view")
 
-    def __init__(self, gpa: int, size: int, host_addr: int, view: memoryview, fd: int = -1) -> None:
+    def __init__(
+        self, gpa: int, size: int, host_addr: int, view: memoryview, fd: int = -1, file_backed: bool = False
+    ) -> None:
         self.gpa = gpa
         self.size = size
         self.end = gpa + size  # a plain attribute: bounds checks read it on every access
         self.host_addr = host_addr
         self.view = view
         self.fd = fd  # memfd backing, or -1 for anonymous memory
+        #: a private mapping of a snapshot file: pages not yet written read the file
+        self.file_backed = file_backed
 
 
 class GuestMemory:
@@ -69,6 +73,31 @@ class GuestMemory:
         except OSError as e:
             self.close()
             raise PyhvError(f"cannot allocate {size // MiB} MiB of guest memory: {e.strerror}") from None
+
+    @classmethod
+    def from_file(cls, size: int, fd: int, offsets: list[int]) -> GuestMemory:
+        """Guest RAM mapped private (copy-on-write) from file ``fd``: RAM range i
+        starts at file offset ``offsets[i]`` (page aligned).  Nothing is read
+        now: the guest faults pages in from the page cache as it touches them,
+        and its writes never reach the file."""
+        self = cls.__new__(cls)
+        self.size = size
+        self.regions = []
+        self._low = Region(0, 0, 0, memoryview(b""))
+        prot = libc.PROT_READ | libc.PROT_WRITE
+        try:
+            for (gpa, length), offset in zip(x86_ram_layout(size), offsets, strict=True):
+                addr = libc.mmap(length, prot, libc.MAP_PRIVATE | libc.MAP_NORESERVE, fd, offset)
+                self.regions.append(Region(gpa, length, addr, libc.view(addr, length), file_backed=True))
+            self._low = self.regions[0]
+        except OSError as e:
+            self.close()
+            raise PyhvError(f"cannot map {size // MiB} MiB of guest memory from the snapshot: {e.strerror}") from None
+        return self
+
+    def resident_pages(self, region: Region) -> bytes:
+        """mincore() of a region: byte i has bit 0 set if page i is in memory."""
+        return libc.mincore(region.host_addr, region.size)
 
     @staticmethod
     def _map(gpa: int, length: int, memfd: bool) -> Region:
@@ -121,7 +150,32 @@ class GuestMemory:
         """A writable view of ``[gpa, gpa+size)``, which must lie inside one RAM region."""
         region = self._find(gpa, size)
         start = gpa - region.gpa
+        if self.touched is not None:
+            self._touch(gpa, size)
         return region.view[start : start + size]
+
+    def region_view(self, gpa: int, size: int) -> memoryview:
+        """:meth:`view` for the VMM's own copying (migration): not recorded as touched."""
+        region = self._find(gpa, size)
+        start = gpa - region.gpa
+        return region.view[start : start + size]
+
+    # --- what devices touched (migration) ----------------------------------------
+
+    #: page numbers handed out through view/write/discard since tracking began,
+    #: or None when not tracking.  KVM's dirty log sees only the guest's own
+    #: stores; this is how writes by devices (DMA) are found.
+    touched: set[int] | None = None
+
+    def track(self, on: bool) -> set[int]:
+        """Start (or stop) recording the pages devices reach; returns what was recorded."""
+        seen = self.touched or set()
+        self.touched = set() if on else None
+        return seen
+
+    def _touch(self, gpa: int, size: int) -> None:
+        assert self.touched is not None
+        self.touched.update(range(gpa >> 12, (gpa + max(size, 1) - 1 >> 12) + 1))
 
     def read(self, gpa: int, size: int) -> bytes:
         return bytes(self.view(gpa, size))
@@ -139,6 +193,8 @@ class GuestMemory:
             raise MemoryAccessError(f"discard of {gpa:#x}+{size:#x} is not page aligned")
         region = self._find(gpa, size)
         offset = gpa - region.gpa
+        if self.touched is not None:
+            self._touch(gpa, size)
         if region.fd >= 0:
             # shared memfd pages live in the file: punch them out of it
             libc.fallocate(region.fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, offset, size)
@@ -150,10 +206,10 @@ class GuestMemory:
 
     # --- lifetime --------------------------------------------------------------
 
-    def register(self, vm: VmLike, first_slot: int = 0) -> None:
-        """Register every region with KVM as a memory slot."""
+    def register(self, vm: VmLike, first_slot: int = 0, flags: int = 0) -> None:
+        """Register every region with KVM as a memory slot (again, to change ``flags``)."""
         for i, region in enumerate(self.regions):
-            vm.set_user_memory_region(first_slot + i, region.gpa, region.size, region.host_addr)
+            vm.set_user_memory_region(first_slot + i, region.gpa, region.size, region.host_addr, flags)
 
     def close(self) -> None:
         """Unmap everything.  Views handed out earlier must not be used after this."""

@@ -556,5 +556,9 @@ void user_main(uint32_t kind, uint64_t info)
         test_burn(&o);
     if (mem_eq(o.test, o.test_len, "latency"))
         test_latency(&o);
+    if (mem_eq(o.test, o.test_len, "memsum"))
+        test_memsum(&o);
+    if (mem_eq(o.test, o.test_len, "blksnap"))
+        test_blksnap(&o);
     fail("unknown test ", o.test, o.test_len);
 }

@@ -567,6 +567,8 @@ NORETURN void test_vsock(const struct options *o);
 NORETURN void test_vsockclient(const struct options *o);
 NORETURN void test_balloon(const struct options *o);
 NORETURN void test_ticker(const struct options *o);
+NORETURN void test_memsum(const struct options *o);
+NORETURN void test_blksnap(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);
 NORETURN void test_blkflush(const struct options *o);

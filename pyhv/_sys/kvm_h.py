@@ -19,6 +19,19 @@ KVMIO = 0xAE
 KVM_API_VERSION = 12
 
 
+#: for code outside _sys that checks values against these structures
+sizeof = ctypes.sizeof
+U8, U32, U64 = u8, u32, u64
+
+
+def int_range(t: type) -> tuple[int, int]:
+    """The smallest and largest value a ctypes integer type holds."""
+    bits = 8 * ctypes.sizeof(t)
+    if t(-1).value < 0:  # type: ignore[call-arg, attr-defined]
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
 class _Struct(ctypes.Structure):
     _c_name_ = ""
 
@@ -322,6 +335,51 @@ class kvm_clock_data(_Struct):
     ]
 
 
+class kvm_irqchip(_Struct):
+    """KVM_GET/SET_IRQCHIP: one of the in-kernel PIC pair or the IOAPIC; ``chip``
+    holds struct kvm_pic_state or kvm_ioapic_state (a 512-byte union in C)."""
+
+    _c_name_ = "struct kvm_irqchip"
+    _fields_ = [("chip_id", u32), ("pad", u32), ("chip", u8 * 512)]
+
+
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
+
+
+class kvm_pit_channel_state(_Struct):
+    _c_name_ = "struct kvm_pit_channel_state"
+    _fields_ = [
+        ("count", u32),
+        ("latched_count", u16),
+        ("count_latched", u8),
+        ("status_latched", u8),
+        ("status", u8),
+        ("read_state", u8),
+        ("write_state", u8),
+        ("write_latch", u8),
+        ("rw_mode", u8),
+        ("mode", u8),
+        ("bcd", u8),
+        ("gate", u8),
+        ("count_load_time", ctypes.c_int64),
+    ]
+
+
+class kvm_pit_state2(_Struct):
+    _c_name_ = "struct kvm_pit_state2"
+    _fields_ = [("channels", kvm_pit_channel_state * 3), ("flags", u32), ("reserved", u32 * 9)]
+
+
+class kvm_dirty_log(_Struct):
+    """KVM_GET_DIRTY_LOG: ``dirty_bitmap`` is the address of one bit per page of the slot
+    (an anonymous union with a u64 in C)."""
+
+    _c_name_ = "struct kvm_dirty_log"
+    _fields_ = [("slot", u32), ("padding1", u32), ("dirty_bitmap", u64)]
+
+
 # --- struct kvm_run and the parts of its exit union pyhv reads -----------------
 
 
@@ -494,6 +552,11 @@ KVM_GET_CLOCK = _IOR(KVMIO, 0x7C, kvm_clock_data)
 KVM_SIGNAL_MSI = _IOW(KVMIO, 0xA5, kvm_msi)
 KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
+KVM_GET_IRQCHIP = _IOWR(KVMIO, 0x62, kvm_irqchip)
+KVM_SET_IRQCHIP = _IOR(KVMIO, 0x63, kvm_irqchip)
+KVM_GET_PIT2 = _IOR(KVMIO, 0x9F, kvm_pit_state2)
+KVM_SET_PIT2 = _IOW(KVMIO, 0xA0, kvm_pit_state2)
+KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, kvm_dirty_log)
 
 #: every ioctl number above, by the header's macro name (checked by the ABI test)
 IOCTLS = {name: value for name, value in globals().items() if name.startswith("KVM_") and name in {
@@ -506,7 +569,8 @@ IOCTLS = {name: value for name, value in globals().items() if name.startswith("K
     "KVM_SET_MP_STATE", "KVM_GET_LAPIC", "KVM_SET_LAPIC", "KVM_GET_VCPU_EVENTS",
     "KVM_SET_VCPU_EVENTS", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_GET_XSAVE", "KVM_SET_XSAVE",
     "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_IRQFD", "KVM_IOEVENTFD", "KVM_SET_CLOCK", "KVM_GET_CLOCK",
-    "KVM_SIGNAL_MSI",
+    "KVM_SIGNAL_MSI", "KVM_GET_IRQCHIP", "KVM_SET_IRQCHIP", "KVM_GET_PIT2", "KVM_SET_PIT2",
+    "KVM_GET_DIRTY_LOG",
 }}
 
 #: the mirrored structures, for the ABI test
@@ -514,6 +578,7 @@ STRUCTS = [
     kvm_userspace_memory_region, kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_fpu,
     kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_cpuid_entry2, kvm_cpuid2, kvm_irq_level, kvm_pit_config,
     kvm_mp_state, kvm_enable_cap, kvm_lapic_state, kvm_vcpu_events, kvm_debugregs, kvm_xsave, kvm_xcr,
-    kvm_xcrs, kvm_irqfd, kvm_ioeventfd, kvm_msi, kvm_clock_data, kvm_run,
+    kvm_xcrs, kvm_irqfd, kvm_ioeventfd, kvm_msi, kvm_clock_data, kvm_irqchip, kvm_pit_channel_state,
+    kvm_pit_state2, kvm_dirty_log, kvm_run,
 ]
 

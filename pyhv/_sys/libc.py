@@ -92,3 +92,19 @@ def set_thread_name(name: str) -> None:
     """Name the calling OS thread (``comm``, at most 15 bytes), so that host
     tools and the scheduler can tell its threads apart.  Best effort."""
     _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+_libc.mincore.restype = ctypes.c_int
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def mincore(addr: int, length: int) -> bytes:
+    """One byte per page of ``[addr, addr+length)``: bit 0 set if the page is resident."""
+    pages = (length + 4095) // 4096
+    vec = (ctypes.c_ubyte * pages)()
+    if _libc.mincore(addr, length, vec) != 0:
+        raise _err("mincore")
+    return bytes(vec)
+
+
+def buffer_address(buf: bytearray) -> int:
+    """The address of a bytearray's storage (valid while it is not resized)."""
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))

@@ -77,6 +77,9 @@ class Vcpu:
         call(self.fd, "KVM_GET_FPU", h.KVM_GET_FPU, fpu)
         return fpu
 
+    def set_fpu(self, fpu: h.kvm_fpu) -> None:
+        call(self.fd, "KVM_SET_FPU", h.KVM_SET_FPU, fpu)
+
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """Read MSRs; ones KVM refuses are left out of the result."""
         out: dict[int, int] = {}

@@ -77,6 +77,32 @@ class Vm:
     def set_clock(self, clock: int) -> None:
         call(self.fd, "KVM_SET_CLOCK", h.KVM_SET_CLOCK, h.kvm_clock_data(clock=clock))
 
+    def get_irqchip(self, chip_id: int) -> bytes:
+        """The in-kernel PIC (0 master, 1 slave) or IOAPIC (2) state, as the kernel's 512-byte union."""
+        chip = h.kvm_irqchip(chip_id=chip_id)
+        call(self.fd, "KVM_GET_IRQCHIP", h.KVM_GET_IRQCHIP, chip)
+        return bytes(chip.chip)
+
+    def set_irqchip(self, chip_id: int, data: bytes) -> None:
+        chip = h.kvm_irqchip(chip_id=chip_id)
+        chip.chip[:] = list(data.ljust(len(chip.chip), b"\0"))
+        call(self.fd, "KVM_SET_IRQCHIP", h.KVM_SET_IRQCHIP, chip)
+
+    def get_pit2(self) -> bytes:
+        state = h.kvm_pit_state2()
+        call(self.fd, "KVM_GET_PIT2", h.KVM_GET_PIT2, state)
+        return bytes(state)
+
+    def set_pit2(self, data: bytes) -> None:
+        state = h.kvm_pit_state2.from_buffer_copy(data)
+        call(self.fd, "KVM_SET_PIT2", h.KVM_SET_PIT2, state)
+
+    def get_dirty_log(self, slot: int, bitmap_address: int) -> None:
+        """Fill the bitmap at host address ``bitmap_address`` (one bit per page of
+        ``slot``) with the pages written since the last call, and clear KVM's copy."""
+        log = h.kvm_dirty_log(slot=slot, dirty_bitmap=bitmap_address)
+        call(self.fd, "KVM_GET_DIRTY_LOG", h.KVM_GET_DIRTY_LOG, log)
+
     def create_vcpu(self, index: int) -> Vcpu:
         from .vcpu import Vcpu
 

@@ -95,8 +95,8 @@ class VcpuThread:
 
     def request(self, state: str) -> None:
         with self._cond:
-            if self.state == self.STOPPED:
-                return
+            if self.state == self.STOPPED or self._want == self.STOPPED:
+                return  # a stop, once asked for, is not taken back
             self._want = state
             self._cond.notify_all()
         self.kick()

@@ -7,7 +7,7 @@ afterwards costs milliseconds per slot.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
@@ -28,11 +28,27 @@ from .iothread import IoThread
 from .machine import Closeable, Machine
 from .pci import PciWiring
 
-def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None = None) -> Machine:
+class RestoreSource(Protocol):
+    """Where a restored machine comes from: a snapshot file or a migration stream."""
+
+    config: MachineConfig
+    state: dict[str, Any]  # checked by snapshot.check_state
+    vcpu_states: list[Any]
+
+    def take_memory(self) -> GuestMemory: ...
+
+
+def build(
+    config: MachineConfig, kvm: Kvm | None = None, console: Console | None = None,
+    restore: RestoreSource | None = None,
+) -> Machine:
     """Create a machine ready to start; on any error release what was made.
 
     A ``console`` passed in stays the caller's (it outlives restarts); without
-    one the machine opens ``config.serial`` and closes it with itself."""
+    one the machine opens ``config.serial`` and closes it with itself.  With
+    ``restore`` the machine is the one it describes (``config`` should be its
+    ``config``): memory comes from it instead of a kernel, and devices, vCPUs,
+    interrupt controllers and the clock take its state before anything runs."""
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = None
@@ -41,24 +57,26 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
     try:
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
-        memory = GuestMemory(config.memory)
+        memory = restore.take_memory() if restore is not None else GuestMemory(config.memory)
         def deliver(address: int, data: int) -> None:
             # devices are made before the VM; interrupts only flow once it exists
             assert vm is not None
             vm.signal_msi(address, data)
 
         nets, balloon, vsock = _virtio_devices(config, memory, wiring, deliver, backends)
-        pci_devices, pci_tables = wiring.acpi()
-        tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
-        tables.write(memory)
-        entry = load_kernel(
-            memory,
-            config.kernel,
-            config.initrd,
-            config.cmdline,
-            protocol=config.boot,
-            rsdp=tables.rsdp_addr,
-        )
+        entry = None
+        if restore is None:
+            pci_devices, pci_tables = wiring.acpi()
+            tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
+            tables.write(memory)
+            entry = load_kernel(
+                memory,
+                config.kernel,
+                config.initrd,
+                config.cmdline,
+                protocol=config.boot,
+                rsdp=tables.rsdp_addr,
+            )
         kvm = kvm or Kvm()
         vm = kvm.create_vm()
         vm.set_tss_addr()
@@ -110,10 +128,18 @@ def build(config: MachineConfig, kvm: Kvm | None = None, console: Console | None
         for index in range(config.vcpus):
             vcpu = vm.create_vcpu(index)
             setup_cpuid(vcpu, supported, config.vcpus)
-            setup_msrs(vcpu)
-            if index == 0:
-                apply_entry_state(vcpu, entry)
+            if entry is not None:
+                setup_msrs(vcpu)
+                if index == 0:
+                    apply_entry_state(vcpu, entry)
             machine.vcpus.append(VcpuThread(vcpu, pio, mmio, machine._vcpu_stopped))
+        if restore is not None:
+            from .snapshot import apply_device_states, apply_vm_state
+
+            apply_device_states(machine, restore.state["devices"])
+            apply_vm_state(machine, restore.state, restore.vcpu_states)
+            for transport in wiring.transports:
+                machine.io.call_soon(transport.device.after_restore)  # runs once the machine starts
         console.start_input(
             com1.enqueue, lambda: machine.request_stop(Stop(StopKind.HOST, 0, "console escape"))
         )

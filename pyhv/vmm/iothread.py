@@ -29,6 +29,7 @@ class IoThread:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake, select.EPOLLIN)
         self._stopping = False
+        self._held: threading.Event | None = None  # set to let a paused thread go on
         self._failed: set[int] = set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -87,8 +88,34 @@ class IoThread:
     def start(self) -> None:
         self._thread.start()
 
+    def pause(self, timeout: float = 5.0) -> bool:
+        """Hold the thread between callbacks until :meth:`resume`: no device work
+        runs and no guest memory is written meanwhile.  False if it did not
+        get there in time (or is not running, when there is nothing to hold)."""
+        if not self._thread.is_alive() or self._held is not None:
+            return False
+        held, release = threading.Event(), threading.Event()
+        self._held = release
+
+        def hold() -> None:
+            held.set()
+            release.wait()
+
+        self.call_soon(hold)
+        if not held.wait(timeout):
+            release.set()
+            self._held = None
+            return False
+        return True
+
+    def resume(self) -> None:
+        release, self._held = self._held, None
+        if release is not None:
+            release.set()
+
     def stop(self) -> None:
         self._stopping = True
+        self.resume()
         os.eventfd_write(self._wake, 1)
         if self._thread.ident is not None:
             self._thread.join()

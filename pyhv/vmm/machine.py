@@ -100,9 +100,13 @@ class Machine:
         for v in self.vcpus:
             v.wait_state(VcpuThread.PAUSED, timeout)
 
-    def resume(self) -> None:
+    def resume(self, timeout: float = 5.0) -> None:
+        """Let paused vCPUs run again; returns once they do (as pause waits until they stop)."""
         for v in self.vcpus:
             v.request(VcpuThread.RUNNING)
+        for v in self.vcpus:
+            if v.thread.is_alive():
+                v.wait_state(VcpuThread.RUNNING, timeout)
 
     def vcpu_state(self, index: int) -> VcpuState:
         """The whole state of vCPU ``index``; the machine must be paused or stopped."""
@@ -114,6 +118,59 @@ class Machine:
         if v.state == VcpuThread.RUNNING:
             raise PyhvError(f"vCPU {index} is running: pause the machine first")
         return read_state(v.vcpu)
+
+    def save(self, path: str, sync: bool = True) -> Any:
+        """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py).
+
+        A running machine is paused for the save (vCPUs and device work) and
+        runs on afterwards; a paused or stopped one stays as it is.  Returns a
+        SaveInfo (sizes, time)."""
+        from .snapshot import save
+
+        with self.quiesced():
+            return save(self, path, sync)
+
+    @staticmethod
+    def restore(path: str, serial: str | None = None, console: Console | None = None) -> Machine:
+        """The machine snapshot ``path`` holds, built and ready to start where it was saved.
+
+        ``serial`` (or a ``console`` the caller keeps) says where COM1 goes
+        now; everything else comes from the file, which must stay in place
+        while the machine runs (its memory is mapped from it)."""
+        from .builder import build
+        from .snapshot import Snapshot
+
+        snapshot = Snapshot(path, serial=serial)
+        try:
+            return build(snapshot.config, console=console, restore=snapshot)
+        finally:
+            snapshot.close()
+
+    def migrate(self, address: tuple[str, int], key: bytes, **options: Any) -> Any:
+        """Live-migrate to ``pyhv run --incoming`` at ``address``; see vmm/migrate.py."""
+        from .migrate import migrate
+
+        return migrate(self, address, key, **options)
+
+    def quiesced(self) -> Any:
+        """A context in which no vCPU runs and no device works (I/O thread held)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def held() -> Any:
+            running = self.state == VcpuThread.RUNNING
+            if running:
+                self.pause()
+            io_held = self.io is not None and self.io.pause()
+            try:
+                yield
+            finally:
+                if io_held and self.io is not None:
+                    self.io.resume()
+                if running and self._stop is None:
+                    self.resume()
+
+        return held()
 
     @property
     def state(self) -> str:

@@ -8,6 +8,7 @@ There is no keyboard or mouse behind it.  Ports: data 0x60, status/command 0x64.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..bus import BytePort
 
@@ -76,3 +77,20 @@ class I8042:
             self.output = OUTPUT_PORT_RESET_BIT
         elif cmd == CMD_PULSE_RESET:
             self._reset()
+
+    # --- state -------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {"config": self.config, "status": self.status, "output": self.output, "pending": self.pending}
+
+    def set_state(self, state: Any) -> None:
+        from ..state import DeviceStateError, check_keys, int_field
+
+        check_keys(state, ("config", "status", "output", "pending"), "i8042")
+        config = int_field(state, "config", 0xFF, "i8042")
+        status = int_field(state, "status", 0xFF, "i8042")
+        output = None if state["output"] is None else int_field(state, "output", 0xFF, "i8042")
+        pending = state["pending"]
+        if pending not in (None, CMD_WRITE_CONFIG, CMD_WRITE_OUTPUT_PORT) or isinstance(pending, bool):
+            raise DeviceStateError("i8042 state: pending must be null or a command waiting for data")
+        self.config, self.status, self.output, self.pending = config, status, output, pending

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..bus import BytePort
 
@@ -140,3 +141,29 @@ class Rtc:
         except (ValueError, OverflowError):
             return  # nonsense date from the guest: keep the old time
         self.offset = guest - int(self._clock())
+
+    # --- state -------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Plain values: the index register, the guest's offset from host time, CMOS RAM."""
+        with self._lock:
+            return {"index": self.index, "offset": self.offset, "cmos": self.cmos.hex(),
+                    "pending": sorted([k, v] for k, v in self._pending.items())}
+
+    def set_state(self, state: Any) -> None:
+        """Take back what :meth:`state` returned; every value is checked first."""
+        from ..state import DeviceStateError, bytes_field, check_keys, float_field, int_field
+
+        check_keys(state, ("index", "offset", "cmos", "pending"), "rtc")
+        index = int_field(state, "index", INDEX_MASK, "rtc")
+        offset = float_field(state, "offset", 1e11, "rtc")  # about 3000 years either way
+        cmos = bytes_field(state, "cmos", 128, "rtc")
+        pending = state["pending"]
+        if not isinstance(pending, list) or not all(
+            isinstance(p, list) and len(p) == 2 and p[0] in _TIME_REGS and isinstance(p[1], int)
+            and not isinstance(p[1], bool) and 0 <= p[1] <= 0xFF for p in pending
+        ):
+            raise DeviceStateError("rtc state: pending must be [time register, byte] pairs")
+        with self._lock:
+            self.index, self.offset, self.cmos = index, offset, bytearray(cmos)
+            self._pending = dict(pending)

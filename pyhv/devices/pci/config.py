@@ -189,6 +189,21 @@ class PciConfigSpace:
         if cap is not None and cap.on_write is not None:
             cap.on_write(offset - cap.offset, size, value)
 
+    # --- state -----------------------------------------------------------------
+
+    def state(self) -> dict[str, str]:
+        """The whole 4 KiB as hex (only the guest-writable bits matter on the way back)."""
+        return {"data": bytes(self._data).hex()}
+
+    def set_state(self, state: object, what: str = "pci config") -> None:
+        """Take back the guest-writable bits of :meth:`state`; identity fields, BAR
+        types and capability headers stay what this device model says they are."""
+        from ..state import bytes_field, check_keys
+
+        data = bytes_field(check_keys(state, ("data",), what), "data", CONFIG_SIZE, what)
+        cur, wmask = self._data, self._wmask
+        self._data = bytearray((c & ~m) | (d & m) for c, d, m in zip(cur, data, wmask, strict=True))
+
     # --- device-model access (unmasked) --------------------------------------------
 
     def get(self, offset: int, size: int) -> int:

@@ -190,6 +190,35 @@ class MsixTable:
         if message is not None:
             self._deliver(*message)
 
+    # --- state ---------------------------------------------------------------------
+
+    def state(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "addr_lo": list(self._addr_lo), "addr_hi": list(self._addr_hi), "data": list(self._data),
+                "ctrl": list(self._ctrl), "pending": self._pending, "enabled": self._enabled,
+                "function_masked": self._function_masked,
+            }
+
+    def set_state(self, state: object) -> None:
+        """Take back :meth:`state` (checked first); nothing is delivered here:
+        vectors pending in the state stay pending."""
+        from ..state import bool_field, check_keys, int_field, int_list
+
+        keys = ("addr_lo", "addr_hi", "data", "ctrl", "pending", "enabled", "function_masked")
+        st = check_keys(state, keys, "msix")
+        n, word = self.vectors, 0xFFFF_FFFF
+        addr_lo = [a & ~3 for a in int_list(st, "addr_lo", n, word, "msix")]
+        addr_hi = int_list(st, "addr_hi", n, word, "msix")
+        data = int_list(st, "data", n, word, "msix")
+        ctrl = int_list(st, "ctrl", n, VECTOR_CTRL_MASK, "msix")
+        pending = int_field(st, "pending", (1 << n) - 1, "msix")
+        enabled = bool_field(st, "enabled", "msix")
+        masked = bool_field(st, "function_masked", "msix")
+        with self._lock:
+            self._addr_lo, self._addr_hi, self._data, self._ctrl = addr_lo, addr_hi, data, ctrl
+            self._pending, self._enabled, self._function_masked = pending, enabled, masked
+
     # --- PBA region ----------------------------------------------------------------
 
     def read_pba(self, offset: int, size: int) -> int:

@@ -237,6 +237,27 @@ class PciRoot:
             if register < BAR_END and register + size > COMMAND:
                 self._update_mappings()
 
+    def state(self) -> dict[str, object]:
+        """CONFIG_ADDRESS and the host bridge's config space (devices save their own)."""
+        bridge = self._slots[HOST_BRIDGE_SLOT]
+        assert bridge is not None
+        return {"config_address": self.config_io.address, "host_bridge": bridge.config.state()}
+
+    def set_state(self, state: object) -> None:
+        from ..state import check_keys, int_field
+
+        st = check_keys(state, ("config_address", "host_bridge"), "pci root")
+        address = int_field(st, "config_address", 0xFFFF_FFFF, "pci root") & CONFIG_ADDRESS_BITS
+        bridge = self._slots[HOST_BRIDGE_SLOT]
+        assert bridge is not None
+        bridge.config.set_state(st["host_bridge"], "pci host bridge config")
+        self.config_io.address = address
+
+    def refresh_mappings(self) -> None:
+        """Work out the decoded BARs again (after config spaces were restored) and report changes."""
+        with self._lock:
+            self._update_mappings()
+
     def _update_mappings(self) -> None:
         wanted = self._decoded_bars()
         old = self._mapped

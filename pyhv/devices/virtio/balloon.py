@@ -96,6 +96,32 @@ class Balloon(VirtioDevice):
         if offset == 4 and size == 4:
             self.actual_pages = value & 0xFFFF_FFFF
 
+    # --- state ----------------------------------------------------------------------
+
+    def _device_state(self) -> Any:
+        # A statistics buffer the device holds is carried as its head index, so
+        # the restored device can still give it back (request_stats).
+        held = self._stats_chain
+        return {
+            "target_pages": self.target_pages, "actual_pages": self.actual_pages, "inflated": self.inflated,
+            "stats_head": None if held is None else held.head,
+        }
+
+    def _device_check_state(self, state: Any) -> Any:
+        from ..state import check_keys, int_field
+
+        keys = ("target_pages", "actual_pages", "inflated", "stats_head")
+        st = check_keys(state, keys, self.name)
+        pages = min(self.mem.size // PAGE_SIZE if hasattr(self.mem, "size") else 0xFFFF_FFFF, 0xFFFF_FFFF)
+        counts = tuple(int_field(st, k, pages, self.name) for k in keys[:3])
+        head = None if st["stats_head"] is None else int_field(st, "stats_head", self.queues[STATS].max_size - 1, self.name)
+        return (*counts, head)
+
+    def _device_set_state(self, checked: Any) -> None:
+        self.target_pages, self.actual_pages, self.inflated, head = checked
+        q = self.queues[STATS]
+        self._stats_chain = None if head is None or not q.active else DescriptorChain(head, [], [], q.generation)
+
     # --- queues ---------------------------------------------------------------------
 
     def _device_reset(self) -> None:

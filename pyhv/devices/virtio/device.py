@@ -22,7 +22,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import PyhvError
 from .queue import (
     DescriptorChain,
     VIRTIO_F_EVENT_IDX,
@@ -214,29 +213,66 @@ class VirtioDevice:
     # --- state --------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
+        """Plain values: status, features, queues and what the device adds (:meth:`_device_state`)."""
         with self.lock:
             return {
                 "status": self.status,
                 "driver_features": self.driver_features,
                 "config_generation": self.config_generation,
                 "queues": [q.state() for q in self.queues],
+                "device": self._device_state(),
             }
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or not isinstance(state.get("queues"), list):
-            raise PyhvError(f"{self.name} state: malformed")
-        for key, limit in (("status", 0xFF), ("driver_features", (1 << 64) - 1), ("config_generation", 0xFF)):
-            v = state.get(key)
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= limit:
-                raise PyhvError(f"{self.name} state: bad {key}")
-        if len(state["queues"]) != len(self.queues):
-            raise PyhvError(f"{self.name} state: {len(state['queues'])} queues, device has {len(self.queues)}")
+    def set_state(self, state: Any) -> None:
+        """Take back :meth:`state`.  Everything is checked before anything changes:
+        each queue's state is tried on a scratch queue first.  A device that
+        was running (DRIVER_OK) is activated again (e.g. net watches its TAP)."""
+        from ..state import DeviceStateError, check_keys, int_field
+
+        what = self.name
+        st = check_keys(state, ("status", "driver_features", "config_generation", "queues", "device"), what)
+        status = int_field(st, "status", 0xFF, what)
+        features = int_field(st, "driver_features", (1 << 64) - 1, what)
+        generation = int_field(st, "config_generation", 0xFFFF_FFFF, what)
+        queues = st["queues"]
+        if not isinstance(queues, list) or len(queues) != len(self.queues):
+            raise DeviceStateError(f"{what} state: expected {len(self.queues)} queues")
+        if status & STATUS_FEATURES_OK and features & ~self.offered_features():
+            raise DeviceStateError(f"{what} state: driver features {features:#x} were never offered")
+        for i, (q, qs) in enumerate(zip(self.queues, queues, strict=True)):
+            try:
+                SplitQueue(self.mem, q.max_size).set_state(qs)
+            except QueueError as e:
+                raise DeviceStateError(f"{what} state: queue {i}: {e}") from None
+        device = self._device_check_state(st["device"])
         with self.lock:
-            for q, qs in zip(self.queues, state["queues"], strict=True):
+            self._device_reset()
+            for q, qs in zip(self.queues, queues, strict=True):
                 q.set_state(qs)
-            self.status = state["status"]
-            self.driver_features = state["driver_features"]
-            self.config_generation = state["config_generation"]
+            self.status, self.driver_features, self.config_generation = status, features, generation
+            self.failure = "restored in a failed state" if status & STATUS_DEVICE_NEEDS_RESET else None
+            self._device_set_state(device)
+            if status & STATUS_DRIVER_OK and not status & STATUS_DEVICE_NEEDS_RESET:
+                self._device_activate()
+
+    def after_restore(self) -> None:
+        """Called on the I/O thread once a restored machine runs (the guest's
+        interrupt controllers are in place): tell the guest what it must know."""
+
+    def _device_state(self) -> Any:
+        """Device-specific state as plain values (None when there is none)."""
+        return None
+
+    def _device_check_state(self, state: Any) -> Any:
+        """Check :meth:`_device_state` output from outside; return what :meth:`_device_set_state` takes."""
+        from ..state import DeviceStateError
+
+        if state is not None:
+            raise DeviceStateError(f"{self.name} state: device part must be null")
+        return None
+
+    def _device_set_state(self, checked: Any) -> None:
+        """Apply what :meth:`_device_check_state` returned (lock held)."""
 
 
 def buffer_views(mem: Any, buffers: list[Buffer], skip: int, length: int) -> list[memoryview]:

@@ -78,6 +78,33 @@ class VirtioMmio:
 
     # --- interrupts -------------------------------------------------------------
 
+    # --- state ----------------------------------------------------------------------
+
+    def state(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "interrupt_status": self.interrupt_status,
+                "device_features_sel": self.device_features_sel,
+                "driver_features_sel": self.driver_features_sel,
+                "queue_sel": self.queue_sel,
+                "device": self.device.state(),
+            }
+
+    def set_state(self, state: object) -> None:
+        """Take back :meth:`state`, checked first; the interrupt line follows the status."""
+        from ..state import check_keys, int_field
+
+        what = self.device.name
+        keys = ("interrupt_status", "device_features_sel", "driver_features_sel", "queue_sel", "device")
+        st = check_keys(state, keys, what)
+        status = int_field(st, "interrupt_status", 3, what)
+        fields = [int_field(st, k, 0xFFFF_FFFF, what) for k in keys[1:4]]
+        self.device.set_state(st["device"])
+        with self._lock:
+            self.interrupt_status = status
+            self.device_features_sel, self.driver_features_sel, self.queue_sel = fields
+        self._irq(bool(status))
+
     def _interrupt(self, vector: int) -> None:
         with self._lock:
             self.interrupt_status |= INT_CONFIG_CHANGE if vector == CONFIG_INTERRUPT else INT_USED_BUFFER

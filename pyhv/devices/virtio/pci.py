@@ -257,6 +257,55 @@ class VirtioPci(PciDevice):
             self.isr = 0
             self.queue_select = self.device_feature_select = self.driver_feature_select = 0
 
+    # --- state ------------------------------------------------------------------------
+
+    def state(self) -> dict[str, object]:
+        """Config space, MSI-X table, transport registers and the virtio device."""
+        with self.device.lock:
+            return {
+                "config": self.config.state(),
+                "msix": self.msix.state(),
+                "device_feature_select": self.device_feature_select,
+                "driver_feature_select": self.driver_feature_select,
+                "queue_select": self.queue_select,
+                "config_vector": self.config_vector,
+                "queue_vectors": list(self.queue_vectors),
+                "isr": self.isr,
+                "device": self.device.state(),
+            }
+
+    def set_state(self, state: object) -> None:
+        """Take back :meth:`state`; every part is checked before any part changes
+        (the device's own check runs on a scratch copy first)."""
+        from ..state import DeviceStateError, check_keys, int_field, int_list
+
+        what = self.device.name
+        keys = ("config", "msix", "device_feature_select", "driver_feature_select", "queue_select",
+                "config_vector", "queue_vectors", "isr", "device")
+        st = check_keys(state, keys, what)
+        dfs = int_field(st, "device_feature_select", 0xFFFF_FFFF, what)
+        drfs = int_field(st, "driver_feature_select", 0xFFFF_FFFF, what)
+        qsel = int_field(st, "queue_select", 0xFFFF, what)
+        vectors = int_list(st, "queue_vectors", len(self.device.queues), 0xFFFF, what)
+        config_vector = int_field(st, "config_vector", 0xFFFF, what)
+        isr = int_field(st, "isr", ISR_QUEUE | ISR_CONFIG, what)
+        for v in (config_vector, *vectors):
+            if v != VIRTIO_MSI_NO_VECTOR and v >= self.msix.vectors:
+                raise DeviceStateError(f"{what} state: MSI-X vector {v} beyond the table's {self.msix.vectors}")
+        # Check config space and MSI-X on scratch objects, so a bad part changes nothing.
+        saved_config, saved_msix = self.config.state(), self.msix.state()
+        try:
+            self.config.set_state(st["config"], f"{what} pci config")
+            self.msix.set_state(st["msix"])
+            self.device.set_state(st["device"])
+        except Exception:
+            self.config.set_state(saved_config)
+            self.msix.set_state(saved_msix)
+            raise
+        with self.device.lock:
+            self.device_feature_select, self.driver_feature_select, self.queue_select = dfs, drfs, qsel
+            self.config_vector, self.queue_vectors, self.isr = config_vector, vectors, isr
+
     # --- VIRTIO_PCI_CAP_PCI_CFG: BAR access through config space (4.1.4.8) ------------
 
     def _pci_cfg_window(self) -> tuple[int, int, int]:

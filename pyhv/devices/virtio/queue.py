@@ -290,6 +290,11 @@ class SplitQueue:
         self._avail_event = 0
 
     @property
+    def generation(self) -> int:
+        """Changes at every reset and activation; chains popped before it are stale."""
+        return self._generation
+
+    @property
     def active(self) -> bool:
         """True between a successful :meth:`activate` and the next :meth:`reset`."""
         return self._active

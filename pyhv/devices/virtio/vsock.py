@@ -32,11 +32,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .device import VirtioDevice
+from .device import STATUS_DRIVER_OK, VirtioDevice
 from .queue import DescriptorChain, SplitQueue
 
 DEVICE_ID = 19
 RX, TX, EVENT = 0, 1, 2
+VIRTIO_VSOCK_EVENT_TRANSPORT_RESET = 0
 HOST_CID = 2
 
 HEADER = struct.Struct("<QQIIIHHIII")  # src_cid dst_cid src_port dst_port len type op flags buf_alloc fwd_cnt
@@ -94,6 +95,7 @@ class Vsock(VirtioDevice):
         self._unaccepted: dict[int, tuple[socket.socket, bytearray]] = {}
         self.listener: socket.socket | None = None
         self.bad_packets = 0
+        self.transport_reset_pending = False  # restored: the guest must hear its connections are gone
 
     def device_features(self) -> int:
         return 0
@@ -222,6 +224,44 @@ class Vsock(VirtioDevice):
 
     # --- the queues -------------------------------------------------------------------
 
+    # --- state ----------------------------------------------------------------------
+
+    def _device_state(self) -> Any:
+        # Host connections are sockets of this process: they do not survive a
+        # restore, and the restored device tells the guest so (after_restore).
+        # The guest CID is part of the state so a mismatch is caught.
+        return {"guest_cid": self.guest_cid}
+
+    def _device_check_state(self, state: Any) -> Any:
+        from ..state import DeviceStateError, check_keys, int_field
+
+        st = check_keys(state, ("guest_cid",), self.name)
+        if int_field(st, "guest_cid", 0xFFFF_FFFF, self.name) != self.guest_cid:
+            raise DeviceStateError(f"{self.name} state: guest CID {st['guest_cid']} is not this device's {self.guest_cid}")
+        return None
+
+    def _device_set_state(self, checked: Any) -> None:
+        self.transport_reset_pending = bool(self.status & STATUS_DRIVER_OK)
+
+    def after_restore(self) -> None:
+        """Send VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: the guest drops its connections
+        (their host ends are gone).  Without an event buffer yet, it goes out
+        when the driver provides one."""
+        signal = False
+        with self.lock:
+            q = self.queues[EVENT]
+            if not self.transport_reset_pending or not q.active:
+                return
+            chain = q.pop()
+            if chain is None:
+                return
+            self.transport_reset_pending = False
+            written = chain.write_at(self.mem, 0, struct.pack("<I", VIRTIO_VSOCK_EVENT_TRANSPORT_RESET))
+            q.push_used(chain, written)
+            signal = q.should_notify()
+        if signal:
+            self.interrupt(EVENT)
+
     def _device_activate(self) -> None:
         self.start_watching()
 
@@ -235,6 +275,8 @@ class Vsock(VirtioDevice):
             self._flush_rx()
             return False
         if index == EVENT:
+            if self.transport_reset_pending:
+                self.after_restore()
             return False
         used = self._drain(queue, self._from_guest)
         self._flush_rx()

@@ -1,0 +1,446 @@
+"""Snapshots: a whole machine in one file, restored without reading its memory.
+
+File format (version 1), all integers little-endian::
+
+    offset 0      header (72 bytes)
+                    magic "PYHVSNAP", u32 version, u32 header size,
+                    u64 memory offset, u64 memory length,
+                    u64 state offset, u64 state length,
+                    sha256 of the header (with this field zeroed) and the state
+    offset 4096   guest memory: every RAM range in guest-physical order, each a
+                  whole number of pages, at file offset = memory offset + the
+                  sizes of the ranges before it.  Pages that were never touched
+                  are holes (the file is sparse).
+    then          the state: UTF-8 JSON of plain values -- the machine's
+                  configuration, each vCPU (registers, special registers, FPU and
+                  XSAVE, XCRs, MSRs, LAPIC, pending events, MP state, debug
+                  registers), the in-kernel PIC, IOAPIC and PIT, the guest clock,
+                  every device's ``state()``, and a CRC-32 of each extent of
+                  memory that was written.
+
+Restore maps each RAM range MAP_PRIVATE from the file: nothing is read until
+the guest touches a page, so restore time does not grow with guest size, and
+guest writes never reach the file.  Everything but the memory contents is
+checked before a vCPU is created: size, magic, version, the checksum, and
+every value of the state (a snapshot is untrusted input).  The memory CRCs are
+checked on request (:meth:`Snapshot.verify_memory`), since that reads it all.
+
+A save writes to ``PATH.tmp`` and renames it over ``PATH`` once complete (and,
+by default, on disk), so an existing snapshot is never half overwritten, and a
+machine restored from ``PATH`` can be saved to ``PATH`` again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import time
+import zlib
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .._sys import kvm_h as h
+from ..errors import PyhvError, UsageError
+from ..memory import PAGE_SIZE, GuestMemory, Region, x86_ram_layout
+from .config import DiskConfig, MachineConfig, NetConfig, VsockConfig
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+MAGIC = b"PYHVSNAP"
+VERSION = 1
+HEADER = struct.Struct("<8sIIQQQQ32s")
+MEMORY_OFFSET = 4096
+#: memory is scanned and written in chunks of this size; untouched chunks stay holes
+CHUNK = 256 << 10
+#: a CRC covers at most this much memory
+EXTENT_MAX = 64 << 20
+MAX_STATE = 64 << 20
+FORMAT = "pyhv-machine"
+IRQCHIPS = (h.KVM_IRQCHIP_PIC_MASTER, h.KVM_IRQCHIP_PIC_SLAVE, h.KVM_IRQCHIP_IOAPIC)
+IRQCHIP_SIZE = 512
+PIT_SIZE = h.sizeof(h.kvm_pit_state2)
+
+
+class SnapshotError(PyhvError):
+    """A snapshot that cannot be restored (truncated, corrupt, incompatible) or saved."""
+
+    exit_status = 2
+
+
+class SaveInfo(NamedTuple):
+    path: str
+    size: int  # apparent file size
+    allocated: int  # bytes the file takes on disk (holes excluded)
+    memory_written: int
+    seconds: float
+
+
+# --- machine state (everything but memory contents) --------------------------------------
+
+
+def config_to_plain(config: MachineConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in vars(config).items():
+        if key.startswith("_"):
+            continue
+        if key in ("disks", "nets"):
+            out[key] = [v._asdict() for v in value]
+        elif key == "vsock":
+            out[key] = None if value is None else value._asdict()
+        else:
+            out[key] = value
+    return out
+
+
+_CONFIG_TYPES: dict[str, Any] = {
+    "kernel": str, "initrd": (str, type(None)), "cmdline": str, "memory": int, "vcpus": int,
+    "debug_exit": bool, "serial": str, "boot": str, "on_reboot": str, "on_poweroff": str,
+    "disks": list, "rng": bool, "nets": list, "balloon": bool, "vsock": (dict, type(None)),
+}
+
+
+def config_from_plain(d: Any, serial: str | None = None) -> MachineConfig:
+    """A MachineConfig from :func:`config_to_plain` output, checked; ``serial`` overrides."""
+    if not isinstance(d, dict) or set(d) != set(_CONFIG_TYPES):
+        raise SnapshotError("configuration: wrong set of keys")
+    for key, t in _CONFIG_TYPES.items():
+        if not isinstance(d[key], t) or (t is int and isinstance(d[key], bool)):
+            raise SnapshotError(f"configuration: {key} has the wrong type")
+    try:
+        disks = [_record(DiskConfig, x, "disk") for x in d["disks"]]
+        nets = [_record(NetConfig, x, "net") for x in d["nets"]]
+        vsock = None if d["vsock"] is None else _record(VsockConfig, d["vsock"], "vsock")
+        settings = dict(d, disks=disks, nets=nets, vsock=vsock)
+        if serial is not None:
+            settings["serial"] = serial
+        return MachineConfig(**settings)
+    except UsageError as e:
+        raise SnapshotError(f"configuration: {e}") from None
+
+
+def _record(cls: Any, d: Any, what: str) -> Any:
+    fields = cls._fields
+    if not isinstance(d, dict) or set(d) != set(fields):
+        raise SnapshotError(f"configuration: {what} has the wrong set of keys")
+    for name in fields:
+        want = type(cls._field_defaults.get(name, ""))
+        if type(d[name]) is not want:
+            raise SnapshotError(f"configuration: {what} {name} has the wrong type")
+    return cls(**d)
+
+
+def device_states(machine: Machine) -> dict[str, Any]:
+    d = machine.devices
+    out: dict[str, Any] = {"com1": d["com1"].state(), "rtc": d["rtc"].state(), "i8042": d["i8042"].state()}
+    if machine.pci is not None:
+        root = machine.pci.root
+        out["pci_root"] = root.state()
+        out["pci"] = {str(root.slot_of(t)): t.state() for t in machine.pci.transports}
+    return out
+
+
+def apply_device_states(machine: Machine, states: Any) -> None:
+    """Put every device back; each checks its part before changing anything."""
+    from ..devices.state import DeviceStateError, check_keys
+
+    keys = {"com1", "rtc", "i8042"} | ({"pci_root", "pci"} if machine.pci is not None else set())
+    check_keys(states, keys, "machine devices")
+    d = machine.devices
+    for name in ("com1", "rtc", "i8042"):
+        d[name].set_state(states[name])
+    if machine.pci is None:
+        return
+    root = machine.pci.root
+    pci = states["pci"]
+    slots = {str(root.slot_of(t)): t for t in machine.pci.transports}
+    if not isinstance(pci, dict) or set(pci) != set(slots):
+        raise DeviceStateError(f"pci state: devices in slots {sorted(pci) if isinstance(pci, dict) else pci!r:.60}, "
+                               f"this machine has {sorted(slots)}")
+    root.set_state(states["pci_root"])
+    for slot, transport in slots.items():
+        transport.set_state(pci[slot])
+    root.refresh_mappings()
+
+
+def capture(machine: Machine) -> dict[str, Any]:
+    """The machine's state as plain values; vCPUs paused and the I/O thread held."""
+    from ..vcpu.cpustate import read_state, to_plain
+
+    vm = machine.vm
+    return {
+        "format": FORMAT,
+        "config": config_to_plain(machine.config),
+        "vm": {
+            "clock": vm.get_clock(),
+            "irqchip": [vm.get_irqchip(chip).hex() for chip in IRQCHIPS],
+            "pit": vm.get_pit2().hex(),
+        },
+        "vcpus": [to_plain(read_state(v.vcpu)) for v in machine.vcpus],
+        "devices": device_states(machine),
+    }
+
+
+def check_state(state: Any, memory_length: int | None = None) -> Any:
+    """Check the parts of a captured state that need no devices: format, config,
+    VM blobs, every vCPU.  Returns (config, vcpu states)."""
+    from ..vcpu.cpustate import from_plain
+
+    keys = {"format", "config", "vm", "vcpus", "devices"} | ({"memory"} if memory_length is not None else set())
+    if not isinstance(state, dict) or set(state) != keys:
+        raise SnapshotError("state: wrong set of sections")
+    if state["format"] != FORMAT:
+        raise SnapshotError(f"state: format {state['format']!r:.40}, expected {FORMAT!r}")
+    config = config_from_plain(state["config"])
+    vm = state["vm"]
+    if not isinstance(vm, dict) or set(vm) != {"clock", "irqchip", "pit"}:
+        raise SnapshotError("state: vm section has the wrong set of keys")
+    if isinstance(vm["clock"], bool) or not isinstance(vm["clock"], int) or not 0 <= vm["clock"] < 1 << 64:
+        raise SnapshotError("state: guest clock must be a 64-bit count of nanoseconds")
+    chips = vm["irqchip"]
+    if not isinstance(chips, list) or len(chips) != len(IRQCHIPS):
+        raise SnapshotError("state: expected the PIC pair and the IOAPIC")
+    for blob, size in [*((c, IRQCHIP_SIZE) for c in chips), (vm["pit"], PIT_SIZE)]:
+        if not isinstance(blob, str) or len(blob) != 2 * size:
+            raise SnapshotError(f"state: interrupt controller or PIT state must be {size} bytes")
+        try:
+            bytes.fromhex(blob)
+        except ValueError:
+            raise SnapshotError("state: interrupt controller or PIT state is not hex") from None
+    vcpus = state["vcpus"]
+    if not isinstance(vcpus, list) or len(vcpus) != config.vcpus:
+        raise SnapshotError(f"state: expected {config.vcpus} vCPUs")
+    try:
+        checked = [from_plain(v) for v in vcpus]
+    except PyhvError as e:
+        raise SnapshotError(f"state: vCPU: {e}") from None
+    if [v.index for v in checked] != list(range(config.vcpus)):
+        raise SnapshotError("state: vCPUs out of order")
+    return config, checked
+
+
+def apply_vm_state(machine: Machine, state: dict[str, Any], vcpu_states: list[Any]) -> None:
+    """After the devices: interrupt controllers, PIT, every vCPU, then the clock."""
+    from ..vcpu.cpustate import write_state
+
+    vm = machine.vm
+    for chip, blob in zip(IRQCHIPS, state["vm"]["irqchip"], strict=True):
+        vm.set_irqchip(chip, bytes.fromhex(blob))
+    vm.set_pit2(bytes.fromhex(state["vm"]["pit"]))
+    for thread, vstate in zip(machine.vcpus, vcpu_states, strict=True):
+        write_state(thread.vcpu, vstate)
+    vm.set_clock(state["vm"]["clock"])
+
+
+# --- memory ----------------------------------------------------------------------------
+
+
+def region_offsets(size: int, base: int = MEMORY_OFFSET) -> list[int]:
+    offsets, at = [], base
+    for _, length in x86_ram_layout(size):
+        offsets.append(at)
+        at += length
+    return offsets
+
+
+def _swap_in_use() -> bool:
+    """With swap, a page mincore() calls absent may hold data: scan instead."""
+    try:
+        with open("/proc/swaps") as f:
+            return len(f.read().splitlines()) > 1
+    except OSError:
+        return True
+
+
+_RESIDENT = bytes(i & 1 for i in range(256))
+
+
+def touched_chunks(memory: GuestMemory, region: Region, chunk: int = CHUNK) -> list[bool] | None:
+    """For anonymous memory: which chunks have a page in memory (the others are
+    all zeros, never touched).  None when that cannot be told cheaply."""
+    if region.file_backed or region.fd >= 0 or _swap_in_use():
+        return None
+    vec = memory.resident_pages(region).translate(_RESIDENT)
+    per = chunk // PAGE_SIZE
+    return [b"\x01" in vec[i : i + per] for i in range(0, len(vec), per)]
+
+
+def write_memory(memory: GuestMemory, fd: int, base: int = MEMORY_OFFSET) -> tuple[list[list[int]], int]:
+    """Write every RAM range at its file offset, leaving untouched or all-zero
+    chunks as holes; returns the written extents as [offset, length, crc32] and
+    the bytes written."""
+    extents: list[list[int]] = []
+    written = 0
+    zero = bytes(CHUNK)
+    for region, offset in zip(memory.regions, region_offsets(memory.size, base), strict=True):
+        touched = touched_chunks(memory, region)
+        view = region.view
+        for n, start in enumerate(range(0, region.size, CHUNK)):
+            data = view[start : start + CHUNK]
+            if touched is not None:
+                if not touched[n]:
+                    continue
+            elif data == zero[: len(data)]:
+                continue
+            at = offset + start
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], at + done)
+            written += len(data)
+            last = extents[-1] if extents else None
+            if last is not None and last[0] + last[1] == at and last[1] + len(data) <= EXTENT_MAX:
+                last[1] += len(data)
+                last[2] = zlib.crc32(data, last[2])
+            else:
+                extents.append([at, len(data), zlib.crc32(data)])
+    return extents, written
+
+
+# --- the file ----------------------------------------------------------------------------
+
+
+def save(machine: Machine, path: str, sync: bool = True) -> SaveInfo:
+    """Write ``machine`` (paused, I/O thread held: see :meth:`Machine.save`) to ``path``."""
+    t0 = time.perf_counter()
+    state = capture(machine)
+    tmp = f"{path}.tmp"
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise SnapshotError(f"cannot create {tmp}: {e.strerror}") from None
+    try:
+        mem_len = machine.memory.size
+        os.ftruncate(fd, MEMORY_OFFSET + mem_len)
+        extents, written = write_memory(machine.memory, fd)
+        state["memory"] = {"extents": extents}
+        blob = json.dumps(state, separators=(",", ":")).encode()
+        state_offset = MEMORY_OFFSET + mem_len
+        _pwrite_all(fd, blob, state_offset)
+        _pwrite_all(fd, _header(mem_len, state_offset, blob), 0)
+        if sync:
+            os.fsync(fd)
+        st = os.fstat(fd)
+        os.rename(tmp, path)
+    except OSError as e:
+        _unlink(tmp)
+        raise SnapshotError(f"cannot write snapshot {path}: {e.strerror}") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+    return SaveInfo(path, st.st_size, st.st_blocks * 512, written, time.perf_counter() - t0)
+
+
+def _header(mem_len: int, state_offset: int, blob: bytes) -> bytes:
+    head = HEADER.pack(MAGIC, VERSION, HEADER.size, MEMORY_OFFSET, mem_len, state_offset, len(blob), bytes(32))
+    digest = hashlib.sha256(head + blob).digest()
+    return HEADER.pack(MAGIC, VERSION, HEADER.size, MEMORY_OFFSET, mem_len, state_offset, len(blob), digest)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class Snapshot:
+    """An opened, checked snapshot file: its configuration and state, and the
+    file that guest memory is mapped from."""
+
+    def __init__(self, path: str, serial: str | None = None) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SnapshotError(f"cannot open snapshot {path}: {e.strerror}") from None
+        try:
+            self._check(serial)
+        except BaseException:
+            self.close()
+            raise
+
+    def _fail(self, problem: str) -> SnapshotError:
+        return SnapshotError(f"{self.path}: {problem}")
+
+    def _check(self, serial: str | None) -> None:
+        size = os.fstat(self.fd).st_size
+        if size < HEADER.size:
+            raise self._fail(f"truncated ({size} bytes): not a complete pyhv snapshot")
+        head = os.pread(self.fd, HEADER.size, 0)
+        magic, version, header_size, mem_off, mem_len, state_off, state_len, digest = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise self._fail("not a pyhv snapshot (bad magic)")
+        if version != VERSION or header_size != HEADER.size:
+            raise self._fail(f"snapshot format version {version}; this pyhv reads version {VERSION}")
+        if mem_off != MEMORY_OFFSET or state_off != mem_off + mem_len or state_len > MAX_STATE:
+            raise self._fail("corrupt header (inconsistent section offsets)")
+        if size < state_off + state_len:
+            raise self._fail(f"truncated: {size} bytes, the header says {state_off + state_len}")
+        if size > state_off + state_len:
+            raise self._fail("corrupt: data after the end of the snapshot")
+        blob = os.pread(self.fd, state_len, state_off)
+        zeroed = head[: HEADER.size - 32] + bytes(32)
+        if hashlib.sha256(zeroed + blob).digest() != digest:
+            raise self._fail("checksum mismatch: the snapshot is corrupt")
+        try:
+            state = json.loads(blob)
+        except (ValueError, RecursionError):
+            raise self._fail("corrupt state (not JSON)") from None
+        try:
+            self.config, self.vcpu_states = check_state(state, mem_len)
+            if serial is not None:
+                self.config = config_from_plain(state["config"], serial)
+        except SnapshotError as e:
+            raise self._fail(str(e)) from None
+        if self.config.memory != mem_len:
+            raise self._fail(f"memory section is {mem_len} bytes, the machine has {self.config.memory}")
+        self.extents = _check_extents(state["memory"], mem_len, self._fail)
+        self.state = state
+
+    def take_memory(self) -> GuestMemory:
+        """Guest RAM mapped copy-on-write from the file (nothing read yet)."""
+        return GuestMemory.from_file(self.config.memory, self.fd, region_offsets(self.config.memory))
+
+    def verify_memory(self) -> None:
+        """Read every written extent and check its CRC (reads the whole memory section)."""
+        for offset, length, crc in self.extents:
+            got, at = 0, offset
+            while at < offset + length:
+                data = os.pread(self.fd, min(EXTENT_MAX, offset + length - at), at)
+                if not data:
+                    raise self._fail(f"truncated memory at offset {at:#x}")
+                got = zlib.crc32(data, got)
+                at += len(data)
+            if got != crc:
+                raise self._fail(f"memory at file offset {offset:#x} is corrupt (CRC mismatch)")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _check_extents(memory: Any, mem_len: int, fail: Any) -> list[tuple[int, int, int]]:
+    if not isinstance(memory, dict) or set(memory) != {"extents"} or not isinstance(memory["extents"], list):
+        raise fail("state: memory section malformed")
+    out = []
+    end = MEMORY_OFFSET + mem_len
+    for e in memory["extents"]:
+        if (
+            not isinstance(e, list) or len(e) != 3
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in e)
+            or not MEMORY_OFFSET <= e[0] <= end or not 0 < e[1] <= end - e[0] or not 0 <= e[2] < 1 << 32
+        ):
+            raise fail("state: memory extent malformed")
+        out.append((e[0], e[1], e[2]))
+    return out
