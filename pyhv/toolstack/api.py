@@ -11,6 +11,7 @@ yet), 504 (the domain did not answer in time) or 500.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socketserver
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +32,9 @@ LIST_TIMEOUT = 2.0
 class Api:
     """The operations behind the routes; each returns (status, body)."""
 
-    def __init__(self, registry: Registry, scheduler: Scheduler | None = None) -> None:
+    def __init__(self, registry: Registry, scheduler: Scheduler | None = None, migration_key: bytes = b"") -> None:
         self.registry = registry
+        self.migration_key = migration_key
         self.scheduler = scheduler or Scheduler(registry, None, lambda message: None)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fanout")
 
@@ -140,6 +142,35 @@ class Api:
         return 200, prometheus(records, self._ask_all("metrics", records), self._ask_all("info", records),
                                self.scheduler.vcpu_metrics())
 
+    # --- save, restore, migrate ------------------------------------------------------------
+
+    def save_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"path"}, optional={"then"})
+        path, then = body["path"], body.get("then", "destroy")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise Refused("path: must be an absolute file name", 400)
+        if then not in ("destroy", "continue", "pause"):
+            raise Refused("then: must be destroy, continue or pause", 400)
+        return 200, record.call("save", timeout=600, path=path, then=then)
+
+    def restore_domain(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"path"}, optional={"paused", "name"})
+        path, paused, name = body["path"], body.get("paused", False), body.get("name", "")
+        if not isinstance(path, str) or not isinstance(paused, bool) or not isinstance(name, str):
+            raise Refused("path and name must be strings, paused true or false", 400)
+        record = self.registry.restore(path, paused, name)
+        return 201, {"id": record.id, "name": record.name, "pid": record.pid}
+
+    def migrate_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"host", "port"})
+        host, port = body["host"], body["port"]
+        if not isinstance(host, str) or not host or not isinstance(port, int) or isinstance(port, bool) \
+                or not 0 < port < 65536:
+            raise Refused("host must be a name or address, port a number from 1 to 65535", 400)
+        if not self.migration_key:
+            raise Refused("this pyhvd has no migration key (start it with --migration-key FILE)", 409)
+        return 200, record.call("migrate", timeout=900, host=host, port=port, key=self.migration_key.hex())
+
     # --- scheduling ---------------------------------------------------------------------
 
     def get_sched(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
@@ -195,12 +226,15 @@ def routes(api: Api) -> list[tuple[str, re.Pattern[str], Callable[..., tuple[int
         ("GET", "/metrics", api.metrics_text),
         ("GET", "/domains", api.list_domains),
         ("POST", "/domains", api.create_domain),
+        ("POST", "/restore", api.restore_domain),
         ("GET", "/domains/{dom}", api.get_domain),
         ("DELETE", "/domains/{dom}", api.destroy_domain),
         ("POST", "/domains/{dom}/pause", api.simple_op("pause")),
         ("POST", "/domains/{dom}/unpause", api.simple_op("unpause")),
         ("POST", "/domains/{dom}/shutdown", api.simple_op("shutdown")),
         ("POST", "/domains/{dom}/reboot", api.simple_op("reboot")),
+        ("POST", "/domains/{dom}/save", api.save_domain),
+        ("POST", "/domains/{dom}/migrate", api.migrate_domain),
         ("PUT", "/domains/{dom}/memory", api.set_memory),
         ("PUT", "/domains/{dom}/maxmem", api.set_maxmem),
         ("GET", "/domains/{dom}/vcpus", api.list_vcpus),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -35,17 +36,26 @@ class Server:
     def __init__(self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self.path = path
         self.handler = handler
+        self._busy = 0  # requests being answered
+        self._idle = threading.Condition()
         self.sock = listen_unix(path, 64)
         serve_connections(self.sock, self._serve, "control")
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5.0)
-            try:
-                reply = self._reply(_read_line(conn))
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass  # the caller went away
+        with self._idle:
+            self._busy += 1
+        try:
+            with conn:
+                conn.settimeout(5.0)
+                try:
+                    reply = self._reply(_read_line(conn))
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+                except OSError:
+                    pass  # the caller went away
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
 
     def _reply(self, line: bytes) -> dict[str, Any]:
         try:
@@ -61,8 +71,12 @@ class Server:
         except Exception as e:  # noqa: BLE001 - a bug fails the request, not the domain
             return {"ok": False, "error": f"internal error: {e!r}"}
 
-    def close(self) -> None:
+    def close(self, wait: float = 5.0) -> None:
+        """Stop listening; let requests in flight (e.g. the migration that ended
+        the domain) send their answers, for up to ``wait`` seconds."""
         close_listener(self.sock, self.path)
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, wait)
 
 
 def _read_line(conn: socket.socket) -> bytes:

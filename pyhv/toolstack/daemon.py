@@ -1,13 +1,17 @@
 """``pyhvd``: the control domain.
 
     pyhvd [--run-dir /run/pyhv] [--state-dir /var/lib/pyhv] [--socket PATH] [--cpu-pool CPUS]
+          [--migration-key FILE] [--migration-listen HOST:PORT]
 
 Listens on ``RUN_DIR/pyhvd.sock`` (0600) for the REST API (:mod:`.api`),
 re-attaches to the domains a previous pyhvd left running, and runs until
 SIGTERM or SIGINT.  Stopping pyhvd leaves every domain running.  With
 ``--cpu-pool CPUS`` (e.g. ``1`` or ``2-7``) the BVT dispatcher schedules every
 domain's vCPUs on those host CPUs (docs/SCHEDULING.md); stopping pyhvd hands
-them back to the host's scheduler.
+them back to the host's scheduler.  ``--migration-key FILE`` (16 bytes or
+more, the same on both hosts) lets domains migrate out, and with
+``--migration-listen HOST:PORT`` in: each authenticated stream becomes a new
+domain process.
 
 Threads: the main thread serves the socket (one thread per connection, from
 socketserver); the registry's monitor thread watches the domain processes.
@@ -42,6 +46,8 @@ def _parse(argv: list[str]) -> dict[str, str]:
         "--state-dir": os.environ.get("PYHV_STATE_DIR", DEFAULT_STATE_DIR),
         "--socket": "",
         "--cpu-pool": os.environ.get("PYHV_CPU_POOL", ""),
+        "--migration-key": "",
+        "--migration-listen": "",
     }
     args = list(argv)
     while args:
@@ -75,7 +81,10 @@ def _claim_socket(path: str) -> None:
     raise PyhvError(f"another pyhvd is already serving {path}")
 
 
-def serve(run_dir: str, state_dir: str, sock_path: str, pool: list[int] | None = None) -> int:
+def serve(
+    run_dir: str, state_dir: str, sock_path: str, pool: list[int] | None = None, key: bytes = b"",
+    listen: tuple[str, int] | None = None,
+) -> int:
     from .api import Api, Server
     from .registry import Registry
     from .sched import Scheduler
@@ -85,13 +94,16 @@ def serve(run_dir: str, state_dir: str, sock_path: str, pool: list[int] | None =
     _claim_socket(sock_path)
     old_umask = os.umask(0o177)
     try:
-        server = Server(sock_path, Api(registry, scheduler), _log)
+        server = Server(sock_path, Api(registry, scheduler, key), _log)
     finally:
         os.umask(old_umask)
     os.chmod(sock_path, 0o600)
     registry.reattach()
     registry.start_monitor()
     scheduler.start()
+    if listen is not None:
+        port = registry.listen_for_migrations(listen[0], listen[1], key)
+        _log(f"accepting migrations on {listen[0]}:{port}")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -125,7 +137,18 @@ def main(argv: list[str] | None = None) -> int:
             from .xl import parse_cpus
 
             pool = parse_cpus(opts["--cpu-pool"])
-        return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"], pool)
+        key, listen = b"", None
+        if opts["--migration-key"]:
+            from ..cli import read_migration_key
+
+            key = read_migration_key(opts["--migration-key"])
+        if opts["--migration-listen"]:
+            from ..cli import parse_host_port
+
+            if not key:
+                raise UsageError("--migration-listen needs --migration-key FILE: migrations are authenticated")
+            listen = parse_host_port(opts["--migration-listen"], "--migration-listen")
+        return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"], pool, key, listen)
     except PyhvError as e:
         print(f"pyhvd: {e}", file=sys.stderr)
         return e.exit_status

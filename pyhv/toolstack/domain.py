@@ -62,7 +62,10 @@ class Domain:
 
     # --- the lifecycle loop (main thread) -----------------------------------------
 
-    def run(self, ready_fd: int) -> dict[str, Any]:
+    def run(self, ready_fd: int, snapshot: Any = None, first: Any = None) -> dict[str, Any]:
+        """The lifecycle loop.  The first machine is restored from ``snapshot``,
+        or is ``first`` (migrated in, already running), or is booted afresh;
+        any later one (a reboot) boots afresh."""
         from ..vmm import build
 
         cfg = self.config.machine
@@ -71,17 +74,28 @@ class Domain:
             if self._wanted is not None:  # destroyed while (re)starting
                 _tell(ready_fd, {"ok": False, "error": f"domain {self.name} was {self._wanted.detail} while starting"})
                 return {"reason": self._wanted.detail, "status": 0, "detail": "stopped while starting"}
-            try:
-                machine = build(_with_taps(cfg, nic_fds), console=self.console)
-            except PyhvError as e:
-                _tell(ready_fd, {"ok": False, "error": str(e)})
-                return {"reason": "error", "status": e.exit_status, "detail": str(e)}
+            if first is not None:
+                machine, first = first, None
+            else:
+                try:
+                    machine = build(_with_taps(cfg if snapshot is None else snapshot.config, nic_fds),
+                                    console=self.console, restore=snapshot)
+                except PyhvError as e:
+                    _tell(ready_fd, {"ok": False, "error": str(e)})
+                    return {"reason": "error", "status": e.exit_status, "detail": str(e)}
+                finally:
+                    if snapshot is not None:
+                        snapshot.close()  # the memory stays mapped from the file
+                        snapshot = None
             with self._lock:
                 self.machine = machine
-                if self._paused_wanted:
-                    for v in machine.vcpus:
-                        v.request(v.PAUSED)  # taken before the first instruction
-                machine.start()
+                if machine.state == "created":
+                    if self._paused_wanted:
+                        for v in machine.vcpus:
+                            v.request(v.PAUSED)  # taken before the first instruction
+                    machine.start()
+                elif self._paused_wanted:
+                    machine.pause()
                 self.state = "paused" if self._paused_wanted else "running"
                 if self._wanted is not None:  # asked while the machine was being built
                     machine.request_stop(self._wanted)
@@ -118,6 +132,8 @@ class Domain:
     def _outcome(self, stop: Stop, wanted: Stop | None) -> str:
         """restart, preserve, or the reason the domain ends with."""
         cfg = self.config
+        if wanted is not None and wanted.detail in ("migrated", "saved"):
+            return wanted.detail  # the domain lives on elsewhere
         if wanted is not None and stop is wanted:
             if wanted.detail == "reboot":
                 return "restart"
@@ -255,6 +271,43 @@ class Domain:
                 raise PyhvError(f"vcpu-pin: cannot pin vCPU {v.vcpu.index} to {cpus}: {e.strerror}") from None
         return {}
 
+    def op_save(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Save the whole domain to ``path``; then ``destroy`` it (the default,
+        as xl does), let it ``continue``, or leave it ``pause``d."""
+        path, then = request.get("path"), request.get("then", "destroy")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise PyhvError("save: path must be an absolute file name")
+        if then not in ("destroy", "continue", "pause"):
+            raise PyhvError("save: then must be destroy, continue or pause")
+        machine = self._running_machine()
+        if then != "continue":
+            machine.pause(OP_TIMEOUT)
+            with self._lock:
+                self.state = "paused"
+        info = machine.save(path, domain=self.meta["config"])
+        if then == "destroy":
+            self.stop("saved")
+        return {"path": path, "bytes": info.size, "seconds": info.seconds}
+
+    def op_migrate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Live-migrate to a pyhvd listening at host:port; on success this domain ends here."""
+        host, port, key = request.get("host"), request.get("port"), request.get("key")
+        if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+            raise PyhvError("migrate: host must be a string and port a number from 1 to 65535")
+        if not isinstance(key, str):
+            raise PyhvError("migrate: no key")
+        machine = self._running_machine()
+        with self._lock:
+            self._wanted = Stop(StopKind.HOST, 0, "migrated")  # how the loop will know, if it works
+        try:
+            stats = machine.migrate((host, port), bytes.fromhex(key), domain=self.meta["config"])
+        except (PyhvError, ValueError) as e:
+            with self._lock:
+                self._wanted = None
+            raise PyhvError(str(e)) from None
+        self._wake.set()
+        return {"seconds": stats.total_seconds, "downtime": stats.downtime_seconds, "rounds": stats.rounds}
+
     def op_metrics(self, request: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             machine = self.machine
@@ -285,6 +338,8 @@ OPS = {
     "mem-max": Domain.op_mem_max,
     "vcpu-pin": Domain.op_vcpu_pin,
     "metrics": Domain.op_metrics,
+    "save": Domain.op_save,
+    "migrate": Domain.op_migrate,
 }
 
 
@@ -350,16 +405,28 @@ def main(argv: list[str]) -> int:
         return 2
     run_dir = argv[0]
     ready_fd = int(os.environ.pop("PYHV_READY_FD", "-1"))
+    install_kick_handler()
     try:
         with open(os.path.join(run_dir, "domain.json")) as f:
             meta = json.load(f)
-        config = parse(meta["config"])
-        domain = Domain(run_dir, meta, config)
+        if meta.get("incoming"):
+            return _main_incoming(run_dir, meta, ready_fd)
+        snapshot = None
+        if meta.get("restore"):
+            from ..vmm.snapshot import Snapshot
+
+            snapshot = Snapshot(meta["restore"])
+        domain = Domain(run_dir, meta, parse(meta["config"]))
     except (OSError, ValueError, KeyError, TypeError, PyhvError) as e:
         _tell(ready_fd, {"ok": False, "error": f"cannot start the domain: {e}"})
         print(f"pyhv: cannot start the domain in {run_dir}: {e}", file=sys.stderr)
         return 2
-    install_kick_handler()
+    return _serve(domain, run_dir, lambda: domain.run(ready_fd, snapshot=snapshot))
+
+
+def _serve(domain: Domain, run_dir: str, body: Any) -> int:
+    """Run ``body`` (the lifecycle loop) with the control socket up and signals
+    mapped to destroy; write status.json at the end."""
 
     def on_signal(signum: int, frame: object) -> None:
         domain.stop("destroyed")
@@ -368,9 +435,70 @@ def main(argv: list[str]) -> int:
         signal.signal(s, on_signal)
     server = control.Server(os.path.join(run_dir, "control.sock"), domain.handle)
     try:
-        status = domain.run(ready_fd)
+        status = body()
     finally:
         server.close()
         domain.console.close()
     _write_status(run_dir, status)
-    return 0 if status["reason"] in ("destroyed", "shutdown", "poweroff", "reboot") else 1
+    return 0 if status["reason"] in ("destroyed", "shutdown", "poweroff", "reboot", "saved", "migrated") else 1
+
+
+def _main_incoming(run_dir: str, meta: dict[str, Any], ready_fd: int) -> int:
+    """A domain arriving by live migration on the connection pyhvd accepted.
+
+    Once the source has authenticated and announced the domain, pyhvd is asked
+    (over the readiness channel) to admit it: it checks the configuration and
+    the name and answers with the domain's id, name and log directory.  Only
+    then is anything built; a refusal makes the source run on."""
+    import socket
+
+    from ..vmm import migrate
+
+    sock = socket.socket(fileno=meta["incoming_fd"])
+    key = bytes.fromhex(os.environ.pop("PYHV_MIGRATION_KEY", ""))
+    made: list[Domain] = []
+
+    def claim(description: Any) -> Any:
+        if not isinstance(description, dict):
+            raise migrate.MigrationError("the source sent no domain description (not a pyhvd domain)")
+        _send_line(ready_fd, {"claim": description})
+        answer = _read_line(ready_fd, 30.0)
+        if not answer.get("ok"):
+            raise migrate.MigrationError(f"refused by the destination: {answer.get('error', 'no answer')}")
+        meta.update(answer["meta"])
+        made.append(Domain(run_dir, meta, parse(meta["config"])))
+        return made[0].console
+
+    try:
+        machine = migrate.receive_connection(sock, key, claim=claim)
+    except PyhvError as e:
+        _tell(ready_fd, {"ok": False, "error": str(e)})
+        print(f"pyhv: incoming migration failed: {e}", file=sys.stderr)
+        return 1
+    if machine is None:
+        _tell(ready_fd, {"ok": False, "error": "the peer did not authenticate"})
+        return 1
+    domain = made[0]
+    return _serve(domain, run_dir, lambda: domain.run(ready_fd, first=machine))
+
+
+def _send_line(fd: int, message: dict[str, Any]) -> None:
+    os.write(fd, json.dumps(message).encode() + b"\n")
+
+
+def _read_line(fd: int, timeout: float) -> dict[str, Any]:
+    import select
+
+    data = b""
+    while b"\n" not in data:
+        if not select.select([fd], [], [], timeout)[0]:
+            return {}
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return {}
+        data += chunk
+    try:
+        value = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -80,6 +80,17 @@ SCHEMAS: dict[str, Any] = {
     "AffinityRequest": {"type": "object", "additionalProperties": False, "required": ["cpus"], "properties": {
         "cpus": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": 4095}}}},
     "Empty": {"type": "object", "additionalProperties": False},
+    "SaveRequest": {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
+        "path": {"type": "string", "description": "absolute file name of the snapshot"},
+        "then": {"type": "string", "enum": ["destroy", "continue", "pause"]}}},
+    "Saved": {"type": "object", "properties": {"path": {"type": "string"}, "bytes": {"type": "integer"},
+                                                "seconds": {"type": "number"}}},
+    "RestoreRequest": {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
+        "path": {"type": "string"}, "paused": {"type": "boolean"}, "name": {"type": "string"}}},
+    "MigrateRequest": {"type": "object", "additionalProperties": False, "required": ["host", "port"], "properties": {
+        "host": {"type": "string"}, "port": {"type": "integer", "minimum": 1, "maximum": 65535}}},
+    "Migrated": {"type": "object", "properties": {"seconds": {"type": "number"}, "downtime": {"type": "number"},
+                                                   "rounds": {"type": "integer"}}},
     "SchedParams": {"type": "object", "additionalProperties": False, "properties": {
         "weight": {"type": "integer", "minimum": 1, "maximum": 65535},
         "warp_ms": {"type": "integer", "minimum": 0, "maximum": 10000},
@@ -128,6 +139,13 @@ OPERATIONS: dict[str, dict[str, tuple[str, str | None, str, dict[str, Any]]]] = 
     "/domains/{dom}/unpause": {"post": ("resume every vCPU", "Empty", "200", _ref("Empty"))},
     "/domains/{dom}/shutdown": {"post": ("power the domain off", "Empty", "200", _ref("Empty"))},
     "/domains/{dom}/reboot": {"post": ("reset the domain", "Empty", "200", _ref("Empty"))},
+    "/restore": {"post": ("a domain from a snapshot file (checked before anything runs)", "RestoreRequest", "201",
+                          _ref("Created"))},
+    "/domains/{dom}/save": {"post": ("save the whole domain to a snapshot file; then destroy (default), "
+                                     "continue or pause", "SaveRequest", "200", _ref("Saved"))},
+    "/domains/{dom}/migrate": {"post": ("live-migrate to the pyhvd listening at host:port (shared key); the "
+                                        "domain runs on here if it fails", "MigrateRequest", "200",
+                                        _ref("Migrated"))},
     "/domains/{dom}/memory": {"put": ("balloon the domain to a memory target (bytes)", "MemoryRequest", "200",
                                       _ref("Empty"))},
     "/domains/{dom}/maxmem": {"put": ("the most memory a target may ask for", "MaxmemRequest", "200",

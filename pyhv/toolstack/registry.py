@@ -119,6 +119,7 @@ class Registry:
         self._epoll = select.epoll()
         self._by_fd: dict[int, DomainRecord] = {}
         self._closed = False
+        self._migration_server: Any = None
         self._monitor = threading.Thread(target=self._watch, name="monitor", daemon=True)
 
     # --- ids ------------------------------------------------------------------------
@@ -156,8 +157,23 @@ class Registry:
 
     # --- create -------------------------------------------------------------------------
 
-    def create(self, config: dict[str, Any], paused: bool = False) -> DomainRecord:
-        """Validate, start the VMM process, wait until the guest runs."""
+    def create(self, config: dict[str, Any], paused: bool = False, restore: str = "") -> DomainRecord:
+        """Validate, start the VMM process, wait until the guest runs (booted, or
+        restored from snapshot ``restore``)."""
+        cfg = self._admit(config)
+        with self.lock:
+            domid = self._next_id()
+        try:
+            record = self._spawn(domid, cfg.name, config, paused, {"restore": restore} if restore else {})
+        finally:
+            with self.lock:
+                self._starting.discard(cfg.name)
+        return record
+
+    def _admit(self, config: Any) -> domconfig.DomainConfig:
+        """Check a configuration and reserve its name (release it from ``_starting``)."""
+        if not isinstance(config, dict):
+            raise Refused("the domain configuration must be an object", 400)
         try:
             cfg = domconfig.parse(config)
         except UsageError as e:
@@ -167,53 +183,90 @@ class Registry:
             if cfg.name in self._starting or any(d.name == cfg.name for d in self.domains.values()):
                 raise Refused(f"a domain named {cfg.name!r} already exists", 409)
             self._starting.add(cfg.name)
-            domid = self._next_id()
-        try:
-            record = self._spawn(domid, cfg.name, config, paused)
-        finally:
-            with self.lock:
-                self._starting.discard(cfg.name)
-        return record
+        return cfg
 
-    def _spawn(self, domid: int, name: str, config: dict[str, Any], paused: bool) -> DomainRecord:
+    def restore(self, path: str, paused: bool = False, name: str = "") -> DomainRecord:
+        """A domain from a snapshot file, checked here before anything starts."""
+        from ..vmm.snapshot import Snapshot
+
+        if not os.path.isabs(path):
+            raise Refused(f"path: must be an absolute path (got {path!r})", 400)
+        try:
+            snapshot = Snapshot(path)
+        except PyhvError as e:
+            raise Refused(str(e), 400) from None
+        try:
+            config = dict(snapshot.domain) if snapshot.domain is not None else _description(snapshot.config)
+        finally:
+            snapshot.close()
+        if name:
+            config["name"] = name
+        elif "name" not in config:
+            config["name"] = os.path.splitext(os.path.basename(path))[0]
+        return self.create(config, paused, restore=path)
+
+    def _spawn(
+        self, domid: int, name: str, config: dict[str, Any], paused: bool, extra: dict[str, Any],
+        incoming: Any = None, key: bytes = b"",
+    ) -> DomainRecord:
+        """Start a domain process and wait for its word.  ``incoming``: an accepted
+        migration connection, handed over; the domain's name comes from the stream."""
+        import socket
+
         run_dir = os.path.join(self.domains_dir, str(domid))
-        log_dir = os.path.join(self.state_dir, "domains", name)
         os.makedirs(run_dir, mode=0o700)
+        log_dir = os.path.join(self.state_dir, "domains", name) if name else run_dir
         os.makedirs(log_dir, mode=0o700, exist_ok=True)
         record = DomainRecord(domid, name, config, run_dir, log_dir)
         meta = {"id": domid, "name": name, "config": config, "paused": paused, "log_dir": log_dir,
-                "created": record.created}
-        taps = self._open_taps(config, run_dir)
+                "created": record.created, **extra}
+        taps = self._open_taps(config, run_dir) if config else []
         nic_fds = [t.fd for t in taps]
         meta["nic_fds"] = nic_fds
+        handed = [incoming.fileno()] if incoming is not None else []
+        if handed:
+            meta.update(incoming=True, incoming_fd=handed[0])
         _write_json(os.path.join(run_dir, "domain.json"), meta)
-        r, w = os.pipe()
+        ours, theirs = socket.socketpair()
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, PYHV_READY_FD=str(w), PYTHONPATH=package_parent)
+        env = dict(os.environ, PYHV_READY_FD=str(theirs.fileno()), PYTHONPATH=package_parent)
+        if key:
+            env["PYHV_MIGRATION_KEY"] = key.hex()
         try:
             with open(os.path.join(log_dir, "vmm.log"), "ab") as out:
                 record.popen = subprocess.Popen(
                     [sys.executable, "-S", "-m", "pyhv", "domain", run_dir],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, pass_fds=(w, *nic_fds), env=env, cwd="/",
+                    start_new_session=True, pass_fds=(theirs.fileno(), *nic_fds, *handed), env=env, cwd="/",
                 )
         except OSError as e:
-            os.close(r)
-            os.close(w)
+            ours.close()
             shutil.rmtree(run_dir, ignore_errors=True)
             raise Refused(f"cannot start the domain process: {e.strerror}", 500) from None
         finally:
+            theirs.close()
             for t in taps:
                 t.close()  # the domain holds them now; the TAPs go away with it
-        os.close(w)
         record.pid = record.popen.pid
         record.start_time = _proc_start_time(record.pid)
         with open(os.path.join(run_dir, "pid"), "w") as f:
             f.write(f"{record.pid} {record.start_time}\n")
+        claimed = ""
         try:
-            reply = _read_ready(r, START_TIMEOUT)
+            reply = _read_ready(ours.fileno(), START_TIMEOUT)
+            if "claim" in reply:  # a migrated domain announces itself
+                claimed, answer = self._claim(record, reply["claim"])
+                ours.sendall(json.dumps(answer).encode() + b"\n")
+                if answer["ok"]:
+                    reply = _read_ready(ours.fileno(), START_TIMEOUT)
+                else:  # let it tell the source why before it goes
+                    reply = _read_ready(ours.fileno(), 10.0)
+                    reply = answer
         finally:
-            os.close(r)
+            ours.close()
+            if claimed:
+                with self.lock:
+                    self._starting.discard(claimed)
         if not reply.get("ok"):
             _kill(record)
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -221,8 +274,55 @@ class Registry:
         with self.lock:
             self.domains[domid] = record
         self._watch_pid(record)
-        self.log(f"domain {domid} ({name}) started, pid {record.pid}")
+        self.log(f"domain {domid} ({record.name}) {'arrived' if incoming is not None else 'started'}, pid {record.pid}")
         return record
+
+    def _claim(self, record: DomainRecord, config: Any) -> tuple[str, dict[str, Any]]:
+        """Admit a domain arriving by migration: (the name reserved, the answer)."""
+        try:
+            cfg = self._admit(config)
+        except Refused as e:
+            return "", {"ok": False, "error": str(e)}
+        record.name, record.config = cfg.name, config
+        record.log_dir = os.path.join(self.state_dir, "domains", cfg.name)
+        os.makedirs(record.log_dir, mode=0o700, exist_ok=True)
+        meta = {"id": record.id, "name": cfg.name, "config": config, "log_dir": record.log_dir}
+        path = os.path.join(record.run_dir, "domain.json")
+        _write_json(path, {**(_read_json(path) or {}), **meta})
+        return cfg.name, {"ok": True, "meta": meta}
+
+    # --- live migration in ------------------------------------------------------------------
+
+    def listen_for_migrations(self, host: str, port: int, key: bytes) -> int:
+        """Accept migrations on host:port (TCP) in a thread; the port listened on."""
+        from ..vmm import migrate
+
+        try:
+            server = migrate.listen(host, port)
+        except PyhvError as e:
+            raise Refused(str(e), 500) from None
+        self._migration_server = server
+
+        def accept() -> None:
+            while not self._closed:
+                try:
+                    sock, peer = server.accept()
+                except OSError:
+                    return
+                threading.Thread(target=self._incoming, args=(sock, peer, key), name="incoming", daemon=True).start()
+
+        threading.Thread(target=accept, name="migration-listen", daemon=True).start()
+        return int(server.getsockname()[1])
+
+    def _incoming(self, sock: Any, peer: Any, key: bytes) -> None:
+        with self.lock:
+            domid = self._next_id()
+        try:
+            self._spawn(domid, "", {}, False, {}, incoming=sock, key=key)
+        except PyhvError as e:
+            self.log(f"incoming migration from {peer[0]}: {e}")
+        finally:
+            sock.close()
 
     def _open_taps(self, config: dict[str, Any], run_dir: str) -> list[Any]:
         """Open each NIC's TAP and join its bridge here, in the toolstack (as Xen's
@@ -378,6 +478,8 @@ class Registry:
 
     def close(self) -> None:
         self._closed = True
+        if self._migration_server is not None:
+            self._migration_server.close()
         self._monitor.join(1.0) if self._monitor.is_alive() else None
         self._epoll.close()
 
@@ -391,6 +493,22 @@ def _check_paths(config: dict[str, Any]) -> None:
     for key, path in paths:
         if path and not os.path.isabs(path):
             raise Refused(f"{key}: must be an absolute path (got {path!r})", 400)
+
+
+def _description(machine: Any) -> dict[str, Any]:
+    """A domain configuration for a machine saved without one (``pyhv run``)."""
+    out: dict[str, Any] = {
+        "kernel": machine.kernel, "cmdline": machine.cmdline, "memory": f"{machine.memory >> 20}M",
+        "vcpus": machine.vcpus, "boot": machine.boot, "on_reboot": machine.on_reboot,
+        "on_poweroff": machine.on_poweroff, "balloon": machine.balloon, "rng": machine.rng,
+        "disks": [{"path": d.path, "readonly": d.readonly, "serial": d.serial} for d in machine.disks],
+        "nics": [{k: v for k, v in (("tap", n.tap), ("mac", n.mac), ("bridge", n.bridge)) if v} for n in machine.nets],
+    }
+    if machine.initrd:
+        out["initrd"] = machine.initrd
+    if machine.vsock is not None:
+        out["vsock"] = {"cid": machine.vsock.cid, "uds": machine.vsock.uds}
+    return out
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any]:

@@ -419,6 +419,46 @@ def sched_bvt(client: Client, argv: list[str]) -> int:
     return 0
 
 
+def save(client: Client, argv: list[str]) -> int:
+    args = Args(argv, {"-c", "-p"})
+    dom, path = args.want(2, 2, "save [-c|-p] DOMAIN FILE")
+    if {"-c", "-p"} <= args.flags:
+        raise UsageError("-c (continue) and -p (pause) exclude each other")
+    then = "continue" if "-c" in args.flags else "pause" if "-p" in args.flags else "destroy"
+    reply = client.post(f"{_dom(dom)}/save", {"path": os.path.abspath(path), "then": then})
+    done = {"destroy": "and destroyed", "continue": "and running on", "pause": "and paused"}[then]
+    print(f"domain {dom} saved to {path} ({reply['bytes'] >> 20} MiB, {reply['seconds'] * 1000:.0f} ms) {done}")
+    return 0
+
+
+def restore(client: Client, argv: list[str]) -> int:
+    args = Args(argv, {"-p"}, {"--name"})
+    (path,) = args.want(1, 1, "restore [-p] [--name NAME] FILE")
+    body: dict[str, Any] = {"path": os.path.abspath(path), "paused": "-p" in args.flags}
+    if "--name" in args.values:
+        body["name"] = args.values["--name"]
+    reply = client.post("/restore", body)
+    print(f"domain {reply['name']} restored from {path}, id {reply['id']}" + (" (paused)" if "-p" in args.flags else ""))
+    return 0
+
+
+#: the port `pyhv migrate` uses when none is given
+MIGRATION_PORT = 8002
+
+
+def migrate(client: Client, argv: list[str]) -> int:
+    dom, target = Args(argv, set()).want(2, 2, "migrate DOMAIN HOST[:PORT]")
+    host, sep, port = target.rpartition(":")
+    if not sep:
+        host, port = target, str(MIGRATION_PORT)
+    if not host or not port.isdigit():
+        raise UsageError(f"{target!r}: expected HOST or HOST:PORT")
+    reply = client.post(f"{_dom(dom)}/migrate", {"host": host.strip("[]"), "port": int(port)})
+    print(f"domain {dom} migrated to {target} in {reply['seconds']:.2f} s "
+          f"(downtime {reply['downtime'] * 1000:.0f} ms, {reply['rounds']} pre-copy rounds)")
+    return 0
+
+
 def device_list(kind: str) -> Callable[[Client, list[str]], int]:
     def verb(client: Client, argv: list[str]) -> int:
         args = Args(argv, {"--json"})
@@ -460,6 +500,11 @@ VERBS: dict[str, tuple[str, Callable[[Client, list[str]], int]]] = {
     "shutdown": ("shutdown [-w] DOMAIN: power the domain off (-w: wait until it is gone)", shutdown),
     "reboot": ("reboot DOMAIN: reset the domain", _simple("reboot", "rebooting")),
     "destroy": ("destroy DOMAIN: stop the domain at once", destroy),
+    "save": ("save [-c|-p] DOMAIN FILE: save the whole domain to FILE, then destroy it (-c: it runs on, "
+             "-p: it stays paused)", save),
+    "restore": ("restore [-p] [--name NAME] FILE: a domain from a saved FILE, running where it was saved", restore),
+    "migrate": ("migrate DOMAIN HOST[:PORT]: live-migrate to the pyhvd accepting migrations there "
+                f"(port {MIGRATION_PORT})", migrate),
     "mem-set": ("mem-set DOMAIN SIZE: balloon the domain to SIZE", mem_set),
     "mem-max": ("mem-max DOMAIN SIZE: the most memory mem-set may give", mem_max),
     "vcpu-list": ("vcpu-list [--json] [DOMAIN ...]: vCPUs, where they run, their CPU time", vcpu_list),

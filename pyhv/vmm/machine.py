@@ -119,7 +119,7 @@ class Machine:
             raise PyhvError(f"vCPU {index} is running: pause the machine first")
         return read_state(v.vcpu)
 
-    def save(self, path: str, sync: bool = True) -> Any:
+    def save(self, path: str, sync: bool = True, domain: dict[str, Any] | None = None) -> Any:
         """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py).
 
         A running machine is paused for the save (vCPUs and device work) and
@@ -128,7 +128,7 @@ class Machine:
         from .snapshot import save
 
         with self.quiesced():
-            return save(self, path, sync)
+            return save(self, path, sync, domain)
 
     @staticmethod
     def restore(path: str, serial: str | None = None, console: Console | None = None) -> Machine:

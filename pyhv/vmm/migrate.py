@@ -51,6 +51,8 @@ SEQ = struct.Struct("<Q")
 PAGES_HEAD = struct.Struct("<Q")
 
 CONFIG, READY, PAGES, STATE, DONE, BUILT, GO, RESUMED, FAIL = range(1, 10)
+#: the key in the CONFIG frame under which a toolstack's domain description travels
+DOMAIN_KEY = "domain"
 NAMES = {CONFIG: "CONFIG", READY: "READY", PAGES: "PAGES", STATE: "STATE", DONE: "DONE", BUILT: "BUILT",
          GO: "GO", RESUMED: "RESUMED", FAIL: "FAIL"}
 #: the largest frame either side accepts
@@ -111,7 +113,7 @@ class Channel:
     def recv_head(self, limit: int = MAX_FRAME) -> tuple[int, int, bytes]:
         head = recv_exact(self.sock, FRAME.size)
         kind, length = FRAME.unpack(head)
-        if kind not in NAMES or length > limit:
+        if kind not in NAMES or length > (max(limit, 512) if kind == FAIL else limit):  # FAIL says why
             raise MigrationError(f"bad frame (type {kind}, {length} bytes)")
         return kind, length, head
 
@@ -266,6 +268,7 @@ def migrate(
     max_downtime: float = 0.3,
     max_rounds: int = 30,
     timeout: float = 60.0,
+    domain: dict[str, Any] | None = None,
 ) -> MigrationStats:
     """Move the running ``machine`` to the receiver at ``address``; on success it is stopped here.
 
@@ -287,7 +290,10 @@ def migrate(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         ch = _handshake_source(sock, key)
-        ch.send(CONFIG, json.dumps(config_to_plain(machine.config)).encode())
+        announced = config_to_plain(machine.config)
+        if domain is not None:  # the toolstack's description of the domain travels with it
+            announced[DOMAIN_KEY] = domain
+        ch.send(CONFIG, json.dumps(announced).encode())
         ch.expect(READY, 0)
         log.start()
         logging = True
@@ -378,8 +384,6 @@ def receive(
     MigrationError and nothing of the machine is left.  ``console`` (kept by
     the caller) or ``serial`` says where the guest's COM1 goes.  None when
     ``should_stop()`` turned true while waiting for a source."""
-    from .builder import build
-
     if len(key) < 16:
         raise MigrationError("the migration key must be at least 16 bytes")
     server.settimeout(0.25)
@@ -390,76 +394,97 @@ def receive(
             sock, _ = server.accept()
         except TimeoutError:
             continue
-        sock.settimeout(timeout)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        try:
-            ch = _handshake_destination(sock, key)
-            raw = ch.expect(CONFIG, 1 << 20)
-        except (OSError, MigrationError):
-            sock.close()
-            continue  # not our source: wait for the real one
-        incoming = None
-        try:
-            try:
-                config = config_from_plain(json.loads(raw), serial)
-            except ValueError:
-                raise MigrationError("configuration is not JSON") from None
-            memory = GuestMemory(config.memory)
-            incoming = Incoming(config, memory, {}, [])
-            ch.send(READY)
-            while True:
-                kind, length, head = ch.recv_head()
-                if kind == PAGES:
-                    # Straight into guest memory, then the tag: a frame that fails
-                    # it ends the migration and this machine never runs.
-                    size = length - PAGES_HEAD.size
-                    if size < PAGE_SIZE or size % PAGE_SIZE or size > PAGES_MAX:
-                        raise MigrationError("malformed page frame")
-                    where = recv_exact(sock, PAGES_HEAD.size)
-                    (gpa,) = PAGES_HEAD.unpack(where)
-                    if gpa % PAGE_SIZE or not memory.contains(gpa, size):
-                        raise MigrationError(f"page frame at {gpa:#x} is outside guest RAM")
-                    view = memory.region_view(gpa, size)
-                    recv_into(sock, view)
-                    ch.check_tag(kind, head, where, view)
-                    continue
-                payload = recv_exact(sock, length)
-                ch.check_tag(kind, head, payload)
-                if kind == STATE:
-                    try:
-                        state = json.loads(payload)
-                    except ValueError:
-                        raise MigrationError("machine state is not JSON") from None
-                    checked_config, vcpus = check_state(state)
-                    if config_to_plain(checked_config) != json.loads(raw):
-                        raise MigrationError("machine state does not match the announced configuration")
-                    incoming.state, incoming.vcpu_states = state, vcpus
-                elif kind == DONE:
-                    if not incoming.state:
-                        raise MigrationError("stream ended without the machine state")
-                    break
-                else:
-                    raise MigrationError(f"unexpected {NAMES[kind]} frame")
-            machine = build(config, console=console, restore=incoming)
-            try:
-                ch.send(BUILT)
-                ch.expect(GO, 0)
-                machine.start()
-                ch.send(RESUMED)
-            except BaseException:
-                machine.close()
-                raise
+        machine = receive_connection(sock, key, serial=serial, console=console, timeout=timeout)
+        if machine is not None:
             return machine
-        except (OSError, PyhvError) as e:
-            try:
-                ch.send(FAIL, str(e).encode()[:500])
-            except OSError:
-                pass
-            if isinstance(e, MigrationError):
-                raise
-            detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise MigrationError(f"incoming migration failed: {detail}") from None
-        finally:
-            if incoming is not None:
-                incoming.close()
-            sock.close()
+
+
+def receive_connection(
+    sock: socket.socket, key: bytes, *, serial: str | None = None, console: Any = None,
+    timeout: float = 60.0, claim: Any = None,
+) -> Machine | None:
+    """Run the destination side on one accepted connection; the machine, started.
+
+    None if the peer failed the handshake (a stranger: nothing happened).
+    ``claim(domain)`` is called with the domain description the source sent
+    (or None) before anything is built; it returns the console to use or
+    raises MigrationError to refuse the domain, and the source then runs on."""
+    from .builder import build
+
+    sock.settimeout(timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    try:
+        ch = _handshake_destination(sock, key)
+        raw = ch.expect(CONFIG, 1 << 20)
+    except (OSError, MigrationError):
+        sock.close()
+        return None  # not our source
+    incoming = None
+    try:
+        try:
+            announced = json.loads(raw)
+        except ValueError:
+            raise MigrationError("configuration is not JSON") from None
+        domain = announced.pop(DOMAIN_KEY, None) if isinstance(announced, dict) else None
+        config = config_from_plain(announced, serial)
+        if claim is not None:
+            console = claim(domain)
+        memory = GuestMemory(config.memory)
+        incoming = Incoming(config, memory, {}, [])
+        ch.send(READY)
+        while True:
+            kind, length, head = ch.recv_head()
+            if kind == PAGES:
+                # Straight into guest memory, then the tag: a frame that fails
+                # it ends the migration and this machine never runs.
+                size = length - PAGES_HEAD.size
+                if size < PAGE_SIZE or size % PAGE_SIZE or size > PAGES_MAX:
+                    raise MigrationError("malformed page frame")
+                where = recv_exact(sock, PAGES_HEAD.size)
+                (gpa,) = PAGES_HEAD.unpack(where)
+                if gpa % PAGE_SIZE or not memory.contains(gpa, size):
+                    raise MigrationError(f"page frame at {gpa:#x} is outside guest RAM")
+                view = memory.region_view(gpa, size)
+                recv_into(sock, view)
+                ch.check_tag(kind, head, where, view)
+                continue
+            payload = recv_exact(sock, length)
+            ch.check_tag(kind, head, payload)
+            if kind == STATE:
+                try:
+                    state = json.loads(payload)
+                except ValueError:
+                    raise MigrationError("machine state is not JSON") from None
+                checked_config, vcpus = check_state(state)
+                if config_to_plain(checked_config) != announced:
+                    raise MigrationError("machine state does not match the announced configuration")
+                incoming.state, incoming.vcpu_states = state, vcpus
+            elif kind == DONE:
+                if not incoming.state:
+                    raise MigrationError("stream ended without the machine state")
+                break
+            else:
+                raise MigrationError(f"unexpected {NAMES[kind]} frame")
+        machine = build(config, console=console, restore=incoming)
+        try:
+            ch.send(BUILT)
+            ch.expect(GO, 0)
+            machine.start()
+            ch.send(RESUMED)
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+    except (OSError, PyhvError) as e:
+        try:
+            ch.send(FAIL, str(e).encode()[:500])
+        except OSError:
+            pass
+        if isinstance(e, MigrationError):
+            raise
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise MigrationError(f"incoming migration failed: {detail}") from None
+    finally:
+        if incoming is not None:
+            incoming.close()
+        sock.close()

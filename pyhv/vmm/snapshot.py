@@ -85,7 +85,9 @@ def config_to_plain(config: MachineConfig) -> dict[str, Any]:
     for key, value in vars(config).items():
         if key.startswith("_"):
             continue
-        if key in ("disks", "nets"):
+        if key == "nets":  # a descriptor means nothing in another process: the TAP's name does
+            out[key] = [v._replace(fd=-1)._asdict() for v in value]
+        elif key == "disks":
             out[key] = [v._asdict() for v in value]
         elif key == "vsock":
             out[key] = None if value is None else value._asdict()
@@ -188,8 +190,10 @@ def check_state(state: Any, memory_length: int | None = None) -> Any:
     from ..vcpu.cpustate import from_plain
 
     keys = {"format", "config", "vm", "vcpus", "devices"} | ({"memory"} if memory_length is not None else set())
-    if not isinstance(state, dict) or set(state) != keys:
+    if not isinstance(state, dict) or set(state) - {"domain"} != keys:
         raise SnapshotError("state: wrong set of sections")
+    if not isinstance(state.get("domain", {}), dict):
+        raise SnapshotError("state: the domain section must be an object")
     if state["format"] != FORMAT:
         raise SnapshotError(f"state: format {state['format']!r:.40}, expected {FORMAT!r}")
     config = config_from_plain(state["config"])
@@ -300,10 +304,13 @@ def write_memory(memory: GuestMemory, fd: int, base: int = MEMORY_OFFSET) -> tup
 # --- the file ----------------------------------------------------------------------------
 
 
-def save(machine: Machine, path: str, sync: bool = True) -> SaveInfo:
-    """Write ``machine`` (paused, I/O thread held: see :meth:`Machine.save`) to ``path``."""
+def save(machine: Machine, path: str, sync: bool = True, domain: dict[str, Any] | None = None) -> SaveInfo:
+    """Write ``machine`` (paused, I/O thread held: see :meth:`Machine.save`) to ``path``;
+    ``domain``, a toolstack's description of the domain, is kept with it."""
     t0 = time.perf_counter()
     state = capture(machine)
+    if domain is not None:
+        state["domain"] = domain
     tmp = f"{path}.tmp"
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -406,6 +413,8 @@ class Snapshot:
             raise self._fail(f"memory section is {mem_len} bytes, the machine has {self.config.memory}")
         self.extents = _check_extents(state["memory"], mem_len, self._fail)
         self.state = state
+        #: the toolstack's description of the domain, if one was saved with it (unchecked)
+        self.domain: dict[str, Any] | None = state.get("domain")
 
     def take_memory(self) -> GuestMemory:
         """Guest RAM mapped copy-on-write from the file (nothing read yet)."""

@@ -31,7 +31,8 @@ DOC = document()
 SCHEMAS = DOC["components"]["schemas"]
 # operations that stop or freeze a domain get only names that do not exist
 STOPPING = {("delete", "/domains/{dom}"), ("post", "/domains/{dom}/shutdown"),
-            ("post", "/domains/{dom}/reboot"), ("post", "/domains/{dom}/pause")}
+            ("post", "/domains/{dom}/reboot"), ("post", "/domains/{dom}/pause"),
+            ("post", "/domains/{dom}/save"), ("post", "/domains/{dom}/migrate")}
 OPERATIONS = [(m, p, op) for p, item in DOC["paths"].items() for m, op in item.items() if m != "parameters"]
 
 
