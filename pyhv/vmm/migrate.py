@@ -328,6 +328,7 @@ def migrate(
             ch.expect(RESUMED, 0)
             resumed = time.perf_counter()
             machine.request_stop(Stop(StopKind.HOST, 0, "migrated to another host"))
+            machine.wait(10)  # returns with the vCPUs stopped here
         return MigrationStats(resumed - t0, resumed - paused, rounds, ch.sent, final)
     except (OSError, MigrationError) as e:
         detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
