@@ -59,7 +59,7 @@ RUN_OPTIONS = [
     Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST", "stdio"),
-    Option("--on-reboot", "what a guest reboot does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
+    Option("--on-reboot", "what a guest reboot does (default restart)", "ACTION", "restart", ("destroy", "restart")),
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
     Option("--progress", "print port 0x80 progress codes with times at exit"),
     Option("--control", "a unix socket taking commands while the guest runs (balloon SIZE, info)", "PATH"),

@@ -61,7 +61,7 @@ def test_guest_started_twice_in_a_row_leaves_nothing_behind() -> None:
 
 
 def test_guest_reboot_with_destroy_ends_pyhv_with_0() -> None:
-    run = run_probe("probe.test=reboot")
+    run = run_probe("probe.test=reboot", "--on-reboot", "destroy")
     assert run.line("reboot")["via"] == "i8042" and run.status == 0 and "rebooted" in run.stderr
 
 
