@@ -91,11 +91,7 @@ SCHEMAS: dict[str, Any] = {
         "host": {"type": "string"}, "port": {"type": "integer", "minimum": 1, "maximum": 65535}}},
     "Migrated": {"type": "object", "properties": {"seconds": {"type": "number"}, "downtime": {"type": "number"},
                                                    "rounds": {"type": "integer"}}},
-    "SchedParams": {"type": "object", "additionalProperties": False, "properties": {
-        "weight": {"type": "integer", "minimum": 1, "maximum": 65535},
-        "warp_ms": {"type": "integer", "minimum": 0, "maximum": 10000},
-        "warp_limit_ms": {"type": "integer", "minimum": 0, "maximum": 3600000},
-        "unwarp_ms": {"type": "integer", "minimum": 0, "maximum": 3600000}}},
+    "SchedParams": DOMAIN_CONFIG["properties"]["sched"],
     "CtxAllow": {"type": "object", "additionalProperties": False, "required": ["ctx_allow_ms"],
                  "properties": {"ctx_allow_ms": {"type": "integer", "minimum": 1, "maximum": 10000}}},
     "DomainSched": {"type": "object", "description": "a domain's BVT parameters and, when scheduled, per vCPU "

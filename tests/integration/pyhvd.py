@@ -92,6 +92,22 @@ class Daemon:
                 out.append(int(fields["n"]))
         return out
 
+    def domains(self) -> dict[str, dict[str, Any]]:
+        """``pyhv list --json``, by name."""
+        r = self.pyhv("list", "--json")
+        assert r.returncode == 0, r.stderr
+        return {x["name"]: x for x in json.loads(r.stdout)}
+
+    def ticks_reach(self, name: str, n: int, timeout: float = 30) -> list[int]:
+        """Wait until the domain's ticker printed tick ``n``; all its ticks so far."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ticks = self.ticks(name)
+            if ticks and ticks[-1] >= n:
+                return ticks
+            time.sleep(0.05)
+        raise AssertionError(f"{name} never reached tick {n}:\n{self.console_log(name)}")
+
     def wait_for(self, name: str, text: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -6,7 +6,6 @@ without booting again."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -27,22 +26,6 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     yield from daemon_fixture(tmp_path)
 
 
-def _names(d: Daemon) -> dict[str, dict]:
-    r = d.pyhv("list", "--json")
-    assert r.returncode == 0, r.stderr
-    return {x["name"]: x for x in json.loads(r.stdout)}
-
-
-def _ticks_reach(d: Daemon, name: str, n: int, timeout: float = 30) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ticks = d.ticks(name)
-        if ticks and ticks[-1] >= n:
-            return ticks
-        time.sleep(0.05)
-    raise AssertionError(f"{name} never reached tick {n}:\n{d.console_log(name)}")
-
-
 def _consecutive(ticks: list[int]) -> None:
     assert ticks == list(range(1, len(ticks) + 1)), f"ticks lost or repeated: {ticks}"
 
@@ -50,36 +33,36 @@ def _consecutive(ticks: list[int]) -> None:
 def test_save_and_restore_go_on_where_the_guest_was(daemon: Daemon, tmp_path: Path) -> None:
     d = daemon
     assert d.pyhv("create", str(d.config("s", "ticker probe.n=50"))).returncode == 0
-    _ticks_reach(d, "s", 3)
+    d.ticks_reach("s", 3)
     # -c: saved, and runs on
     r = d.pyhv("save", "-c", "s", str(tmp_path / "running.snap"))
     assert r.returncode == 0, r.stderr
     last = d.ticks("s")[-1]
-    _ticks_reach(d, "s", last + 3)
+    d.ticks_reach("s", last + 3)
     # -p: saved and left paused
     r = d.pyhv("save", "-p", "s", str(tmp_path / "paused.snap"))
     assert r.returncode == 0, r.stderr
-    assert _names(d)["s"]["state"] == "paused"
+    assert d.domains()["s"]["state"] == "paused"
     assert d.pyhv("unpause", "s").returncode == 0
     # the default: saved, then destroyed
-    _ticks_reach(d, "s", d.ticks("s")[-1] + 2)
+    d.ticks_reach("s", d.ticks("s")[-1] + 2)
     r = d.pyhv("save", "s", str(tmp_path / "s.snap"))
     assert r.returncode == 0, r.stderr
-    assert "s" not in _names(d)
+    assert "s" not in d.domains()
     saved_at = d.ticks("s")[-1]
     time.sleep(0.3)
     assert d.ticks("s")[-1] == saved_at  # nothing runs while it is saved
     # restore: the same domain, going on from the next tick, not booting again
     r = d.pyhv("restore", str(tmp_path / "s.snap"))
     assert r.returncode == 0, r.stderr
-    assert _names(d)["s"]["state"] in ("running", "blocked")
-    ticks = _ticks_reach(d, "s", saved_at + 5)
+    assert d.domains()["s"]["state"] in ("running", "blocked")
+    ticks = d.ticks_reach("s", saved_at + 5)
     _consecutive(ticks)
     assert d.console_log("s").count("probe: boot") == 1
     # a second copy under another name, from the earlier snapshot
     r = d.pyhv("restore", "--name", "s2", "-p", str(tmp_path / "running.snap"))
     assert r.returncode == 0, r.stderr
-    assert _names(d)["s2"]["state"] == "paused"
+    assert d.domains()["s2"]["state"] == "paused"
     # the same name twice is refused
     r = d.pyhv("restore", str(tmp_path / "s.snap"))
     assert r.returncode == 1 and "already exists" in r.stderr
@@ -102,7 +85,7 @@ def test_bad_snapshots_are_refused_before_anything_runs(daemon: Daemon, tmp_path
     r = d.pyhv("restore", str(tmp_path / "missing.snap"))
     assert r.returncode == 2 and "cannot open" in r.stderr
     assert sorted(os.listdir(d.run_dir / "domains")) == before
-    assert sorted(_names(d)) == ["b"]
+    assert sorted(d.domains()) == ["b"]
 
 
 def _free_port() -> int:
@@ -127,34 +110,34 @@ def test_live_migration_between_two_pyhvd(tmp_path: Path) -> None:
         for d in (source, dest, stranger):
             d.start()
         assert source.pyhv("create", str(source.config("m", "ticker probe.n=50"))).returncode == 0
-        _ticks_reach(source, "m", 3)
+        source.ticks_reach("m", 3)
 
         # a source without the key gets nowhere
         assert stranger.pyhv("create", str(stranger.config("m", "ticker probe.n=50"))).returncode == 0
         r = stranger.pyhv("migrate", "m", f"127.0.0.1:{port}")
         assert r.returncode == 1 and "runs on here" in r.stderr, r.stderr
-        assert "m" in _names(stranger) and "m" not in _names(dest)
-        _ticks_reach(stranger, "m", stranger.ticks("m")[-1] + 2)
+        assert "m" in stranger.domains() and "m" not in dest.domains()
+        stranger.ticks_reach("m", stranger.ticks("m")[-1] + 2)
 
         # the real migration: the guest goes on over there from the next tick
         r = source.pyhv("migrate", "m", f"127.0.0.1:{port}")
         assert r.returncode == 0, r.stderr + dest.log()
-        assert "m" not in _names(source)
-        assert _names(dest)["m"]["state"] in ("running", "blocked")
+        assert "m" not in source.domains()
+        assert dest.domains()["m"]["state"] in ("running", "blocked")
         left_at = source.ticks("m")[-1]
-        arrived = _ticks_reach(dest, "m", left_at + 5)
+        arrived = dest.ticks_reach("m", left_at + 5)
         assert arrived[0] == left_at + 1 or (arrived[0] == left_at and len(arrived) > 1), (left_at, arrived)
         _consecutive(source.ticks("m") + [t for t in arrived if t > left_at])
         assert "probe: boot" not in dest.console_log("m")
 
         # the destination refuses a second domain of the same name; the source runs on
         assert source.pyhv("create", str(source.config("m", "ticker probe.n=50"))).returncode == 0
-        _ticks_reach(source, "m", 1)
+        source.ticks_reach("m", 1)
         r = source.pyhv("migrate", "m", f"127.0.0.1:{port}")
         assert r.returncode == 1 and "already exists" in r.stderr, r.stderr
-        assert "m" in _names(source)
+        assert "m" in source.domains()
         before = source.ticks("m")[-1]
-        _ticks_reach(source, "m", before + 2)
+        source.ticks_reach("m", before + 2)
     finally:
         for d in (source, dest, stranger):
             d.cleanup()
