@@ -35,6 +35,7 @@ L1_MODULES = ("kvm_amd", "tun")
 PYTHON_PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
     "libc6", "libffi8", "zlib1g", "libexpat1",
+    "libgcc-s1",  # pthread_exit unwinds through it: a thread ending at exit aborts without it
 )
 #: parts of the Python standard library L1 never uses
 PYTHON_PRUNE = (
