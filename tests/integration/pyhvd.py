@@ -85,12 +85,7 @@ class Daemon:
 
     def ticks(self, name: str) -> list[int]:
         """The n of every ``probe: tick n=K`` line the domain's guest printed."""
-        out = []
-        for line in self.console_log(name).splitlines():
-            if line.startswith("probe: tick "):
-                fields = dict(t.partition("=")[::2] for t in shlex.split(line[len("probe: tick "):]))
-                out.append(int(fields["n"]))
-        return out
+        return ticks_in(self.console_log(name))
 
     def domains(self) -> dict[str, dict[str, Any]]:
         """``pyhv list --json``, by name."""
@@ -138,6 +133,17 @@ class Daemon:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def ticks_in(text: str) -> list[int]:
+    """The n of every whole ``probe: tick n=K`` line in a console log (the guest
+    may be half-way through writing the last one)."""
+    out = []
+    for line in text.split("\n")[:-1]:
+        if line.startswith("probe: tick "):
+            fields = dict(t.partition("=")[::2] for t in shlex.split(line[len("probe: tick "):]))
+            out.append(int(fields["n"]))
+    return out
 
 
 def _toml(value: Any) -> str:
