@@ -71,7 +71,8 @@ class Api:
     def get_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         info = record.call("info")
         return 200, {**record.summary(info), "vcpu": info["vcpu"], "balloon": info["balloon"],
-                     "restarts": info["restarts"], "config": record.config}
+                     "restarts": info["restarts"], "config": record.config,
+                     "console_socket": record.console_path}
 
     def destroy_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         self.registry.destroy(record)

@@ -270,8 +270,7 @@ def console(client: Client, argv: list[str]) -> int:
 
     (dom,) = Args(argv, set()).want(1, 1, "console DOMAIN")
     info = client.get(_dom(dom))
-    run_dir = os.path.dirname(os.path.realpath(client.path))
-    path = os.path.join(run_dir, "domains", str(info["id"]), "console.sock")
+    path = info["console_socket"]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
