@@ -356,14 +356,25 @@ def default_cache_dir() -> Path:
     return Path(base) / "pyhv" / "images" / "default"
 
 
+def recipe() -> str:
+    """A digest of what goes into the image besides the packages (scripts, modules):
+    a cached image made by another recipe is built again."""
+    import hashlib
+
+    parts = [INIT, LOAD_MODULES, RC, INITTAB, PROFILE, " ".join(GUEST_MODULES)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
 def build_default_guest(dest: Path, force: bool = False, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Build (or find cached) vmlinuz, initrd.img, rootfs.ext4 and provenance.json in ``dest``."""
     provenance_path = dest / "provenance.json"
     outputs = [dest / "vmlinuz", dest / "initrd.img", dest / "rootfs.ext4"]
     if not force and provenance_path.exists() and all(p.exists() for p in outputs):
         cached: dict[str, object] = json.loads(provenance_path.read_text())
-        log(f"pyhv image: cached in {dest} (built {cached.get('built')}; --force builds again)")
-        return cached
+        if cached.get("recipe") == recipe():
+            log(f"pyhv image: cached in {dest} (built {cached.get('built')}; --force builds again)")
+            return cached
+        log("pyhv image: the cached image was made by another recipe; building again")
     require_apt()
     kernel_pkg = kernel_package()
     dest.mkdir(parents=True, exist_ok=True)
@@ -384,6 +395,7 @@ def build_default_guest(dest: Path, force: bool = False, log=print) -> dict[str,
         shutil.copyfile(kernel_root / "boot" / f"vmlinuz-{version}", dest / "vmlinuz.tmp")
         provenance: dict[str, object] = {
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "recipe": recipe(),
             "kernel": version,
             "packages": {name: deb_version(deb) for name, deb in sorted(debs.items())},
             "modules": modules,
