@@ -50,6 +50,14 @@ def _checksum(text: str) -> str:
     return m.group(1)
 
 
+def _save_by_signal(p: subprocess.Popen[str], snap: pathlib.Path) -> None:
+    """SIGUSR2 makes the running pyhv save itself to ``snap``; wait for the file."""
+    p.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    while not snap.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _popen(*args: str, serial: pathlib.Path) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
@@ -141,10 +149,7 @@ def test_restore_twice_from_one_snapshot_gives_the_same_result(tmp_path: pathlib
                serial=log)
     try:
         _wait_for(log, r"memsum round=(1[5-9]|[2-9]\d|\d{3})\b")
-        p.send_signal(signal.SIGUSR2)
-        deadline = time.monotonic() + 30
-        while not snap.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _save_by_signal(p, snap)
     finally:
         p.kill()
         p.wait()
@@ -159,10 +164,7 @@ def test_blk_data_written_before_a_save_is_read_back_after_restore(tmp_path: pat
                "--disk", str(disk), "--snapshot-on-signal", str(snap), serial=log)
     try:
         _wait_for(log, "blksnap state=written")
-        p.send_signal(signal.SIGUSR2)
-        deadline = time.monotonic() + 30
-        while not snap.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _save_by_signal(p, snap)
     finally:
         p.kill()
         p.wait()
