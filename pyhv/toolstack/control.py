@@ -10,6 +10,7 @@ more.  The socket is 0600: only root (pyhvd) talks to a domain.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -112,3 +113,36 @@ def call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, 
         raise ControlError(str(error or "request failed"))
     reply.pop("ok")
     return reply
+
+
+# --- the readiness channel between pyhvd and a starting domain process (a socketpair) ---
+
+
+def send_message(fd: int, message: dict[str, Any]) -> None:
+    """One JSON line on a descriptor (raises OSError)."""
+    os.write(fd, json.dumps(message).encode() + b"\n")
+
+
+def read_message(fd: int, timeout: float) -> dict[str, Any] | str:
+    """The next JSON-object line on ``fd``, or why there is none: "timeout",
+    "closed" or "garbled"."""
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return "timeout"
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return "closed"
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            return "garbled"
+    try:
+        value = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return "garbled"
+    return value if isinstance(value, dict) else "garbled"

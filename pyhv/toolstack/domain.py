@@ -381,7 +381,7 @@ def _tell(fd: int, message: dict[str, Any]) -> int:
     """Send the one readiness line to pyhvd; -1 afterwards."""
     if fd >= 0:
         try:
-            os.write(fd, json.dumps(message).encode() + b"\n")
+            control.send_message(fd, message)
         except OSError:
             pass
         os.close(fd)
@@ -461,10 +461,11 @@ def _main_incoming(run_dir: str, meta: dict[str, Any], ready_fd: int) -> int:
     def claim(description: Any) -> Any:
         if not isinstance(description, dict):
             raise migrate.MigrationError("the source sent no domain description (not a pyhvd domain)")
-        _send_line(ready_fd, {"claim": description})
-        answer = _read_line(ready_fd, 30.0)
-        if not answer.get("ok"):
-            raise migrate.MigrationError(f"refused by the destination: {answer.get('error', 'no answer')}")
+        control.send_message(ready_fd, {"claim": description})
+        answer = control.read_message(ready_fd, 30.0)
+        if isinstance(answer, str) or not answer.get("ok"):
+            why = answer if isinstance(answer, str) else answer.get("error", "no answer")
+            raise migrate.MigrationError(f"refused by the destination: {why}")
         meta.update(answer["meta"])
         made.append(Domain(run_dir, meta, parse(meta["config"])))
         return made[0].console
@@ -480,25 +481,3 @@ def _main_incoming(run_dir: str, meta: dict[str, Any], ready_fd: int) -> int:
         return 1
     domain = made[0]
     return _serve(domain, run_dir, lambda: domain.run(ready_fd, first=machine))
-
-
-def _send_line(fd: int, message: dict[str, Any]) -> None:
-    os.write(fd, json.dumps(message).encode() + b"\n")
-
-
-def _read_line(fd: int, timeout: float) -> dict[str, Any]:
-    import select
-
-    data = b""
-    while b"\n" not in data:
-        if not select.select([fd], [], [], timeout)[0]:
-            return {}
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return {}
-        data += chunk
-    try:
-        value = json.loads(data.split(b"\n", 1)[0])
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -512,21 +512,14 @@ def _description(machine: Any) -> dict[str, Any]:
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return {"ok": False, "error": f"the domain did not start within {timeout:g} s"}
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return {"ok": False, "error": "the domain process ended while starting (see its vmm.log)"}
-        data += chunk
-    try:
-        reply = json.loads(data.split(b"\n", 1)[0])
-    except ValueError:
-        reply = None
-    return reply if isinstance(reply, dict) else {"ok": False, "error": "garbled start-up message"}
+    reply = control.read_message(fd, timeout)
+    if reply == "timeout":
+        return {"ok": False, "error": f"the domain did not start within {timeout:g} s"}
+    if reply == "closed":
+        return {"ok": False, "error": "the domain process ended while starting (see its vmm.log)"}
+    if isinstance(reply, str):
+        return {"ok": False, "error": "garbled start-up message"}
+    return reply
 
 
 def _kill(record: DomainRecord) -> None:
