@@ -201,19 +201,17 @@ def kernel_package() -> str:
 def download(packages: Iterable[str], dest: Path) -> dict[str, Path]:
     """``apt-get download`` each package into ``dest`` (kept when already there)."""
     dest.mkdir(parents=True, exist_ok=True)
-    found: dict[str, Path] = {}
     wanted = list(packages)
-    for deb in dest.glob("*.deb"):
-        name = deb.name.split("_")[0]
-        if name in wanted:
-            found[name] = deb
+
+    def present() -> dict[str, Path]:
+        debs = {deb.name.split("_")[0]: deb for deb in dest.glob("*.deb")}
+        return {name: debs[name] for name in wanted if name in debs}
+
+    found = present()
     missing = [p for p in wanted if p not in found]
     if missing:
         _tool("apt-get", "download", "-q", *missing, cwd=dest)
-        for deb in dest.glob("*.deb"):
-            name = deb.name.split("_")[0]
-            if name in missing:
-                found[name] = deb
+        found = present()
     absent = [p for p in wanted if p not in found]
     if absent:
         raise ImageBuildError(f"apt-get download did not fetch {', '.join(absent)}")
