@@ -454,6 +454,19 @@ static void rw_done(struct blk *b, struct blk_slot *s, void *vctx)
         verify(s->buf, s->sector, s->len / SECTOR, c->salt);
 }
 
+/* The end of a phase's line: the pipeline's error and the failed requests; 1 if all went well. */
+static int end_outcome(int r, const struct rw_ctx *c)
+{
+    if (r)
+        kv_status("error", r);
+    if (c->errors) {
+        kv_dec("failed", c->errors);
+        kv_status("status", c->first_error);
+    }
+    line_end();
+    return r == 0 && c->errors == 0;
+}
+
 static int run_phase(struct blk *b, const char *name, struct rw_ctx *c, uint64_t nreq,
                      unsigned depth, blk_gen_fn gen)
 {
@@ -465,14 +478,7 @@ static int run_phase(struct blk *b, const char *name, struct rw_ctx *c, uint64_t
     kv_str("phase", name);
     kv_dec("requests", nreq);
     kv_dec("cycles", t1 - t0);
-    if (r)
-        kv_status("error", r);
-    if (c->errors) {
-        kv_dec("failed", c->errors);
-        kv_status("status", c->first_error);
-    }
-    line_end();
-    return r == 0 && c->errors == 0;
+    return end_outcome(r, c);
 }
 
 /* 16-byte discard / write-zeroes segment in the slot's buffer. */
@@ -698,14 +704,7 @@ static int bench_run(struct blk *b, struct bench_phase *p, struct rw_ctx *c, uin
     kv_dec("notifies", p->notifies);
     if (b->v.msix)
         kv_dec("irqs", p->irqs);
-    if (r)
-        kv_status("error", r);
-    if (c->errors) {
-        kv_dec("failed", c->errors);
-        kv_status("status", c->first_error);
-    }
-    line_end();
-    return r == 0 && c->errors == 0;
+    return end_outcome(r, c);
 }
 
 /* Random block-aligned 4 KiB requests in [0, sectors). */
