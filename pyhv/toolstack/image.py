@@ -137,7 +137,10 @@ def module_depends(ko: bytes) -> list[str]:
     at = ko.find(b"\0depends=")
     if at < 0:
         return []
-    value = ko[at + 9 : ko.index(b"\0", at + 9)].decode()
+    try:
+        value = ko[at + 9 : ko.index(b"\0", at + 9)].decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        raise ImageBuildError("a kernel module's depends= entry is unreadable") from None
     return [module_name(d) for d in value.split(",") if d]
 
 
@@ -204,7 +207,7 @@ def download(packages: Iterable[str], dest: Path) -> dict[str, Path]:
     wanted = list(packages)
 
     def present() -> dict[str, Path]:
-        debs = {deb.name.split("_")[0]: deb for deb in dest.glob("*.deb")}
+        debs = {deb.name.split("_")[0]: deb for deb in sorted(dest.glob("*.deb"))}
         return {name: debs[name] for name in wanted if name in debs}
 
     found = present()
@@ -301,18 +304,20 @@ export PS1='\u@\h:\w\$ '
 """
 
 
-def guest_tree(root: Path, busybox_root: Path, kernel_root: Path, version: str, modules: list[str]) -> None:
-    """Lay out the default guest's files under ``root`` (without /init)."""
+def guest_tree(root: Path, busybox_root: Path, index: dict[str, Path], version: str, modules: list[str]) -> None:
+    """Lay out the default guest's files under ``root`` (without /init); ``index``
+    is the kernel's :func:`module_index`."""
     for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "mnt", "newroot"):
         (root / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox_root / "bin" / "busybox", root / "bin" / "busybox")
     applets = _tool(str(root / "bin" / "busybox"), "--list-full").split()
     for applet in applets:
+        if Path(applet).is_absolute() or ".." in Path(applet).parts:
+            raise ImageBuildError(f"busybox lists an applet outside the tree: {applet!r}")
         link = root / applet
         if not link.exists() and not link.is_symlink():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(os.path.relpath(root / "bin" / "busybox", link.parent))
-    index = module_index(kernel_root / "lib" / "modules" / version)
     moddir = root / "lib" / "modules" / version
     moddir.mkdir(parents=True, exist_ok=True)
     for name in modules:
@@ -357,8 +362,6 @@ def default_cache_dir() -> Path:
 def recipe() -> str:
     """A digest of what goes into the image besides the packages (scripts, modules):
     a cached image made by another recipe is built again."""
-    import hashlib
-
     parts = [INIT, LOAD_MODULES, RC, INITTAB, PROFILE, " ".join(GUEST_MODULES)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
@@ -368,8 +371,11 @@ def build_default_guest(dest: Path, force: bool = False, log=print) -> dict[str,
     provenance_path = dest / "provenance.json"
     outputs = [dest / "vmlinuz", dest / "initrd.img", dest / "rootfs.ext4"]
     if not force and provenance_path.exists() and all(p.exists() for p in outputs):
-        cached: dict[str, object] = json.loads(provenance_path.read_text())
-        if cached.get("recipe") == recipe():
+        try:
+            cached = json.loads(provenance_path.read_text())
+        except ValueError:
+            cached = None  # a damaged cache is built again
+        if isinstance(cached, dict) and cached.get("recipe") == recipe():
             log(f"pyhv image: cached in {dest} (built {cached.get('built')}; --force builds again)")
             return cached
         log("pyhv image: the cached image was made by another recipe; building again")
@@ -386,7 +392,7 @@ def build_default_guest(dest: Path, force: bool = False, log=print) -> dict[str,
         version = kernel_pkg.removeprefix("linux-image-")
         index = module_index(kernel_root / "lib" / "modules" / version)
         modules = module_closure(index, GUEST_MODULES)
-        guest_tree(tree, busybox_root, kernel_root, version, modules)
+        guest_tree(tree, busybox_root, index, version, modules)
         log(f"pyhv image: initramfs with busybox and {len(modules)} modules")
         (dest / "initrd.img.tmp").write_bytes(initramfs(tree))
         ext4_image(tree, dest / "rootfs.ext4.tmp")

@@ -157,8 +157,9 @@ def build(with_qemu: bool = False, out: Path = BUILD) -> tuple[Path, Path]:
     image.extract(debs[kernel_pkg], kernel_root)
     busybox_root = work / "busybox"
     image.extract(debs[image.BUSYBOX_PACKAGE], busybox_root)
-    modules = image.module_closure(image.module_index(kernel_root / "lib" / "modules" / version), L1_MODULES)
-    image.guest_tree(tree, busybox_root, kernel_root, version, modules)
+    index = image.module_index(kernel_root / "lib" / "modules" / version)
+    modules = image.module_closure(index, L1_MODULES)
+    image.guest_tree(tree, busybox_root, index, version, modules)
     for name in ("rc", "inittab", "load-modules"):
         (tree / "etc" / name).unlink()
     _python(tree, debs)
