@@ -32,7 +32,7 @@ from typing import Any
 from ..errors import PyhvError
 from ..vcpu import Stop, StopKind
 from . import control
-from .domconfig import DomainConfig, parse
+from .domconfig import DomainConfig, mismatch, parse
 
 #: how long a pause or shutdown may take before the request fails
 OP_TIMEOUT = 5.0
@@ -458,9 +458,15 @@ def _main_incoming(run_dir: str, meta: dict[str, Any], ready_fd: int) -> int:
     key = bytes.fromhex(os.environ.pop("PYHV_MIGRATION_KEY", ""))
     made: list[Domain] = []
 
-    def claim(description: Any) -> Any:
+    def claim(description: Any, machine: Any) -> Any:
         if not isinstance(description, dict):
             raise migrate.MigrationError("the source sent no domain description (not a pyhvd domain)")
+        try:
+            differs = mismatch(parse(description).machine, machine)
+        except PyhvError as e:
+            raise migrate.MigrationError(f"the domain description is not valid: {e}") from None
+        if differs:
+            raise migrate.MigrationError(f"the domain description does not match the machine ({differs})")
         control.send_message(ready_fd, {"claim": description})
         answer = control.read_message(ready_fd, 30.0)
         if isinstance(answer, str) or not answer.get("ok"):

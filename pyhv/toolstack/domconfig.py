@@ -173,6 +173,22 @@ def parse(data: dict[str, Any]) -> DomainConfig:
     return DomainConfig(name, machine, maxmem, _choice(data, "on_crash", ON_CRASH, "destroy"), _sched(data.get("sched", {})))
 
 
+def mismatch(described: MachineConfig, actual: MachineConfig) -> str:
+    """The first machine setting in which a domain's description and the machine
+    it travels with (a snapshot, a migration) differ; "" if they agree.  Where
+    COM1 goes, debug-exit and how NICs are plugged (descriptor, bridge) do not count."""
+    def plain(config: MachineConfig, key: str) -> Any:
+        value = getattr(config, key)
+        return [(n.tap, n.mac) for n in value] if key == "nets" else value
+
+    for key in vars(described):
+        if key.startswith("_") or key in ("serial", "debug_exit"):
+            continue
+        if plain(described, key) != plain(actual, key):
+            return key
+    return ""
+
+
 # --- one helper per kind of value --------------------------------------------------
 
 

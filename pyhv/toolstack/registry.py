@@ -197,12 +197,19 @@ class Registry:
             raise Refused(str(e), 400) from None
         try:
             config = dict(snapshot.domain) if snapshot.domain is not None else _description(snapshot.config)
+            machine = snapshot.config
         finally:
             snapshot.close()
         if name:
             config["name"] = name
         elif "name" not in config:
             config["name"] = os.path.splitext(os.path.basename(path))[0]
+        try:
+            differs = domconfig.mismatch(domconfig.parse(config).machine, machine)
+        except UsageError as e:
+            raise Refused(f"{path}: the domain saved with it: {e}", 400) from None
+        if differs:
+            raise Refused(f"{path}: the domain saved with it does not match its machine ({differs})", 400)
         return self.create(config, paused, restore=path)
 
     def _spawn(

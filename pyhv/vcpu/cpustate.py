@@ -198,6 +198,7 @@ def _build_structs(state: VcpuState) -> tuple[Any, ...]:
         for k, v in table.items():
             _checked_int(h.U32, k, f"{label} index")
             _checked_int(h.U64, v, f"{label}[{k:#x}]")
+    _checked_int(h.U32, state.mp_state, "mp_state")
     if state.mp_state not in (h.KVM_MP_STATE_RUNNABLE, h.KVM_MP_STATE_UNINITIALIZED, h.KVM_MP_STATE_INIT_RECEIVED,
                               h.KVM_MP_STATE_HALTED, h.KVM_MP_STATE_SIPI_RECEIVED):
         raise StateError(f"mp_state {state.mp_state!r} is not a KVM MP state")

@@ -57,7 +57,7 @@ NAMES = {CONFIG: "CONFIG", READY: "READY", PAGES: "PAGES", STATE: "STATE", DONE:
          GO: "GO", RESUMED: "RESUMED", FAIL: "FAIL"}
 #: the largest frame either side accepts
 MAX_FRAME = 64 << 20
-#: pages sent per PAGES frame, at most
+#: bytes of pages in one PAGES frame, at most
 PAGES_MAX = 1 << 20
 #: the dirty log is read in granules of one bitmap byte: 8 pages
 GRANULE = 8 * PAGE_SIZE
@@ -407,8 +407,8 @@ def receive_connection(
     """Run the destination side on one accepted connection; the machine, started.
 
     None if the peer failed the handshake (a stranger: nothing happened).
-    ``claim(domain)`` is called with the domain description the source sent
-    (or None) before anything is built; it returns the console to use or
+    ``claim(domain, config)`` is called with the domain description the source
+    sent (or None) and the machine configuration before anything is built; it returns the console to use or
     raises MigrationError to refuse the domain, and the source then runs on."""
     from .builder import build
 
@@ -429,7 +429,7 @@ def receive_connection(
         domain = announced.pop(DOMAIN_KEY, None) if isinstance(announced, dict) else None
         config = config_from_plain(announced, serial)
         if claim is not None:
-            console = claim(domain)
+            console = claim(domain, config)
         memory = GuestMemory(config.memory)
         incoming = Incoming(config, memory, {}, [])
         ch.send(READY)

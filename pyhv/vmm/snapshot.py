@@ -184,7 +184,7 @@ def capture(machine: Machine) -> dict[str, Any]:
     }
 
 
-def check_state(state: Any, memory_length: int | None = None) -> Any:
+def check_state(state: Any, memory_length: int | None = None, serial: str | None = None) -> Any:
     """Check the parts of a captured state that need no devices: format, config,
     VM blobs, every vCPU.  Returns (config, vcpu states)."""
     from ..vcpu.cpustate import from_plain
@@ -196,7 +196,7 @@ def check_state(state: Any, memory_length: int | None = None) -> Any:
         raise SnapshotError("state: the domain section must be an object")
     if state["format"] != FORMAT:
         raise SnapshotError(f"state: format {state['format']!r:.40}, expected {FORMAT!r}")
-    config = config_from_plain(state["config"])
+    config = config_from_plain(state["config"], serial)
     vm = state["vm"]
     if not isinstance(vm, dict) or set(vm) != {"clock", "irqchip", "pit"}:
         raise SnapshotError("state: vm section has the wrong set of keys")
@@ -288,9 +288,7 @@ def write_memory(memory: GuestMemory, fd: int, base: int = MEMORY_OFFSET) -> tup
             elif data == zero[: len(data)]:
                 continue
             at = offset + start
-            done = 0
-            while done < len(data):
-                done += os.pwrite(fd, data[done:], at + done)
+            _pwrite_all(fd, data, at)
             written += len(data)
             last = extents[-1] if extents else None
             if last is not None and last[0] + last[1] == at and last[1] + len(data) <= EXTENT_MAX:
@@ -346,7 +344,7 @@ def _header(mem_len: int, state_offset: int, blob: bytes) -> bytes:
     return HEADER.pack(MAGIC, VERSION, HEADER.size, MEMORY_OFFSET, mem_len, state_offset, len(blob), digest)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
@@ -404,16 +402,15 @@ class Snapshot:
         except (ValueError, RecursionError):
             raise self._fail("corrupt state (not JSON)") from None
         try:
-            self.config, self.vcpu_states = check_state(state, mem_len)
-            if serial is not None:
-                self.config = config_from_plain(state["config"], serial)
+            self.config, self.vcpu_states = check_state(state, mem_len, serial)
         except SnapshotError as e:
             raise self._fail(str(e)) from None
         if self.config.memory != mem_len:
             raise self._fail(f"memory section is {mem_len} bytes, the machine has {self.config.memory}")
         self.extents = _check_extents(state["memory"], mem_len, self._fail)
         self.state = state
-        #: the toolstack's description of the domain, if one was saved with it (unchecked)
+        #: the toolstack's description of the domain, if one was saved with it (the
+        #: toolstack checks it against ``config``)
         self.domain: dict[str, Any] | None = state.get("domain")
 
     def take_memory(self) -> GuestMemory:
