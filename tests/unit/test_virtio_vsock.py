@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pyhv.devices.virtio import mmio as m
+from pyhv.devices.virtio import vsock as vsock_module
 from pyhv.devices.virtio.vsock import (
     HEADER,
     HOST_CID,
@@ -178,3 +179,28 @@ def test_data_larger_than_a_receive_buffer_is_split_with_matching_lengths(guest:
     guest.loop.run()
     packets = guest.received()
     assert [(h[4], len(p)) for h, p in packets] == [(1000, 1000), (1000, 1000), (500, 500)]
+
+
+def test_control_replies_a_guest_never_takes_are_capped(guest: Guest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vsock_module, "MAX_PENDING_CONTROL", 2)
+    for port in range(5001, 5005):  # nobody listens: each asks for a reset, no receive buffer takes it
+        guest.send(OP_REQUEST, 40000, port)
+    assert len(guest.dev.pending) == 2 and guest.dev.dropped_control == 2
+    guest.post_rx()
+    assert [h[6] for h, _ in guest.received()] == [OP_RST, OP_RST]
+
+
+def test_a_second_request_on_the_same_ports_replaces_the_first_connection(guest: Guest, tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "v.sock_5000"))
+    listener.listen(2)
+    guest.post_rx()
+    guest.send(OP_REQUEST, 40000, 5000)
+    first, _ = listener.accept()
+    guest.send(OP_REQUEST, 40000, 5000)
+    second, _ = listener.accept()
+    first.settimeout(2)
+    assert first.recv(64) == b""  # the host socket of the first is closed, not leaked
+    assert len(guest.dev.conns) == 1
+    second.close()
+    first.close()

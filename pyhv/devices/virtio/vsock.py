@@ -49,6 +49,9 @@ SHUTDOWN_RCV, SHUTDOWN_SEND = 1, 2
 BUF_ALLOC = 256 * 1024
 #: largest payload pyhv puts in one packet to the guest, and accepts from it
 MAX_PAYLOAD = 64 * 1024
+#: control packets (no payload) waiting for receive buffers, at most: a guest that
+#: transmits but never posts receive buffers must not grow the host's queue for ever
+MAX_PENDING_CONTROL = 1024
 CONNECT_LINE_MAX = 64
 FIRST_HOST_PORT = 1 << 30
 
@@ -95,6 +98,7 @@ class Vsock(VirtioDevice):
         self._unaccepted: dict[int, tuple[socket.socket, bytearray]] = {}
         self.listener: socket.socket | None = None
         self.bad_packets = 0
+        self.dropped_control = 0  # control packets dropped: the guest did not take its replies
         self.transport_reset_pending = False  # restored: the guest must hear its connections are gone
 
     def device_features(self) -> int:
@@ -176,6 +180,8 @@ class Vsock(VirtioDevice):
     # --- packets to the guest -----------------------------------------------------
 
     def _send(self, conn: Connection, op: int, payload: bytes = b"", flags: int = 0) -> None:
+        if not payload and self._control_full():
+            return
         header = HEADER.pack(
             HOST_CID, self.guest_cid, conn.host_port, conn.guest_port, len(payload), TYPE_STREAM, op, flags,
             BUF_ALLOC, conn.fwd_cnt,
@@ -183,7 +189,15 @@ class Vsock(VirtioDevice):
         conn.last_credit_sent = conn.fwd_cnt
         self.pending.append((header, payload))
 
+    def _control_full(self) -> bool:
+        if len(self.pending) < MAX_PENDING_CONTROL:
+            return False
+        self.dropped_control += 1
+        return True
+
     def _send_rst(self, src_port: int, dst_port: int) -> None:
+        if self._control_full():
+            return
         header = HEADER.pack(HOST_CID, self.guest_cid, src_port, dst_port, 0, TYPE_STREAM, OP_RST, 0, 0, 0)
         self.pending.append((header, b""))
 
@@ -351,6 +365,9 @@ class Vsock(VirtioDevice):
             print(f"pyhv: {self.name}: malformed packet from the guest: {what}", file=sys.stderr)
 
     def _guest_connect(self, host_port: int, guest_port: int, buf_alloc: int, fwd_cnt: int) -> None:
+        old = self.conns.get((host_port, guest_port))
+        if old is not None:  # the guest reused a pair of ports: the old connection ends
+            self._close(old, tell_guest=False)
         path = f"{self.uds}_{host_port}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
