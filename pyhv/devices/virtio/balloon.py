@@ -18,7 +18,7 @@ import struct
 import sys
 from typing import Any
 
-from .device import CONFIG_INTERRUPT, VirtioDevice
+from .device import CONFIG_INTERRUPT, STATUS_DRIVER_OK, VirtioDevice
 from .queue import DescriptorChain, SplitQueue
 
 DEVICE_ID = 5
@@ -70,7 +70,7 @@ class Balloon(VirtioDevice):
         with self.lock:
             self.target_pages = pages
             self.config_generation = (self.config_generation + 1) & 0xFF
-            running = bool(self.status & 4)
+            running = bool(self.status & STATUS_DRIVER_OK)
         if running:
             self.interrupt(CONFIG_INTERRUPT)
 

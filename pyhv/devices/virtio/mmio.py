@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from .device import CONFIG_INTERRUPT, VirtioDevice
+from .device import CONFIG_INTERRUPT, STATUS_DRIVER_OK, VirtioDevice
 
 MAGIC = 0x7472_6976  # "virt"
 VERSION = 2
@@ -181,7 +181,7 @@ class VirtioMmio:
                 dev.write_driver_features(self.driver_features_sel, value)
             elif offset == QUEUE_SEL:
                 self.queue_sel = value
-            elif q is None or dev.status & 4:  # no such queue, or DRIVER_OK: queue config is frozen
+            elif q is None or dev.status & STATUS_DRIVER_OK:  # no such queue, or running: queue config is frozen
                 return
             elif offset == QUEUE_NUM:
                 q.size = value

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...backends.tap import VNET_HDR_SIZE, Tap
-from .device import VirtioDevice, buffer_views
+from .device import STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, VirtioDevice, buffer_views
 from .queue import DescriptorChain, SplitQueue
 
 DEVICE_ID = 1
@@ -127,7 +127,7 @@ class Net(VirtioDevice):
     def tap_readable(self) -> None:
         """The I/O thread saw the TAP readable: move frames into posted buffers."""
         with self.lock:
-            if not self.status & 4 or self.status & 0x40:
+            if not self.status & STATUS_DRIVER_OK or self.status & STATUS_DEVICE_NEEDS_RESET:
                 return
             try:
                 used = self._receive(self.queues[RX])
