@@ -235,8 +235,8 @@ def _ring_pages(machine: Machine) -> set[int]:
     for transport in machine.pci.transports:
         for q in transport.device.queues:
             if q.active:
-                end = q.used_addr + 6 + 8 * q.size
-                pages.update(range(q.used_addr >> 12, ((end - 1) >> 12) + 1))
+                gpa, length = q.used_ring_span()
+                pages.update(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))
     return pages
 
 

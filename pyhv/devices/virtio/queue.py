@@ -301,6 +301,12 @@ class SplitQueue:
 
     # --- activation -------------------------------------------------------------
 
+    def used_ring_span(self) -> tuple[int, int]:
+        """(guest-physical address, bytes) of the used ring with its avail_event:
+        the queue writes it through a view taken at activation, which guest-memory
+        write tracking does not see (migration sends these pages again)."""
+        return self.used_addr, 4 + USED_ELEM_SIZE * self.size + 2
+
     def activate(self, features: int) -> None:
         """Check the configuration and start serving the rings from index 0.
 
