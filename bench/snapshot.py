@@ -54,7 +54,8 @@ from exits import PROBE_ELF, REPO
 
 sys.path.insert(0, str(REPO))
 
-from pyhv.vmm import MachineConfig, build  # noqa: E402
+from pyhv.model import describe, format_size  # noqa: E402
+from pyhv.vmm import build  # noqa: E402
 from pyhv.vmm import migrate as mg  # noqa: E402
 
 QEMU_MACHINE = "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off,pcie=off"
@@ -212,7 +213,7 @@ def qemu_save_restore(size: int, work: Path) -> dict[str, float]:
 
 def pyhv_save_restore(size: int, work: Path) -> dict[str, float]:
     snap, log = work / "pyhv.snap", work / "pyhv.log"
-    machine = build(MachineConfig(str(PROBE_ELF), cmdline=memsum(size), memory=size, serial=f"file:{log}",
+    machine = build(describe(kernel=str(PROBE_ELF), cmdline=memsum(size), memory=format_size(size), serial=f"file:{log}",
                                   debug_exit=True))
     try:
         machine.start()
@@ -264,7 +265,7 @@ def pyhv_migrate(size: int, work: Path) -> dict[str, float]:
         m = re.search(r":(\d+)$", dest.stderr.readline().decode().strip())
         if not m:
             raise RuntimeError("pyhv --incoming did not say where it listens")
-        machine = build(MachineConfig(str(PROBE_ELF), cmdline=memsum(size), memory=size, serial=f"file:{log}",
+        machine = build(describe(kernel=str(PROBE_ELF), cmdline=memsum(size), memory=format_size(size), serial=f"file:{log}",
                                       debug_exit=True))
         machine.start()
         pyhv_first_round(machine)

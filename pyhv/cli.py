@@ -17,7 +17,7 @@ from .errors import PyhvError, UsageError
 
 if TYPE_CHECKING:
     from .backends.console import Console
-    from .vmm import MachineConfig
+    from .model import Description
 
 
 class Option:
@@ -46,23 +46,26 @@ class Option:
 # argparse (with the shutil, locale and gettext it pulls in) costs milliseconds.
 RUN_OPTIONS = [
     Option("--kernel", "bzImage, ELF (vmlinux, PVH) or Multiboot kernel (required without --config)", "K"),
-    Option("--config", "boot the domain a TOML configuration file describes (docs: pyhv/toolstack/domconfig.py)", "FILE"),
+    Option("--config", "boot the domain a TOML file describes (schema: pyhv/model/__init__.py); "
+           "options given as well override its values", "FILE"),
     Option("--initrd", "initial ramdisk", "I"),
-    Option("--cmdline", "kernel command line", "C", ""),
-    Option("--memory", "guest memory (default 256M)", "SIZE", "256M"),
-    Option("--vcpus", "number of virtual CPUs (default 1)", "N", "1"),
-    Option("--boot", "boot protocol (default: from the image)", "PROTO", "auto", ("auto", "linux", "pvh", "multiboot")),
+    Option("--cmdline", "kernel command line", "C"),
+    Option("--memory", "guest memory (default 256M)", "SIZE"),
+    Option("--vcpus", "number of virtual CPUs (default 1)", "N"),
+    Option("--boot", "boot protocol (default: from the image)", "PROTO", None, ("auto", "linux", "pvh", "multiboot")),
     Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
-    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S] (repeatable)", "SPEC", repeat=True),
+    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none] (repeatable)", "SPEC", repeat=True),
     Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
     Option("--vsock", "virtio-vsock: cid=N,uds=PATH (host side: Firecracker's unix-socket convention)", "SPEC"),
     Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
-    Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST", "stdio"),
-    Option("--on-reboot", "what a guest reboot does (default restart)", "ACTION", "restart", ("destroy", "restart")),
-    Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", "destroy", ("destroy", "restart")),
+    Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST"),
+    Option("--on-reboot", "what a guest reboot does (default restart)", "ACTION", None, ("destroy", "restart")),
+    Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", None, ("destroy", "restart")),
+    Option("--on-crash", "what a guest crash does (default destroy; preserve keeps it until a signal)", "ACTION",
+           None, ("destroy", "restart", "preserve")),
     Option("--progress", "print port 0x80 progress codes with times at exit"),
-    Option("--control", "a unix socket taking commands while the guest runs (balloon SIZE, info)", "PATH"),
+    Option("--control", "a unix socket taking JSON requests while the guest runs (docs: pyhv/vmm/control.py)", "PATH"),
     Option("--restore", "boot the machine a snapshot file holds, where it was saved (no --kernel/--config)", "FILE"),
     Option("--verify", "with --restore: read all of the snapshot's memory and check its CRCs before running"),
     Option("--snapshot-on-signal", "on SIGUSR2, save the running machine to FILE and carry on", "FILE"),
@@ -140,26 +143,31 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
 
 
 def _run(args: SimpleNamespace) -> int:
-    from .backends.console import open_console
-
     if args.incoming:
         return _run_incoming(args)
     snapshot = None
     if args.restore:
         snapshot = _open_snapshot(args)
-        config = snapshot.config
+        description = snapshot.description
+        taps: dict[int, int] = {}
     else:
-        config = _config_from_file(args) if args.config else _config_from_options(args)
-    try:
-        console = open_console(config.serial)
-        try:
-            return _run_machine(config, console, args.progress, snapshot, args.snapshot_on_signal,
-                                control=args.control)
-        finally:
-            console.close()
-    finally:
-        if snapshot is not None:
-            snapshot.close()
+        description, taps = describe_run(args)
+    return _run_domain(description, args, snapshot=snapshot, taps=taps)
+
+
+def describe_run(args: SimpleNamespace) -> tuple[Description, dict[int, int]]:
+    """The description ``pyhv run``'s options give (over ``--config``'s file, if
+    one is named), and the TAP descriptors handed over with ``--net fd=N``."""
+    from .model import files, options
+
+    plain, taps, given = options.plain_from_options(vars(args))
+    if args.config:
+        data = files.load_mapping(args.config)
+        data.update(plain)
+        plain = data
+    elif "kernel" not in plain:
+        raise UsageError("--kernel is required (or --config FILE)")
+    return options.describe(plain, given, args.config or ""), taps
 
 
 def _only_restore_options(args: SimpleNamespace, what: str) -> None:
@@ -176,7 +184,7 @@ def _open_snapshot(args: SimpleNamespace) -> Any:
     from .vmm.snapshot import Snapshot
 
     _only_restore_options(args, "--restore takes the machine from the snapshot")
-    snapshot = Snapshot(args.restore, serial=args.serial)
+    snapshot = Snapshot(args.restore, serial=args.serial or "stdio")  # COM1 goes where this run says
     if args.verify:
         try:
             snapshot.verify_memory()
@@ -217,18 +225,29 @@ def _run_incoming(args: SimpleNamespace) -> int:
     host, port = parse_host_port(args.incoming, "--incoming")
     key = read_migration_key(args.migration_key)
     server = migrate.listen(host, port)
-    console = open_console(args.serial)
+    console = open_console(args.serial or "stdio")
+    caught: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         print(f"pyhv: waiting for a migration on {host}:{server.getsockname()[1]}", file=sys.stderr, flush=True)
-
-        def incoming(should_stop: Any) -> Any:
-            return migrate.receive(server, key, console=console, should_stop=should_stop)
-
-        return _run_machine(None, console, args.progress, None, args.snapshot_on_signal, first=incoming,
-                            control=args.control)
+        machine = migrate.receive(server, key, console=console, should_stop=lambda: bool(caught))
+    except BaseException:
+        console.close()
+        raise
     finally:
         server.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if machine is None:
         console.close()
+        print(f"pyhv: stopped by {signal.Signals(caught[0]).name}", file=sys.stderr)
+        return 128 + caught[0]
+    print("pyhv: migration received; running", file=sys.stderr, flush=True)
+    return _run_domain(machine.description, args, first=machine, console=console)
 
 
 def _image_build(args: SimpleNamespace) -> int:
@@ -237,146 +256,92 @@ def _image_build(args: SimpleNamespace) -> int:
     return build_command(args.dir, args.force)
 
 
-def _config_from_file(args: SimpleNamespace) -> "MachineConfig":
-    """The machine a configuration file describes; --debug-exit and --serial still apply."""
-    from .toolstack import domconfig
-    from .vmm import MachineConfig
-
-    if args.kernel:
-        raise UsageError("--config and --kernel: give one or the other")
-    machine = domconfig.load(args.config).machine
-    settings = {k: v for k, v in vars(machine).items() if not k.startswith("_")}
-    settings["debug_exit"] = args.debug_exit or machine.debug_exit
-    settings["serial"] = args.serial
-    return MachineConfig(**settings)
-
-
-def _config_from_options(args: SimpleNamespace) -> "MachineConfig":
-    from .vmm import MachineConfig
-    from .vmm.config import parse_disk, parse_net, parse_size, parse_vsock
-
-    if not args.kernel:
-        raise UsageError("--kernel is required (or --config FILE)")
-    try:
-        vcpus = int(args.vcpus)
-    except ValueError:
-        raise UsageError(f"--vcpus {args.vcpus!r}: expected a number") from None
-    config = MachineConfig(
-        kernel=args.kernel,
-        initrd=args.initrd,
-        cmdline=args.cmdline,
-        memory=parse_size(args.memory, "--memory"),
-        vcpus=vcpus,
-        debug_exit=args.debug_exit,
-        serial=args.serial,
-        boot=args.boot,
-        on_reboot=args.on_reboot,
-        on_poweroff=args.on_poweroff,
-        disks=[parse_disk(d) for d in args.disk],
-        rng=args.rng,
-        nets=[parse_net(n) for n in args.net],
-        balloon=args.balloon,
-        vsock=parse_vsock(args.vsock) if args.vsock else None,
-    )
-    return config
-
-
-def _run_machine(
-    config: MachineConfig | None, console: Console, progress: bool, snapshot: Any = None,
-    save_to: str | None = None, first: Any = None, control: str | None = None,
+def _run_domain(
+    description: Description, args: SimpleNamespace, snapshot: Any = None, first: Any = None,
+    taps: dict[int, int] | None = None, console: Console | None = None,
 ) -> int:
-    """Boot (or restore ``snapshot``), and boot again while the guest reboots (or
-    powers off) into a restart.
+    """Run one domain in the foreground through the VMM runtime, as pyhvd runs each of its own.
 
-    SIGINT, SIGTERM and SIGHUP stop whichever machine is running and end the
-    loop, even when they arrive while the guest is rebooting.  With ``save_to``,
-    SIGUSR2 saves the running machine there (and it runs on)."""
-    from .vcpu import Stop, StopKind
-    from .vmm import Machine, build
+    SIGINT, SIGTERM and SIGHUP destroy it (exit status 128+N), even while the
+    guest is rebooting.  With ``--snapshot-on-signal``, SIGUSR2 saves the
+    running machine there (and it runs on); with ``--control``, requests are
+    served on that socket."""
+    from .backends.console import open_console
+    from .vcpu import StopKind
+    from .vmm.runtime import Runtime
 
-    current: list[Machine] = []
-    caught: list[int] = []
+    if console is None:
+        try:
+            console = open_console(description.serial)
+        except BaseException:
+            if snapshot is not None:
+                snapshot.close()
+            raise
+    save_to = args.snapshot_on_signal
+
+    def progress(machine: Any) -> None:
+        if args.progress:
+            for t_ns, code in machine.progress.records:
+                print(f"pyhv: progress {code:#04x} at {t_ns / 1e6:.3f} ms", file=sys.stderr)
+
+    restored = snapshot.path if snapshot is not None else None
+
+    def ready(reply: dict[str, Any]) -> None:
+        if not reply.get("ok"):
+            print(f"pyhv: {reply.get('error')}", file=sys.stderr, flush=True)
+        elif restored is not None:
+            print(f"pyhv: restored {restored}; running", file=sys.stderr, flush=True)
+
+    runtime = Runtime(description, console, taps=taps, on_ready=ready, on_machine_end=progress)
 
     def on_signal(signum: int, frame: object) -> None:
-        caught.append(signum)
-        for machine in current:
-            machine.request_stop(Stop(StopKind.HOST, 128 + signum, f"stopped by {signal.Signals(signum).name}"))
-
-    server = None
-    if control:
-        from .vmm.control import ControlServer
-
-        server = ControlServer(control, lambda: current[0] if current else None)
+        runtime.stop(StopKind.DESTROY, 128 + signum, f"stopped by {signal.Signals(signum).name}")
 
     def on_save(signum: int, frame: object) -> None:
-        for machine in current:
-            assert save_to is not None
-            try:
-                info = machine.save(save_to)
-            except PyhvError as e:
-                print(f"pyhv: snapshot not saved: {e}", file=sys.stderr, flush=True)
-                continue
-            print(f"pyhv: saved snapshot {save_to} ({info.memory_written >> 20} MiB of memory written, "
-                  f"{info.seconds * 1000:.1f} ms)", file=sys.stderr, flush=True)
+        machine = runtime.machine
+        if machine is None or save_to is None:
+            return
+        try:
+            info = machine.save(save_to, description=runtime.description)
+        except PyhvError as e:
+            print(f"pyhv: snapshot not saved: {e}", file=sys.stderr, flush=True)
+            return
+        print(f"pyhv: saved snapshot {save_to} ({info.memory_written >> 20} MiB of memory written, "
+              f"{info.seconds * 1000:.1f} ms)", file=sys.stderr, flush=True)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    if save_to:
-        old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_save)
+    server = None
+    old: dict[int, Any] = {}
     try:
-        first_machine = first is not None
-        while not caught:
-            if first is not None:  # the machine comes from a migration
-                machine = first(lambda: bool(caught))
-                if machine is None:
-                    break
-                first = None
-                config = machine.config
-            else:
-                assert config is not None
-                machine = build(config, console=console, restore=snapshot)
-            announce = ("migration received" if first_machine else
-                        f"restored {snapshot.path}" if snapshot is not None else None)
-            first_machine = False
-            snapshot = None  # a restart after a reboot boots afresh
-            current[:] = [machine]
-            try:
-                if caught:  # a signal arrived while the machine was being built
-                    break
-                if machine.state == "created":  # a migrated machine is already running
-                    machine.start()
-                if announce:
-                    print(f"pyhv: {announce}; running", file=sys.stderr, flush=True)
-                    announce = None
-                stop = None
-                while stop is None:
-                    stop = machine.wait(0.5)
-            finally:
-                current.clear()
-                machine.close()
-            if progress:
-                for t_ns, code in machine.progress.records:
-                    print(f"pyhv: progress {code:#04x} at {t_ns / 1e6:.3f} ms", file=sys.stderr)
-            if caught:
-                break
-            if stop.kind is StopKind.RESET and config.on_reboot == "restart":
-                print("pyhv: guest rebooted; restarting (on_reboot=restart)", file=sys.stderr)
-                continue
-            if stop.kind is StopKind.POWEROFF and config.on_poweroff == "restart":
-                print("pyhv: guest powered off; restarting (on_poweroff=restart)", file=sys.stderr)
-                continue
-            if stop.kind in (StopKind.CRASH, StopKind.ERROR):
-                print(f"pyhv: {stop.detail}", file=sys.stderr)
-            elif stop.kind is StopKind.RESET:
-                print("pyhv: guest rebooted (on_reboot=destroy)", file=sys.stderr)
-            return stop.status
-        signum = caught[0]
-        print(f"pyhv: stopped by {signal.Signals(signum).name}", file=sys.stderr)
-        return 128 + signum
+        if args.control:
+            server = _control_server(args.control, runtime)
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        if save_to:
+            old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_save)
+        ending = runtime.run(snapshot=snapshot, first=first)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
         if server is not None:
             server.close()
+        console.close()
+    if ending.reason == StopKind.DESTROY.value and ending.status >= 128:
+        print(f"pyhv: {ending.detail}", file=sys.stderr)
+    elif ending.reason == StopKind.RESET.value:
+        print("pyhv: guest rebooted (on_reboot=destroy)", file=sys.stderr)
+    return ending.status
+
+
+def _control_server(path: str, runtime: Any) -> Any:
+    import os
+
+    from .vmm.control import Server
+
+    if os.path.isdir(path):
+        raise UsageError(f"--control {path}: is a directory")
+    try:
+        return Server(path, runtime.handle)
+    except OSError as e:
+        raise UsageError(f"--control {path}: cannot listen: {e.strerror or e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,3 @@ class KvmError(PyhvError):
 class MemoryAccessError(PyhvError):
     """A guest-physical access fell outside guest RAM."""
 
-
-class GuestCrash(PyhvError):
-    """The guest stopped in a way that is its fault (triple fault, internal error)."""

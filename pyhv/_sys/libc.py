@@ -108,3 +108,11 @@ def mincore(addr: int, length: int) -> bytes:
 def buffer_address(buf: bytearray) -> int:
     """The address of a bytearray's storage (valid while it is not resized)."""
     return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+
+
+def view_address(view: memoryview) -> int:
+    """The address of a writable buffer's first byte; -1 for one ctypes cannot reach (read-only)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view)) if len(view) else 0
+    except (TypeError, ValueError):
+        return -1

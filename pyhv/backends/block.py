@@ -3,6 +3,15 @@
 The builder opens the image (or is handed its file descriptor), so the device
 process never opens paths after start-up.  Reads and writes go straight
 between the file and guest memory with preadv/pwritev on views of guest RAM.
+
+Caching (a disk's ``cache`` key): ``writeback`` goes through the host's page
+cache; ``none`` opens the image with O_DIRECT, so guest data bypasses it.  In
+both the device offers VIRTIO_BLK_F_FLUSH and a guest FLUSH is fdatasync: what
+the guest wrote before a completed FLUSH is on stable storage either way (with
+O_DIRECT the drive's own write cache still needs it).  O_DIRECT wants sector-
+aligned offsets, lengths and buffer addresses; a request that is not aligned
+goes through a second, buffered descriptor of the same file, which Linux keeps
+coherent with direct I/O (it writes back and invalidates the cached range first).
 """
 
 from __future__ import annotations
@@ -18,9 +27,11 @@ SECTOR_SIZE = 512
 
 
 class RawDisk:
-    def __init__(self, path: str, readonly: bool = False, fd: int | None = None) -> None:
+    def __init__(self, path: str, readonly: bool = False, fd: int | None = None, direct: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self.direct = direct
+        self._direct_fd = -1  # with cache=none: the O_DIRECT descriptor for aligned requests
         if fd is None:
             flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
             try:
@@ -28,6 +39,13 @@ class RawDisk:
             except OSError as e:
                 raise ImageError(path, f"cannot open disk image: {e.strerror}") from None
         self.fd = fd
+        if direct:
+            try:
+                mode = os.O_RDONLY if readonly else os.O_RDWR
+                self._direct_fd = os.open(f"/proc/self/fd/{fd}", mode | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError as e:
+                os.close(fd)
+                raise ImageError(path, f"cache=none: cannot open the image with O_DIRECT: {e.strerror}") from None
         try:
             st = os.fstat(fd)
             if stat.S_ISBLK(st.st_mode):
@@ -56,9 +74,10 @@ class RawDisk:
 
     def _transfer(self, op: Callable[[int, list[memoryview], int], int], offset: int, buffers: list[memoryview]) -> int:
         """preadv/pwritev until every buffer is done (a short transfer is retried)."""
+        fd = self._direct_fd if self._direct_fd >= 0 and _aligned(offset, buffers) else self.fd
         done = 0
         while buffers:
-            n = op(self.fd, buffers, offset + done)
+            n = op(fd, buffers, offset + done)
             if n <= 0:
                 raise OSError(5, "short transfer (end of the image?)")
             done += n
@@ -87,9 +106,20 @@ class RawDisk:
                 done += os.pwrite(self.fd, zero[: length - done], offset + done)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in (self.fd, self._direct_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self._direct_fd = -1
+
+
+def _aligned(offset: int, buffers: list[memoryview]) -> bool:
+    """Whether O_DIRECT can take this request: offset, lengths and addresses on sector boundaries."""
+    if offset % SECTOR_SIZE:
+        return False
+    for b in buffers:
+        if len(b) % SECTOR_SIZE or libc.view_address(b) % SECTOR_SIZE:
+            return False
+    return True
 
 
 def _advance(buffers: list[memoryview], n: int) -> list[memoryview]:

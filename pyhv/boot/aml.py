@@ -21,7 +21,6 @@ SCOPE_OP = 0x10
 BUFFER_OP = 0x11
 PACKAGE_OP = 0x12
 METHOD_OP = 0x14
-RETURN_OP = 0xA4
 ONES_OP = 0xFF
 EXT_OP_PREFIX = 0x5B
 DEVICE_OP = 0x82  # after EXT_OP_PREFIX
@@ -130,10 +129,6 @@ def device(path: str, *terms: bytes) -> bytes:
 def method(path: str, nargs: int, *terms: bytes) -> bytes:
     body = name_string(path) + bytes([nargs & 7]) + b"".join(terms)
     return bytes([METHOD_OP]) + pkg_length(len(body)) + body
-
-
-def return_(value: bytes) -> bytes:
-    return bytes([RETURN_OP]) + value
 
 
 # --- resource descriptors (6.4) -------------------------------------------------

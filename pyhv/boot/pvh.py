@@ -45,13 +45,6 @@ MEMMAP_ADDR = START_INFO_ADDR + 0x80
 MEMMAP_MAX_ENTRIES = (BOOT_INFO_END - MEMMAP_ADDR) // MEMMAP_ENTRY.size
 
 
-def has_pvh_note(path: str, data: bytes) -> bool:
-    """Whether the ELF file *data* carries a PVH entry note (False if not ELF)."""
-    if not elf.is_elf(data):
-        return False
-    return elf.parse_elf(path, data).pvh_entry(path) is not None
-
-
 def load_pvh(
     mem: GuestRam,
     path: str,

@@ -71,7 +71,7 @@ class Api:
     def get_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         info = record.call("info")
         return 200, {**record.summary(info), "vcpu": info["vcpu"], "balloon": info["balloon"],
-                     "restarts": info["restarts"], "config": record.config,
+                     "restarts": info["restarts"], "config": _plain(record),
                      "console_socket": record.console_path}
 
     def destroy_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
@@ -129,7 +129,7 @@ class Api:
     def devices(self, kind: str) -> Callable[..., tuple[int, Any]]:
         def handler(record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
             key = "disks" if kind == "disks" else "nics"
-            return 200, record.config.get(key, [])
+            return 200, _plain(record)[key]
 
         return handler
 
@@ -351,3 +351,11 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.routes = routes(api)
         self.log = log
         super().__init__(path, Handler)
+
+
+def _plain(record: DomainRecord) -> dict[str, Any]:
+    """A domain's description as the API shows it (the plain form it was created with)."""
+    from ..model import to_plain
+
+    assert record.description is not None
+    return to_plain(record.description)

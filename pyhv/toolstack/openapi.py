@@ -11,47 +11,11 @@ import json
 from typing import Any
 
 from .. import __version__
+from ..model import json_schema
 
-SIZE = {"oneOf": [{"type": "string", "pattern": "^[0-9]+[KMGT]?i?B?$"}, {"type": "integer", "minimum": 1}],
-        "description": "a size such as \"256M\", or a number of MiB"}
 
-DOMAIN_CONFIG: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "kernel"],
-    "properties": {
-        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
-        "kernel": {"type": "string", "description": "absolute path of a bzImage, ELF, PVH or Multiboot kernel"},
-        "initrd": {"type": "string"},
-        "cmdline": {"type": "string"},
-        "memory": SIZE,
-        "maxmem": SIZE,
-        "vcpus": {"type": "integer", "minimum": 1, "maximum": 255},
-        "boot": {"type": "string", "enum": ["auto", "linux", "pvh", "multiboot"]},
-        "serial": {"type": "string"},
-        "on_poweroff": {"type": "string", "enum": ["destroy", "restart"]},
-        "on_reboot": {"type": "string", "enum": ["destroy", "restart"]},
-        "on_crash": {"type": "string", "enum": ["destroy", "restart", "preserve"]},
-        "balloon": {"type": "boolean"},
-        "rng": {"type": "boolean"},
-        "disks": {"type": "array", "items": {
-            "type": "object", "additionalProperties": False, "required": ["path"],
-            "properties": {"path": {"type": "string"}, "readonly": {"type": "boolean"},
-                           "serial": {"type": "string", "maxLength": 20}}}},
-        "nics": {"type": "array", "items": {
-            "type": "object", "additionalProperties": False, "required": ["tap"],
-            "properties": {"tap": {"type": "string", "minLength": 1, "maxLength": 15},
-                           "mac": {"type": "string"}, "bridge": {"type": "string"}}}},
-        "vsock": {"type": "object", "additionalProperties": False, "required": ["uds"],
-                  "properties": {"cid": {"type": "integer", "minimum": 3, "maximum": 4294967294},
-                                 "uds": {"type": "string"}}},
-        "sched": {"type": "object", "additionalProperties": False, "properties": {
-            "weight": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "warp_ms": {"type": "integer", "minimum": 0, "maximum": 10000},
-            "warp_limit_ms": {"type": "integer", "minimum": 0, "maximum": 3600000},
-            "unwarp_ms": {"type": "integer", "minimum": 0, "maximum": 3600000}}},
-    },
-}
+#: the domain description's plain form, from the model that checks it
+DOMAIN_CONFIG: dict[str, Any] = json_schema()
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},

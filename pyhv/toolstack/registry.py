@@ -24,8 +24,10 @@ import threading
 import time
 from typing import Any
 
-from ..errors import PyhvError, UsageError
-from . import control, domconfig
+from .. import model
+from ..errors import PyhvError
+from ..model import Description
+from ..vmm import control
 
 #: how long a new domain may take to boot its machine
 START_TIMEOUT = 60.0
@@ -42,10 +44,10 @@ class Refused(PyhvError):
 
 
 class DomainRecord:
-    def __init__(self, domid: int, name: str, config: dict[str, Any], run_dir: str, log_dir: str) -> None:
+    def __init__(self, domid: int, description: Description | None, run_dir: str, log_dir: str) -> None:
         self.id = domid
-        self.name = name
-        self.config = config
+        #: the domain as pyhvd admitted it (None only while a migration is arriving)
+        self.description = description
         self.run_dir = run_dir
         self.log_dir = log_dir
         self.pid = 0
@@ -56,6 +58,10 @@ class DomainRecord:
         self.destroying = False
         self.reaped = False
         self.created = time.time()
+
+    @property
+    def name(self) -> str:
+        return self.description.name if self.description is not None else ""
 
     @property
     def control_path(self) -> str:
@@ -81,10 +87,11 @@ class DomainRecord:
 
     def summary(self, info: dict[str, Any] | None) -> dict[str, Any]:
         """What ``list`` shows; ``info`` is the domain's own answer (None: it did not answer)."""
-        cfg = domconfig.parse(self.config)
+        d = self.description
+        assert d is not None
         out = {
             "id": self.id, "name": self.name, "pid": self.pid,
-            "memory": cfg.machine.memory, "maxmem": cfg.maxmem, "vcpus": cfg.machine.vcpus,
+            "memory": d.memory, "maxmem": d.maxmem, "vcpus": d.vcpus,
             "state": "crashed" if self.crashed else "unknown", "cpu_time": 0.0, "created": self.created,
         }
         if info is not None:
@@ -157,35 +164,46 @@ class Registry:
 
     # --- create -------------------------------------------------------------------------
 
-    def create(self, config: dict[str, Any], paused: bool = False, restore: str = "") -> DomainRecord:
-        """Validate, start the VMM process, wait until the guest runs (booted, or
-        restored from snapshot ``restore``)."""
-        cfg = self._admit(config)
-        with self.lock:
-            domid = self._next_id()
+    def create(self, config: Any, paused: bool = False, restore: str = "", verify: bool = False) -> DomainRecord:
+        """Check a description (plain values, as the API and files give it), start the
+        VMM process, wait until the guest runs (booted, or restored from snapshot
+        ``restore``)."""
+        return self.start(self.admit_plain(config), paused, restore, verify)
+
+    def start(self, description: Description, paused: bool = False, restore: str = "",
+              verify: bool = False) -> DomainRecord:
+        """Start a description that :meth:`admit` reserved the name of."""
         try:
-            record = self._spawn(domid, cfg.name, config, paused, {"restore": restore} if restore else {})
+            with self.lock:
+                domid = self._next_id()
+            extra: dict[str, Any] = {"restore": restore, "verify": verify} if restore else {}
+            return self._spawn(domid, description, paused, extra)
         finally:
             with self.lock:
-                self._starting.discard(cfg.name)
-        return record
+                self._starting.discard(description.name)
 
-    def _admit(self, config: Any) -> domconfig.DomainConfig:
-        """Check a configuration and reserve its name (release it from ``_starting``)."""
-        if not isinstance(config, dict):
-            raise Refused("the domain configuration must be an object", 400)
+    def admit_plain(self, config: Any) -> Description:
         try:
-            cfg = domconfig.parse(config)
-        except UsageError as e:
+            description = model.from_plain(config)
+        except model.DescriptionError as e:
             raise Refused(str(e), 400) from None
-        _check_paths(config)
-        with self.lock:
-            if cfg.name in self._starting or any(d.name == cfg.name for d in self.domains.values()):
-                raise Refused(f"a domain named {cfg.name!r} already exists", 409)
-            self._starting.add(cfg.name)
-        return cfg
+        return self.admit(description)
 
-    def restore(self, path: str, paused: bool = False, name: str = "") -> DomainRecord:
+    def admit(self, description: Description) -> Description:
+        """Check what pyhvd itself requires of a domain and reserve its name (the
+        caller releases it from ``_starting``)."""
+        if not description.name:
+            raise Refused("name: required", 400)
+        for key, path in model.paths(description):
+            if not os.path.isabs(path):
+                raise Refused(f"{key}: must be an absolute path (got {path!r})", 400)
+        with self.lock:
+            if description.name in self._starting or any(d.name == description.name for d in self.domains.values()):
+                raise Refused(f"a domain named {description.name!r} already exists", 409)
+            self._starting.add(description.name)
+        return description
+
+    def restore(self, path: str, paused: bool = False, name: str = "", verify: bool = False) -> DomainRecord:
         """A domain from a snapshot file, checked here before anything starts."""
         from ..vmm.snapshot import Snapshot
 
@@ -196,38 +214,35 @@ class Registry:
         except PyhvError as e:
             raise Refused(str(e), 400) from None
         try:
-            config = dict(snapshot.domain) if snapshot.domain is not None else _description(snapshot.config)
-            machine = snapshot.config
+            description = snapshot.description
         finally:
             snapshot.close()
-        if name:
-            config["name"] = name
-        elif "name" not in config:
-            config["name"] = os.path.splitext(os.path.basename(path))[0]
         try:
-            differs = domconfig.mismatch(domconfig.parse(config).machine, machine)
-        except UsageError as e:
-            raise Refused(f"{path}: the domain saved with it: {e}", 400) from None
-        if differs:
-            raise Refused(f"{path}: the domain saved with it does not match its machine ({differs})", 400)
-        return self.create(config, paused, restore=path)
+            if name or not description.name:
+                description = description._replace(
+                    name=model.check_name(name or os.path.splitext(os.path.basename(path))[0])
+                )
+        except model.DescriptionError as e:
+            raise Refused(str(e), 400) from None
+        return self.start(self.admit(description), paused, restore=path, verify=verify)
 
     def _spawn(
-        self, domid: int, name: str, config: dict[str, Any], paused: bool, extra: dict[str, Any],
+        self, domid: int, description: Description | None, paused: bool, extra: dict[str, Any],
         incoming: Any = None, key: bytes = b"",
     ) -> DomainRecord:
         """Start a domain process and wait for its word.  ``incoming``: an accepted
-        migration connection, handed over; the domain's name comes from the stream."""
+        migration connection, handed over; the domain comes from the stream."""
         import socket
 
         run_dir = os.path.join(self.domains_dir, str(domid))
         os.makedirs(run_dir, mode=0o700)
+        name = description.name if description is not None else ""
         log_dir = os.path.join(self.state_dir, "domains", name) if name else run_dir
         os.makedirs(log_dir, mode=0o700, exist_ok=True)
-        record = DomainRecord(domid, name, config, run_dir, log_dir)
-        meta = {"id": domid, "name": name, "config": config, "paused": paused, "log_dir": log_dir,
-                "created": record.created, **extra}
-        taps = self._open_taps(config, run_dir) if config else []
+        record = DomainRecord(domid, description, run_dir, log_dir)
+        meta = {"id": domid, "description": model.to_plain(description) if description is not None else None,
+                "paused": paused, "log_dir": log_dir, "created": record.created, **extra}
+        taps = self._open_taps(description, run_dir) if description is not None else []
         nic_fds = [t.fd for t in taps]
         meta["nic_fds"] = nic_fds
         handed = [incoming.fileno()] if incoming is not None else []
@@ -287,16 +302,16 @@ class Registry:
     def _claim(self, record: DomainRecord, config: Any) -> tuple[str, dict[str, Any]]:
         """Admit a domain arriving by migration: (the name reserved, the answer)."""
         try:
-            cfg = self._admit(config)
+            description = self.admit_plain(config)
         except Refused as e:
             return "", {"ok": False, "error": str(e)}
-        record.name, record.config = cfg.name, config
-        record.log_dir = os.path.join(self.state_dir, "domains", cfg.name)
+        record.description = description
+        record.log_dir = os.path.join(self.state_dir, "domains", description.name)
         os.makedirs(record.log_dir, mode=0o700, exist_ok=True)
-        meta = {"id": record.id, "name": cfg.name, "config": config, "log_dir": record.log_dir}
+        meta = {"id": record.id, "description": model.to_plain(description), "log_dir": record.log_dir}
         path = os.path.join(record.run_dir, "domain.json")
         _write_json(path, {**(_read_json(path) or {}), **meta})
-        return cfg.name, {"ok": True, "meta": meta}
+        return description.name, {"ok": True, "meta": meta}
 
     # --- live migration in ------------------------------------------------------------------
 
@@ -325,21 +340,21 @@ class Registry:
         with self.lock:
             domid = self._next_id()
         try:
-            self._spawn(domid, "", {}, False, {}, incoming=sock, key=key)
+            self._spawn(domid, None, False, {}, incoming=sock, key=key)
         except PyhvError as e:
             self.log(f"incoming migration from {peer[0]}: {e}")
         finally:
             sock.close()
 
-    def _open_taps(self, config: dict[str, Any], run_dir: str) -> list[Any]:
+    def _open_taps(self, description: Description, run_dir: str) -> list[Any]:
         """Open each NIC's TAP and join its bridge here, in the toolstack (as Xen's
         vif scripts do in dom0): the domain process gets the open descriptors."""
         from ..backends.tap import Tap
 
         taps: list[Any] = []
         try:
-            for nic in config.get("nics", []):
-                taps.append(Tap(nic["tap"], bridge=nic.get("bridge", "")))
+            for nic in description.nics:
+                taps.append(Tap(nic.tap, bridge=nic.bridge))
         except PyhvError as e:
             for t in taps:
                 t.close()
@@ -347,12 +362,12 @@ class Registry:
             raise Refused(str(e), 409) from None
         return taps
 
-    def save_config(self, record: DomainRecord) -> None:
-        """Persist a changed configuration (e.g. scheduling parameters) for the next pyhvd."""
+    def save_description(self, record: DomainRecord) -> None:
+        """Persist a changed description (e.g. scheduling parameters) for the next pyhvd."""
         path = os.path.join(record.run_dir, "domain.json")
         meta = _read_json(path)
-        if meta is not None:
-            _write_json(path, {**meta, "config": record.config})
+        if meta is not None and record.description is not None:
+            _write_json(path, {**meta, "description": model.to_plain(record.description)})
 
     # --- removal and exits ----------------------------------------------------------------
 
@@ -404,7 +419,8 @@ class Registry:
         self._vmm_crashed(record, "the VMM process died")
 
     def _vmm_crashed(self, record: DomainRecord, why: str) -> None:
-        on_crash = domconfig.parse(record.config).on_crash
+        assert record.description is not None
+        on_crash = record.description.lifecycle.on_crash
         if on_crash == "preserve":
             record.crashed = why
             record.pid = 0
@@ -414,7 +430,7 @@ class Registry:
         self._remove(record, f"crashed: {why}; on_crash={on_crash}")
         if on_crash == "restart":
             try:
-                new = self.create(record.config)
+                new = self.start(self.admit(record.description))
                 self.log(f"domain {record.name} restarted as {new.id} (on_crash=restart)")
             except PyhvError as e:
                 self.log(f"domain {record.name}: restart after a crash failed: {e}")
@@ -462,7 +478,11 @@ class Registry:
             if not entry.isdigit() or meta is None:
                 self.log(f"ignoring {run_dir}: not a domain directory")
                 continue
-            record = DomainRecord(int(entry), meta["name"], meta["config"], run_dir, meta["log_dir"])
+            try:
+                record = DomainRecord(int(entry), model.from_plain(meta.get("description")), run_dir, meta["log_dir"])
+            except (PyhvError, KeyError) as e:
+                self.log(f"ignoring {run_dir}: its domain.json is not valid: {e}")
+                continue
             record.created = meta.get("created", record.created)
             try:
                 with open(os.path.join(run_dir, "pid")) as f:
@@ -489,33 +509,6 @@ class Registry:
             self._migration_server.close()
         self._monitor.join(1.0) if self._monitor.is_alive() else None
         self._epoll.close()
-
-
-def _check_paths(config: dict[str, Any]) -> None:
-    """Files a domain uses are named by absolute paths: pyhvd's directory is nobody's business."""
-    paths = [("kernel", config.get("kernel")), ("initrd", config.get("initrd"))]
-    paths += [(f"disks[{i}].path", d.get("path")) for i, d in enumerate(config.get("disks", []))]
-    if isinstance(config.get("vsock"), dict):
-        paths.append(("vsock.uds", config["vsock"].get("uds")))
-    for key, path in paths:
-        if path and not os.path.isabs(path):
-            raise Refused(f"{key}: must be an absolute path (got {path!r})", 400)
-
-
-def _description(machine: Any) -> dict[str, Any]:
-    """A domain configuration for a machine saved without one (``pyhv run``)."""
-    out: dict[str, Any] = {
-        "kernel": machine.kernel, "cmdline": machine.cmdline, "memory": f"{machine.memory >> 20}M",
-        "vcpus": machine.vcpus, "boot": machine.boot, "on_reboot": machine.on_reboot,
-        "on_poweroff": machine.on_poweroff, "balloon": machine.balloon, "rng": machine.rng,
-        "disks": [{"path": d.path, "readonly": d.readonly, "serial": d.serial} for d in machine.disks],
-        "nics": [{k: v for k, v in (("tap", n.tap), ("mac", n.mac), ("bridge", n.bridge)) if v} for n in machine.nets],
-    }
-    if machine.initrd:
-        out["initrd"] = machine.initrd
-    if machine.vsock is not None:
-        out["vsock"] = {"cid": machine.vsock.cid, "uds": machine.vsock.uds}
-    return out
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any]:

@@ -20,15 +20,15 @@ import os
 import threading
 from typing import Any, Callable
 
-from ..errors import PyhvError, UsageError
-from . import domconfig
+from ..errors import PyhvError
+from ..model import DescriptionError, Sched, sched_from_plain
 from .registry import DomainRecord, Refused, Registry
 
 MS = 1_000_000
 DEFAULT_CTX_ALLOW_MS = 5
 
 
-def bvt_params(sched: domconfig.SchedParams) -> Any:
+def bvt_params(sched: Sched) -> Any:
     from ..sched.bvt import BvtParams
 
     return BvtParams(weight=sched.weight, warp_ns=sched.warp_ms * MS, warp_limit_ns=sched.warp_limit_ms * MS,
@@ -92,8 +92,10 @@ class Scheduler:
             tids = [v["tid"] for v in info["vcpu"]]
             if not tids or not all(tids):
                 continue
+            if record.description is None:
+                continue
             try:
-                self.dispatcher.add_domain(key, record.pid, tids, bvt_params(domconfig.parse(record.config).sched))
+                self.dispatcher.add_domain(key, record.pid, tids, bvt_params(record.description.sched))
             except PyhvError as e:
                 self.log(f"sched: cannot schedule domain {record.name}: {e}")
 
@@ -106,20 +108,20 @@ class Scheduler:
 
     # --- control -----------------------------------------------------------------------
 
-    def set_domain(self, record: DomainRecord, changes: dict[str, Any]) -> domconfig.SchedParams:
+    def set_domain(self, record: DomainRecord, changes: dict[str, Any]) -> Sched:
         """Change some of a domain's parameters; they apply at once and persist."""
         if not isinstance(changes, dict) or not changes:
             raise Refused("give at least one of weight, warp_ms, warp_limit_ms, unwarp_ms", 400)
-        merged = {**record.config.get("sched", {}), **changes}
+        assert record.description is not None
         try:
-            params = domconfig.parse({**record.config, "sched": merged}).sched
+            params = sched_from_plain({**record.description.sched._asdict(), **changes}, ("sched",))
             bvt = bvt_params(params)
-        except UsageError as e:
+        except DescriptionError as e:
             raise Refused(str(e), 400) from None
         if self.dispatcher is not None and str(record.id) in self.dispatcher.domains():
             self.dispatcher.set_params(str(record.id), bvt)
-        record.config = {**record.config, "sched": merged}
-        self.registry.save_config(record)
+        record.description = record.description._replace(sched=params)
+        self.registry.save_description(record)
         return params
 
     def set_ctx_allow(self, ms: Any) -> None:
@@ -156,7 +158,8 @@ class Scheduler:
             return 0.0
 
     def domain_view(self, record: DomainRecord, metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-        params = domconfig.parse(record.config).sched
+        assert record.description is not None
+        params = record.description.sched
         return {"id": record.id, "name": record.name, **params._asdict(),
                 "scheduled": str(record.id) in metrics, "vcpus": metrics.get(str(record.id), [])}
 

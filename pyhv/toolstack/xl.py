@@ -78,16 +78,22 @@ def _state(state: str) -> str:
 
 
 def create(client: Client, argv: list[str]) -> int:
-    from . import domconfig
+    from .. import model
+    from ..errors import UsageError
+    from ..model import files
 
     args = Args(argv, {"-p", "-c", "--json"})
     rest = args.want(1, 10_000, "create FILE [-p] [-c] [key=value ...]")
-    config = domconfig.load_mapping(rest[0])
+    config = files.load_mapping(rest[0])
     for assignment in rest[1:]:
-        domconfig.apply_override(config, assignment)
-    domconfig.absolutize(config, os.getcwd())
-    domconfig.parse(config)  # bad usage is found here, before pyhvd is asked
-    reply = client.post("/domains", {"config": config, "paused": "-p" in args.flags})
+        files.apply_override(config, assignment)
+    try:  # bad usage is found here, before pyhvd is asked
+        description = model.from_plain(config)
+    except model.DescriptionError as e:
+        raise UsageError(f"{rest[0]}: {e}") from None
+    # relative file names are the caller's: relative to where pyhv create runs
+    description = model.with_absolute_paths(description, os.getcwd())
+    reply = client.post("/domains", {"config": model.to_plain(description), "paused": "-p" in args.flags})
     if "--json" in args.flags:
         _print_json(reply)
     else:
@@ -158,10 +164,10 @@ def destroy(client: Client, argv: list[str]) -> int:
 
 
 def mem_set(client: Client, argv: list[str], key: str = "target", path: str = "memory") -> int:
-    from ..vmm.config import parse_size
+    from ..model import parse_size
 
     dom, size = Args(argv, set()).want(2, 2, f"mem-{'set' if key == 'target' else 'max'} DOMAIN SIZE")
-    client.put(f"{_dom(dom)}/{path}", {key: parse_size(size if not size.isdigit() else size + "M", "SIZE")})
+    client.put(f"{_dom(dom)}/{path}", {key: parse_size(size, ("SIZE",))})
     print(f"domain {dom}: {'memory target' if key == 'target' else 'maximum memory'} set to {size}")
     return 0
 

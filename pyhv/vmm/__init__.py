@@ -1,7 +1,6 @@
-"""The machine: its configuration, the builder that wires it, its lifecycle."""
+"""The machine: the builder that wires it, its lifecycle, snapshots and migration."""
 
-from .builder import build
-from .config import MachineConfig
+from .builder import build, restore
 from .machine import Machine
 
-__all__ = ["Machine", "MachineConfig", "build"]
+__all__ = ["Machine", "build", "restore"]

@@ -7,6 +7,7 @@ afterwards costs milliseconds per slot.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backends.console import Console, open_console
@@ -16,8 +17,8 @@ from ..devices.legacy import acpi_pm, debug_exit, i8042, port80, rtc, uart
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
+from ..model import Description, default_mac, parse_mac
 from ..vcpu import Stop, StopKind, VcpuThread
-from .config import MachineConfig, default_mac, parse_mac
 
 if TYPE_CHECKING:
     from ..devices.virtio.balloon import Balloon
@@ -31,7 +32,7 @@ from .pci import PciWiring
 class RestoreSource(Protocol):
     """Where a restored machine comes from: a snapshot file or a migration stream."""
 
-    config: MachineConfig
+    description: Description
     state: dict[str, Any]  # checked by snapshot.check_state
     vcpu_states: list[Any]
 
@@ -39,16 +40,18 @@ class RestoreSource(Protocol):
 
 
 def build(
-    config: MachineConfig, kvm: Kvm | None = None, console: Console | None = None,
-    restore: RestoreSource | None = None,
+    config: Description, kvm: Kvm | None = None, console: Console | None = None,
+    restore: RestoreSource | None = None, taps: Mapping[int, int] | None = None,
 ) -> Machine:
     """Create a machine ready to start; on any error release what was made.
 
     A ``console`` passed in stays the caller's (it outlives restarts); without
     one the machine opens ``config.serial`` and closes it with itself.  With
     ``restore`` the machine is the one it describes (``config`` should be its
-    ``config``): memory comes from it instead of a kernel, and devices, vCPUs,
-    interrupt controllers and the clock take its state before anything runs."""
+    ``description``): memory comes from it instead of a kernel, and devices, vCPUs,
+    interrupt controllers and the clock take its state before anything runs.
+    ``taps`` hands over open TAP descriptors (NIC index -> fd), which the
+    machine then owns and closes; other NICs open their TAP by name."""
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = None
@@ -63,7 +66,7 @@ def build(
             assert vm is not None
             vm.signal_msi(address, data)
 
-        nets, balloon, vsock = _virtio_devices(config, memory, wiring, deliver, backends)
+        nets, balloon, vsock = _virtio_devices(config, memory, wiring, deliver, backends, taps or {})
         entry = None
         if restore is None:
             pci_devices, pci_tables = wiring.acpi()
@@ -71,10 +74,10 @@ def build(
             tables.write(memory)
             entry = load_kernel(
                 memory,
-                config.kernel,
-                config.initrd,
-                config.cmdline,
-                protocol=config.boot,
+                config.payload.kernel,
+                config.payload.initrd or None,
+                config.payload.cmdline,
+                protocol=config.payload.boot,
                 rsdp=tables.rsdp_addr,
             )
         kvm = kvm or Kvm()
@@ -141,7 +144,7 @@ def build(
             for transport in wiring.transports:
                 machine.io.call_soon(transport.device.after_restore)  # runs once the machine starts
         console.start_input(
-            com1.enqueue, lambda: machine.request_stop(Stop(StopKind.HOST, 0, "console escape"))
+            com1.enqueue, lambda: machine.request_stop(Stop(StopKind.DESTROY, 0, "console escape"))
         )
         return machine
     except BaseException:
@@ -155,8 +158,24 @@ def build(
         raise
 
 
+def restore(path: str, serial: str | None = None, console: Console | None = None) -> Machine:
+    """The machine snapshot ``path`` holds, built and ready to start where it was saved.
+
+    ``serial`` (or a ``console`` the caller keeps) says where COM1 goes
+    now; everything else comes from the file, which must stay in place
+    while the machine runs (its memory is mapped from it)."""
+    from .snapshot import Snapshot
+
+    snapshot = Snapshot(path, serial=serial)
+    try:
+        return build(snapshot.description, console=console, restore=snapshot)
+    finally:
+        snapshot.close()
+
+
 def _virtio_devices(
-    config: MachineConfig, memory: GuestMemory, wiring: PciWiring, deliver: Any, backends: list[Closeable]
+    config: Description, memory: GuestMemory, wiring: PciWiring, deliver: Any, backends: list[Closeable],
+    taps: Mapping[int, int],
 ) -> tuple[list[Net], Balloon | None, Vsock | None]:
     """Open the backends and put the configured virtio devices on PCI.
 
@@ -171,15 +190,16 @@ def _virtio_devices(
         from ..devices.virtio.blk import Blk
 
         for disk_config in config.disks:
-            disk = RawDisk(disk_config.path, readonly=disk_config.readonly)
+            disk = RawDisk(disk_config.path, readonly=disk_config.readonly, direct=disk_config.cache == "none")
             backends.append(disk)
             wiring.add(VirtioPci(Blk(memory, disk, serial=disk_config.serial), deliver))
-    if config.nets:
+    if config.nics:
         from ..backends.tap import Tap
         from ..devices.virtio.net import Net
 
-        for net_config in config.nets:
-            tap = Tap(net_config.tap, fd=net_config.fd if net_config.fd >= 0 else None, bridge=net_config.bridge)
+        for index, net_config in enumerate(config.nics):
+            fd = taps.get(index)
+            tap = Tap(net_config.tap, fd=fd, bridge=net_config.bridge if fd is None else "")
             backends.append(tap)
             mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
             net = Net(memory, tap, mac)

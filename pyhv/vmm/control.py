@@ -1,80 +1,148 @@
-"""A running domain's control socket (``pyhv run --control PATH``).
+"""The domain control socket: one JSON request line, one JSON reply line.
 
-A unix stream socket; each line a client writes is one command, answered by
-one line.  ``ok ...`` on success, ``error ...`` otherwise; the machine and the
-VMM carry on either way.
-
-    balloon SIZE    ask the guest to give SIZE back (256M, 1G, 0 to deflate)
-    balloon         the balloon's target and what the guest reports it holds
-    info            vCPUs and memory
-
-The machine may change under the server (a guest reboot with
-``--on-reboot restart`` builds a new one), so it asks ``current()`` each time.
+A request is an object with ``op`` and its arguments, e.g.
+``{"op": "mem-set", "bytes": 134217728}``; the reply is ``{"ok": true, ...}``
+or ``{"ok": false, "error": "one line"}``.  One request per connection keeps
+both ends trivial, and a stuck domain costs the caller one timeout, nothing
+more.  The socket is 0600: only root (pyhvd) talks to a domain.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..backends.unixsock import close_listener, listen_unix, serve_connections
-from ..errors import PyhvError, UsageError
-from .config import parse_size
+from ..errors import PyhvError
 
-if TYPE_CHECKING:
-    from .machine import Machine
-
-MAX_LINE = 256
+MAX_REQUEST = 64 << 10
 
 
-def handle(machine: Machine | None, line: str) -> str:
-    """The answer to one command line."""
-    words = line.split()
-    if machine is None:
-        return "error no machine is running"
-    if words == ["info"]:
-        return f"ok vcpus={machine.config.vcpus} memory={machine.memory.size}"
-    if words[:1] == ["balloon"] and len(words) <= 2:
-        balloon = machine.balloon
-        if balloon is None:
-            return "error this machine has no balloon device (--balloon)"
-        if len(words) == 2:
-            try:
-                machine.set_balloon_target(parse_size(words[1], "balloon size"))
-            except PyhvError as e:
-                return f"error {e}"
-        return f"ok target={balloon.target_pages << 12} actual={balloon.actual_pages << 12}"
-    return f"error unknown command {line.strip()[:40]!r} (balloon [SIZE], info)"
+class ControlError(PyhvError):
+    """The domain refused the request, or (``transport``) could not be reached or did not answer."""
+
+    def __init__(self, message: str, transport: bool = False, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.transport = transport
+        self.timeout = timeout
 
 
-class ControlServer:
-    def __init__(self, path: str, current: Callable[[], Machine | None]) -> None:
+class Server:
+    """Serve ``handler(request) -> reply fields`` on a unix socket, one thread per request."""
+
+    def __init__(self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self.path = path
-        self.current = current
-        if os.path.isdir(path):
-            raise UsageError(f"--control {path}: is a directory")
+        self.handler = handler
+        self._busy = 0  # requests being answered
+        self._idle = threading.Condition()
+        self.sock = listen_unix(path, 64)
+        serve_connections(self.sock, self._serve, "control")
+
+    def _serve(self, conn: socket.socket) -> None:
+        with self._idle:
+            self._busy += 1
         try:
-            self.sock = listen_unix(path, 4)
-        except OSError as e:
-            raise UsageError(f"--control {path}: cannot listen: {e.strerror or e}") from None
-        serve_connections(self.sock, self._client, "control")
-
-    def _client(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rwb", buffering=0) as f:
-            while True:
+            with conn:
+                conn.settimeout(5.0)
                 try:
-                    raw = f.readline(MAX_LINE)
+                    reply = self._reply(_read_line(conn))
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
                 except OSError:
-                    return
-                if not raw:
-                    return
-                answer = handle(self.current(), raw.decode(errors="replace"))
-                try:
-                    f.write(answer.encode() + b"\n")
-                except OSError:
-                    return
+                    pass  # the caller went away
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
 
-    def close(self) -> None:
+    def _reply(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return {"ok": False, "error": "request is not JSON"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "request must be a JSON object"}
+        try:
+            return {"ok": True, **self.handler(request)}
+        except PyhvError as e:
+            return {"ok": False, "error": str(e)}
+        except Exception as e:  # noqa: BLE001 - a bug fails the request, not the domain
+            return {"ok": False, "error": f"internal error: {e!r}"}
+
+    def close(self, wait: float = 5.0) -> None:
+        """Stop listening; let requests in flight (e.g. the migration that ended
+        the domain) send their answers, for up to ``wait`` seconds."""
         close_listener(self.sock, self.path)
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, wait)
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise OSError("request too long")
+    return data.split(b"\n", 1)[0]
+
+
+def call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Send one request; the reply's fields, or ControlError with the domain's message."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(json.dumps(request).encode() + b"\n")
+            line = _read_line(s)
+    except TimeoutError:
+        raise ControlError(f"no answer within {timeout:g} s", transport=True, timeout=True) from None
+    except OSError as e:
+        raise ControlError(f"cannot reach the domain: {e.strerror or e}", transport=True) from None
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise ControlError("the domain's reply is not JSON", transport=True) from None
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        error = reply.get("error") if isinstance(reply, dict) else None
+        raise ControlError(str(error or "request failed"))
+    reply.pop("ok")
+    return reply
+
+
+# --- the readiness channel between pyhvd and a starting domain process (a socketpair) ---
+
+
+def send_message(fd: int, message: dict[str, Any]) -> None:
+    """One JSON line on a descriptor (raises OSError)."""
+    os.write(fd, json.dumps(message).encode() + b"\n")
+
+
+def read_message(fd: int, timeout: float) -> dict[str, Any] | str:
+    """The next JSON-object line on ``fd``, or why there is none: "timeout",
+    "closed" or "garbled"."""
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return "timeout"
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return "closed"
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            return "garbled"
+    try:
+        value = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return "garbled"
+    return value if isinstance(value, dict) else "garbled"

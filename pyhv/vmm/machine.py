@@ -18,9 +18,9 @@ from ..devices.legacy.port80 import ProgressCodes
 from ..errors import PyhvError
 from ..kvm import Kvm, Vm
 from ..memory import GuestMemory
+from ..model import Description
 from ..vcpu import Stop, StopKind, VcpuThread
 from ..vcpu.thread import install_kick_handler
-from .config import MachineConfig
 
 if TYPE_CHECKING:
     from ..devices.virtio.balloon import Balloon
@@ -36,7 +36,7 @@ class Closeable(Protocol):
 class Machine:
     def __init__(
         self,
-        config: MachineConfig,
+        description: Description,
         kvm: Kvm,
         vm: Vm,
         memory: GuestMemory,
@@ -46,7 +46,7 @@ class Machine:
         progress: ProgressCodes,
         owns_console: bool = True,
     ) -> None:
-        self.config = config
+        self.description = description
         self.kvm = kvm
         self.vm = vm
         self.memory = memory
@@ -119,7 +119,7 @@ class Machine:
             raise PyhvError(f"vCPU {index} is running: pause the machine first")
         return read_state(v.vcpu)
 
-    def save(self, path: str, sync: bool = True, domain: dict[str, Any] | None = None) -> Any:
+    def save(self, path: str, sync: bool = True, description: Description | None = None) -> Any:
         """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py).
 
         A running machine is paused for the save (vCPUs and device work) and
@@ -128,23 +128,7 @@ class Machine:
         from .snapshot import save
 
         with self.quiesced():
-            return save(self, path, sync, domain)
-
-    @staticmethod
-    def restore(path: str, serial: str | None = None, console: Console | None = None) -> Machine:
-        """The machine snapshot ``path`` holds, built and ready to start where it was saved.
-
-        ``serial`` (or a ``console`` the caller keeps) says where COM1 goes
-        now; everything else comes from the file, which must stay in place
-        while the machine runs (its memory is mapped from it)."""
-        from .builder import build
-        from .snapshot import Snapshot
-
-        snapshot = Snapshot(path, serial=serial)
-        try:
-            return build(snapshot.config, console=console, restore=snapshot)
-        finally:
-            snapshot.close()
+            return save(self, path, sync, description)
 
     def migrate(self, address: tuple[str, int], key: bytes, **options: Any) -> Any:
         """Live-migrate to ``pyhv run --incoming`` at ``address``; see vmm/migrate.py."""
@@ -195,10 +179,10 @@ class Machine:
             return None
         for v in self.vcpus:
             v.join()
-        return self._stop or Stop(StopKind.HOST, 0, "stopped")
+        return self._stop or Stop(StopKind.DESTROY, 0, "stopped")
 
     def stop(self) -> Stop:
-        self.request_stop(Stop(StopKind.HOST, 0, "stopped by the host"))
+        self.request_stop(Stop(StopKind.DESTROY, 0, "stopped by the host"))
         stop = self.wait()
         assert stop is not None
         return stop

@@ -38,7 +38,8 @@ from .._sys.libc import buffer_address
 from ..errors import PyhvError
 from ..memory import PAGE_SIZE, GuestMemory
 from ..vcpu import Stop, StopKind
-from .snapshot import CHUNK, capture, check_state, config_from_plain, config_to_plain, touched_chunks
+from ..model import Description, to_plain
+from .snapshot import CHUNK, capture, check_state, description_from_state, touched_chunks
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -51,8 +52,6 @@ SEQ = struct.Struct("<Q")
 PAGES_HEAD = struct.Struct("<Q")
 
 CONFIG, READY, PAGES, STATE, DONE, BUILT, GO, RESUMED, FAIL = range(1, 10)
-#: the key in the CONFIG frame under which a toolstack's domain description travels
-DOMAIN_KEY = "domain"
 NAMES = {CONFIG: "CONFIG", READY: "READY", PAGES: "PAGES", STATE: "STATE", DONE: "DONE", BUILT: "BUILT",
          GO: "GO", RESUMED: "RESUMED", FAIL: "FAIL"}
 #: the largest frame either side accepts
@@ -268,7 +267,7 @@ def migrate(
     max_downtime: float = 0.3,
     max_rounds: int = 30,
     timeout: float = 60.0,
-    domain: dict[str, Any] | None = None,
+    description: Description | None = None,
 ) -> MigrationStats:
     """Move the running ``machine`` to the receiver at ``address``; on success it is stopped here.
 
@@ -290,9 +289,8 @@ def migrate(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         ch = _handshake_source(sock, key)
-        announced = config_to_plain(machine.config)
-        if domain is not None:  # the toolstack's description of the domain travels with it
-            announced[DOMAIN_KEY] = domain
+        # the domain's description, as it is now (``description``) or as it was built
+        announced = to_plain(description or machine.description)
         ch.send(CONFIG, json.dumps(announced).encode())
         ch.expect(READY, 0)
         log.start()
@@ -327,7 +325,7 @@ def migrate(
             ch.send(GO)
             ch.expect(RESUMED, 0)
             resumed = time.perf_counter()
-            machine.request_stop(Stop(StopKind.HOST, 0, "migrated to another host"))
+            machine.request_stop(Stop(StopKind.MIGRATED, 0, "migrated to another host"))
             machine.wait(10)  # returns with the vCPUs stopped here
         return MigrationStats(resumed - t0, resumed - paused, rounds, ch.sent, final)
     except (OSError, MigrationError) as e:
@@ -349,8 +347,9 @@ def migrate(
 class Incoming:
     """What a migration stream brought: a RestoreSource for the builder."""
 
-    def __init__(self, config: Any, memory: GuestMemory, state: dict[str, Any], vcpu_states: list[Any]) -> None:
-        self.config = config
+    def __init__(self, description: Description, memory: GuestMemory, state: dict[str, Any],
+                 vcpu_states: list[Any]) -> None:
+        self.description = description
         self._memory: GuestMemory | None = memory
         self.state = state
         self.vcpu_states = vcpu_states
@@ -407,9 +406,10 @@ def receive_connection(
     """Run the destination side on one accepted connection; the machine, started.
 
     None if the peer failed the handshake (a stranger: nothing happened).
-    ``claim(domain, config)`` is called with the domain description the source
-    sent (or None) and the machine configuration before anything is built; it returns the console to use or
-    raises MigrationError to refuse the domain, and the source then runs on."""
+    ``claim(description)`` is called with the domain's description (checked)
+    before anything is built; it returns the console to use and the
+    description to build the machine from, or raises MigrationError to refuse
+    the domain, and the source then runs on."""
     from .builder import build
 
     sock.settimeout(timeout)
@@ -426,10 +426,13 @@ def receive_connection(
             announced = json.loads(raw)
         except ValueError:
             raise MigrationError("configuration is not JSON") from None
-        domain = announced.pop(DOMAIN_KEY, None) if isinstance(announced, dict) else None
-        config = config_from_plain(announced, serial)
+        try:
+            config = description_from_state(announced, serial)
+        except PyhvError as e:
+            raise MigrationError(f"the domain's {e}") from None
+        built = config
         if claim is not None:
-            console = claim(domain, config)
+            console, built = claim(config)
         memory = GuestMemory(config.memory)
         incoming = Incoming(config, memory, {}, [])
         ch.send(READY)
@@ -456,8 +459,8 @@ def receive_connection(
                     state = json.loads(payload)
                 except ValueError:
                     raise MigrationError("machine state is not JSON") from None
-                checked_config, vcpus = check_state(state)
-                if config_to_plain(checked_config) != announced:
+                _, vcpus = check_state(state)
+                if state.get("description") != announced:
                     raise MigrationError("machine state does not match the announced configuration")
                 incoming.state, incoming.vcpu_states = state, vcpus
             elif kind == DONE:
@@ -466,7 +469,7 @@ def receive_connection(
                 break
             else:
                 raise MigrationError(f"unexpected {NAMES[kind]} frame")
-        machine = build(config, console=console, restore=incoming)
+        machine = build(built, console=console, restore=incoming)
         try:
             ch.send(BUILT)
             ch.expect(GO, 0)

@@ -12,7 +12,7 @@ File format (version 1), all integers little-endian::
                   sizes of the ranges before it.  Pages that were never touched
                   are holes (the file is sparse).
     then          the state: UTF-8 JSON of plain values -- the machine's
-                  configuration, each vCPU (registers, special registers, FPU and
+                  domain's description, each vCPU (registers, special registers, FPU and
                   XSAVE, XCRs, MSRs, LAPIC, pending events, MP state, debug
                   registers), the in-kernel PIC, IOAPIC and PIT, the guest clock,
                   every device's ``state()``, and a CRC-32 of each extent of
@@ -41,15 +41,15 @@ import zlib
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._sys import kvm_h as h
-from ..errors import PyhvError, UsageError
+from ..errors import PyhvError
 from ..memory import PAGE_SIZE, GuestMemory, Region, x86_ram_layout
-from .config import DiskConfig, MachineConfig, NetConfig, VsockConfig
+from ..model import Description, DescriptionError, check_serial, from_plain, to_plain
 
 if TYPE_CHECKING:
     from .machine import Machine
 
 MAGIC = b"PYHVSNAP"
-VERSION = 1
+VERSION = 2  # 2: the state carries the domain's whole description
 HEADER = struct.Struct("<8sIIQQQQ32s")
 MEMORY_OFFSET = 4096
 #: memory is scanned and written in chunks of this size; untouched chunks stay holes
@@ -78,59 +78,6 @@ class SaveInfo(NamedTuple):
 
 
 # --- machine state (everything but memory contents) --------------------------------------
-
-
-def config_to_plain(config: MachineConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in vars(config).items():
-        if key.startswith("_"):
-            continue
-        if key == "nets":  # a descriptor means nothing in another process: the TAP's name does
-            out[key] = [v._replace(fd=-1)._asdict() for v in value]
-        elif key == "disks":
-            out[key] = [v._asdict() for v in value]
-        elif key == "vsock":
-            out[key] = None if value is None else value._asdict()
-        else:
-            out[key] = value
-    return out
-
-
-_CONFIG_TYPES: dict[str, Any] = {
-    "kernel": str, "initrd": (str, type(None)), "cmdline": str, "memory": int, "vcpus": int,
-    "debug_exit": bool, "serial": str, "boot": str, "on_reboot": str, "on_poweroff": str,
-    "disks": list, "rng": bool, "nets": list, "balloon": bool, "vsock": (dict, type(None)),
-}
-
-
-def config_from_plain(d: Any, serial: str | None = None) -> MachineConfig:
-    """A MachineConfig from :func:`config_to_plain` output, checked; ``serial`` overrides."""
-    if not isinstance(d, dict) or set(d) != set(_CONFIG_TYPES):
-        raise SnapshotError("configuration: wrong set of keys")
-    for key, t in _CONFIG_TYPES.items():
-        if not isinstance(d[key], t) or (t is int and isinstance(d[key], bool)):
-            raise SnapshotError(f"configuration: {key} has the wrong type")
-    try:
-        disks = [_record(DiskConfig, x, "disk") for x in d["disks"]]
-        nets = [_record(NetConfig, x, "net") for x in d["nets"]]
-        vsock = None if d["vsock"] is None else _record(VsockConfig, d["vsock"], "vsock")
-        settings = dict(d, disks=disks, nets=nets, vsock=vsock)
-        if serial is not None:
-            settings["serial"] = serial
-        return MachineConfig(**settings)
-    except UsageError as e:
-        raise SnapshotError(f"configuration: {e}") from None
-
-
-def _record(cls: Any, d: Any, what: str) -> Any:
-    fields = cls._fields
-    if not isinstance(d, dict) or set(d) != set(fields):
-        raise SnapshotError(f"configuration: {what} has the wrong set of keys")
-    for name in fields:
-        want = type(cls._field_defaults.get(name, ""))
-        if type(d[name]) is not want:
-            raise SnapshotError(f"configuration: {what} {name} has the wrong type")
-    return cls(**d)
 
 
 def device_states(machine: Machine) -> dict[str, Any]:
@@ -168,35 +115,46 @@ def apply_device_states(machine: Machine, states: Any) -> None:
 
 def capture(machine: Machine) -> dict[str, Any]:
     """The machine's state as plain values; vCPUs paused and the I/O thread held."""
-    from ..vcpu.cpustate import read_state, to_plain
+    from ..vcpu.cpustate import read_state
+    from ..vcpu.cpustate import to_plain as vcpu_to_plain
 
     vm = machine.vm
     return {
         "format": FORMAT,
-        "config": config_to_plain(machine.config),
+        "description": to_plain(machine.description),
         "vm": {
             "clock": vm.get_clock(),
             "irqchip": [vm.get_irqchip(chip).hex() for chip in IRQCHIPS],
             "pit": vm.get_pit2().hex(),
         },
-        "vcpus": [to_plain(read_state(v.vcpu)) for v in machine.vcpus],
+        "vcpus": [vcpu_to_plain(read_state(v.vcpu)) for v in machine.vcpus],
         "devices": device_states(machine),
     }
 
 
-def check_state(state: Any, memory_length: int | None = None, serial: str | None = None) -> Any:
-    """Check the parts of a captured state that need no devices: format, config,
-    VM blobs, every vCPU.  Returns (config, vcpu states)."""
-    from ..vcpu.cpustate import from_plain
+def description_from_state(plain: Any, serial: str | None = None) -> Description:
+    """The description a snapshot or migration stream carries, checked as any other
+    (:func:`pyhv.model.from_plain`); ``serial`` says where COM1 goes now."""
+    try:
+        description = from_plain(plain)
+        if serial is not None:
+            description = description._replace(serial=check_serial(serial, ("serial",)))
+    except DescriptionError as e:
+        raise SnapshotError(f"description: {e}") from None
+    return description
 
-    keys = {"format", "config", "vm", "vcpus", "devices"} | ({"memory"} if memory_length is not None else set())
-    if not isinstance(state, dict) or set(state) - {"domain"} != keys:
+
+def check_state(state: Any, memory_length: int | None = None, serial: str | None = None) -> Any:
+    """Check the parts of a captured state that need no devices: format, description,
+    VM blobs, every vCPU.  Returns (description, vcpu states)."""
+    from ..vcpu.cpustate import from_plain as vcpu_from_plain
+
+    keys = {"format", "description", "vm", "vcpus", "devices"} | ({"memory"} if memory_length is not None else set())
+    if not isinstance(state, dict) or set(state) != keys:
         raise SnapshotError("state: wrong set of sections")
-    if not isinstance(state.get("domain", {}), dict):
-        raise SnapshotError("state: the domain section must be an object")
     if state["format"] != FORMAT:
         raise SnapshotError(f"state: format {state['format']!r:.40}, expected {FORMAT!r}")
-    config = config_from_plain(state["config"], serial)
+    config = description_from_state(state["description"], serial)
     vm = state["vm"]
     if not isinstance(vm, dict) or set(vm) != {"clock", "irqchip", "pit"}:
         raise SnapshotError("state: vm section has the wrong set of keys")
@@ -216,7 +174,7 @@ def check_state(state: Any, memory_length: int | None = None, serial: str | None
     if not isinstance(vcpus, list) or len(vcpus) != config.vcpus:
         raise SnapshotError(f"state: expected {config.vcpus} vCPUs")
     try:
-        checked = [from_plain(v) for v in vcpus]
+        checked = [vcpu_from_plain(v) for v in vcpus]
     except PyhvError as e:
         raise SnapshotError(f"state: vCPU: {e}") from None
     if [v.index for v in checked] != list(range(config.vcpus)):
@@ -302,13 +260,14 @@ def write_memory(memory: GuestMemory, fd: int, base: int = MEMORY_OFFSET) -> tup
 # --- the file ----------------------------------------------------------------------------
 
 
-def save(machine: Machine, path: str, sync: bool = True, domain: dict[str, Any] | None = None) -> SaveInfo:
+def save(machine: Machine, path: str, sync: bool = True, description: Description | None = None) -> SaveInfo:
     """Write ``machine`` (paused, I/O thread held: see :meth:`Machine.save`) to ``path``;
-    ``domain``, a toolstack's description of the domain, is kept with it."""
+    ``description``, when given, is the domain as it is now (memory limits or
+    scheduling changed since it was built) and is kept instead of the machine's."""
     t0 = time.perf_counter()
     state = capture(machine)
-    if domain is not None:
-        state["domain"] = domain
+    if description is not None:
+        state["description"] = to_plain(description)
     tmp = f"{path}.tmp"
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -359,7 +318,7 @@ def _unlink(path: str) -> None:
 
 
 class Snapshot:
-    """An opened, checked snapshot file: its configuration and state, and the
+    """An opened, checked snapshot file: its description and state, and the
     file that guest memory is mapped from."""
 
     def __init__(self, path: str, serial: str | None = None) -> None:
@@ -402,20 +361,17 @@ class Snapshot:
         except (ValueError, RecursionError):
             raise self._fail("corrupt state (not JSON)") from None
         try:
-            self.config, self.vcpu_states = check_state(state, mem_len, serial)
+            self.description, self.vcpu_states = check_state(state, mem_len, serial)
         except SnapshotError as e:
             raise self._fail(str(e)) from None
-        if self.config.memory != mem_len:
-            raise self._fail(f"memory section is {mem_len} bytes, the machine has {self.config.memory}")
+        if self.description.memory != mem_len:
+            raise self._fail(f"memory section is {mem_len} bytes, the machine has {self.description.memory}")
         self.extents = _check_extents(state["memory"], mem_len, self._fail)
         self.state = state
-        #: the toolstack's description of the domain, if one was saved with it (the
-        #: toolstack checks it against ``config``)
-        self.domain: dict[str, Any] | None = state.get("domain")
 
     def take_memory(self) -> GuestMemory:
         """Guest RAM mapped copy-on-write from the file (nothing read yet)."""
-        return GuestMemory.from_file(self.config.memory, self.fd, region_offsets(self.config.memory))
+        return GuestMemory.from_file(self.description.memory, self.fd, region_offsets(self.description.memory))
 
     def verify_memory(self) -> None:
         """Read every written extent and check its CRC (reads the whole memory section)."""

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from pyhv.vmm import MachineConfig, build
+from pyhv.model import describe
+from pyhv.vmm import build
 
 from ..conftest import PROBE
 
@@ -33,8 +34,8 @@ def _wait(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-
 
 def test_inflating_64_mib_drops_the_vmm_rss_and_deflating_gives_it_back(tmp_path: os.PathLike[str]) -> None:
     log = os.path.join(tmp_path, "console")
-    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=balloon probe.secs=60", serial=f"file:{log}",
-                                  memory=512 * MiB, balloon=True))
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=balloon probe.secs=60", serial=f"file:{log}",
+                                  memory="512M", balloon=True))
     try:
         machine.start()
         assert _wait(lambda: "balloon ready" in open(log).read())

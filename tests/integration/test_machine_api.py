@@ -9,7 +9,8 @@ import time
 import pytest
 
 from pyhv.vcpu import StopKind
-from pyhv.vmm import Machine, MachineConfig, build
+from pyhv.model import describe
+from pyhv.vmm import Machine, build
 
 from ..conftest import PROBE
 
@@ -36,7 +37,7 @@ def _counter(machine: Machine) -> int:
 @pytest.fixture
 def counting(tmp_path: os.PathLike[str]) -> Machine:
     log = os.path.join(tmp_path, "console")
-    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=counter", serial=f"file:{log}", vcpus=2))
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=counter", serial=f"file:{log}", vcpus=2))
     machine.start()
     _wait_for(log, f"addr={COUNTER_ADDR:#x}")
     yield machine
@@ -87,11 +88,11 @@ def test_each_vcpu_reports_its_own_apic_id(counting: Machine) -> None:
 
 def test_stop_ends_a_paused_machine(counting: Machine) -> None:
     counting.pause()
-    assert counting.stop().kind is StopKind.HOST and counting.state == "stopped"
+    assert counting.stop().kind is StopKind.DESTROY and counting.state == "stopped"
 
 
 def test_guest_poweroff_is_a_poweroff_stop(tmp_path: os.PathLike[str]) -> None:
-    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=poweroff", serial="none"))
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=poweroff", serial="none"))
     machine.start()
     stop = machine.wait(30)
     machine.close()

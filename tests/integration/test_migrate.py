@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from pyhv.vmm import Machine, MachineConfig, build
-from pyhv.vmm.config import DiskConfig
+from pyhv.model import describe, format_size
+from pyhv.vmm import Machine, build
 from pyhv.vmm import migrate as mg
 
 from ..conftest import PROBE, ROOT
@@ -51,7 +51,7 @@ def _wait_for(path: pathlib.Path, pattern: str, timeout: float = 30.0) -> None:
 
 def _source(tmp_path: pathlib.Path, cmdline: str = MEMSUM, memory: int = 128 << 20) -> tuple[Machine, pathlib.Path]:
     log = tmp_path / "source.log"
-    machine = build(MachineConfig(str(PROBE), cmdline=cmdline, serial=f"file:{log}", memory=memory, debug_exit=True))
+    machine = build(describe(kernel=str(PROBE), cmdline=cmdline, serial=f"file:{log}", memory=format_size(memory), debug_exit=True))
     machine.start()
     _wait_for(log, r"memsum round=\d+")
     return machine, log
@@ -236,8 +236,8 @@ def test_virtio_blk_carries_on_after_migration(tmp_path: pathlib.Path) -> None:
     disk.write_bytes(bytes(1 << 20))
     dest, port = _destination(tmp_path, "127.0.0.1:0")
     log = tmp_path / "source.log"
-    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=blksnap probe.irq=msix", serial=f"file:{log}",
-                                  memory=64 << 20, debug_exit=True, disks=[DiskConfig(str(disk))]))
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=blksnap probe.irq=msix", serial=f"file:{log}",
+                                  memory="64M", debug_exit=True, disks=[{"path": str(disk)}]))
     try:
         machine.start()
         _wait_for(log, "blksnap state=written")

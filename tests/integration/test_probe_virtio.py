@@ -116,9 +116,10 @@ def test_blk_flush_and_write_zeroes_when_offered(tmp_path: Path) -> None:
         assert run.line("discard")["discard"] == "OK"
 
 
-def test_blk_pattern_written_by_the_guest_is_in_the_image_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cache", ["writeback", "none"])
+def test_blk_pattern_written_by_the_guest_is_in_the_image_file(tmp_path: Path, cache: str) -> None:
     disk = _disk(tmp_path)
-    run = run_probe("probe.test=blk", "--disk", str(disk), timeout=120)
+    run = run_probe("probe.test=blk", "--disk", f"{disk},cache={cache}", timeout=120)
     assert _passed(run), run.stdout + run.stderr
     pattern = run.line("pattern")
     first, sectors, salt = int(pattern["first"]), int(pattern["sectors"]), int(pattern["salt"])

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyhv.vmm import Machine, MachineConfig, build
+from pyhv.model import describe
+from pyhv.vmm import build, restore
 from pyhv.vmm.snapshot import Snapshot
 
 from ..conftest import PROBE, ROOT
@@ -76,7 +77,7 @@ def memsum_reference() -> str:
 
 def test_paused_counter_restores_to_the_value_it_was_saved_with(tmp_path: pathlib.Path) -> None:
     log, snap = tmp_path / "console", str(tmp_path / "m.snap")
-    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=counter", serial=f"file:{log}", memory=64 << 20))
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=counter", serial=f"file:{log}", memory="64M"))
     try:
         machine.start()
         _wait_for(log, "addr=0x1ff000")
@@ -87,7 +88,7 @@ def test_paused_counter_restores_to_the_value_it_was_saved_with(tmp_path: pathli
         assert machine.state == "paused"
     finally:
         machine.close()
-    restored = Machine.restore(snap, serial="none")
+    restored = restore(snap, serial="none")
     try:
         at_restore = _counter(restored.memory)
         restored.start()
@@ -100,7 +101,7 @@ def test_paused_counter_restores_to_the_value_it_was_saved_with(tmp_path: pathli
 
 def test_two_vcpus_come_back_with_their_own_state(tmp_path: pathlib.Path) -> None:
     log, snap = tmp_path / "console", str(tmp_path / "m.snap")
-    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=counter", serial=f"file:{log}", vcpus=2))
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=counter", serial=f"file:{log}", vcpus=2))
     try:
         machine.start()
         _wait_for(log, "addr=0x1ff000")
@@ -110,7 +111,7 @@ def test_two_vcpus_come_back_with_their_own_state(tmp_path: pathlib.Path) -> Non
     finally:
         machine.close()
     snapshot = Snapshot(snap)
-    restored = build(snapshot.config, restore=snapshot)
+    restored = build(snapshot.description, restore=snapshot)
     try:
         after = [restored.vcpu_state(i) for i in range(2)]
     finally:
@@ -178,7 +179,7 @@ def test_blk_data_written_before_a_save_is_read_back_after_restore(tmp_path: pat
 
 def _saved(tmp_path: pathlib.Path) -> pathlib.Path:
     snap = tmp_path / "m.snap"
-    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=counter", serial="none", memory=32 << 20))
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=counter", serial="none", memory="32M"))
     try:
         machine.save(str(snap))
     finally:
@@ -251,7 +252,7 @@ _CRAFT_EXAMPLES = int(os.environ.get("PYHV_FUZZ_EXAMPLES", "40"))
 @pytest.fixture(scope="module")
 def saved_blob(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, object]]:
     path = tmp_path_factory.mktemp("craft") / "m.snap"
-    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=counter", serial="none", memory=32 << 20,
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=counter", serial="none", memory="32M",
                                   rng=True, balloon=True))
     try:
         machine.start()
@@ -282,7 +283,7 @@ def test_a_crafted_snapshot_with_a_valid_checksum_is_refused_in_one_line_or_runs
     path = tmp_path / f"crafted-{os.getpid()}-{time.monotonic_ns()}.snap"
     path.write_bytes(s._header(mem_len, s.MEMORY_OFFSET + mem_len, text) + blob[s.HEADER.size : s.MEMORY_OFFSET + mem_len] + text)
     try:
-        machine = Machine.restore(str(path), serial="none")
+        machine = restore(str(path), serial="none")
     except PyhvError as e:
         assert str(e) and "\n" not in str(e)
     else:
@@ -295,7 +296,7 @@ def test_a_failed_save_leaves_the_machine_running_and_nothing_behind(tmp_path: p
     from pyhv.vmm.snapshot import SnapshotError
 
     log = tmp_path / "console"
-    machine = build(MachineConfig(str(PROBE), cmdline="probe.test=counter", serial=f"file:{log}", memory=32 << 20))
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=counter", serial=f"file:{log}", memory="32M"))
     try:
         machine.start()
         _wait_for(log, "addr=0x1ff000")

@@ -14,6 +14,7 @@ Runs under L1's bare Python (``python3.11 -S``): standard library only.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import select
 import signal
@@ -124,11 +125,12 @@ def vsock_echo_server() -> None:
     threading.Thread(target=serve, daemon=True).start()
 
 
-def control(command: str) -> str:
+def control(request: dict) -> dict:
+    """One request on pyhv run's control socket (one JSON line each way)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(CONTROL)
-        s.sendall(command.encode() + b"\n")
-        return s.recv(256).decode().strip()
+        s.sendall(json.dumps(request).encode() + b"\n")
+        return json.loads(s.makefile().readline())
 
 
 def pyhv_command(extra: list[str], cmdline: str) -> list[str]:
@@ -160,15 +162,15 @@ def test() -> int:
         con.run(f"vsock-echo 2 {VSOCK_PORT} hello-over-vsock", 30)
         con.run("cat /sys/class/misc/hw_random/rng_current; head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' '")
         con.run("grep MemFree /proc/meminfo")
-        say("control: " + control("balloon 64M"))
+        say(f"control: {control({'op': 'mem-set', 'bytes': 192 << 20})}")  # the balloon takes 64 MiB
         deadline = time.monotonic() + 60
-        answer = control("balloon")
-        while not answer.endswith(f"actual={64 << 20}") and time.monotonic() < deadline:
+        answer = control({"op": "info"})
+        while answer.get("balloon", {}).get("actual") != 64 << 20 and time.monotonic() < deadline:
             time.sleep(0.5)
-            answer = control("balloon")
-        say("control: " + answer)
+            answer = control({"op": "info"})
+        say(f"control: balloon {answer.get('balloon')}")
         con.run("grep MemFree /proc/meminfo")
-        say("control: " + control("balloon 0"))
+        say(f"control: {control({'op': 'mem-set', 'bytes': 256 << 20})}")
         con.run("echo written-before-reboot-$((6 * 7)) > /root/persist.txt; sync; cat /root/persist.txt")
         con.type("reboot")
         con.expect("pyhv-guest: ready", BOOT_TIMEOUT)

@@ -26,7 +26,10 @@ def pyhv(*args: str) -> subprocess.CompletedProcess[str]:
         (["run", "--kernel", "/nonexistent/vmlinuz"], "/nonexistent/vmlinuz: "),
         (["run", "--kernel", "/etc"], "/etc: "),
         (["run", "--kernel", "/etc/hostname", "--memory", "lots"], "--memory 'lots'"),
-        (["run", "--kernel", "/etc/hostname", "--vcpus", "0"], "vcpus 0"),
+        (["run", "--kernel", "/etc/hostname", "--vcpus", "0"], "--vcpus '0': must be an integer between 1 and 255"),
+        (["run", "--kernel", "k", "--disk", "/d,serial=" + "x" * 21], "serial: at most 20 printable bytes"),
+        (["run", "--kernel", "k", "--vsock", "cid=3,uds=/" + "v" * 100], "uds: socket path longer than 90 bytes"),
+        (["run", "--kernel", "k", "--disk", "/d,cache=unsafe"], "cache: must be one of writeback, none"),
         (["run", "--kernel", "/etc/hostname", "--serial", "tcp:1"], "--serial 'tcp:1'"),
         (["run"], "--kernel"),
         (["frobnicate"], "unknown command 'frobnicate'"),
@@ -58,15 +61,17 @@ def test_option_equals_form_is_accepted() -> None:
     from pyhv.cli import RUN_OPTIONS, parse
 
     args = parse(["--kernel=k", "--memory=1G", "--debug-exit"], RUN_OPTIONS)
-    assert (args.kernel, args.memory, args.debug_exit, args.vcpus) == ("k", "1G", True, "1")
+    assert (args.kernel, args.memory, args.debug_exit, args.vcpus) == ("k", "1G", True, None)
 
 
-def test_config_and_kernel_together_are_refused(tmp_path: os.PathLike[str]) -> None:
+def test_options_given_with_config_override_the_file(tmp_path: os.PathLike[str]) -> None:
+    from pyhv.cli import RUN_OPTIONS, describe_run, parse
+
     path = os.path.join(tmp_path, "d.toml")
     with open(path, "w") as f:
-        f.write('name = "a"\nkernel = "k"\n')
-    p = pyhv("run", "--config", path, "--kernel", "k")
-    assert p.returncode == 2 and "give one or the other" in p.stderr
+        f.write('name = "a"\nkernel = "k"\nvcpus = 2\nmemory = "64M"\n')
+    description, _ = describe_run(parse(["--config", path, "--memory", "128M", "--kernel", "k2"], RUN_OPTIONS))
+    assert (description.payload.kernel, description.vcpus, description.memory) == ("k2", 2, 128 << 20)
 
 
 def test_config_with_a_bad_key_names_file_and_key(tmp_path: os.PathLike[str]) -> None:

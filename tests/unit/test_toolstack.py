@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from pyhv.errors import UsageError
-from pyhv.toolstack import api, domconfig, openapi, xl
+from pyhv import model
+from pyhv.model import files
+from pyhv.toolstack import api, openapi, xl
 from pyhv.toolstack.metrics import prometheus
 from pyhv.toolstack.registry import DomainRecord
 
@@ -18,24 +20,24 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 def test_overrides_are_toml_values_or_plain_strings() -> None:
     config = {"name": "a", "kernel": "k"}
-    domconfig.apply_override(config, "vcpus=2")
-    domconfig.apply_override(config, "balloon=true")
-    domconfig.apply_override(config, "cmdline=probe.test=counter probe.n=3")
-    domconfig.apply_override(config, "sched.weight=512")
-    domconfig.apply_override(config, 'name="quoted"')
+    files.apply_override(config, "vcpus=2")
+    files.apply_override(config, "balloon=true")
+    files.apply_override(config, "cmdline=probe.test=counter probe.n=3")
+    files.apply_override(config, "sched.weight=512")
+    files.apply_override(config, 'name="quoted"')
     assert config == {"name": "quoted", "kernel": "k", "vcpus": 2, "balloon": True,
                       "cmdline": "probe.test=counter probe.n=3", "sched": {"weight": 512}}
     with pytest.raises(UsageError, match="key=value"):
-        domconfig.apply_override(config, "novalue")
+        files.apply_override(config, "novalue")
     with pytest.raises(UsageError, match="not a table"):
-        domconfig.apply_override(config, "vcpus.x=1")
+        files.apply_override(config, "vcpus.x=1")
 
 
 def test_paths_are_made_absolute() -> None:
-    config = {"kernel": "k/vmlinuz", "initrd": "/abs/i", "disks": [{"path": "d.img"}], "vsock": {"uds": "v.sock"}}
-    domconfig.absolutize(config, "/base")
-    assert config == {"kernel": "/base/k/vmlinuz", "initrd": "/abs/i", "disks": [{"path": "/base/d.img"}],
-                      "vsock": {"uds": "/base/v.sock"}}
+    d = model.from_plain({"kernel": "k/vmlinuz", "initrd": "/abs/i", "disks": [{"path": "d.img"}], "vsock": {"uds": "v.sock"}})
+    d = model.with_absolute_paths(d, "/base")
+    assert model.paths(d) == [("kernel", "/base/k/vmlinuz"), ("initrd", "/abs/i"), ("disks[0].path", "/base/d.img"),
+                              ("vsock.uds", "/base/v.sock")]
 
 
 @pytest.mark.parametrize("text, cpus", [("0", [0]), ("0-2,5", [0, 1, 2, 5]), ("3,1-1", [1, 3])])
@@ -82,14 +84,14 @@ def test_every_route_is_documented_and_every_documented_path_is_served() -> None
 
 
 def test_prometheus_text() -> None:
-    record = DomainRecord(7, 'we"ird', {"name": "w", "kernel": "/k"}, "/nonexistent", "/nonexistent")
+    record = DomainRecord(7, model.from_plain({"name": "we.ird", "kernel": "/k"}), "/nonexistent", "/nonexistent")
     info = {"state": "running", "current_memory": 1 << 20, "maxmem": 1 << 20, "vcpus": 1, "cpu_time": 1.5}
     metrics = {"cpu_time": 1.5, "vcpu": [{"index": 0, "cpu_ns": 2_000_000_000, "exits": {"io": 3, "mmio": 1, "other": 0}}],
                "disks": [{"device": "pci1", "read_bytes": 10, "write_bytes": 20}], "nics": []}
     text = prometheus([record], [metrics], [info])
-    assert 'pyhv_vcpu_cpu_seconds_total{domain="we\\"ird",id="7",vcpu="0"} 2.000000' in text
-    assert 'pyhv_vcpu_exits_total{domain="we\\"ird",id="7",vcpu="0",reason="io"} 3' in text
-    assert 'pyhv_disk_write_bytes_total{domain="we\\"ird",id="7",device="pci1"} 20' in text
+    assert 'pyhv_vcpu_cpu_seconds_total{domain="we.ird",id="7",vcpu="0"} 2.000000' in text
+    assert 'pyhv_vcpu_exits_total{domain="we.ird",id="7",vcpu="0",reason="io"} 3' in text
+    assert 'pyhv_disk_write_bytes_total{domain="we.ird",id="7",device="pci1"} 20' in text
     assert 'pyhv_domains{state="running"} 1' in text
     for line in text.splitlines():
         assert line.startswith("#") or re.match(r"^[a-z_]+(\{.*\})? [0-9.]+$", line), line

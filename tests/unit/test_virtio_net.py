@@ -13,7 +13,7 @@ from pyhv.backends.tap import VNET_HDR_SIZE, Tap
 from pyhv.devices.virtio import mmio as m
 from pyhv.devices.virtio.net import MAX_FRAME, RX, TX, Net
 from pyhv.errors import UsageError
-from pyhv.vmm.config import default_mac, parse_net
+from pyhv.model import Nic, default_mac, nic_from_plain, options
 
 from .test_virtio_devices import Line
 from .virtio_fakes import FakeDriver, FakeGuestRam, bring_up_mmio
@@ -105,7 +105,7 @@ def test_config_space_holds_the_mac_and_link_up(pair: Pair) -> None:
 
 
 def test_net_spec_parses_and_default_mac_is_stable() -> None:
-    spec = parse_net("tap=tap0,mac=52:54:00:aa:bb:cc,bridge=br0")
+    spec, _ = parse_net("tap=tap0,mac=52:54:00:aa:bb:cc,bridge=br0")
     assert (spec.tap, spec.mac, spec.bridge) == ("tap0", "52:54:00:aa:bb:cc", "br0")
     assert default_mac("tap0") == default_mac("tap0") and default_mac("tap0")[:3] == b"\x52\x54\x00"
 
@@ -116,12 +116,18 @@ def test_bad_net_spec_is_a_usage_error(spec: str) -> None:
         parse_net(spec)
 
 
+def parse_net(spec: str) -> tuple[Nic, int | None]:
+    """``--net SPEC`` as ``pyhv run`` reads it, checked as the description checks a NIC."""
+    plain, fd = options.net(spec)
+    return nic_from_plain(plain, ("nics", 0)), fd
+
+
 def test_net_spec_with_a_handed_over_fd_parses() -> None:
     r, w = os.pipe()
-    spec = parse_net(f"fd={r},mac=52:54:00:00:00:09")
+    nic, fd = parse_net(f"fd={r},mac=52:54:00:00:00:09")
     os.close(r)
     os.close(w)
-    assert (spec.fd, spec.tap, spec.mac) == (r, f"fd{r}", "52:54:00:00:00:09")
+    assert (fd, nic) == (r, (f"fd{r}", "52:54:00:00:00:09", ""))
 
 
 def test_net_spec_with_a_closed_fd_is_refused() -> None:

@@ -226,10 +226,6 @@ class Uart:
             self._update_irq()
         return taken
 
-    def rx_space(self) -> int:
-        with self._lock:
-            return RX_FIFO_SIZE - len(self.rx)
-
     # --- state -------------------------------------------------------------------
 
     _STATE_KEYS = ("ier", "lcr", "mcr", "scr", "dll", "dlm", "fifo_enabled", "thr_interrupt", "rx")

@@ -66,7 +66,9 @@ class Blk(VirtioDevice):
     def __init__(self, mem: Any, disk: RawDisk, serial: str = "") -> None:
         super().__init__(mem, num_queues=1)
         self.disk = disk
-        self.serial = serial.encode()[:VIRTIO_BLK_ID_BYTES]
+        self.serial = serial.encode()
+        if len(self.serial) > VIRTIO_BLK_ID_BYTES:  # the description refuses these; say so if one slips by
+            raise ValueError(f"disk serial {serial!r} is longer than {VIRTIO_BLK_ID_BYTES} bytes")
         self.name = f"virtio-blk({disk.path})"
         self.requests = 0
         self.bytes_read = 0

@@ -1,0 +1,515 @@
+"""The machine description: what a domain is made of, described once.
+
+Every front end produces a :class:`Description` and nothing else: ``pyhv run``
+options (:mod:`pyhv.model.options`), TOML files and the API's JSON
+(:mod:`pyhv.model.files`, both through :func:`from_plain`), snapshots and
+migration streams (which carry :func:`to_plain`'s output and come back through
+:func:`from_plain`).  So a resource is described, checked and serialised here
+and nowhere else, and every limit is a constant of this module.
+
+The plain form is the TOML/JSON schema::
+
+    name = "web1"
+    kernel = "guests/build/probe.elf"   # initrd, cmdline, boot = auto|linux|pvh|multiboot
+    memory = "256M"          # or an integer number of MiB
+    maxmem = "512M"          # the most mem-set may give it (default: memory)
+    vcpus = 2
+    on_poweroff = "destroy"  # destroy | restart
+    on_reboot = "restart"    # destroy | restart
+    on_crash = "destroy"     # destroy | restart | preserve
+    serial = "stdio"         # stdio | none | file:PATH (domains under pyhvd: their console log)
+    debug_exit = false       # isa-debug-exit at 0xf4: the guest's value ends the domain with a status
+    balloon = true
+    rng = true
+
+    [[disks]]
+    path = "/var/lib/pyhv/web1.img"
+    readonly = false
+    serial = "web1-root"     # at most 20 bytes: what the guest reads with GET_ID
+    cache = "writeback"      # writeback (host page cache) | none (O_DIRECT)
+
+    [[nics]]
+    tap = "web1-0"
+    mac = "52:54:00:12:34:56"
+    bridge = "br0"
+
+    [vsock]
+    cid = 3
+    uds = "/run/pyhv/web1.vsock"
+
+    [sched]
+    weight = 256
+    warp_ms = 0
+    warp_limit_ms = 2000
+    unwarp_ms = 1000
+
+A problem is a :class:`DescriptionError` that carries the key's path
+(``("disks", 1, "serial")``) and a message; each front end names the key in
+its own syntax (``disks[1].serial: ...`` in a file, ``--disk 'x,serial=...':
+serial: ...`` on the command line).
+
+The records are ``NamedTuple``s, not dataclasses: they are as immutable, and
+``dataclasses`` (through ``inspect``) costs a domain process about 10 ms at
+start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+
+from ..errors import UsageError
+
+MiB = 1 << 20
+PAGE_SIZE = 4096
+
+# --- limits: each one lives here and only here -----------------------------------------
+MIN_MEMORY = 16 * MiB
+MAX_MEMORY = 1 << 40
+MAX_VCPUS = 255  # xAPIC IDs are 8 bits; 0xff is the broadcast ID
+MAX_DISKS = 16
+MAX_NICS = 16
+DISK_SERIAL_MAX = 20  # VIRTIO_BLK_ID_BYTES
+IFNAME_MAX = 15  # IFNAMSIZ - 1
+#: sun_path is 108 bytes; guest connections to host port P use PATH_P (up to 11 more)
+VSOCK_UDS_MAX = 90
+VSOCK_CID_MIN = 3  # 0-2 are reserved (hypervisor, local, host)
+VSOCK_CID_MAX = 0xFFFF_FFFE  # 0xffffffff is VMADDR_CID_ANY
+NAME_MAX = 64
+SCHED_WEIGHT_MAX = 65535
+SCHED_WARP_MAX_MS = 10_000
+SCHED_LIMIT_MAX_MS = 3_600_000
+
+BOOT_PROTOCOLS = ("auto", "linux", "pvh", "multiboot")
+ON_POWEROFF = ("destroy", "restart")
+ON_REBOOT = ("destroy", "restart")
+ON_CRASH = ("destroy", "restart", "preserve")
+DISK_CACHE = ("writeback", "none")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (NAME_MAX - 1))
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+
+
+class DescriptionError(UsageError):
+    """A value that is not a valid description: ``path`` names the key, from the top."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{key_name(path)}: {message}" if path else message)
+
+
+def key_name(path: tuple[str | int, ...]) -> str:
+    """``("disks", 1, "serial")`` -> ``disks[1].serial`` (the key as a file spells it)."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+# --- the records -----------------------------------------------------------------------
+
+
+class Payload(NamedTuple):
+    """What boots: a kernel image, its initrd and command line, and how to enter it."""
+
+    kernel: str
+    initrd: str = ""
+    cmdline: str = ""
+    boot: str = "auto"
+
+
+class Disk(NamedTuple):
+    path: str
+    readonly: bool = False
+    serial: str = ""
+    cache: str = "writeback"
+
+
+class Nic(NamedTuple):
+    tap: str
+    mac: str = ""  # empty: derived from the TAP name
+    bridge: str = ""
+
+
+class Vsock(NamedTuple):
+    cid: int
+    uds: str
+
+
+class Sched(NamedTuple):
+    """Borrowed-Virtual-Time parameters (docs/SCHEDULING.md)."""
+
+    weight: int = 256
+    warp_ms: int = 0
+    warp_limit_ms: int = 2000
+    unwarp_ms: int = 1000
+
+
+class Lifecycle(NamedTuple):
+    """What each way of ending does: the same under ``pyhv run`` and pyhvd."""
+
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+
+
+class Description(NamedTuple):
+    """A whole domain.  Build it with :func:`from_plain` (or a front end's
+    parser), which checks everything; treat it as read-only."""
+
+    payload: Payload
+    name: str = ""
+    memory: int = 256 * MiB
+    maxmem: int = 256 * MiB
+    vcpus: int = 1
+    disks: tuple[Disk, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    vsock: Vsock | None = None
+    rng: bool = False
+    balloon: bool = False
+    serial: str = "stdio"
+    debug_exit: bool = False
+    lifecycle: Lifecycle = Lifecycle()
+    sched: Sched = Sched()
+
+
+#: the plain form's top-level keys, in the order :func:`to_plain` writes them
+TOP_KEYS = (
+    "name", "kernel", "initrd", "cmdline", "boot", "memory", "maxmem", "vcpus", "on_poweroff", "on_reboot",
+    "on_crash", "serial", "debug_exit", "balloon", "rng", "disks", "nics", "vsock", "sched",
+)
+DISK_KEYS = tuple(Disk._fields)
+NIC_KEYS = tuple(Nic._fields)
+VSOCK_KEYS = tuple(Vsock._fields)
+SCHED_KEYS = tuple(Sched._fields)
+
+
+# --- plain values -> description (files, the API, snapshots, migration) ----------------------
+
+
+def from_plain(data: Any) -> Description:
+    """The description a plain mapping (decoded TOML or JSON) gives, every value checked."""
+    if not isinstance(data, dict):
+        raise DescriptionError((), "a domain description must be a table (an object)")
+    _known(data, TOP_KEYS, ())
+    memory = parse_size(data.get("memory", Description._field_defaults["memory"] // MiB), ("memory",))
+    maxmem = parse_size(data["maxmem"], ("maxmem",)) if "maxmem" in data else memory
+    if maxmem < memory:
+        raise DescriptionError(("maxmem",), "must be at least memory")
+    name = _str(data, "name", ())
+    if name:
+        check_name(name, ("name",))
+    disks = tuple(disk_from_plain(d, ("disks", i)) for i, d in enumerate(_array(data, "disks", MAX_DISKS)))
+    seen: dict[str, int] = {}
+    for i, d in enumerate(disks):
+        if d.path in seen:
+            raise DescriptionError(("disks", i, "path"), f"the same image as disks[{seen[d.path]}]")
+        seen[d.path] = i
+    nics = tuple(nic_from_plain(n, ("nics", i)) for i, n in enumerate(_array(data, "nics", MAX_NICS)))
+    vsock = vsock_from_plain(data["vsock"], ("vsock",)) if data.get("vsock") is not None else None
+    return Description(
+        payload=Payload(
+            kernel=_str(data, "kernel", (), required=True),
+            initrd=_str(data, "initrd", ()),
+            cmdline=_str(data, "cmdline", ()),
+            boot=_choice(data, "boot", BOOT_PROTOCOLS, Payload._field_defaults["boot"], ()),
+        ),
+        name=name,
+        memory=memory,
+        maxmem=maxmem,
+        vcpus=_int(data, "vcpus", 1, 1, MAX_VCPUS, ()),
+        disks=disks,
+        nics=nics,
+        vsock=vsock,
+        rng=_bool(data, "rng", False, ()),
+        balloon=_bool(data, "balloon", False, ()),
+        serial=check_serial(_str(data, "serial", ()) or "stdio", ("serial",)),
+        debug_exit=_bool(data, "debug_exit", False, ()),
+        lifecycle=Lifecycle(
+            on_poweroff=_choice(data, "on_poweroff", ON_POWEROFF, Lifecycle._field_defaults["on_poweroff"], ()),
+            on_reboot=_choice(data, "on_reboot", ON_REBOOT, Lifecycle._field_defaults["on_reboot"], ()),
+            on_crash=_choice(data, "on_crash", ON_CRASH, Lifecycle._field_defaults["on_crash"], ()),
+        ),
+        sched=sched_from_plain(data.get("sched", {}), ("sched",)),
+    )
+
+
+def disk_from_plain(d: Any, at: tuple[str | int, ...]) -> Disk:
+    _table(d, DISK_KEYS, at)
+    serial = _str(d, "serial", at)
+    if len(serial.encode()) > DISK_SERIAL_MAX or not serial.isprintable():
+        raise DescriptionError((*at, "serial"), f"at most {DISK_SERIAL_MAX} printable bytes")
+    return Disk(
+        path=_str(d, "path", at, required=True),
+        readonly=_bool(d, "readonly", False, at),
+        serial=serial,
+        cache=_choice(d, "cache", DISK_CACHE, Disk._field_defaults["cache"], at),
+    )
+
+
+def nic_from_plain(n: Any, at: tuple[str | int, ...]) -> Nic:
+    _table(n, NIC_KEYS, at)
+    tap = _str(n, "tap", at, required=True)
+    if not 1 <= len(tap) <= IFNAME_MAX:
+        raise DescriptionError((*at, "tap"), f"interface names are 1-{IFNAME_MAX} characters")
+    mac = _str(n, "mac", at)
+    if mac:
+        parse_mac(mac, (*at, "mac"))
+    bridge = _str(n, "bridge", at)
+    if len(bridge) > IFNAME_MAX:
+        raise DescriptionError((*at, "bridge"), f"interface names are 1-{IFNAME_MAX} characters")
+    return Nic(tap, mac, bridge)
+
+
+def vsock_from_plain(v: Any, at: tuple[str | int, ...]) -> Vsock:
+    _table(v, VSOCK_KEYS, at)
+    uds = _str(v, "uds", at, required=True)
+    if len(uds.encode()) > VSOCK_UDS_MAX:
+        raise DescriptionError((*at, "uds"), f"socket path longer than {VSOCK_UDS_MAX} bytes (PATH_PORT must fit a unix socket)")
+    return Vsock(_int(v, "cid", VSOCK_CID_MIN, VSOCK_CID_MIN, VSOCK_CID_MAX, at), uds)
+
+
+def sched_from_plain(s: Any, at: tuple[str | int, ...]) -> Sched:
+    _table(s, SCHED_KEYS, at)
+    return Sched(
+        weight=_int(s, "weight", 256, 1, SCHED_WEIGHT_MAX, at),
+        warp_ms=_int(s, "warp_ms", 0, 0, SCHED_WARP_MAX_MS, at),
+        warp_limit_ms=_int(s, "warp_limit_ms", 2000, 0, SCHED_LIMIT_MAX_MS, at),
+        unwarp_ms=_int(s, "unwarp_ms", 1000, 0, SCHED_LIMIT_MAX_MS, at),
+    )
+
+
+def check_name(name: str, at: tuple[str | int, ...] = ("name",)) -> str:
+    """Names are never all digits (those are domain ids) and hold no control characters."""
+    if not _NAME.fullmatch(name) or name.isdigit():
+        raise DescriptionError(
+            at, f"1-{NAME_MAX} letters, digits, '.', '_' or '-', starting with a letter or digit, not all digits"
+        )
+    return name
+
+
+def check_serial(value: str, at: tuple[str | int, ...]) -> str:
+    if value in ("stdio", "none") or (value.startswith("file:") and len(value) > 5):
+        return value
+    raise DescriptionError(at, f"{value!r:.60}: expected stdio, none or file:PATH")
+
+
+# --- description -> plain values ---------------------------------------------------------------
+
+
+def to_plain(d: Description) -> dict[str, Any]:
+    """Plain JSON values that :func:`from_plain` turns back into ``d``; every key written."""
+    return {
+        "name": d.name,
+        "kernel": d.payload.kernel,
+        "initrd": d.payload.initrd,
+        "cmdline": d.payload.cmdline,
+        "boot": d.payload.boot,
+        "memory": format_size(d.memory),
+        "maxmem": format_size(d.maxmem),
+        "vcpus": d.vcpus,
+        "on_poweroff": d.lifecycle.on_poweroff,
+        "on_reboot": d.lifecycle.on_reboot,
+        "on_crash": d.lifecycle.on_crash,
+        "serial": d.serial,
+        "debug_exit": d.debug_exit,
+        "balloon": d.balloon,
+        "rng": d.rng,
+        "disks": [x._asdict() for x in d.disks],
+        "nics": [x._asdict() for x in d.nics],
+        "vsock": None if d.vsock is None else d.vsock._asdict(),
+        "sched": d.sched._asdict(),
+    }
+
+
+def paths(d: Description) -> list[tuple[str, str]]:
+    """Every host file the description names, with its key: (key, path)."""
+    out = [("kernel", d.payload.kernel)]
+    if d.payload.initrd:
+        out.append(("initrd", d.payload.initrd))
+    out += [(f"disks[{i}].path", x.path) for i, x in enumerate(d.disks)]
+    if d.vsock is not None:
+        out.append(("vsock.uds", d.vsock.uds))
+    return out
+
+
+def with_absolute_paths(d: Description, base: str) -> Description:
+    """``d`` with its relative file names made absolute, relative to ``base``."""
+    import os
+
+    def fix(path: str) -> str:
+        return os.path.normpath(os.path.join(base, path)) if path else path
+
+    payload = d.payload._replace(kernel=fix(d.payload.kernel), initrd=fix(d.payload.initrd))
+    return d._replace(
+        payload=payload,
+        disks=tuple(x._replace(path=fix(x.path)) for x in d.disks),
+        vsock=None if d.vsock is None else d.vsock._replace(uds=fix(d.vsock.uds)),
+    )
+
+
+# --- values ------------------------------------------------------------------------------------
+
+_UNITS = {"": MiB, "k": 1 << 10, "m": MiB, "g": 1 << 30, "t": 1 << 40}
+_SIZE_HINT = 'must be a size such as "256M" or "2G", or a number of MiB'
+
+
+def parse_size(value: Any, at: tuple[str | int, ...]) -> int:
+    """``256M``, ``1G``, ``512`` (MiB), ``65536k``, case-insensitive with optional B/iB,
+    or an integer number of MiB; checked against the memory limits."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DescriptionError(at, _SIZE_HINT)
+    size = value * MiB if isinstance(value, int) else _size_text(value, at)
+    if not MIN_MEMORY <= size <= MAX_MEMORY:
+        raise DescriptionError(at, f"{size // MiB} MiB: must be between {MIN_MEMORY // MiB} MiB and 1 TiB")
+    if size % PAGE_SIZE:
+        raise DescriptionError(at, "must be a multiple of 4 KiB")
+    return size
+
+
+def _size_text(text: str, at: tuple[str | int, ...]) -> int:
+    s = text.strip().lower()
+    for suffix in ("ib", "b"):
+        if s.endswith(suffix) and len(s) > len(suffix) and not s[-len(suffix) - 1].isdigit():
+            s = s[: -len(suffix)]
+            break
+    unit = s[-1:] if s[-1:] in _UNITS and not s[-1:].isdigit() else ""
+    number = s[: len(s) - len(unit)]
+    if not number.isdigit() or len(number) > 16:
+        raise DescriptionError(at, f"{text!r:.40}: {_SIZE_HINT}")
+    return int(number) * _UNITS[unit]
+
+
+def format_size(size: int) -> str:
+    """The shortest exact size text: ``256M``, ``2G``, ``65540k``."""
+    for unit, scale in (("G", 1 << 30), ("M", MiB)):
+        if size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size >> 10}k"
+
+
+def parse_mac(text: str, at: tuple[str | int, ...] = ("mac",)) -> bytes:
+    if not _MAC.fullmatch(text):
+        raise DescriptionError(at, "a MAC address looks like 52:54:00:12:34:56")
+    mac = bytes.fromhex(text.replace(":", ""))
+    if mac[0] & 1:
+        raise DescriptionError(at, f"{text} is a multicast address")
+    return mac
+
+
+def default_mac(tap: str) -> bytes:
+    """A locally administered MAC derived from the TAP name (stable across runs)."""
+    import binascii
+
+    h = binascii.crc32(tap.encode())
+    return bytes((0x52, 0x54, 0x00, (h >> 16) & 0xFF, (h >> 8) & 0xFF, h & 0xFF))
+
+
+def _known(table: dict[str, Any], keys: tuple[str, ...], at: tuple[str | int, ...]) -> None:
+    unknown = sorted(str(k) for k in set(table) - set(keys))
+    if unknown:
+        raise DescriptionError((*at, unknown[0]), f"unknown key (known: {', '.join(sorted(keys))})")
+
+
+def _table(value: Any, keys: tuple[str, ...], at: tuple[str | int, ...]) -> None:
+    if not isinstance(value, dict):
+        raise DescriptionError(at, "must be a table (an object)")
+    _known(value, keys, at)
+
+
+def _array(data: dict[str, Any], key: str, limit: int) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise DescriptionError((key,), f"must be an array of tables ([[{key}]])")
+    if len(value) > limit:
+        raise DescriptionError((key,), f"{len(value)} given: at most {limit}")
+    return value
+
+
+def _str(data: dict[str, Any], key: str, at: tuple[str | int, ...], required: bool = False) -> str:
+    if key not in data or (data[key] is None and not required):
+        if required:
+            raise DescriptionError((*at, key), "required")
+        return ""
+    value = data[key]
+    if not isinstance(value, str):
+        raise DescriptionError((*at, key), "must be a string")
+    if "\0" in value:
+        raise DescriptionError((*at, key), "must not contain NUL characters")
+    return value
+
+
+def _int(data: dict[str, Any], key: str, default: int, low: int, high: int, at: tuple[str | int, ...]) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise DescriptionError((*at, key), f"must be an integer between {low} and {high}")
+    return value
+
+
+def _bool(data: dict[str, Any], key: str, default: bool, at: tuple[str | int, ...]) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise DescriptionError((*at, key), "must be true or false")
+    return value
+
+
+def _choice(data: dict[str, Any], key: str, choices: tuple[str, ...], default: str, at: tuple[str | int, ...]) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or value not in choices:
+        raise DescriptionError((*at, key), f"must be one of {', '.join(choices)}")
+    return value
+
+
+def json_schema() -> dict[str, Any]:
+    """The plain form as a JSON Schema (the API's DomainConfig), from the same limits."""
+    size = {"oneOf": [{"type": "string", "pattern": "^[0-9]+([kKmMgGtT]([iI]?[bB])?)?$"},
+                      {"type": "integer", "minimum": MIN_MEMORY // MiB, "maximum": MAX_MEMORY // MiB}],
+            "description": 'a size such as "256M" or "2G", or an integer number of MiB'}
+    ifname = {"type": "string", "minLength": 1, "maxLength": IFNAME_MAX}
+    ms = {"type": "integer", "minimum": 0, "maximum": SCHED_LIMIT_MAX_MS}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "kernel"],
+        "properties": {
+            "name": {"type": "string", "pattern": f"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$",
+                     "description": "not all digits (those are domain ids)"},
+            "kernel": {"type": "string", "description": "absolute path of a bzImage, ELF, PVH or Multiboot kernel"},
+            "initrd": {"type": "string"},
+            "cmdline": {"type": "string"},
+            "boot": {"type": "string", "enum": list(BOOT_PROTOCOLS)},
+            "memory": size,
+            "maxmem": size,
+            "vcpus": {"type": "integer", "minimum": 1, "maximum": MAX_VCPUS},
+            "on_poweroff": {"type": "string", "enum": list(ON_POWEROFF)},
+            "on_reboot": {"type": "string", "enum": list(ON_REBOOT)},
+            "on_crash": {"type": "string", "enum": list(ON_CRASH)},
+            "serial": {"type": "string", "description": "stdio, none or file:PATH (pyhvd: the console log)"},
+            "debug_exit": {"type": "boolean"},
+            "balloon": {"type": "boolean"},
+            "rng": {"type": "boolean"},
+            "disks": {"type": "array", "maxItems": MAX_DISKS, "items": {
+                "type": "object", "additionalProperties": False, "required": ["path"],
+                "properties": {"path": {"type": "string"}, "readonly": {"type": "boolean"},
+                               "serial": {"type": "string", "maxLength": DISK_SERIAL_MAX},
+                               "cache": {"type": "string", "enum": list(DISK_CACHE)}}}},
+            "nics": {"type": "array", "maxItems": MAX_NICS, "items": {
+                "type": "object", "additionalProperties": False, "required": ["tap"],
+                "properties": {"tap": ifname, "mac": {"type": "string"}, "bridge": ifname}}},
+            "vsock": {"type": "object", "nullable": True, "additionalProperties": False, "required": ["uds"],
+                      "properties": {"cid": {"type": "integer", "minimum": VSOCK_CID_MIN, "maximum": VSOCK_CID_MAX},
+                                     "uds": {"type": "string", "maxLength": VSOCK_UDS_MAX}}},
+            "sched": {"type": "object", "additionalProperties": False, "properties": {
+                "weight": {"type": "integer", "minimum": 1, "maximum": SCHED_WEIGHT_MAX},
+                "warp_ms": {"type": "integer", "minimum": 0, "maximum": SCHED_WARP_MAX_MS},
+                "warp_limit_ms": ms,
+                "unwarp_ms": ms}},
+        },
+    }
+
+
+def describe(**plain: Any) -> Description:
+    """``describe(kernel="vmlinuz", memory="1G", vcpus=2)``: :func:`from_plain` with keywords
+    (the Python API's way to say what to build)."""
+    return from_plain(plain)

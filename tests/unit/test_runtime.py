@@ -1,0 +1,120 @@
+"""The VMM runtime: one lifecycle policy and one control protocol for every front end."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pyhv.errors import PyhvError
+from pyhv.model import Lifecycle, from_plain
+from pyhv.vcpu import Stop, StopKind
+from pyhv.vmm import control
+from pyhv.vmm.runtime import Action, Runtime, decide
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "kind,lifecycle,action",
+    [
+        (StopKind.RESET, Lifecycle(on_reboot="restart"), Action.RESTART),
+        (StopKind.RESET, Lifecycle(on_reboot="destroy"), Action.END),
+        (StopKind.POWEROFF, Lifecycle(on_poweroff="destroy"), Action.END),
+        (StopKind.POWEROFF, Lifecycle(on_poweroff="restart"), Action.RESTART),
+        (StopKind.DEBUG_EXIT, Lifecycle(on_poweroff="restart"), Action.END),
+        (StopKind.CRASH, Lifecycle(on_crash="destroy"), Action.END),
+        (StopKind.CRASH, Lifecycle(on_crash="restart"), Action.RESTART),
+        (StopKind.ERROR, Lifecycle(on_crash="preserve"), Action.PRESERVE),
+        (StopKind.REBOOT, Lifecycle(on_reboot="destroy"), Action.RESTART),
+        (StopKind.DESTROY, Lifecycle(on_poweroff="restart"), Action.END),
+        (StopKind.SAVED, Lifecycle(on_crash="restart"), Action.END),
+        (StopKind.MIGRATED, Lifecycle(), Action.END),
+    ],
+)
+def test_each_stop_under_each_policy_has_one_meaning(kind: StopKind, lifecycle: Lifecycle, action: Action) -> None:
+    assert decide(Stop(kind, 0, "words that are never compared"), lifecycle) is action
+
+
+class FakeMachine:
+    state = "running"
+
+    def __init__(self) -> None:
+        self.vcpus: list[Any] = []
+        self.balloon = SimpleNamespace(target_pages=0, actual_pages=0, set_target=None)
+        self.targets: list[int] = []
+        self.devices: dict[str, Any] = {}
+
+    def set_balloon_target(self, size: int) -> None:
+        self.targets.append(size)
+
+    def pause(self, timeout: float = 5.0) -> None:
+        self.state = "paused"
+
+    def resume(self) -> None:
+        self.state = "running"
+
+    def save(self, path: str, description: Any = None) -> Any:
+        raise PyhvError(f"cannot create {path}.tmp: No such file or directory")
+
+
+def runtime_with(machine: FakeMachine) -> Runtime:
+    runtime = Runtime(from_plain({"kernel": "/k", "memory": "256M", "maxmem": "512M", "balloon": True}), console=None)
+    runtime.machine, runtime.state = machine, "running"
+    return runtime
+
+
+def test_mem_set_asks_the_balloon_for_the_difference() -> None:
+    machine = FakeMachine()
+    runtime_with(machine).handle({"op": "mem-set", "bytes": 192 * MiB})
+    assert machine.targets == [64 * MiB]
+
+
+@pytest.mark.parametrize(
+    "request_,message",
+    [
+        ({"op": "frobnicate"}, "unknown operation 'frobnicate'"),
+        ({"op": ["x"]}, "unknown operation"),
+        ({"op": "mem-set", "bytes": "lots"}, "bytes must be an integer"),
+        ({"op": "mem-set", "bytes": 1 << 40}, "out of range"),
+        ({"op": "vcpu-pin", "vcpu": 0, "cpus": [True]}, "cpus must be"),
+        ({"op": "save", "path": "rel"}, "absolute"),
+        ({"op": "migrate", "host": "h", "port": 1, "key": "zz"}, "hex"),
+    ],
+)
+def test_bad_requests_are_refused_in_one_line(request_: dict[str, Any], message: str) -> None:
+    with pytest.raises(PyhvError) as e:
+        runtime_with(FakeMachine()).handle(request_)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_failed_save_leaves_the_domain_running_as_before() -> None:
+    machine = FakeMachine()
+    runtime = runtime_with(machine)
+    with pytest.raises(PyhvError, match="No such file"):
+        runtime.handle({"op": "save", "path": "/nonexistent/dir/snap", "then": "pause"})
+    assert (machine.state, runtime.state) == ("running", "running")
+
+
+def test_mem_max_changes_the_description_the_domain_travels_with() -> None:
+    runtime = runtime_with(FakeMachine())
+    runtime.handle({"op": "mem-max", "bytes": 1024 * MiB})
+    assert runtime.description.maxmem == 1024 * MiB
+
+
+def test_control_server_answers_one_json_line_per_connection(tmp_path: Path) -> None:
+    path = str(tmp_path / "control")
+    server = control.Server(path, lambda request: {"echo": request["op"]})
+    try:
+        reply = control.call(path, {"op": "info"})
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.sendall(b"not json\n")
+            garbled = json.loads(s.makefile().readline())
+    finally:
+        server.close()
+    assert reply == {"echo": "info"} and garbled == {"ok": False, "error": "request is not JSON"}
