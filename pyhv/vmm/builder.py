@@ -190,16 +190,15 @@ def _virtio_devices(
         balloon = Balloon(memory)
         wiring.add(VirtioPci(balloon, deliver))
     if config.vsock is not None:
+        from ..backends.vsock_uds import VsockUds
         from ..devices.virtio.vsock import Vsock
 
-        vsock = Vsock(memory, config.vsock.cid, config.vsock.uds)
-        vsock.watch = io.watch
         try:
-            vsock.listen()
+            host = VsockUds(config.vsock.uds, io)
         except OSError as e:
             raise UsageError(f"--vsock: cannot listen on {config.vsock.uds}: {e.strerror}") from None
-        backends.append(vsock)
-        wiring.add(VirtioPci(vsock, deliver))
+        backends.append(host)
+        wiring.add(VirtioPci(Vsock(memory, config.vsock.cid, host, io), deliver))
     return balloon
 
 

@@ -43,7 +43,7 @@ from pyhv.devices.virtio.vsock import Vsock
 from pyhv.errors import PyhvError
 from pyhv.vcpu import cpustate
 
-from .backend_fakes import FakeIo, ScriptedFrames
+from .backend_fakes import FakeIo, FakeVsockHost, ScriptedFrames
 from .virtio_fakes import FakeDriver, FakeGuestRam, bring_up_mmio
 
 EXAMPLES = int(os.environ.get("PYHV_FUZZ_EXAMPLES", "60"))
@@ -201,7 +201,7 @@ def _exercise_balloon(dev: Any, ram: FakeGuestRam) -> None:
 
 
 def _vsock(ram: FakeGuestRam) -> Any:
-    return Vsock(ram, 3, "/nonexistent/v.sock")
+    return Vsock(ram, 3, FakeVsockHost(), FakeIo())
 
 
 CASES: dict[str, tuple[Callable[[FakeGuestRam], Any], Callable[[Any, FakeGuestRam], None]]] = {
