@@ -1,1 +1,2 @@
-"""Host-side backends behind devices: consoles now; files, TAPs and sockets later."""
+"""Host-side backends behind devices: disk images, TAPs, vsock's unix sockets,
+consoles.  What a device may ask of one is in :mod:`.interfaces`."""

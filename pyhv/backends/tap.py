@@ -5,16 +5,19 @@ up) or takes an already-open file descriptor from the toolstack.  The header
 size is set to 12 (struct virtio_net_hdr_v1, with num_buffers) so frames move
 between the TAP and guest buffers without reformatting; offloads stay off
 (TUNSETOFFLOAD 0) unless the guest negotiates ones the TAP can do.
+
+:class:`Tap` is virtio-net's :class:`~.interfaces.FrameBackend`: one read or
+write on the TAP's fd moves one whole frame, header first.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from .._sys import tun
 from ..errors import PyhvError
-
-VNET_HDR_SIZE = 12
+from .interfaces import VNET_HDR_SIZE
 
 
 class Tap:
@@ -46,6 +49,15 @@ class Tap:
             if not bridges:
                 raise PyhvError(f"bridge {bridge}: no such interface")
             ip.link("set", index=taps[0], master=bridges[0])
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def recv_into(self, views: Sequence[memoryview]) -> int:
+        return os.readv(self.fd, views)
+
+    def send(self, views: Sequence[memoryview]) -> None:
+        os.writev(self.fd, views)
 
     def set_offload(self, flags: int) -> None:
         tun.set_offload(self.fd, flags)

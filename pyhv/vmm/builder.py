@@ -20,14 +20,14 @@ from ..memory import GuestMemory
 from ..model import Description, default_mac, parse_mac
 from ..vcpu import Stop, StopKind, VcpuThread
 
-if TYPE_CHECKING:
-    from ..devices.virtio.balloon import Balloon
-    from ..devices.virtio.net import Net
-    from ..devices.virtio.vsock import Vsock
 from .cpu import apply_entry_state, setup_cpuid, setup_msrs, supported_entries
 from .iothread import IoThread
 from .machine import Closeable, Machine
 from .pci import PciWiring
+
+if TYPE_CHECKING:
+    from ..devices.virtio.balloon import Balloon
+
 
 class RestoreSource(Protocol):
     """Where a restored machine comes from: a snapshot file or a migration stream."""
@@ -54,10 +54,11 @@ def build(
     machine then owns and closes; other NICs open their TAP by name."""
     owns_console = console is None
     console = console or open_console(config.serial)
-    vm = memory = machine = None
+    vm = memory = machine = io = None
     backends: list[Closeable] = []  # what the machine closes
     wiring = PciWiring()
     try:
+        io = IoThread()  # devices and backends register readiness with it as they are made
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
         memory = restore.take_memory() if restore is not None else GuestMemory(config.memory)
@@ -66,7 +67,7 @@ def build(
             assert vm is not None
             vm.signal_msi(address, data)
 
-        nets, balloon, vsock = _virtio_devices(config, memory, wiring, deliver, backends, taps or {})
+        balloon = _virtio_devices(config, memory, wiring, deliver, backends, io, taps or {})
         entry = None
         if restore is None:
             pci_devices, pci_tables = wiring.acpi()
@@ -90,15 +91,11 @@ def build(
         pio, mmio = PioBus(), MmioBus()
         progress = port80.ProgressCodes()
         machine = Machine(config, kvm, vm, memory, pio, mmio, console, progress, owns_console)
-        machine.io = IoThread()
+        machine.io = io
         machine.pci = wiring
         machine.backends = backends
         machine.balloon = balloon
-        wiring.attach(vm, pio, mmio, machine.io)
-        for net in nets:
-            net.watch_rx = _rx_watcher(machine.io, net)
-        if vsock is not None:
-            vsock.watch = machine.io.watch
+        wiring.attach(vm, pio, mmio, io)
         machine.devices.update({f"pci{wiring.root.slot_of(t)}": t.device for t in wiring.transports})
 
         com1 = uart.Uart(console.write, irq=lambda level: vm.irq_line(uart.COM1_IRQ, int(level)))
@@ -152,7 +149,7 @@ def build(
             machine.close()
         else:
             wiring.close()
-            for resource in (*backends, memory, vm, kvm, console if owns_console else None):
+            for resource in (io, *backends, memory, vm, kvm, console if owns_console else None):
                 if resource is not None:
                     resource.close()
         raise
@@ -175,16 +172,16 @@ def restore(path: str, serial: str | None = None, console: Console | None = None
 
 def _virtio_devices(
     config: Description, memory: GuestMemory, wiring: PciWiring, deliver: Any, backends: list[Closeable],
-    taps: Mapping[int, int],
-) -> tuple[list[Net], Balloon | None, Vsock | None]:
-    """Open the backends and put the configured virtio devices on PCI.
+    io: IoThread, taps: Mapping[int, int],
+) -> Balloon | None:
+    """Open the backends and put the configured virtio devices on PCI; return the balloon.
 
-    Each device's module is imported only when the machine has one: the
-    domain's start-up pays for what it uses.
+    Devices and backends that wait on file descriptors get ``io``.  Each
+    device's module is imported only when the machine has one: the domain's
+    start-up pays for what it uses.
     """
     from ..devices.virtio.pci import VirtioPci
 
-    nets: list[Net] = []
     if config.disks:
         from ..backends.block import RawDisk
         from ..devices.virtio.blk import Blk
@@ -202,9 +199,7 @@ def _virtio_devices(
             tap = Tap(net_config.tap, fd=fd, bridge=net_config.bridge if fd is None else "")
             backends.append(tap)
             mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
-            net = Net(memory, tap, mac)
-            nets.append(net)
-            wiring.add(VirtioPci(net, deliver))
+            wiring.add(VirtioPci(Net(memory, tap, mac, io), deliver))
     if config.rng:
         from ..devices.virtio.rng import Rng
 
@@ -215,28 +210,17 @@ def _virtio_devices(
 
         balloon = Balloon(memory)
         wiring.add(VirtioPci(balloon, deliver))
-    vsock = None
     if config.vsock is not None:
+        from ..backends.vsock_uds import VsockUds
         from ..devices.virtio.vsock import Vsock
 
-        vsock = Vsock(memory, config.vsock.cid, config.vsock.uds)
         try:
-            vsock.listen()
+            host = VsockUds(config.vsock.uds, io)
         except OSError as e:
-            raise UsageError(f"--vsock: cannot listen on {config.vsock.uds}: {e.strerror}") from None
-        backends.append(vsock)
-        wiring.add(VirtioPci(vsock, deliver))
-    return nets, balloon, vsock
-
-
-def _rx_watcher(io: IoThread, net: Net):  # type: ignore[no-untyped-def]
-    def watch(on: bool) -> None:
-        if on:
-            io.add_reader(net.tap.fd, net.tap_readable)
-        else:
-            io.remove(net.tap.fd)
-
-    return watch
+            raise UsageError(f"vsock.uds {config.vsock.uds}: cannot listen: {e.strerror}") from None
+        backends.append(host)
+        wiring.add(VirtioPci(Vsock(memory, config.vsock.cid, host, io), deliver))
+    return balloon
 
 
 def _acpi_devices() -> list[bytes]:

@@ -43,16 +43,12 @@ from pyhv.devices.virtio.vsock import Vsock
 from pyhv.errors import PyhvError
 from pyhv.vcpu import cpustate
 
+from .backend_fakes import FakeIo, FakeVsockHost, ScriptedFrames
 from .virtio_fakes import FakeDriver, FakeGuestRam, bring_up_mmio
 
 EXAMPLES = int(os.environ.get("PYHV_FUZZ_EXAMPLES", "60"))
 RAM = 1 << 20
 _IMAGE = Path(os.environ.get("TMPDIR", "/tmp")) / f"pyhv-state-{os.getpid()}.img"
-
-
-class FakeTap:
-    name = "fake0"
-    fd = -1
 
 
 def _image() -> str:
@@ -188,7 +184,7 @@ def _rng(ram: FakeGuestRam) -> Any:
 
 
 def _net(ram: FakeGuestRam) -> Any:
-    return Net(ram, FakeTap(), b"\x52\x54\x00\x12\x34\x56")  # type: ignore[arg-type]
+    return Net(ram, ScriptedFrames(), b"\x52\x54\x00\x12\x34\x56", FakeIo())
 
 
 def _balloon(ram: FakeGuestRam) -> Any:
@@ -205,7 +201,7 @@ def _exercise_balloon(dev: Any, ram: FakeGuestRam) -> None:
 
 
 def _vsock(ram: FakeGuestRam) -> Any:
-    return Vsock(ram, 3, "/nonexistent/v.sock")
+    return Vsock(ram, 3, FakeVsockHost(), FakeIo())
 
 
 CASES: dict[str, tuple[Callable[[FakeGuestRam], Any], Callable[[Any, FakeGuestRam], None]]] = {

@@ -1,107 +1,211 @@
-"""virtio-net through the MMIO transport with a datagram socket pair standing in
-for the TAP (same frame boundaries, same readv/writev), no /dev/kvm."""
+"""virtio-net through the MMIO transport with a scripted frame backend standing in
+for the TAP and a fake I/O thread, no /dev/kvm; and the TAP's frame calls on a
+datagram socket pair (same frame boundaries, same readv/writev)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
+from collections.abc import Iterator
 
 import pytest
 
-from pyhv.backends.tap import VNET_HDR_SIZE, Tap
+from pyhv.backends.interfaces import VNET_HDR_SIZE
+from pyhv.backends.tap import Tap
 from pyhv.devices.virtio import mmio as m
 from pyhv.devices.virtio.net import MAX_FRAME, RX, TX, Net
 from pyhv.errors import UsageError
 from pyhv.model import Nic, default_mac, nic_from_plain, options
 
+from .backend_fakes import FakeIo, ScriptedFrames
 from .test_virtio_devices import Line
 from .virtio_fakes import FakeDriver, FakeGuestRam, bring_up_mmio
 
 MAC = bytes.fromhex("525400123456")
 FRAME = bytes.fromhex("ffffffffffff525400123456" "0806") + bytes(46)
+HEADER = bytes(VNET_HDR_SIZE)
 
 
-class Pair:
+class Rig:
     def __init__(self) -> None:
-        self.guest_side, self.host_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.guest_side.setblocking(False)
+        self.ram = FakeGuestRam(1 << 20)
+        self.frames = ScriptedFrames()
+        self.io = FakeIo()
+        self.dev = Net(self.ram, self.frames, MAC, self.io)
+        self.transport = m.VirtioMmio(self.dev, Line())
+        self.rx = FakeDriver(self.ram, size=16, desc_addr=0x1000, avail_addr=0x2000, used_addr=0x3000, data_addr=0x10000)
+        self.tx = FakeDriver(self.ram, size=16, desc_addr=0x4000, avail_addr=0x5000, used_addr=0x6000, data_addr=0x40000)
+        bring_up_mmio(self.transport, [self.rx, self.tx])
+
+    def kick(self, queue: int) -> None:
+        self.transport.write(m.NOTIFY_OFFSET, 4, queue)
+
+    def rx_buffer(self, head: int, length: int) -> bytes:
+        addr, *_ = struct.unpack("<QIHH", self.ram.read(self.rx.desc_addr + 16 * head, 16))
+        return self.ram.read(addr, length)
 
 
 @pytest.fixture
-def pair() -> Pair:
-    p = Pair()
-    yield p
-    p.host_side.close()
+def rig() -> Rig:
+    return Rig()
 
 
-def _net(ram: FakeGuestRam, pair: Pair) -> tuple[Net, m.VirtioMmio, FakeDriver, FakeDriver]:
-    tap = Tap(name="test0", fd=os.dup(pair.guest_side.fileno()))
-    pair.guest_side.close()
-    dev = Net(ram, tap, MAC)
-    transport = m.VirtioMmio(dev, Line())
-    rx = FakeDriver(ram, size=16, desc_addr=0x1000, avail_addr=0x2000, used_addr=0x3000, data_addr=0x10000)
-    tx = FakeDriver(ram, size=16, desc_addr=0x4000, avail_addr=0x5000, used_addr=0x6000, data_addr=0x40000)
-    _bring_up_two(transport, rx, tx)
-    return dev, transport, rx, tx
+def test_transmitted_frame_reaches_the_backend_with_its_header(rig: Rig) -> None:
+    rig.tx.add_chain(readable=[HEADER, FRAME])
+    rig.kick(TX)
+    assert rig.frames.sent == [HEADER + FRAME] and rig.tx.used_idx() == 1
+    assert (rig.dev.tx_frames, rig.dev.tx_bytes) == (1, len(FRAME))
 
 
-def _bring_up_two(transport: m.VirtioMmio, rx: FakeDriver, tx: FakeDriver) -> None:
-    bring_up_mmio(transport, [rx, tx])
+def test_frame_with_offload_bits_is_dropped_and_the_device_keeps_going(rig: Rig) -> None:
+    rig.tx.add_chain(readable=[b"\x01" + bytes(VNET_HDR_SIZE - 1), FRAME])
+    rig.tx.add_chain(readable=[HEADER, FRAME])
+    rig.kick(TX)
+    assert rig.frames.sent == [HEADER + FRAME] and (rig.dev.tx_dropped, rig.dev.tx_frames) == (1, 1)
 
 
-def test_transmitted_frame_reaches_the_tap_with_its_header(pair: Pair) -> None:
-    ram = FakeGuestRam(1 << 20)
-    dev, transport, _, tx = _net(ram, pair)
-    tx.add_chain(readable=[bytes(VNET_HDR_SIZE), FRAME])
-    transport.write(m.NOTIFY_OFFSET, 4, TX)
-    assert pair.host_side.recv(4096) == bytes(VNET_HDR_SIZE) + FRAME and tx.used_idx() == 1
+def test_header_split_across_buffers_is_still_checked(rig: Rig) -> None:
+    rig.tx.add_chain(readable=[b"\x00\x01", bytes(VNET_HDR_SIZE - 2) + FRAME])
+    rig.kick(TX)
+    assert rig.frames.sent == [] and rig.dev.tx_dropped == 1
 
 
-def test_frame_with_offload_bits_is_dropped_and_the_device_keeps_going(pair: Pair) -> None:
-    ram = FakeGuestRam(1 << 20)
-    dev, transport, _, tx = _net(ram, pair)
-    tx.add_chain(readable=[b"\x01" + bytes(VNET_HDR_SIZE - 1), FRAME])
-    tx.add_chain(readable=[bytes(VNET_HDR_SIZE), FRAME])
-    transport.write(m.NOTIFY_OFFSET, 4, TX)
-    assert pair.host_side.recv(4096) == bytes(VNET_HDR_SIZE) + FRAME and (dev.tx_dropped, dev.tx_frames) == (1, 1)
+def test_oversized_frame_is_dropped(rig: Rig) -> None:
+    rig.tx.add_chain(readable=[HEADER, bytes(MAX_FRAME)])
+    rig.kick(TX)
+    assert (rig.dev.tx_dropped, rig.tx.used_idx(), rig.frames.sent) == (1, 1, [])
 
 
-def test_oversized_frame_is_dropped(pair: Pair) -> None:
-    ram = FakeGuestRam(1 << 20)
-    dev, transport, _, tx = _net(ram, pair)
-    tx.add_chain(readable=[bytes(VNET_HDR_SIZE), bytes(MAX_FRAME)])
-    transport.write(m.NOTIFY_OFFSET, 4, TX)
-    assert (dev.tx_dropped, tx.used_idx()) == (1, 1)
+def test_frame_no_longer_than_its_header_is_dropped(rig: Rig) -> None:
+    rig.tx.add_chain(readable=[HEADER])
+    rig.kick(TX)
+    assert (rig.dev.tx_dropped, rig.tx.used_idx(), rig.frames.sent) == (1, 1, [])
 
 
-def test_received_frame_lands_in_a_posted_buffer_with_num_buffers_1(pair: Pair) -> None:
-    ram = FakeGuestRam(1 << 20)
-    dev, transport, rx, _ = _net(ram, pair)
-    head = rx.add_chain(writable=[2048])
-    transport.write(m.NOTIFY_OFFSET, 4, RX)
-    pair.host_side.send(bytes(VNET_HDR_SIZE) + FRAME)
-    dev.tap_readable()
-    addr, *_ = struct.unpack("<QIHH", ram.read(rx.desc_addr + 16 * head, 16))
-    got = ram.read(addr, VNET_HDR_SIZE + len(FRAME))
-    assert rx.used_elem(0) == (head, VNET_HDR_SIZE + len(FRAME)) and got[10:12] == b"\x01\x00" and got[12:] == FRAME
+@pytest.mark.parametrize("error", [BlockingIOError(), OSError(errno.EIO, "I/O error")])
+def test_backend_refusing_a_frame_drops_it_and_completes_the_request(rig: Rig, error: OSError) -> None:
+    rig.frames.send_error = error
+    rig.tx.add_chain(readable=[HEADER, FRAME])
+    rig.kick(TX)
+    assert (rig.dev.tx_dropped, rig.dev.tx_frames, rig.tx.used_idx()) == (1, 0, 1)
+    assert not rig.dev.status & 0x40
 
 
-def test_receive_without_posted_buffers_leaves_the_frame_in_the_tap(pair: Pair) -> None:
-    ram = FakeGuestRam(1 << 20)
-    dev, transport, rx, _ = _net(ram, pair)
-    pair.host_side.send(bytes(VNET_HDR_SIZE) + FRAME)
-    dev.tap_readable()
-    head = rx.add_chain(writable=[2048])
-    transport.write(m.NOTIFY_OFFSET, 4, RX)
-    assert rx.used_idx() == 1 and rx.used_elem(0)[0] == head
+def test_received_frame_lands_in_a_posted_buffer_with_num_buffers_1(rig: Rig) -> None:
+    head = rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.frames.incoming.append(HEADER + FRAME)
+    rig.dev.backend_readable()
+    got = rig.rx_buffer(head, VNET_HDR_SIZE + len(FRAME))
+    assert rig.rx.used_elem(0) == (head, VNET_HDR_SIZE + len(FRAME)) and got[10:12] == b"\x01\x00" and got[12:] == FRAME
+    assert (rig.dev.rx_frames, rig.dev.rx_bytes) == (1, len(FRAME))
 
 
-def test_config_space_holds_the_mac_and_link_up(pair: Pair) -> None:
-    ram = FakeGuestRam(1 << 20)
-    _, transport, _, _ = _net(ram, pair)
-    mac = bytes(transport.read(m.CONFIG + i, 1) for i in range(6))
-    assert mac == MAC and transport.read(m.CONFIG + 6, 2) == 1
+def test_received_frame_gets_num_buffers_when_the_header_spans_buffers(rig: Rig) -> None:
+    head = rig.rx.add_chain(writable=[8, 2048])
+    rig.kick(RX)
+    rig.frames.incoming.append(HEADER + FRAME)
+    rig.dev.backend_readable()
+    addr, *_ = struct.unpack("<QIHH", rig.ram.read(rig.rx.desc_addr + 16 * (head + 1), 16))
+    assert rig.rx.used_elem(0) == (head, VNET_HDR_SIZE + len(FRAME)) and rig.ram.read(addr, 4) == b"\x00\x00\x01\x00"
+
+
+def test_receive_without_posted_buffers_leaves_the_frame_in_the_backend(rig: Rig) -> None:
+    rig.frames.incoming.append(HEADER + FRAME)
+    rig.dev.backend_readable()
+    head = rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    assert rig.rx.used_idx() == 1 and rig.rx.used_elem(0)[0] == head and not rig.frames.incoming
+
+
+@pytest.mark.parametrize("frame", [b"\x00" * (VNET_HDR_SIZE - 1), OSError(errno.EIO, "I/O error")])
+def test_short_or_failed_receive_uses_the_buffer_empty_and_counts_a_drop(rig: Rig, frame: bytes | OSError) -> None:
+    head = rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.frames.incoming.append(frame)
+    rig.dev.backend_readable()
+    assert rig.rx.used_elem(0) == (head, 0) and (rig.dev.rx_dropped, rig.dev.rx_frames) == (1, 0)
+
+
+def test_backend_is_watched_while_receive_buffers_are_posted(rig: Rig) -> None:
+    rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    watched = rig.frames.fd in rig.io.readers
+    rig.frames.incoming.append(HEADER + FRAME)
+    rig.io.run(rounds=1)
+    assert watched and rig.rx.used_idx() == 1 and rig.frames.fd not in rig.io.readers
+
+
+def test_kick_after_buffers_ran_out_watches_the_backend_again(rig: Rig) -> None:
+    rig.frames.incoming.append(HEADER + FRAME)
+    rig.dev.backend_readable()
+    unwatched = rig.frames.fd not in rig.io.readers
+    rig.rx.add_chain(writable=[2048])
+    rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    assert unwatched and rig.frames.fd in rig.io.readers
+
+
+def test_device_reset_stops_watching_the_backend(rig: Rig) -> None:
+    rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.transport.write(m.STATUS, 4, 0)
+    assert rig.frames.fd not in rig.io.readers
+
+
+def test_backend_readable_after_a_device_failure_reads_nothing(rig: Rig) -> None:
+    rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.dev.fail("test")
+    rig.frames.incoming.append(HEADER + FRAME)
+    rig.dev.backend_readable()
+    assert rig.frames.incoming and rig.rx.used_idx() == 0
+
+
+def test_config_space_holds_the_mac_and_link_up(rig: Rig) -> None:
+    mac = bytes(rig.transport.read(m.CONFIG + i, 1) for i in range(6))
+    assert mac == MAC and rig.transport.read(m.CONFIG + 6, 2) == 1
+
+
+def test_device_is_named_after_its_backend(rig: Rig) -> None:
+    assert rig.dev.name == "virtio-net(fake0)"
+
+
+# --- the TAP's frame calls -----------------------------------------------------------
+
+
+@pytest.fixture
+def tap_pair() -> Iterator[tuple[Tap, socket.socket]]:
+    guest_side, host_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    guest_side.setblocking(False)
+    tap = Tap(name="test0", fd=os.dup(guest_side.fileno()))
+    guest_side.close()
+    yield tap, host_side
+    tap.close()
+    host_side.close()
+
+
+def test_tap_sends_one_frame_gathered_from_its_views(tap_pair: tuple[Tap, socket.socket]) -> None:
+    tap, host = tap_pair
+    tap.send([memoryview(HEADER), memoryview(FRAME)])
+    assert host.recv(4096) == HEADER + FRAME
+
+
+def test_tap_receives_one_frame_scattered_into_its_views(tap_pair: tuple[Tap, socket.socket]) -> None:
+    tap, host = tap_pair
+    host.send(HEADER + FRAME)
+    host.send(b"next frame")
+    first, rest = bytearray(VNET_HDR_SIZE), bytearray(2048)
+    n = tap.recv_into([memoryview(first), memoryview(rest)])
+    assert n == VNET_HDR_SIZE + len(FRAME) and bytes(first) == HEADER and rest[: len(FRAME)] == FRAME
+
+
+def test_tap_with_no_frame_waiting_raises_blocking_io_error(tap_pair: tuple[Tap, socket.socket]) -> None:
+    tap, _ = tap_pair
+    with pytest.raises(BlockingIOError):
+        tap.recv_into([memoryview(bytearray(2048))])
 
 
 def test_net_spec_parses_and_default_mac_is_stable() -> None:

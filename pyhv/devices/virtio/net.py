@@ -1,9 +1,11 @@
-"""virtio-net (virtio 1.2, 5.1) on a TAP device: one receive and one transmit queue.
+"""virtio-net (virtio 1.2, 5.1): one receive and one transmit queue over a frame backend.
 
 Frames keep the 12-byte ``struct virtio_net_hdr_v1`` in front on both sides,
-so the TAP (opened with IFF_VNET_HDR and header size 12) and the guest's
-buffers exchange bytes without copying through Python objects: transmit is
-one ``writev`` from guest memory, receive one ``readv`` into it.
+so the backend (a TAP opened with IFF_VNET_HDR and header size 12,
+``backends/tap.py``) and the guest's buffers exchange bytes without copying
+through Python objects: transmit is one gathered send from views of guest
+memory, receive one scattered read into them
+(:class:`~pyhv.backends.interfaces.FrameBackend`).
 
 pyhv offers no checksum or segmentation offloads (the TAP is told so with
 TUNSETOFFLOAD 0), so a transmit header must be all zeroes apart from
@@ -11,20 +13,18 @@ num_buffers: anything else is a malformed frame and is dropped, counted, and
 reported once.  Frames longer than :data:`MAX_FRAME` are dropped the same way.
 The guest never takes the device or the VMM down with a frame.
 
-Receive is driven by the TAP: while the guest has posted receive buffers the
-I/O thread watches the TAP; when they run out it stops watching until the
-guest kicks the receive queue.
+Receive is driven by the backend: while the guest has posted receive buffers
+the I/O thread watches the backend's fd; when they run out it stops watching
+until the guest kicks the receive queue.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from ...backends.tap import VNET_HDR_SIZE, Tap
+from ...backends.interfaces import VNET_HDR_SIZE, FrameBackend, Readiness
 from .device import STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, VirtioDevice, buffer_views
 from .queue import DescriptorChain, SplitQueue
 
@@ -46,15 +46,14 @@ class Net(VirtioDevice):
     device_id = DEVICE_ID
     name = "virtio-net"
 
-    def __init__(self, mem: Any, tap: Tap, mac: bytes) -> None:
+    def __init__(self, mem: Any, backend: FrameBackend, mac: bytes, io: Readiness) -> None:
         super().__init__(mem, num_queues=2)
         if len(mac) != 6:
             raise ValueError("MAC address must be 6 bytes")
-        self.tap = tap
+        self.backend = backend
+        self.io = io
         self.mac = mac
-        self.name = f"virtio-net({tap.name})"
-        #: set by the builder: start/stop watching the TAP for received frames
-        self.watch_rx: Callable[[bool], None] = lambda on: None
+        self.name = f"virtio-net({backend.name})"
         self._watching = False
         self.rx_frames = self.tx_frames = self.rx_bytes = self.tx_bytes = 0
         self.tx_dropped = self.rx_dropped = 0
@@ -74,24 +73,25 @@ class Net(VirtioDevice):
         self._set_watch(False)
 
     def _set_watch(self, on: bool) -> None:
+        """Watch the backend for received frames, or stop."""
         if on != self._watching:
             self._watching = on
-            self.watch_rx(on)
+            self.io.watch(self.backend.fileno(), self.backend_readable if on else None, None)
 
     def _device_process(self, index: int, queue: SplitQueue) -> bool:
         if index == TX:
             return self._transmit(queue)
-        # the guest posted receive buffers: frames waiting in the TAP can come in
+        # the guest posted receive buffers: frames waiting in the backend can come in
         self._set_watch(True)
         return self._receive(queue)
 
-    # --- guest -> TAP ------------------------------------------------------------
+    # --- guest -> backend ----------------------------------------------------------
 
     def _transmit(self, queue: SplitQueue) -> bool:
         return self._drain(queue, self._send_frame)
 
     def _send_frame(self, chain: DescriptorChain) -> int:
-        """Write one guest frame to the TAP, or drop it; nothing is written back."""
+        """Send one guest frame to the backend, or drop it; nothing is written back."""
         length = chain.readable_len()
         if not VNET_HDR_SIZE < length <= MAX_FRAME:
             self._drop_tx(f"frame of {length} bytes")
@@ -105,12 +105,12 @@ class Net(VirtioDevice):
             self._drop_tx("offload header fields set but no offload was negotiated")
             return 0
         try:
-            os.writev(self.tap.fd, buffer_views(self.mem, chain.readable, 0, length))
+            self.backend.send(buffer_views(self.mem, chain.readable, 0, length))
         except BlockingIOError:
-            self.tx_dropped += 1  # the TAP's queue is full: the network drops, as a wire would
+            self.tx_dropped += 1  # the backend's queue is full: the network drops, as a wire would
             return 0
         except OSError as e:
-            self._drop_tx(f"TAP write failed: {e.strerror}")
+            self._drop_tx(f"{self.backend.name} write failed: {e.strerror}")
             return 0
         self.tx_frames += 1
         self.tx_bytes += length - VNET_HDR_SIZE
@@ -122,10 +122,10 @@ class Net(VirtioDevice):
             self._warned = True
             print(f"pyhv: {self.name}: dropped a transmitted frame: {why}", file=sys.stderr)
 
-    # --- TAP -> guest --------------------------------------------------------------
+    # --- backend -> guest ----------------------------------------------------------
 
-    def tap_readable(self) -> None:
-        """The I/O thread saw the TAP readable: move frames into posted buffers."""
+    def backend_readable(self) -> None:
+        """The I/O thread saw the backend readable: move frames into posted buffers."""
         with self.lock:
             if not self.status & STATUS_DRIVER_OK or self.status & STATUS_DEVICE_NEEDS_RESET:
                 return
@@ -150,7 +150,7 @@ class Net(VirtioDevice):
             room = chain.writable_len()
             views = buffer_views(self.mem, chain.writable, 0, room)
             try:
-                n = os.readv(self.tap.fd, views)
+                n = self.backend.recv_into(views)
             except BlockingIOError:
                 queue.unpop()
                 return used

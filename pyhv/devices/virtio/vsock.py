@@ -1,19 +1,19 @@
-"""virtio-vsock (virtio 1.2, 5.10) with the host side on unix sockets.
+"""virtio-vsock (virtio 1.2, 5.10): the protocol, with the host end behind a backend.
 
-The host side follows Firecracker's convention, so tools written for it work:
-
-* a host program connects to the VM's unix socket ``uds`` and writes
-  ``CONNECT <port>\\n``; once the guest accepts, it reads ``OK <host port>\\n``
-  and the socket carries the stream;
-* a guest connecting to the host (CID 2) port P reaches the unix socket
-  ``<uds>_<P>``; if nothing listens there the guest gets a reset.
+The device speaks to the guest; host programs are reached through a
+:class:`~pyhv.backends.interfaces.VsockHost` (``backends/vsock_uds.py``: unix
+sockets in Firecracker's convention), which hands over connections a host
+program opened for a guest port and opens connections the guest asks for.  The
+device sees each as a non-blocking :class:`~pyhv.backends.interfaces.HostStream`
+and watches it through the I/O thread's
+:class:`~pyhv.backends.interfaces.Readiness`.
 
 Streams use the spec's credit-based flow control (5.10.6.3): each side tells
 the other how much buffer it has (``buf_alloc``) and how much it has consumed
 (``fwd_cnt``); a sender never has more than ``buf_alloc - (tx_cnt - fwd_cnt)``
-bytes in flight.  pyhv reads a host socket only while the guest has credit,
-and counts bytes toward its own ``fwd_cnt`` only once they are written to the
-host socket.  A peer that vanishes is a reset (RST) to the other side.
+bytes in flight.  pyhv reads a host stream only while the guest has credit,
+and counts bytes toward its own ``fwd_cnt`` only once the host stream took
+them.  A peer that vanishes is a reset (RST) to the other side.
 
 Everything runs on the I/O thread.  Packets for the guest wait in a queue until
 it posts receive buffers.  Malformed packets from the guest (bad type, lengths
@@ -23,15 +23,13 @@ reset and never take the device down.
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
 import struct
 import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ...backends.interfaces import HostStream, Readiness, VsockHost
 from .device import STATUS_DRIVER_OK, VirtioDevice
 from .queue import DescriptorChain, SplitQueue
 
@@ -52,29 +50,25 @@ MAX_PAYLOAD = 64 * 1024
 #: control packets (no payload) waiting for receive buffers, at most: a guest that
 #: transmits but never posts receive buffers must not grow the host's queue for ever
 MAX_PENDING_CONTROL = 1024
-CONNECT_LINE_MAX = 64
 FIRST_HOST_PORT = 1 << 30
-
-Watch = Callable[[int, Callable[[], None] | None, Callable[[], None] | None], None]
 
 
 class Connection:
-    def __init__(self, sock: socket.socket, host_port: int, guest_port: int) -> None:
-        self.sock = sock
+    def __init__(self, stream: HostStream, host_port: int, guest_port: int) -> None:
+        self.stream = stream
         self.host_port = host_port
         self.guest_port = guest_port
         self.established = False
-        self.from_host = True  # who asked for it
         self.peer_buf_alloc = 0
         self.peer_fwd_cnt = 0
         self.tx_cnt = 0  # bytes sent to the guest
         self.rx_cnt = 0  # bytes received from the guest
-        self.fwd_cnt = 0  # bytes of those written to the host socket
+        self.fwd_cnt = 0  # bytes of those the host stream took
         self.last_credit_sent = 0
-        self.to_host = bytearray()  # received from the guest, not yet written to the socket
-        self.early = b""  # sent by the host after its CONNECT line, before the guest accepted
+        self.to_host = bytearray()  # received from the guest, not yet taken by the host stream
+        self.early = b""  # sent by the host after asking to connect, before the guest accepted
         self.closing = False
-        self.stalled = False  # not reading the host socket: the guest has no credit left
+        self.stalled = False  # not reading the host stream: the guest has no credit left
 
     def guest_credit(self) -> int:
         return self.peer_buf_alloc - (self.tx_cnt - self.peer_fwd_cnt)
@@ -84,19 +78,16 @@ class Vsock(VirtioDevice):
     device_id = DEVICE_ID
     name = "virtio-vsock"
 
-    def __init__(self, mem: Any, guest_cid: int, uds: str) -> None:
+    def __init__(self, mem: Any, guest_cid: int, host: VsockHost, io: Readiness) -> None:
         super().__init__(mem, num_queues=3)
         if not 3 <= guest_cid < 0xFFFF_FFFF:
             raise ValueError(f"guest CID {guest_cid} is reserved or out of range")
         self.guest_cid = guest_cid
-        self.uds = uds
-        #: set by the builder: (fd, on_read, on_write) -> watch on the I/O thread
-        self.watch: Watch = lambda fd, r, w: None
+        self.host = host
+        self.io = io
         self.conns: dict[tuple[int, int], Connection] = {}  # (host port, guest port)
         self.pending: deque[tuple[bytes, bytes]] = deque()  # packets for the guest
         self._next_port = FIRST_HOST_PORT
-        self._unaccepted: dict[int, tuple[socket.socket, bytearray]] = {}
-        self.listener: socket.socket | None = None
         self.bad_packets = 0
         self.dropped_control = 0  # control packets dropped: the guest did not take its replies
         self.transport_reset_pending = False  # restored: the guest must hear its connections are gone
@@ -107,68 +98,17 @@ class Vsock(VirtioDevice):
     def config_bytes(self) -> bytes:
         return struct.pack("<Q", self.guest_cid)
 
-    # --- the host listener ------------------------------------------------------
+    # --- connections the host opens ------------------------------------------------
 
-    def listen(self) -> None:
-        """Bind the host-side unix socket (the builder calls this before start)."""
-        try:
-            os.unlink(self.uds)
-        except FileNotFoundError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(self.uds)
-        s.listen(64)
-        s.setblocking(False)
-        self.listener = s
-
-    def start_watching(self) -> None:
-        if self.listener is not None:
-            self.watch(self.listener.fileno(), self._accept, None)
-
-    def _accept(self) -> None:
-        assert self.listener is not None
-        try:
-            sock, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        sock.setblocking(False)
-        self._unaccepted[sock.fileno()] = (sock, bytearray())
-        fd = sock.fileno()
-        self.watch(fd, lambda: self._read_connect(fd), None)
-
-    def _read_connect(self, fd: int) -> None:
-        sock, line = self._unaccepted[fd]
-        try:
-            data = sock.recv(CONNECT_LINE_MAX - len(line))
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        line += data
-        if not data or (b"\n" not in line and len(line) >= CONNECT_LINE_MAX):
-            self._drop_unaccepted(fd)
-            return
-        if b"\n" not in line:
-            return
-        head, _, rest = bytes(line).partition(b"\n")
-        words = head.split()
-        if len(words) != 2 or words[0] != b"CONNECT" or not words[1].isdigit() or int(words[1]) > 0xFFFF_FFFF:
-            self._drop_unaccepted(fd)
-            return
-        del self._unaccepted[fd]
+    def _host_connect(self, stream: HostStream, guest_port: int, early: bytes) -> None:
+        """A host program asked for ``guest_port``: ask the guest (OP_REQUEST)."""
         with self.lock:
             host_port = self._allocate_port()
-            conn = Connection(sock, host_port, int(words[1]))
-            conn.early = rest
-            self.conns[(host_port, conn.guest_port)] = conn
-            self.watch(fd, None, None)
+            conn = Connection(stream, host_port, guest_port)
+            conn.early = early
+            self.conns[(host_port, guest_port)] = conn
             self._send(conn, OP_REQUEST)
             self._flush_rx()
-
-    def _drop_unaccepted(self, fd: int) -> None:
-        sock, _ = self._unaccepted.pop(fd)
-        self.watch(fd, None, None)
-        sock.close()
 
     def _allocate_port(self) -> int:
         while True:
@@ -236,12 +176,10 @@ class Vsock(VirtioDevice):
         if signal:
             self.interrupt(RX)
 
-    # --- the queues -------------------------------------------------------------------
-
     # --- state ----------------------------------------------------------------------
 
     def _device_state(self) -> Any:
-        # Host connections are sockets of this process: they do not survive a
+        # Host connections are streams of this process: they do not survive a
         # restore, and the restored device tells the guest so (after_restore).
         # The guest CID is part of the state so a mismatch is caught.
         return {"guest_cid": self.guest_cid}
@@ -276,8 +214,10 @@ class Vsock(VirtioDevice):
         if signal:
             self.interrupt(EVENT)
 
+    # --- the queues -------------------------------------------------------------------
+
     def _device_activate(self) -> None:
-        self.start_watching()
+        self.host.start_accepting(self._host_connect)
 
     def _device_reset(self) -> None:
         for conn in list(self.conns.values()):
@@ -328,11 +268,15 @@ class Vsock(VirtioDevice):
                 self._send_rst(dst_port, src_port)
         elif op == OP_RESPONSE and not conn.established:
             conn.established = True
-            self._write_host(conn, f"OK {conn.host_port}\n".encode())
+            try:
+                conn.stream.confirm(conn.host_port)
+            except OSError:
+                self._close(conn, tell_guest=True)
+                return
             if conn.early:
                 self._forward_to_guest(conn, conn.early)
                 conn.early = b""
-            self.watch(conn.sock.fileno(), self._reader(conn), None)
+            self.io.watch(conn.stream.fileno(), self._reader(conn), None)
         elif op == OP_RW and conn.established:
             if conn.rx_cnt + len(payload) - conn.fwd_cnt > BUF_ALLOC:
                 self._bad("guest sent past its credit")
@@ -349,10 +293,7 @@ class Vsock(VirtioDevice):
             if flags & SHUTDOWN_SEND and flags & SHUTDOWN_RCV:
                 self._close(conn, tell_guest=True)
             elif flags & SHUTDOWN_SEND:
-                try:
-                    conn.sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+                conn.stream.shutdown_write()
         elif op == OP_RST:
             self._close(conn, tell_guest=False)
 
@@ -368,24 +309,19 @@ class Vsock(VirtioDevice):
         old = self.conns.get((host_port, guest_port))
         if old is not None:  # the guest reused a pair of ports: the old connection ends
             self._close(old, tell_guest=False)
-        path = f"{self.uds}_{host_port}"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(path)
+            stream = self.host.connect(host_port)
         except OSError:
-            sock.close()
             self._send_rst(host_port, guest_port)
             return
-        sock.setblocking(False)
-        conn = Connection(sock, host_port, guest_port)
-        conn.from_host = False
+        conn = Connection(stream, host_port, guest_port)
         conn.established = True
         conn.peer_buf_alloc, conn.peer_fwd_cnt = buf_alloc, fwd_cnt
         self.conns[(host_port, guest_port)] = conn
         self._send(conn, OP_RESPONSE)
-        self.watch(sock.fileno(), self._reader(conn), None)
+        self.io.watch(stream.fileno(), self._reader(conn), None)
 
-    # --- host socket <-> guest --------------------------------------------------------
+    # --- host stream <-> guest --------------------------------------------------------
 
     def _host_readable(self, conn: Connection) -> None:
         with self.lock:
@@ -395,19 +331,17 @@ class Vsock(VirtioDevice):
             if credit <= 0:
                 # the guest's buffer is full: stop reading and ask it to say when it has room
                 conn.stalled = True
-                self.watch(conn.sock.fileno(), None, self._writer(conn) if conn.to_host else None)
+                self.io.watch(conn.stream.fileno(), None, self._writer(conn) if conn.to_host else None)
                 self._send(conn, OP_CREDIT_REQUEST)
                 self._flush_rx()
                 return
             try:
-                data = conn.sock.recv(min(credit, MAX_PAYLOAD))
+                data = conn.stream.recv(min(credit, MAX_PAYLOAD))
             except BlockingIOError:
                 return
-            except OSError:
-                data = b""
             if not data:
                 self._send(conn, OP_SHUTDOWN, flags=SHUTDOWN_RCV | SHUTDOWN_SEND)
-                self.watch(conn.sock.fileno(), None, None)
+                self.io.watch(conn.stream.fileno(), None, None)
                 conn.closing = True
             else:
                 self._forward_to_guest(conn, data)
@@ -420,27 +354,21 @@ class Vsock(VirtioDevice):
     def _resume_host_reads(self, conn: Connection) -> None:
         if conn.established and not conn.closing and conn.guest_credit() > 0:
             conn.stalled = False
-            self.watch(conn.sock.fileno(), self._reader(conn), self._writer(conn) if conn.to_host else None)
-
-    def _write_host(self, conn: Connection, data: bytes) -> None:
-        try:
-            conn.sock.sendall(data)
-        except OSError:
-            self._close(conn, tell_guest=True)
+            self.io.watch(conn.stream.fileno(), self._reader(conn), self._writer(conn) if conn.to_host else None)
 
     def _drain_to_host(self, conn: Connection) -> None:
         while conn.to_host:
             try:
-                n = conn.sock.send(conn.to_host)
+                n = conn.stream.send(conn.to_host)
             except BlockingIOError:
                 reader = self._reader(conn) if not conn.closing else None
-                self.watch(conn.sock.fileno(), reader, self._writer(conn))
+                self.io.watch(conn.stream.fileno(), reader, self._writer(conn))
                 return
-            except OSError as e:
-                if e.errno != errno.EINTR:
-                    self._close(conn, tell_guest=True)
-                    return
+            except InterruptedError:
                 continue
+            except OSError:
+                self._close(conn, tell_guest=True)
+                return
             del conn.to_host[:n]
             conn.fwd_cnt += n
         if conn.fwd_cnt - conn.last_credit_sent >= BUF_ALLOC // 4:
@@ -455,27 +383,14 @@ class Vsock(VirtioDevice):
                 self._drain_to_host(conn)
                 if not conn.to_host and (conn.host_port, conn.guest_port) in self.conns:
                     reader = self._reader(conn) if not conn.closing else None
-                    self.watch(conn.sock.fileno(), reader, None)
+                    self.io.watch(conn.stream.fileno(), reader, None)
                 self._flush_rx()
 
         return writable
 
     def _close(self, conn: Connection, tell_guest: bool) -> None:
         self.conns.pop((conn.host_port, conn.guest_port), None)
-        self.watch(conn.sock.fileno(), None, None)
-        conn.sock.close()
+        self.io.watch(conn.stream.fileno(), None, None)
+        conn.stream.close()
         if tell_guest:
             self._send_rst(conn.host_port, conn.guest_port)
-
-    def close(self) -> None:
-        for conn in list(self.conns.values()):
-            self._close(conn, tell_guest=False)
-        for fd in list(self._unaccepted):
-            self._drop_unaccepted(fd)
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
-            try:
-                os.unlink(self.uds)
-            except OSError:
-                pass
