@@ -312,7 +312,7 @@ def _run_machine(
         for machine in current:
             assert save_to is not None
             try:
-                info = machine.save(save_to)
+                info = machine.save(save_to, force=True)  # its own earlier snapshot
             except PyhvError as e:
                 print(f"pyhv: snapshot not saved: {e}", file=sys.stderr, flush=True)
                 continue

@@ -3,8 +3,9 @@
 Routes are listed once, in :data:`ROUTES`; the OpenAPI document
 (:mod:`pyhv.toolstack.openapi`, served at ``/openapi.json``) describes the same
 table.  ``DOM`` is a domain's id or name.  Every error is a JSON object
-``{"error": "one line"}`` with 400 (bad request: nothing changed), 404 (no such
-domain or route), 409 (refused in the domain's state), 501 (not supported
+``{"error": "one line"}`` with 400 (bad request: nothing changed), 403 (a
+snapshot path outside pyhvd's snapshot directory), 404 (no such domain or
+route), 409 (refused in the domain's state), 501 (not supported
 yet), 504 (the domain did not answer in time) or 500.
 """
 
@@ -32,8 +33,13 @@ LIST_TIMEOUT = 2.0
 class Api:
     """The operations behind the routes; each returns (status, body)."""
 
-    def __init__(self, registry: Registry, scheduler: Scheduler | None = None, migration_key: bytes = b"") -> None:
+    def __init__(
+        self, registry: Registry, scheduler: Scheduler | None = None, migration_key: bytes = b"",
+        snapshot_dir: str | None = None,
+    ) -> None:
         self.registry = registry
+        #: save and restore paths must resolve to a file under this directory ("/": anywhere)
+        self.snapshot_dir = os.path.realpath(snapshot_dir or os.path.join(registry.state_dir, "snapshots"))
         self.migration_key = migration_key
         self.scheduler = scheduler or Scheduler(registry, None, lambda message: None)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fanout")
@@ -145,21 +151,34 @@ class Api:
 
     # --- save, restore, migrate ------------------------------------------------------------
 
-    def save_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
-        _fields(body, required={"path"}, optional={"then"})
-        path, then = body["path"], body.get("then", "destroy")
-        if not isinstance(path, str) or not os.path.isabs(path):
+    def _snapshot_path(self, path: Any) -> str:
+        """``path`` resolved (symbolic links and ``..``), refused unless it lies in
+        the snapshot directory: pyhvd runs as root and must not write or read
+        files for a caller where the caller could not."""
+        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
             raise Refused("path: must be an absolute file name", 400)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self.snapshot_dir]) != self.snapshot_dir:
+            raise Refused(f"path: {path} is outside the snapshot directory {self.snapshot_dir} "
+                          "(pyhvd --snapshot-dir)", 403)
+        return real
+
+    def save_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"path"}, optional={"then", "force"})
+        then, force = body.get("then", "destroy"), body.get("force", False)
         if then not in ("destroy", "continue", "pause"):
             raise Refused("then: must be destroy, continue or pause", 400)
-        return 200, record.call("save", timeout=600, path=path, then=then)
+        if not isinstance(force, bool):
+            raise Refused("force: must be true or false", 400)
+        path = self._snapshot_path(body["path"])
+        return 200, record.call("save", timeout=600, path=path, then=then, force=force)
 
     def restore_domain(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         _fields(body, required={"path"}, optional={"paused", "name"})
         path, paused, name = body["path"], body.get("paused", False), body.get("name", "")
         if not isinstance(path, str) or not isinstance(paused, bool) or not isinstance(name, str):
             raise Refused("path and name must be strings, paused true or false", 400)
-        record = self.registry.restore(path, paused, name)
+        record = self.registry.restore(self._snapshot_path(path), paused, name)
         return 201, {"id": record.id, "name": record.name, "pid": record.pid}
 
     def migrate_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:

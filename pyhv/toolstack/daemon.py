@@ -1,7 +1,7 @@
 """``pyhvd``: the control domain.
 
     pyhvd [--run-dir /run/pyhv] [--state-dir /var/lib/pyhv] [--socket PATH] [--cpu-pool CPUS]
-          [--migration-key FILE] [--migration-listen HOST:PORT]
+          [--migration-key FILE] [--migration-listen HOST:PORT] [--snapshot-dir DIR]
 
 Listens on ``RUN_DIR/pyhvd.sock`` (0600) for the REST API (:mod:`.api`),
 re-attaches to the domains a previous pyhvd left running, and runs until
@@ -11,7 +11,10 @@ domain's vCPUs on those host CPUs (docs/SCHEDULING.md); stopping pyhvd hands
 them back to the host's scheduler.  ``--migration-key FILE`` (16 bytes or
 more, the same on both hosts) lets domains migrate out, and with
 ``--migration-listen HOST:PORT`` in: each authenticated stream becomes a new
-domain process.
+domain process.  The API saves snapshots to and restores them from files in
+``--snapshot-dir`` only (default ``STATE_DIR/snapshots``, created 0700); a
+path that resolves elsewhere is refused with 403.  ``--snapshot-dir /`` lifts
+the restriction.
 
 Threads: the main thread serves the socket (one thread per connection, from
 socketserver); the registry's monitor thread watches the domain processes.
@@ -48,6 +51,7 @@ def _parse(argv: list[str]) -> dict[str, str]:
         "--cpu-pool": os.environ.get("PYHV_CPU_POOL", ""),
         "--migration-key": "",
         "--migration-listen": "",
+        "--snapshot-dir": "",
     }
     args = list(argv)
     while args:
@@ -63,6 +67,9 @@ def _parse(argv: list[str]) -> dict[str, str]:
             value = args.pop(0)
         opts[name] = value
     opts["--socket"] = opts["--socket"] or os.path.join(opts["--run-dir"], "pyhvd.sock")
+    opts["--snapshot-dir"] = opts["--snapshot-dir"] or os.path.join(opts["--state-dir"], "snapshots")
+    if not os.path.isabs(opts["--snapshot-dir"]):
+        raise UsageError(f"--snapshot-dir {opts['--snapshot-dir']!r}: must be an absolute path")
     return opts
 
 
@@ -83,18 +90,20 @@ def _claim_socket(path: str) -> None:
 
 def serve(
     run_dir: str, state_dir: str, sock_path: str, pool: list[int] | None = None, key: bytes = b"",
-    listen: tuple[str, int] | None = None,
+    listen: tuple[str, int] | None = None, snapshot_dir: str = "",
 ) -> int:
     from .api import Api, Server
     from .registry import Registry
     from .sched import Scheduler
 
     registry = Registry(run_dir, state_dir, log=_log)
+    snapshot_dir = snapshot_dir or os.path.join(state_dir, "snapshots")
+    os.makedirs(snapshot_dir, mode=0o700, exist_ok=True)
     scheduler = Scheduler(registry, pool, _log)
     _claim_socket(sock_path)
     old_umask = os.umask(0o177)
     try:
-        server = Server(sock_path, Api(registry, scheduler, key), _log)
+        server = Server(sock_path, Api(registry, scheduler, key, snapshot_dir), _log)
     finally:
         os.umask(old_umask)
     os.chmod(sock_path, 0o600)
@@ -148,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             if not key:
                 raise UsageError("--migration-listen needs --migration-key FILE: migrations are authenticated")
             listen = parse_host_port(opts["--migration-listen"], "--migration-listen")
-        return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"], pool, key, listen)
+        return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"], pool, key, listen,
+                     opts["--snapshot-dir"])
     except PyhvError as e:
         print(f"pyhvd: {e}", file=sys.stderr)
         return e.exit_status

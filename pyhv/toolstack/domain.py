@@ -273,18 +273,21 @@ class Domain:
 
     def op_save(self, request: dict[str, Any]) -> dict[str, Any]:
         """Save the whole domain to ``path``; then ``destroy`` it (the default,
-        as xl does), let it ``continue``, or leave it ``pause``d."""
-        path, then = request.get("path"), request.get("then", "destroy")
+        as xl does), let it ``continue``, or leave it ``pause``d.  An existing
+        ``path`` is replaced only with ``force`` and only if it is a pyhv snapshot."""
+        path, then, force = request.get("path"), request.get("then", "destroy"), request.get("force", False)
         if not isinstance(path, str) or not os.path.isabs(path):
             raise PyhvError("save: path must be an absolute file name")
         if then not in ("destroy", "continue", "pause"):
             raise PyhvError("save: then must be destroy, continue or pause")
+        if not isinstance(force, bool):
+            raise PyhvError("save: force must be true or false")
         machine = self._running_machine()
         if then != "continue":
             machine.pause(OP_TIMEOUT)
             with self._lock:
                 self.state = "paused"
-        info = machine.save(path, domain=self.meta["config"])
+        info = machine.save(path, domain=self.meta["config"], force=force)
         if then == "destroy":
             self.stop("saved")
         return {"path": path, "bytes": info.size, "seconds": info.seconds}

@@ -119,8 +119,10 @@ class Machine:
             raise PyhvError(f"vCPU {index} is running: pause the machine first")
         return read_state(v.vcpu)
 
-    def save(self, path: str, sync: bool = True, domain: dict[str, Any] | None = None) -> Any:
-        """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py).
+    def save(self, path: str, sync: bool = True, domain: dict[str, Any] | None = None, force: bool = False) -> Any:
+        """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py);
+        an existing ``path`` is replaced only with ``force`` and only if it is a
+        pyhv snapshot.
 
         A running machine is paused for the save (vCPUs and device work) and
         runs on afterwards; a paused or stopped one stays as it is.  Returns a
@@ -128,7 +130,7 @@ class Machine:
         from .snapshot import save
 
         with self.quiesced():
-            return save(self, path, sync, domain)
+            return save(self, path, sync, domain, force)
 
     @staticmethod
     def restore(path: str, serial: str | None = None, console: Console | None = None) -> Machine:
