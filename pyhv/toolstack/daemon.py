@@ -16,6 +16,9 @@ domain process.  The API saves snapshots to and restores them from files in
 path that resolves elsewhere is refused with 403.  ``--snapshot-dir /`` lifts
 the restriction.
 
+pyhvd holds ``pyhvd.lock`` (flock) in its run and state directories while it
+runs; a second pyhvd on either says which pid holds it and exits 1.
+
 Threads: the main thread serves the socket (one thread per connection, from
 socketserver); the registry's monitor thread watches the domain processes.
 """
@@ -88,6 +91,31 @@ def _claim_socket(path: str) -> None:
     raise PyhvError(f"another pyhvd is already serving {path}")
 
 
+def _lock_dirs(dirs: list[str]) -> list[int]:
+    """Hold ``pyhvd.lock`` in each directory (flock, exclusive) for as long as
+    this pyhvd runs: two pyhvd on one run or state directory would each think
+    the domains there are theirs.  The lock file names the holder's pid."""
+    from .._sys.lock import flock_exclusive
+
+    fds: list[int] = []
+    try:
+        for d in dict.fromkeys(os.path.realpath(d) for d in dirs):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            path = os.path.join(d, "pyhvd.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fds.append(fd)
+            if not flock_exclusive(fd):
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                raise PyhvError(f"{d} is in use by another pyhvd (pid {holder}, holding {path})")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
 def serve(
     run_dir: str, state_dir: str, sock_path: str, pool: list[int] | None = None, key: bytes = b"",
     listen: tuple[str, int] | None = None, snapshot_dir: str = "",
@@ -96,6 +124,7 @@ def serve(
     from .registry import Registry
     from .sched import Scheduler
 
+    locks = _lock_dirs([run_dir, state_dir])  # held until pyhvd exits
     registry = Registry(run_dir, state_dir, log=_log)
     snapshot_dir = snapshot_dir or os.path.join(state_dir, "snapshots")
     os.makedirs(snapshot_dir, mode=0o700, exist_ok=True)
@@ -132,6 +161,8 @@ def serve(
             pass
         scheduler.close()
         registry.close()
+        for fd in locks:
+            os.close(fd)
     _log("stopped; domains keep running")
     return 0
 
