@@ -17,6 +17,7 @@ import os
 
 F_RDLCK = fcntl.F_RDLCK
 F_WRLCK = fcntl.F_WRLCK
+F_UNLCK = fcntl.F_UNLCK
 F_OFD_SETLK = fcntl.F_OFD_SETLK  # Linux 3.15
 
 _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
@@ -58,3 +59,8 @@ def ofd_lock(fd: int, write: bool) -> bool:
             return False
         raise
     return True
+
+
+def ofd_unlock(fd: int) -> None:
+    """Release this open's lock on the whole file behind ``fd``."""
+    fcntl.fcntl(fd, F_OFD_SETLK, bytes(flock(F_UNLCK, os.SEEK_SET, 0, 0, 0)))

@@ -167,9 +167,10 @@ def _virtio_devices(
 
     nets: list[Net] = []
     if config.disks:
-        from ..backends.block import RawDisk
+        from ..backends.block import RawDisk, check_distinct
         from ..devices.virtio.blk import Blk
 
+        check_distinct([d.path for d in config.disks])
         for disk_config in config.disks:
             disk = RawDisk(disk_config.path, readonly=disk_config.readonly)
             backends.append(disk)

@@ -321,3 +321,15 @@ def test_a_second_pyhvd_on_the_same_run_or_state_directory_exits_naming_the_hold
         assert f"{directory} is in use by another pyhvd (pid {d.proc.pid}" in r.stderr, r.stderr
     assert not (tmp_path / "other.sock").exists() and not (tmp_path / "run2" / "pyhvd.sock").exists()
     assert d.client.get("/version")["domains"] == 0
+
+
+def test_a_second_domain_on_a_disk_image_in_use_is_refused(daemon: Daemon, tmp_path: Path) -> None:
+    d = daemon
+    disk = tmp_path / "shared.img"
+    disk.write_bytes(bytes(1 << 20))
+    assert d.pyhv("create", str(d.config("owner", "ticker probe.n=50", disks=[{"path": str(disk)}]))).returncode == 0
+    entries = sorted(os.listdir(d.run_dir / "domains"))
+    r = d.pyhv("create", str(d.config("thief", disks=[{"path": str(disk), "readonly": True}])))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{disk}: disk image is in use" in r.stderr, r.stderr
+    assert sorted(d.domains()) == ["owner"] and sorted(os.listdir(d.run_dir / "domains")) == entries
