@@ -283,11 +283,20 @@ class Domain:
         if not isinstance(force, bool):
             raise PyhvError("save: force must be true or false")
         machine = self._running_machine()
+        with self._lock:
+            was_running = self.state == "running"
         if then != "continue":
             machine.pause(OP_TIMEOUT)
             with self._lock:
                 self.state = "paused"
-        info = machine.save(path, domain=self.meta["config"], force=force)
+        try:
+            info = machine.save(path, domain=self.meta["config"], force=force)
+        except BaseException:
+            if then != "continue" and was_running:  # a failed save leaves the domain as it was
+                machine.resume()
+                with self._lock:
+                    self.state = "running"
+            raise
         if then == "destroy":
             self.stop("saved")
         return {"path": path, "bytes": info.size, "seconds": info.seconds}

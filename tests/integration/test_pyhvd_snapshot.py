@@ -177,3 +177,24 @@ def test_live_migration_between_two_pyhvd(tmp_path: Path) -> None:
     finally:
         for d in (source, dest, stranger):
             d.cleanup()
+
+
+@pytest.mark.parametrize("then", ["pause", "destroy", "continue"])
+def test_a_failed_save_leaves_the_domain_running_as_before(daemon: Daemon, then: str) -> None:
+    d = daemon
+    assert d.pyhv("create", str(d.config("f", "ticker probe.n=50"))).returncode == 0
+    d.ticks_reach("f", 2)
+    with pytest.raises(ApiError) as e:
+        d.client.post("/domains/f/save", {"path": str(d.snapshots / "no-such-dir" / "f.snap"), "then": then})
+    assert e.value.http_status == 409 and "cannot create" in str(e.value) and "\n" not in str(e.value)
+    assert d.domains()["f"]["state"] in ("running", "blocked")
+    d.ticks_reach("f", d.ticks("f")[-1] + 2)
+    assert sorted(p.name for p in d.snapshots.iterdir()) == []
+
+
+def test_a_failed_save_of_a_paused_domain_leaves_it_paused(daemon: Daemon) -> None:
+    d = daemon
+    assert d.pyhv("create", "-p", str(d.config("f", "ticker probe.n=50"))).returncode == 0
+    r = d.pyhv("save", "-p", "f", str(d.snapshots / "no-such-dir" / "f.snap"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot create" in r.stderr, r.stderr
+    assert d.domains()["f"]["state"] == "paused"
