@@ -6,7 +6,8 @@ table.  ``DOM`` is a domain's id or name.  Every error is a JSON object
 ``{"error": "one line"}`` with 400 (bad request: nothing changed), 403 (a
 snapshot path outside pyhvd's snapshot directory), 404 (no such domain or
 route), 409 (refused in the domain's state), 501 (not supported
-yet), 504 (the domain did not answer in time) or 500.
+yet), 503 (pyhvd cannot serve it now: too many connections, or out of a
+resource such as disk space), 504 (the domain did not answer in time) or 500.
 """
 
 from __future__ import annotations

@@ -161,14 +161,24 @@ class Registry:
         """Validate, start the VMM process, wait until the guest runs (booted, or
         restored from snapshot ``restore``)."""
         cfg = self._admit(config)
-        with self.lock:
-            domid = self._next_id()
+        log_dir = os.path.join(self.state_dir, "domains", cfg.name)
+        had_log_dir = os.path.isdir(log_dir)
+        domid, record = 0, None
         try:
+            with self.lock:
+                domid = self._next_id()
             record = self._spawn(domid, cfg.name, config, paused, {"restore": restore} if restore else {})
+            return record
+        except OSError as e:
+            raise Refused(f"cannot create domain {cfg.name}: {_os_problem(e)}", 503) from None
         finally:
             with self.lock:
                 self._starting.discard(cfg.name)
-        return record
+            if record is None:  # refused: leave nothing of it behind
+                if domid:
+                    shutil.rmtree(os.path.join(self.domains_dir, str(domid)), ignore_errors=True)
+                if not had_log_dir:
+                    _remove_unused_log_dir(log_dir)
 
     def _admit(self, config: Any) -> domconfig.DomainConfig:
         """Check a configuration and reserve its name (release it from ``_starting``)."""
@@ -322,12 +332,14 @@ class Registry:
         return int(server.getsockname()[1])
 
     def _incoming(self, sock: Any, peer: Any, key: bytes) -> None:
-        with self.lock:
-            domid = self._next_id()
         try:
+            with self.lock:
+                domid = self._next_id()
             self._spawn(domid, "", {}, False, {}, incoming=sock, key=key)
         except PyhvError as e:
             self.log(f"incoming migration from {peer[0]}: {e}")
+        except OSError as e:
+            self.log(f"incoming migration from {peer[0]}: {_os_problem(e)}")
         finally:
             sock.close()
 
@@ -516,6 +528,31 @@ def _description(machine: Any) -> dict[str, Any]:
     if machine.vsock is not None:
         out["vsock"] = {"cid": machine.vsock.cid, "uds": machine.vsock.uds}
     return out
+
+
+def _os_problem(e: OSError) -> str:
+    """One line for an OSError, also for one raised as OSError(errno) alone."""
+    if e.strerror:
+        text = e.strerror
+    elif e.args and isinstance(e.args[0], int):
+        text = os.strerror(e.args[0])
+    else:
+        text = str(e) or type(e).__name__
+    return f"{text} ({e.filename})" if e.filename else text
+
+
+def _remove_unused_log_dir(log_dir: str) -> None:
+    """Remove a domain's log directory that a refused create made, if nothing
+    in it was written (a failed start's vmm.log says why, and stays)."""
+    try:
+        entries = [os.path.join(log_dir, e) for e in os.listdir(log_dir)]
+        if not all(os.path.isfile(e) and not os.path.islink(e) and os.path.getsize(e) == 0 for e in entries):
+            return
+        for e in entries:
+            os.unlink(e)
+        os.rmdir(log_dir)
+    except OSError:
+        pass
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any]:
