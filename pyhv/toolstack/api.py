@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import socketserver
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
@@ -27,6 +29,8 @@ from .registry import DomainRecord, Refused, Registry
 from .sched import Scheduler
 
 MAX_BODY = 1 << 20
+#: connections served at once; more are answered 503 and closed at once
+MAX_CONNECTIONS = 64
 #: how long ``list`` waits for each domain's answer
 LIST_TIMEOUT = 2.0
 
@@ -362,12 +366,51 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """One thread per connection, at most ``max_connections`` of them: a client
+    that opens thousands of connections gets 503s, not thousands of threads,
+    and an idle connection is dropped after ``Handler.timeout`` seconds."""
+
     daemon_threads = True
     allow_reuse_address = False
     request_queue_size = 128  # many clients at once (concurrent creates) must not see EAGAIN
 
-    def __init__(self, path: str, api: Api, log: Callable[[str], None]) -> None:
+    def __init__(self, path: str, api: Api, log: Callable[[str], None], max_connections: int = MAX_CONNECTIONS) -> None:
         self.api = api
         self.routes = routes(api)
         self.log = log
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(path, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 without a thread and without waiting for the client."""
+        body = json.dumps({"error": f"pyhvd is busy: {self.max_connections} connections open already; "
+                                    "try again"}).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.setblocking(False)
+            try:
+                request.recv(MAX_BODY)  # what the client sent already: closing on unread data resets it
+            except BlockingIOError:
+                pass
+            request.send(head + body)  # a few hundred bytes: fits in an empty socket buffer
+        except OSError:
+            pass
+        self.shutdown_request(request)

@@ -1,17 +1,20 @@
-"""The registry and the API in-process, with faults injected: no /dev/kvm, no domain process."""
+"""The registry and the API in-process (faults injected, many connections): no /dev/kvm, no domain process."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from pyhv.toolstack import registry as registry_module
-from pyhv.toolstack.api import Api, Server
+from pyhv.toolstack.api import MAX_CONNECTIONS, Api, Handler, Server
 from pyhv.toolstack.client import ApiError, Client
 from pyhv.toolstack.registry import Registry
 
@@ -83,3 +86,45 @@ def test_a_refused_create_keeps_a_log_directory_it_did_not_make(
     with pytest.raises(ApiError):
         pyhvd.client.post("/domains", {"config": _config("web")})
     assert kept.is_dir()
+
+
+def _connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    return s
+
+
+def test_connections_beyond_the_limit_get_503_and_threads_stay_bounded(pyhvd: Pyhvd) -> None:
+    threads_before = threading.active_count()
+    idle = [_connect(pyhvd.client.path) for _ in range(MAX_CONNECTIONS + 10)]
+    try:
+        excess = [s.recv(4096) for s in idle[MAX_CONNECTIONS:]]
+        threads_busy = threading.active_count()
+        for s in idle[:10]:
+            s.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                domains = pyhvd.client.get("/domains")
+                break
+            except ApiError as e:
+                assert e.http_status == 503
+                time.sleep(0.05)
+    finally:
+        for s in idle:
+            s.close()
+    assert all(r.startswith(b"HTTP/1.1 503 ") for r in excess), excess
+    errors = [json.loads(r.partition(b"\r\n\r\n")[2])["error"] for r in excess]
+    assert errors == [f"pyhvd is busy: {MAX_CONNECTIONS} connections open already; try again"] * 10
+    assert threads_busy <= threads_before + MAX_CONNECTIONS
+    assert domains == []
+
+
+def test_an_idle_connection_is_dropped_after_the_timeout(pyhvd: Pyhvd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Handler, "timeout", 0.3)
+    s = _connect(pyhvd.client.path)
+    try:
+        assert s.recv(4096) == b""  # closed by pyhvd, not by the 5 s timeout here
+    finally:
+        s.close()
