@@ -36,6 +36,7 @@ from ``PATH`` can be saved to ``PATH`` again; anything else is refused.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -412,10 +413,14 @@ class Snapshot:
     def __init__(self, path: str, serial: str | None = None) -> None:
         self.path = path
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO must not hang the open; O_NOFOLLOW: the file named, not where a link points
+            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
-            raise SnapshotError(f"cannot open snapshot {path}: {e.strerror}") from None
+            why = "a symbolic link, not a regular file" if e.errno == errno.ELOOP else e.strerror
+            raise SnapshotError(f"cannot open snapshot {path}: {why}") from None
         try:
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                raise SnapshotError(f"cannot open snapshot {path}: not a regular file")
             self._check(serial)
         except BaseException:
             self.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pyhv.toolstack.client import ApiError
+from pyhv.toolstack.client import ApiError, Client
 
 from .pyhvd import Daemon, daemon_fixture, ticks_in
 
@@ -198,3 +198,18 @@ def test_a_failed_save_of_a_paused_domain_leaves_it_paused(daemon: Daemon) -> No
     r = d.pyhv("save", "-p", "f", str(d.snapshots / "no-such-dir" / "f.snap"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot create" in r.stderr, r.stderr
     assert d.domains()["f"]["state"] == "paused"
+
+
+def test_restore_of_a_fifo_or_a_directory_is_refused_at_once(daemon: Daemon) -> None:
+    d = daemon
+    os.mkfifo(d.snapshots / "fifo.snap")
+    (d.snapshots / "dir.snap").mkdir()
+    client = Client(d.socket, timeout=5)
+    answers = {}
+    for name in ("fifo.snap", "dir.snap"):
+        with pytest.raises(ApiError) as e:
+            client.post("/restore", {"path": str(d.snapshots / name)})
+        answers[name] = (e.value.http_status, str(e.value))
+    assert answers == {name: (400, f"cannot open snapshot {d.snapshots / name}: not a regular file")
+                       for name in answers}
+    assert d.domains() == {} and os.listdir(d.run_dir / "domains") == []
