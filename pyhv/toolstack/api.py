@@ -5,9 +5,10 @@ Routes are listed once, in :data:`ROUTES`; the OpenAPI document
 table.  ``DOM`` is a domain's id or name.  Every error is a JSON object
 ``{"error": "one line"}`` with 400 (bad request: nothing changed), 403 (a
 snapshot path outside pyhvd's snapshot directory), 404 (no such domain or
-route), 409 (refused in the domain's state), 501 (not supported
-yet), 503 (pyhvd cannot serve it now: too many connections, or out of a
-resource such as disk space), 504 (the domain did not answer in time) or 500.
+route), 409 (refused in the domain's state), 413 (a body over 1 MiB), 501
+(not supported yet), 503 (pyhvd cannot serve it now: too many connections, or
+out of a resource such as disk space), 504 (the domain did not answer in
+time) or 500.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
 from ..errors import PyhvError
+from .limits import MAX_DEPTH, MAX_SIZE, too_deep
 from .registry import DomainRecord, Refused, Registry
 from .sched import Scheduler
 
-MAX_BODY = 1 << 20
+MAX_BODY = MAX_SIZE
 #: connections served at once; more are answered 503 and closed at once
 MAX_CONNECTIONS = 64
 #: how long ``list`` waits for each domain's answer
@@ -319,16 +321,25 @@ class Handler(BaseHTTPRequestHandler):
             raise Refused("chunked request bodies are not accepted; send Content-Length", 400)
         if length is None:
             return None
-        if not length.isdigit() or int(length) > MAX_BODY:
+        if not length.isdigit():
             self.close_connection = True
-            raise Refused(f"Content-Length must be at most {MAX_BODY}", 400)
+            raise Refused("Content-Length must be a number of bytes", 400)
+        if int(length) > MAX_BODY:
+            self.close_connection = True
+            raise Refused(f"the request body is larger than {MAX_BODY} bytes", 413)
         raw = self.rfile.read(int(length))
         if not raw:
             return None
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
+            deep = too_deep(body)
         except (ValueError, UnicodeDecodeError):
             raise Refused("the request body is not valid JSON", 400) from None
+        except RecursionError:
+            body, deep = None, True
+        if deep:
+            raise Refused(f"the request body nests arrays or objects more than {MAX_DEPTH} deep", 400)
+        return body
 
     def _route(self, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         allowed = []

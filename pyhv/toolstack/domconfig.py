@@ -93,13 +93,23 @@ def load_mapping(path: str) -> dict[str, Any]:
     """The file's TOML as a mapping, not yet validated."""
     import tomllib
 
+    from .limits import MAX_DEPTH, MAX_SIZE, too_deep
+
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read(MAX_SIZE + 1)
+        if len(data) > MAX_SIZE:
+            raise UsageError(f"{path}: larger than {MAX_SIZE >> 20} MiB: not a domain configuration")
+        mapping = tomllib.loads(data.decode())
     except OSError as e:
         raise UsageError(f"{path}: cannot read: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        mapping = None
+    if mapping is None or too_deep(mapping):
+        raise UsageError(f"{path}: arrays or tables nested more than {MAX_DEPTH} deep")
+    return mapping
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -115,7 +125,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise UsageError(f"{assignment!r}: expected key=value")
     try:
         value: Any = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         value = text
     *tables, last = key.split(".")
     target = data

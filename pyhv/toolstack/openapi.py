@@ -197,6 +197,7 @@ def document() -> dict[str, Any]:
         for method, (summary, request, status, response) in methods.items():
             op: dict[str, Any] = {"summary": summary, "responses": {status: _json(response)}}
             op["responses"]["400"] = ERRORS["400"]  # any request can be malformed (e.g. a body that is not JSON)
+            op["responses"]["413"] = _json(_ref("Error"), "the request body is larger than 1 MiB")
             op["responses"]["503"] = _json(_ref("Error"), "pyhvd cannot serve it now (too many connections, or "
                                            "out of a resource such as disk space); nothing changed")
             if "{dom}" in path:

@@ -450,7 +450,7 @@ def receive_connection(
     try:
         try:
             announced = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MigrationError("configuration is not JSON") from None
         domain = announced.pop(DOMAIN_KEY, None) if isinstance(announced, dict) else None
         config = config_from_plain(announced, serial)
@@ -480,7 +480,7 @@ def receive_connection(
             if kind == STATE:
                 try:
                     state = json.loads(payload)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise MigrationError("machine state is not JSON") from None
                 checked_config, vcpus = check_state(state)
                 if config_to_plain(checked_config) != announced:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pathlib
@@ -16,6 +17,7 @@ import pytest
 from pyhv.toolstack import registry as registry_module
 from pyhv.toolstack.api import MAX_CONNECTIONS, Api, Handler, Server
 from pyhv.toolstack.client import ApiError, Client
+from pyhv.toolstack.limits import MAX_DEPTH
 from pyhv.toolstack.registry import Registry
 
 
@@ -128,3 +130,26 @@ def test_an_idle_connection_is_dropped_after_the_timeout(pyhvd: Pyhvd, monkeypat
         assert s.recv(4096) == b""  # closed by pyhvd, not by the 5 s timeout here
     finally:
         s.close()
+
+
+def _raw(pyhvd: Pyhvd, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("pyhvd", timeout=10)
+    conn.sock = _connect(pyhvd.client.path)
+    try:
+        conn.request("POST", "/domains", body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 10_000, 200_000])
+def test_a_deeply_nested_request_body_is_400(pyhvd: Pyhvd, depth: int) -> None:
+    status, reply = _raw(pyhvd, b'{"config": ' + b"[" * depth + b"]" * depth + b"}")
+    assert (status, reply) == (400, {"error": f"the request body nests arrays or objects more than {MAX_DEPTH} deep"})
+    assert pyhvd.client.get("/domains") == []
+
+
+def test_a_request_body_over_1_mib_is_413(pyhvd: Pyhvd) -> None:
+    status, reply = _raw(pyhvd, b"", {"Content-Length": str((1 << 20) + 1)})
+    assert (status, reply) == (413, {"error": f"the request body is larger than {1 << 20} bytes"})
