@@ -58,7 +58,7 @@ from ..vmm.config import (
 )
 from ..memory import MiB
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only (fullmatch); not all digits
 ON_CRASH = ("destroy", "restart", "preserve")
 TOP_KEYS = {
     "name", "kernel", "initrd", "cmdline", "memory", "maxmem", "vcpus", "boot", "on_poweroff", "on_reboot",
@@ -156,8 +156,8 @@ def parse(data: dict[str, Any]) -> DomainConfig:
     if unknown:
         raise UsageError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(TOP_KEYS))})")
     name = _str(data, "name", required=True)
-    if not NAME_RE.match(name):
-        raise UsageError("name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if not NAME_RE.fullmatch(name) or name.isdigit():
+        raise UsageError("name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, not all digits")
     memory = _size(data, "memory", 256 * MiB)
     maxmem = _size(data, "maxmem", memory)
     if maxmem < memory:

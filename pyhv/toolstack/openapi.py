@@ -20,7 +20,8 @@ DOMAIN_CONFIG: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["name", "kernel"],
     "properties": {
-        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+        "name": {"type": "string", "pattern": "^(?![0-9]+$)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                 "description": "not all digits: a domain is named by its id or its name"},
         "kernel": {"type": "string", "description": "absolute path of a bzImage, ELF, PVH or Multiboot kernel"},
         "initrd": {"type": "string"},
         "cmdline": {"type": "string"},

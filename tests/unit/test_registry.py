@@ -153,3 +153,11 @@ def test_a_deeply_nested_request_body_is_400(pyhvd: Pyhvd, depth: int) -> None:
 def test_a_request_body_over_1_mib_is_413(pyhvd: Pyhvd) -> None:
     status, reply = _raw(pyhvd, b"", {"Content-Length": str((1 << 20) + 1)})
     assert (status, reply) == (413, {"error": f"the request body is larger than {1 << 20} bytes"})
+
+
+@pytest.mark.parametrize("name", ["1", "a\n"])
+def test_a_name_that_is_all_digits_or_ends_in_a_newline_is_400(pyhvd: Pyhvd, name: str) -> None:
+    with pytest.raises(ApiError) as e:
+        pyhvd.client.post("/domains", {"config": _config(name)})
+    assert e.value.http_status == 400 and str(e.value).startswith("name: ")
+    assert pyhvd.registry._starting == set()
