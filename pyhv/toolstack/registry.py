@@ -189,6 +189,10 @@ class Registry:
         except UsageError as e:
             raise Refused(str(e), 400) from None
         _check_paths(config)
+        host = _host_memory()
+        if host and cfg.machine.memory > host:
+            raise Refused(f"memory: {cfg.machine.memory >> 20} MiB is more than this host's "
+                          f"{host >> 20} MiB of RAM", 400)
         with self.lock:
             if cfg.name in self._starting or any(d.name == cfg.name for d in self.domains.values()):
                 raise Refused(f"a domain named {cfg.name!r} already exists", 409)
@@ -528,6 +532,18 @@ def _description(machine: Any) -> dict[str, Any]:
     if machine.vsock is not None:
         out["vsock"] = {"cid": machine.vsock.cid, "uds": machine.vsock.uds}
     return out
+
+
+def _host_memory() -> int:
+    """The host's RAM in bytes (MemTotal); 0 if /proc/meminfo cannot tell."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _os_problem(e: OSError) -> str:

@@ -18,7 +18,7 @@ from pyhv.toolstack import registry as registry_module
 from pyhv.toolstack.api import MAX_CONNECTIONS, Api, Handler, Server
 from pyhv.toolstack.client import ApiError, Client
 from pyhv.toolstack.limits import MAX_DEPTH
-from pyhv.toolstack.registry import Registry
+from pyhv.toolstack.registry import Refused, Registry
 
 
 class Pyhvd:
@@ -161,3 +161,20 @@ def test_a_name_that_is_all_digits_or_ends_in_a_newline_is_400(pyhvd: Pyhvd, nam
         pyhvd.client.post("/domains", {"config": _config(name)})
     assert e.value.http_status == 400 and str(e.value).startswith("name: ")
     assert pyhvd.registry._starting == set()
+
+
+def test_more_memory_than_the_host_has_is_refused_with_the_numbers(pyhvd: Pyhvd) -> None:
+    with open("/proc/meminfo") as f:
+        host_mib = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) >> 10
+    with pytest.raises(ApiError) as e:
+        pyhvd.client.post("/domains", {"config": {**_config("big"), "memory": "1T"}})
+    assert (e.value.http_status, str(e.value)) == (
+        400, f"memory: 1048576 MiB is more than this host's {host_mib} MiB of RAM")
+    assert pyhvd.registry._starting == set()
+
+
+def test_memory_within_the_host_is_admitted(pyhvd: Pyhvd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_module, "_host_memory", lambda: 1 << 30)
+    assert pyhvd.registry._admit({**_config("fits"), "memory": "1G"}).machine.memory == 1 << 30
+    with pytest.raises(Refused, match="1025 MiB is more than this host's 1024 MiB"):
+        pyhvd.registry._admit({**_config("over"), "memory": "1025M"})
