@@ -181,11 +181,13 @@ class Api:
         return 200, record.call("save", timeout=600, path=path, then=then, force=force)
 
     def restore_domain(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
-        _fields(body, required={"path"}, optional={"paused", "name"})
+        _fields(body, required={"path"}, optional={"paused", "name", "verify"})
         path, paused, name = body["path"], body.get("paused", False), body.get("name", "")
-        if not isinstance(path, str) or not isinstance(paused, bool) or not isinstance(name, str):
-            raise Refused("path and name must be strings, paused true or false", 400)
-        record = self.registry.restore(self._snapshot_path(path), paused, name)
+        verify = body.get("verify", False)
+        if not isinstance(path, str) or not isinstance(name, str) or not isinstance(paused, bool) \
+                or not isinstance(verify, bool):
+            raise Refused("path and name must be strings, paused and verify true or false", 400)
+        record = self.registry.restore(self._snapshot_path(path), paused, name, verify)
         return 201, {"id": record.id, "name": record.name, "pid": record.pid}
 
     def migrate_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:

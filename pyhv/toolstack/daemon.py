@@ -20,7 +20,8 @@ pyhvd holds ``pyhvd.lock`` (flock) in its run and state directories while it
 runs; a second pyhvd on either says which pid holds it and exits 1.
 
 Threads: the main thread serves the socket (one thread per connection, from
-socketserver, at most 64 at once: more get 503; idle ones close after 30 s); the registry's monitor thread watches the domain processes.
+socketserver, at most 64 at once: more get 503; idle ones close after 30 s);
+the registry's monitor thread watches the domain processes.
 """
 
 from __future__ import annotations

@@ -428,6 +428,12 @@ def main(argv: list[str]) -> int:
             from ..vmm.snapshot import Snapshot
 
             snapshot = Snapshot(meta["restore"])
+            if meta.get("verify"):
+                try:
+                    snapshot.verify_memory()  # every CRC, before anything is built
+                except BaseException:
+                    snapshot.close()
+                    raise
         domain = Domain(run_dir, meta, parse(meta["config"]))
     except (OSError, ValueError, KeyError, TypeError, PyhvError) as e:
         _tell(ready_fd, {"ok": False, "error": f"cannot start the domain: {e}"})

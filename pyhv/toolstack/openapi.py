@@ -91,7 +91,9 @@ SCHEMAS: dict[str, Any] = {
     "RestoreRequest": {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
         "path": {"type": "string", "description": "absolute file name of the snapshot, in pyhvd's snapshot "
                  "directory (pyhvd --snapshot-dir)"},
-        "paused": {"type": "boolean"}, "name": {"type": "string"}}},
+        "paused": {"type": "boolean"}, "name": {"type": "string"},
+        "verify": {"type": "boolean", "description": "check every memory CRC before the domain runs (reads the "
+                   "whole snapshot)"}}},
     "MigrateRequest": {"type": "object", "additionalProperties": False, "required": ["host", "port"], "properties": {
         "host": {"type": "string"}, "port": {"type": "integer", "minimum": 1, "maximum": 65535}}},
     "Migrated": {"type": "object", "properties": {"seconds": {"type": "number"}, "downtime": {"type": "number"},

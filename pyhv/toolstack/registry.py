@@ -157,9 +157,11 @@ class Registry:
 
     # --- create -------------------------------------------------------------------------
 
-    def create(self, config: dict[str, Any], paused: bool = False, restore: str = "") -> DomainRecord:
+    def create(
+        self, config: dict[str, Any], paused: bool = False, restore: str = "", verify: bool = False,
+    ) -> DomainRecord:
         """Validate, start the VMM process, wait until the guest runs (booted, or
-        restored from snapshot ``restore``)."""
+        restored from snapshot ``restore``, its memory checked first with ``verify``)."""
         cfg = self._admit(config)
         log_dir = os.path.join(self.state_dir, "domains", cfg.name)
         had_log_dir = os.path.isdir(log_dir)
@@ -167,7 +169,8 @@ class Registry:
         try:
             with self.lock:
                 domid = self._next_id()
-            record = self._spawn(domid, cfg.name, config, paused, {"restore": restore} if restore else {})
+            extra = {"restore": restore, "verify": verify} if restore else {}
+            record = self._spawn(domid, cfg.name, config, paused, extra)
             return record
         except OSError as e:
             raise Refused(f"cannot create domain {cfg.name}: {_os_problem(e)}", 503) from None
@@ -199,8 +202,10 @@ class Registry:
             self._starting.add(cfg.name)
         return cfg
 
-    def restore(self, path: str, paused: bool = False, name: str = "") -> DomainRecord:
-        """A domain from a snapshot file, checked here before anything starts."""
+    def restore(self, path: str, paused: bool = False, name: str = "", verify: bool = False) -> DomainRecord:
+        """A domain from a snapshot file, checked here before anything starts;
+        with ``verify`` the domain process also checks every memory CRC before
+        the guest runs (reading the whole file)."""
         from ..vmm.snapshot import Snapshot
 
         if not os.path.isabs(path):
@@ -224,7 +229,7 @@ class Registry:
             raise Refused(f"{path}: the domain saved with it: {e}", 400) from None
         if differs:
             raise Refused(f"{path}: the domain saved with it does not match its machine ({differs})", 400)
-        return self.create(config, paused, restore=path)
+        return self.create(config, paused, restore=path, verify=verify)
 
     def _spawn(
         self, domid: int, name: str, config: dict[str, Any], paused: bool, extra: dict[str, Any],

@@ -434,9 +434,11 @@ def save(client: Client, argv: list[str]) -> int:
 
 
 def restore(client: Client, argv: list[str]) -> int:
-    args = Args(argv, {"-p"}, {"--name"})
-    (path,) = args.want(1, 1, "restore [-p] [--name NAME] FILE")
+    args = Args(argv, {"-p", "--verify"}, {"--name"})
+    (path,) = args.want(1, 1, "restore [-p] [--verify] [--name NAME] FILE")
     body: dict[str, Any] = {"path": os.path.abspath(path), "paused": "-p" in args.flags}
+    if "--verify" in args.flags:
+        body["verify"] = True
     if "--name" in args.values:
         body["name"] = args.values["--name"]
     reply = client.post("/restore", body)
@@ -504,7 +506,8 @@ VERBS: dict[str, tuple[str, Callable[[Client, list[str]], int]]] = {
     "destroy": ("destroy DOMAIN: stop the domain at once", destroy),
     "save": ("save [-c|-p] [--force] DOMAIN FILE: save the whole domain to FILE, then destroy it (-c: it runs "
              "on, -p: it stays paused; --force: FILE may be an earlier snapshot, replaced)", save),
-    "restore": ("restore [-p] [--name NAME] FILE: a domain from a saved FILE, running where it was saved", restore),
+    "restore": ("restore [-p] [--verify] [--name NAME] FILE: a domain from a saved FILE, running where it was "
+                "saved (--verify: check all of its memory first)", restore),
     "migrate": ("migrate DOMAIN HOST[:PORT]: live-migrate to the pyhvd accepting migrations there "
                 f"(port {MIGRATION_PORT})", migrate),
     "mem-set": ("mem-set DOMAIN SIZE: balloon the domain to SIZE", mem_set),

@@ -213,3 +213,26 @@ def test_restore_of_a_fifo_or_a_directory_is_refused_at_once(daemon: Daemon) -> 
     assert answers == {name: (400, f"cannot open snapshot {d.snapshots / name}: not a regular file")
                        for name in answers}
     assert d.domains() == {} and os.listdir(d.run_dir / "domains") == []
+
+
+def test_restore_verify_refuses_corrupt_memory_before_the_domain_runs(daemon: Daemon) -> None:
+    from pyhv.vmm.snapshot import Snapshot
+
+    d = daemon
+    assert d.pyhv("create", str(d.config("v", "ticker probe.n=50"))).returncode == 0
+    d.ticks_reach("v", 2)
+    snap = d.snapshots / "v.snap"
+    assert d.pyhv("save", "v", str(snap)).returncode == 0
+    snapshot = Snapshot(str(snap))
+    offset = snapshot.extents[0][0]
+    snapshot.close()
+    with open(snap, "r+b") as f:
+        byte = os.pread(f.fileno(), 1, offset + 7)
+        os.pwrite(f.fileno(), bytes([byte[0] ^ 0x55]), offset + 7)
+    log_before = d.console_log("v")
+    r = d.pyhv("restore", "--verify", str(snap))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "CRC mismatch" in r.stderr, r.stderr
+    assert "v" not in d.domains() and os.listdir(d.run_dir / "domains") == []
+    assert d.console_log("v") == log_before  # the guest never ran
+    r = d.pyhv("restore", str(snap))  # without --verify the damage goes unseen
+    assert r.returncode == 0, r.stderr
