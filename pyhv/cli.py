@@ -302,7 +302,7 @@ def _run_domain(
         if machine is None or save_to is None:
             return
         try:
-            info = machine.save(save_to, description=runtime.description)
+            info = machine.save(save_to, description=runtime.description, force=True)  # its own earlier snapshot
         except PyhvError as e:
             print(f"pyhv: snapshot not saved: {e}", file=sys.stderr, flush=True)
             return

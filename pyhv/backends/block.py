@@ -12,6 +12,11 @@ O_DIRECT the drive's own write cache still needs it).  O_DIRECT wants sector-
 aligned offsets, lengths and buffer addresses; a request that is not aligned
 goes through a second, buffered descriptor of the same file, which Linux keeps
 coherent with direct I/O (it writes back and invalidates the cached range first).
+An open image is locked as QEMU locks it: a whole-file OFD write lock for a
+read-write disk, a shared (read) lock for a read-only one, so a second
+machine (pyhv or QEMU) cannot open it read-write while this one uses it, nor
+read it while this one writes.  A machine hands its locks over at the end of
+a live migration (:meth:`RawDisk.unlock`, :meth:`RawDisk.relock`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import stat
 from collections.abc import Callable
 
 from .._sys import libc
+from .._sys import lock as _lock
 from ..errors import ImageError
 
 SECTOR_SIZE = 512
@@ -61,6 +67,29 @@ class RawDisk:
             os.close(fd)
             raise ImageError(path, f"disk image size {size} is not a multiple of {SECTOR_SIZE} bytes")
         self.size = size
+        try:
+            self.relock()
+        except ImageError:
+            os.close(fd)
+            raise
+
+    def relock(self) -> None:
+        """Take this image's lock (write for read-write, shared for read-only);
+        ImageError if another machine or program holds a conflicting one."""
+        try:
+            locked = _lock.ofd_lock(self.fd, write=not self.readonly)
+        except OSError as e:
+            raise ImageError(self.path, f"cannot lock disk image: {e.strerror}") from None
+        if not locked:
+            raise ImageError(self.path, "disk image is in use by another domain or program (it holds a lock on it)")
+
+    def unlock(self) -> None:
+        """Let another machine have the image (the end of a live migration); no
+        I/O may happen until :meth:`relock`."""
+        try:
+            _lock.ofd_unlock(self.fd)
+        except OSError:
+            pass  # a lock that cannot be released goes with the descriptor
 
     @property
     def sectors(self) -> int:
@@ -120,6 +149,20 @@ def _aligned(offset: int, buffers: list[memoryview]) -> bool:
         if len(b) % SECTOR_SIZE or libc.view_address(b) % SECTOR_SIZE:
             return False
     return True
+
+
+def check_distinct(paths: list[str]) -> None:
+    """Refuse one image given twice (by any name: the same device and inode)."""
+    seen: dict[tuple[int, int], str] = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # opening it says why
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise ImageError(path, f"the same disk image as {seen[key]}: a machine opens each image once")
+        seen[key] = path
 
 
 def _advance(buffers: list[memoryview], n: int) -> list[memoryview]:

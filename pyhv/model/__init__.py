@@ -198,7 +198,7 @@ def from_plain(data: Any) -> Description:
     if maxmem < memory:
         raise DescriptionError(("maxmem",), "must be at least memory")
     name = _str(data, "name", ())
-    if name:
+    if "name" in data:  # a domain may go unnamed (pyhv run), but a name given must be one
         check_name(name, ("name",))
     disks = tuple(disk_from_plain(d, ("disks", i)) for i, d in enumerate(_array(data, "disks", MAX_DISKS)))
     seen: dict[str, int] = {}
@@ -300,7 +300,7 @@ def check_serial(value: str, at: tuple[str | int, ...]) -> str:
 
 def to_plain(d: Description) -> dict[str, Any]:
     """Plain JSON values that :func:`from_plain` turns back into ``d``; every key written."""
-    return {
+    plain = {
         "name": d.name,
         "kernel": d.payload.kernel,
         "initrd": d.payload.initrd,
@@ -321,6 +321,9 @@ def to_plain(d: Description) -> dict[str, Any]:
         "vsock": None if d.vsock is None else d.vsock._asdict(),
         "sched": d.sched._asdict(),
     }
+    if not d.name:
+        del plain["name"]
+    return plain
 
 
 def paths(d: Description) -> list[tuple[str, str]]:
@@ -473,7 +476,7 @@ def json_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["name", "kernel"],
         "properties": {
-            "name": {"type": "string", "pattern": f"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$",
+            "name": {"type": "string", "pattern": f"^(?![0-9]+$)[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$",
                      "description": "not all digits (those are domain ids)"},
             "kernel": {"type": "string", "description": "absolute path of a bzImage, ELF, PVH or Multiboot kernel"},
             "initrd": {"type": "string"},

@@ -1,4 +1,9 @@
-"""Domain description files (TOML) and ``key=value`` overrides.
+"""Domain description files (TOML), ``key=value`` overrides, and the bounds on
+what the toolstack decodes (files and API bodies).
+
+Python's TOML and JSON decoders recurse once per level of nesting, so input of
+``[[[[...]]]]`` ten thousand deep ends in RecursionError; nothing pyhv reads
+needs more than a few levels, or more than a megabyte.
 
 A file decodes to the description's plain form (see :mod:`pyhv.model`), which
 :func:`pyhv.model.from_plain` checks; an error names the file and the key, e.g.
@@ -12,8 +17,8 @@ from typing import Any
 from ..errors import UsageError
 from . import Description, DescriptionError, from_plain
 
-#: a description is a few kilobytes; this much is certainly not one
-MAX_FILE = 1 << 20
+#: a description is a few kilobytes; this much (a file, an API body) is certainly not one
+MAX_SIZE = 1 << 20
 #: tables and arrays nest two deep in a description; deeper input is refused
 MAX_DEPTH = 32
 
@@ -32,23 +37,25 @@ def load_mapping(path: str) -> dict[str, Any]:
 
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_FILE + 1)
+            raw = f.read(MAX_SIZE + 1)
     except OSError as e:
         raise UsageError(f"{path}: cannot read: {e.strerror}") from None
-    if len(raw) > MAX_FILE:
-        raise UsageError(f"{path}: larger than {MAX_FILE >> 20} MiB: not a domain description")
+    if len(raw) > MAX_SIZE:
+        raise UsageError(f"{path}: larger than {MAX_SIZE >> 20} MiB: not a domain configuration")
     try:
         data = tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
     except RecursionError:
-        raise UsageError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
-    check_depth(data, f"{path}: ")
+        data = None
+    if data is None or too_deep(data):
+        raise UsageError(f"{path}: arrays or tables nested more than {MAX_DEPTH} deep")
     return data
 
 
-def check_depth(value: Any, where: str = "", limit: int = MAX_DEPTH) -> None:
-    """Refuse plain values nested deeper than ``limit`` (iteratively: no recursion to exhaust)."""
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether plain values nest lists or tables deeper than ``limit`` (checked
+    iteratively: no recursion to exhaust)."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -59,8 +66,9 @@ def check_depth(value: Any, where: str = "", limit: int = MAX_DEPTH) -> None:
         else:
             continue
         if depth > limit:
-            raise UsageError(f"{where}nested deeper than {limit} levels")
+            return True
         stack.extend((c, depth + 1) for c in children)
+    return False
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -3,9 +3,12 @@
 Routes are listed once, in :data:`ROUTES`; the OpenAPI document
 (:mod:`pyhv.toolstack.openapi`, served at ``/openapi.json``) describes the same
 table.  ``DOM`` is a domain's id or name.  Every error is a JSON object
-``{"error": "one line"}`` with 400 (bad request: nothing changed), 404 (no such
-domain or route), 409 (refused in the domain's state), 501 (not supported
-yet), 504 (the domain did not answer in time) or 500.
+``{"error": "one line"}`` with 400 (bad request: nothing changed), 403 (a
+snapshot path outside pyhvd's snapshot directory), 404 (no such domain or
+route), 409 (refused in the domain's state), 413 (a body over 1 MiB), 501
+(not supported yet), 503 (pyhvd cannot serve it now: too many connections, or
+out of a resource such as disk space), 504 (the domain did not answer in
+time) or 500.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import socketserver
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
@@ -21,10 +26,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
 from ..errors import PyhvError
+from ..model.files import MAX_DEPTH, MAX_SIZE, too_deep
 from .registry import DomainRecord, Refused, Registry
 from .sched import Scheduler
 
-MAX_BODY = 1 << 20
+MAX_BODY = MAX_SIZE
+#: connections served at once; more are answered 503 and closed at once
+MAX_CONNECTIONS = 64
 #: how long ``list`` waits for each domain's answer
 LIST_TIMEOUT = 2.0
 
@@ -32,8 +40,13 @@ LIST_TIMEOUT = 2.0
 class Api:
     """The operations behind the routes; each returns (status, body)."""
 
-    def __init__(self, registry: Registry, scheduler: Scheduler | None = None, migration_key: bytes = b"") -> None:
+    def __init__(
+        self, registry: Registry, scheduler: Scheduler | None = None, migration_key: bytes = b"",
+        snapshot_dir: str | None = None,
+    ) -> None:
         self.registry = registry
+        #: save and restore paths must resolve to a file under this directory ("/": anywhere)
+        self.snapshot_dir = os.path.realpath(snapshot_dir or os.path.join(registry.state_dir, "snapshots"))
         self.migration_key = migration_key
         self.scheduler = scheduler or Scheduler(registry, None, lambda message: None)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fanout")
@@ -145,21 +158,36 @@ class Api:
 
     # --- save, restore, migrate ------------------------------------------------------------
 
-    def save_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
-        _fields(body, required={"path"}, optional={"then"})
-        path, then = body["path"], body.get("then", "destroy")
-        if not isinstance(path, str) or not os.path.isabs(path):
+    def _snapshot_path(self, path: Any) -> str:
+        """``path`` resolved (symbolic links and ``..``), refused unless it lies in
+        the snapshot directory: pyhvd runs as root and must not write or read
+        files for a caller where the caller could not."""
+        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
             raise Refused("path: must be an absolute file name", 400)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self.snapshot_dir]) != self.snapshot_dir:
+            raise Refused(f"path: {path} is outside the snapshot directory {self.snapshot_dir} "
+                          "(pyhvd --snapshot-dir)", 403)
+        return real
+
+    def save_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"path"}, optional={"then", "force"})
+        then, force = body.get("then", "destroy"), body.get("force", False)
         if then not in ("destroy", "continue", "pause"):
             raise Refused("then: must be destroy, continue or pause", 400)
-        return 200, record.call("save", timeout=600, path=path, then=then)
+        if not isinstance(force, bool):
+            raise Refused("force: must be true or false", 400)
+        path = self._snapshot_path(body["path"])
+        return 200, record.call("save", timeout=600, path=path, then=then, force=force)
 
     def restore_domain(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
-        _fields(body, required={"path"}, optional={"paused", "name"})
+        _fields(body, required={"path"}, optional={"paused", "name", "verify"})
         path, paused, name = body["path"], body.get("paused", False), body.get("name", "")
-        if not isinstance(path, str) or not isinstance(paused, bool) or not isinstance(name, str):
-            raise Refused("path and name must be strings, paused true or false", 400)
-        record = self.registry.restore(path, paused, name)
+        verify = body.get("verify", False)
+        if not isinstance(path, str) or not isinstance(name, str) or not isinstance(paused, bool) \
+                or not isinstance(verify, bool):
+            raise Refused("path and name must be strings, paused and verify true or false", 400)
+        record = self.registry.restore(self._snapshot_path(path), paused, name, verify)
         return 201, {"id": record.id, "name": record.name, "pid": record.pid}
 
     def migrate_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
@@ -295,16 +323,25 @@ class Handler(BaseHTTPRequestHandler):
             raise Refused("chunked request bodies are not accepted; send Content-Length", 400)
         if length is None:
             return None
-        if not length.isdigit() or int(length) > MAX_BODY:
+        if not length.isdigit():
             self.close_connection = True
-            raise Refused(f"Content-Length must be at most {MAX_BODY}", 400)
+            raise Refused("Content-Length must be a number of bytes", 400)
+        if int(length) > MAX_BODY:
+            self.close_connection = True
+            raise Refused(f"the request body is larger than {MAX_BODY} bytes", 413)
         raw = self.rfile.read(int(length))
         if not raw:
             return None
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
+            deep = too_deep(body)
         except (ValueError, UnicodeDecodeError):
             raise Refused("the request body is not valid JSON", 400) from None
+        except RecursionError:
+            body, deep = None, True
+        if deep:
+            raise Refused(f"the request body nests arrays or objects more than {MAX_DEPTH} deep", 400)
+        return body
 
     def _route(self, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         allowed = []
@@ -342,16 +379,54 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """One thread per connection, at most ``max_connections`` of them: a client
+    that opens thousands of connections gets 503s, not thousands of threads,
+    and an idle connection is dropped after ``Handler.timeout`` seconds."""
+
     daemon_threads = True
     allow_reuse_address = False
     request_queue_size = 128  # many clients at once (concurrent creates) must not see EAGAIN
 
-    def __init__(self, path: str, api: Api, log: Callable[[str], None]) -> None:
+    def __init__(self, path: str, api: Api, log: Callable[[str], None], max_connections: int = MAX_CONNECTIONS) -> None:
         self.api = api
         self.routes = routes(api)
         self.log = log
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(path, Handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 without a thread and without waiting for the client."""
+        body = json.dumps({"error": f"pyhvd is busy: {self.max_connections} connections open already; "
+                                    "try again"}).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.setblocking(False)
+            try:
+                request.recv(MAX_BODY)  # what the client sent already: closing on unread data resets it
+            except BlockingIOError:
+                pass
+            request.send(head + body)  # a few hundred bytes: fits in an empty socket buffer
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
 def _plain(record: DomainRecord) -> dict[str, Any]:
     """A domain's description as the API shows it (the plain form it was created with)."""

@@ -1,7 +1,7 @@
 """``pyhvd``: the control domain.
 
     pyhvd [--run-dir /run/pyhv] [--state-dir /var/lib/pyhv] [--socket PATH] [--cpu-pool CPUS]
-          [--migration-key FILE] [--migration-listen HOST:PORT]
+          [--migration-key FILE] [--migration-listen HOST:PORT] [--snapshot-dir DIR]
 
 Listens on ``RUN_DIR/pyhvd.sock`` (0600) for the REST API (:mod:`.api`),
 re-attaches to the domains a previous pyhvd left running, and runs until
@@ -11,10 +11,17 @@ domain's vCPUs on those host CPUs (docs/SCHEDULING.md); stopping pyhvd hands
 them back to the host's scheduler.  ``--migration-key FILE`` (16 bytes or
 more, the same on both hosts) lets domains migrate out, and with
 ``--migration-listen HOST:PORT`` in: each authenticated stream becomes a new
-domain process.
+domain process.  The API saves snapshots to and restores them from files in
+``--snapshot-dir`` only (default ``STATE_DIR/snapshots``, created 0700); a
+path that resolves elsewhere is refused with 403.  ``--snapshot-dir /`` lifts
+the restriction.
+
+pyhvd holds ``pyhvd.lock`` (flock) in its run and state directories while it
+runs; a second pyhvd on either says which pid holds it and exits 1.
 
 Threads: the main thread serves the socket (one thread per connection, from
-socketserver); the registry's monitor thread watches the domain processes.
+socketserver, at most 64 at once: more get 503; idle ones close after 30 s);
+the registry's monitor thread watches the domain processes.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ def _parse(argv: list[str]) -> dict[str, str]:
         "--cpu-pool": os.environ.get("PYHV_CPU_POOL", ""),
         "--migration-key": "",
         "--migration-listen": "",
+        "--snapshot-dir": "",
     }
     args = list(argv)
     while args:
@@ -63,6 +71,9 @@ def _parse(argv: list[str]) -> dict[str, str]:
             value = args.pop(0)
         opts[name] = value
     opts["--socket"] = opts["--socket"] or os.path.join(opts["--run-dir"], "pyhvd.sock")
+    opts["--snapshot-dir"] = opts["--snapshot-dir"] or os.path.join(opts["--state-dir"], "snapshots")
+    if not os.path.isabs(opts["--snapshot-dir"]):
+        raise UsageError(f"--snapshot-dir {opts['--snapshot-dir']!r}: must be an absolute path")
     return opts
 
 
@@ -81,20 +92,48 @@ def _claim_socket(path: str) -> None:
     raise PyhvError(f"another pyhvd is already serving {path}")
 
 
+def _lock_dirs(dirs: list[str]) -> list[int]:
+    """Hold ``pyhvd.lock`` in each directory (flock, exclusive) for as long as
+    this pyhvd runs: two pyhvd on one run or state directory would each think
+    the domains there are theirs.  The lock file names the holder's pid."""
+    from .._sys.lock import flock_exclusive
+
+    fds: list[int] = []
+    try:
+        for d in dict.fromkeys(os.path.realpath(d) for d in dirs):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            path = os.path.join(d, "pyhvd.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fds.append(fd)
+            if not flock_exclusive(fd):
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                raise PyhvError(f"{d} is in use by another pyhvd (pid {holder}, holding {path})")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
 def serve(
     run_dir: str, state_dir: str, sock_path: str, pool: list[int] | None = None, key: bytes = b"",
-    listen: tuple[str, int] | None = None,
+    listen: tuple[str, int] | None = None, snapshot_dir: str = "",
 ) -> int:
     from .api import Api, Server
     from .registry import Registry
     from .sched import Scheduler
 
+    locks = _lock_dirs([run_dir, state_dir])  # held until pyhvd exits
     registry = Registry(run_dir, state_dir, log=_log)
+    snapshot_dir = snapshot_dir or os.path.join(state_dir, "snapshots")
+    os.makedirs(snapshot_dir, mode=0o700, exist_ok=True)
     scheduler = Scheduler(registry, pool, _log)
     _claim_socket(sock_path)
     old_umask = os.umask(0o177)
     try:
-        server = Server(sock_path, Api(registry, scheduler, key), _log)
+        server = Server(sock_path, Api(registry, scheduler, key, snapshot_dir), _log)
     finally:
         os.umask(old_umask)
     os.chmod(sock_path, 0o600)
@@ -123,6 +162,8 @@ def serve(
             pass
         scheduler.close()
         registry.close()
+        for fd in locks:
+            os.close(fd)
     _log("stopped; domains keep running")
     return 0
 
@@ -148,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             if not key:
                 raise UsageError("--migration-listen needs --migration-key FILE: migrations are authenticated")
             listen = parse_host_port(opts["--migration-listen"], "--migration-listen")
-        return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"], pool, key, listen)
+        return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"], pool, key, listen,
+                     opts["--snapshot-dir"])
     except PyhvError as e:
         print(f"pyhvd: {e}", file=sys.stderr)
         return e.exit_status

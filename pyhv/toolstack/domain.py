@@ -90,7 +90,11 @@ def main(argv: list[str]) -> int:
 
             snapshot = Snapshot(meta["restore"])
             if meta.get("verify"):
-                snapshot.verify_memory()
+                try:
+                    snapshot.verify_memory()  # every CRC, before anything is built
+                except BaseException:
+                    snapshot.close()
+                    raise
         runtime = _runtime(run_dir, meta, from_plain(meta["description"]), ready_fd)
     except (OSError, ValueError, KeyError, TypeError, PyhvError) as e:
         _tell(ready_fd, {"ok": False, "error": f"cannot start the domain: {e}"})

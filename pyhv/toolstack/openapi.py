@@ -45,12 +45,18 @@ SCHEMAS: dict[str, Any] = {
         "cpus": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": 4095}}}},
     "Empty": {"type": "object", "additionalProperties": False},
     "SaveRequest": {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
-        "path": {"type": "string", "description": "absolute file name of the snapshot"},
-        "then": {"type": "string", "enum": ["destroy", "continue", "pause"]}}},
+        "path": {"type": "string", "description": "absolute file name of the snapshot, in pyhvd's snapshot "
+                 "directory (pyhvd --snapshot-dir); an existing file is refused"},
+        "then": {"type": "string", "enum": ["destroy", "continue", "pause"]},
+        "force": {"type": "boolean", "description": "replace an existing file if it is a pyhv snapshot"}}},
     "Saved": {"type": "object", "properties": {"path": {"type": "string"}, "bytes": {"type": "integer"},
                                                 "seconds": {"type": "number"}}},
     "RestoreRequest": {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
-        "path": {"type": "string"}, "paused": {"type": "boolean"}, "name": {"type": "string"}}},
+        "path": {"type": "string", "description": "absolute file name of the snapshot, in pyhvd's snapshot "
+                 "directory (pyhvd --snapshot-dir)"},
+        "paused": {"type": "boolean"}, "name": {"type": "string"},
+        "verify": {"type": "boolean", "description": "check every memory CRC before the domain runs (reads the "
+                   "whole snapshot)"}}},
     "MigrateRequest": {"type": "object", "additionalProperties": False, "required": ["host", "port"], "properties": {
         "host": {"type": "string"}, "port": {"type": "integer", "minimum": 1, "maximum": 65535}}},
     "Migrated": {"type": "object", "properties": {"seconds": {"type": "number"}, "downtime": {"type": "number"},
@@ -157,8 +163,13 @@ def document() -> dict[str, Any]:
         for method, (summary, request, status, response) in methods.items():
             op: dict[str, Any] = {"summary": summary, "responses": {status: _json(response)}}
             op["responses"]["400"] = ERRORS["400"]  # any request can be malformed (e.g. a body that is not JSON)
+            op["responses"]["413"] = _json(_ref("Error"), "the request body is larger than 1 MiB")
+            op["responses"]["503"] = _json(_ref("Error"), "pyhvd cannot serve it now (too many connections, or "
+                                           "out of a resource such as disk space); nothing changed")
             if "{dom}" in path:
                 op["responses"].update(ERRORS)
+            if path in ("/restore", "/domains/{dom}/save"):
+                op["responses"]["403"] = _json(_ref("Error"), "the path is outside pyhvd's snapshot directory")
             if "not supported" in summary:
                 op["responses"]["501"] = _json(_ref("Error"), "not supported yet")
             if path == "/domains/{dom}/console":

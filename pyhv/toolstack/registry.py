@@ -167,20 +167,32 @@ class Registry:
     def create(self, config: Any, paused: bool = False, restore: str = "", verify: bool = False) -> DomainRecord:
         """Check a description (plain values, as the API and files give it), start the
         VMM process, wait until the guest runs (booted, or restored from snapshot
-        ``restore``)."""
+        ``restore``, its memory checked first with ``verify``)."""
         return self.start(self.admit_plain(config), paused, restore, verify)
 
     def start(self, description: Description, paused: bool = False, restore: str = "",
               verify: bool = False) -> DomainRecord:
-        """Start a description that :meth:`admit` reserved the name of."""
+        """Start a description that :meth:`admit` reserved the name of; the name is
+        released, and nothing of a refused start is left behind, on every path."""
+        log_dir = os.path.join(self.state_dir, "domains", description.name)
+        had_log_dir = os.path.isdir(log_dir)
+        domid, record = 0, None
         try:
             with self.lock:
                 domid = self._next_id()
             extra: dict[str, Any] = {"restore": restore, "verify": verify} if restore else {}
-            return self._spawn(domid, description, paused, extra)
+            record = self._spawn(domid, description, paused, extra)
+            return record
+        except OSError as e:
+            raise Refused(f"cannot create domain {description.name}: {_os_problem(e)}", 503) from None
         finally:
             with self.lock:
                 self._starting.discard(description.name)
+            if record is None:  # refused: leave nothing of it behind
+                if domid:
+                    shutil.rmtree(os.path.join(self.domains_dir, str(domid)), ignore_errors=True)
+                if not had_log_dir:
+                    _remove_unused_log_dir(log_dir)
 
     def admit_plain(self, config: Any) -> Description:
         try:
@@ -197,6 +209,10 @@ class Registry:
         for key, path in model.paths(description):
             if not os.path.isabs(path):
                 raise Refused(f"{key}: must be an absolute path (got {path!r})", 400)
+        host = _host_memory()
+        if host and description.memory > host:
+            raise Refused(f"memory: {description.memory >> 20} MiB is more than this host's "
+                          f"{host >> 20} MiB of RAM", 400)
         with self.lock:
             if description.name in self._starting or any(d.name == description.name for d in self.domains.values()):
                 raise Refused(f"a domain named {description.name!r} already exists", 409)
@@ -204,7 +220,9 @@ class Registry:
         return description
 
     def restore(self, path: str, paused: bool = False, name: str = "", verify: bool = False) -> DomainRecord:
-        """A domain from a snapshot file, checked here before anything starts."""
+        """A domain from a snapshot file, checked here before anything starts;
+        with ``verify`` the domain process also checks every memory CRC before
+        the guest runs (reading the whole file)."""
         from ..vmm.snapshot import Snapshot
 
         if not os.path.isabs(path):
@@ -337,12 +355,14 @@ class Registry:
         return int(server.getsockname()[1])
 
     def _incoming(self, sock: Any, peer: Any, key: bytes) -> None:
-        with self.lock:
-            domid = self._next_id()
         try:
+            with self.lock:
+                domid = self._next_id()
             self._spawn(domid, None, False, {}, incoming=sock, key=key)
         except PyhvError as e:
             self.log(f"incoming migration from {peer[0]}: {e}")
+        except OSError as e:
+            self.log(f"incoming migration from {peer[0]}: {_os_problem(e)}")
         finally:
             sock.close()
 
@@ -509,6 +529,43 @@ class Registry:
             self._migration_server.close()
         self._monitor.join(1.0) if self._monitor.is_alive() else None
         self._epoll.close()
+
+
+def _host_memory() -> int:
+    """The host's RAM in bytes (MemTotal); 0 if /proc/meminfo cannot tell."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _os_problem(e: OSError) -> str:
+    """One line for an OSError, also for one raised as OSError(errno) alone."""
+    if e.strerror:
+        text = e.strerror
+    elif e.args and isinstance(e.args[0], int):
+        text = os.strerror(e.args[0])
+    else:
+        text = str(e) or type(e).__name__
+    return f"{text} ({e.filename})" if e.filename else text
+
+
+def _remove_unused_log_dir(log_dir: str) -> None:
+    """Remove a domain's log directory that a refused create made, if nothing
+    in it was written (a failed start's vmm.log says why, and stays)."""
+    try:
+        entries = [os.path.join(log_dir, e) for e in os.listdir(log_dir)]
+        if not all(os.path.isfile(e) and not os.path.islink(e) and os.path.getsize(e) == 0 for e in entries):
+            return
+        for e in entries:
+            os.unlink(e)
+        os.rmdir(log_dir)
+    except OSError:
+        pass
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any]:

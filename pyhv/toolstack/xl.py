@@ -425,21 +425,26 @@ def sched_bvt(client: Client, argv: list[str]) -> int:
 
 
 def save(client: Client, argv: list[str]) -> int:
-    args = Args(argv, {"-c", "-p"})
-    dom, path = args.want(2, 2, "save [-c|-p] DOMAIN FILE")
+    args = Args(argv, {"-c", "-p", "--force"})
+    dom, path = args.want(2, 2, "save [-c|-p] [--force] DOMAIN FILE")
     if {"-c", "-p"} <= args.flags:
         raise UsageError("-c (continue) and -p (pause) exclude each other")
     then = "continue" if "-c" in args.flags else "pause" if "-p" in args.flags else "destroy"
-    reply = client.post(f"{_dom(dom)}/save", {"path": os.path.abspath(path), "then": then})
+    body: dict[str, Any] = {"path": os.path.abspath(path), "then": then}
+    if "--force" in args.flags:
+        body["force"] = True
+    reply = client.post(f"{_dom(dom)}/save", body)
     done = {"destroy": "and destroyed", "continue": "and running on", "pause": "and paused"}[then]
     print(f"domain {dom} saved to {path} ({reply['bytes'] >> 20} MiB, {reply['seconds'] * 1000:.0f} ms) {done}")
     return 0
 
 
 def restore(client: Client, argv: list[str]) -> int:
-    args = Args(argv, {"-p"}, {"--name"})
-    (path,) = args.want(1, 1, "restore [-p] [--name NAME] FILE")
+    args = Args(argv, {"-p", "--verify"}, {"--name"})
+    (path,) = args.want(1, 1, "restore [-p] [--verify] [--name NAME] FILE")
     body: dict[str, Any] = {"path": os.path.abspath(path), "paused": "-p" in args.flags}
+    if "--verify" in args.flags:
+        body["verify"] = True
     if "--name" in args.values:
         body["name"] = args.values["--name"]
     reply = client.post("/restore", body)
@@ -505,9 +510,10 @@ VERBS: dict[str, tuple[str, Callable[[Client, list[str]], int]]] = {
     "shutdown": ("shutdown [-w] DOMAIN: power the domain off (-w: wait until it is gone)", shutdown),
     "reboot": ("reboot DOMAIN: reset the domain", _simple("reboot", "rebooting")),
     "destroy": ("destroy DOMAIN: stop the domain at once", destroy),
-    "save": ("save [-c|-p] DOMAIN FILE: save the whole domain to FILE, then destroy it (-c: it runs on, "
-             "-p: it stays paused)", save),
-    "restore": ("restore [-p] [--name NAME] FILE: a domain from a saved FILE, running where it was saved", restore),
+    "save": ("save [-c|-p] [--force] DOMAIN FILE: save the whole domain to FILE, then destroy it (-c: it runs "
+             "on, -p: it stays paused; --force: FILE may be an earlier snapshot, replaced)", save),
+    "restore": ("restore [-p] [--verify] [--name NAME] FILE: a domain from a saved FILE, running where it was "
+                "saved (--verify: check all of its memory first)", restore),
     "migrate": ("migrate DOMAIN HOST[:PORT]: live-migrate to the pyhvd accepting migrations there "
                 f"(port {MIGRATION_PORT})", migrate),
     "mem-set": ("mem-set DOMAIN SIZE: balloon the domain to SIZE", mem_set),

@@ -183,9 +183,10 @@ def _virtio_devices(
     from ..devices.virtio.pci import VirtioPci
 
     if config.disks:
-        from ..backends.block import RawDisk
+        from ..backends.block import RawDisk, check_distinct
         from ..devices.virtio.blk import Blk
 
+        check_distinct([d.path for d in config.disks])
         for disk_config in config.disks:
             disk = RawDisk(disk_config.path, readonly=disk_config.readonly, direct=disk_config.cache == "none")
             backends.append(disk)

@@ -119,8 +119,10 @@ class Machine:
             raise PyhvError(f"vCPU {index} is running: pause the machine first")
         return read_state(v.vcpu)
 
-    def save(self, path: str, sync: bool = True, description: Description | None = None) -> Any:
-        """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py).
+    def save(self, path: str, sync: bool = True, description: Description | None = None, force: bool = False) -> Any:
+        """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py);
+        an existing ``path`` is replaced only with ``force`` and only if it is a
+        pyhv snapshot.
 
         A running machine is paused for the save (vCPUs and device work) and
         runs on afterwards; a paused or stopped one stays as it is.  Returns a
@@ -128,7 +130,7 @@ class Machine:
         from .snapshot import save
 
         with self.quiesced():
-            return save(self, path, sync, description)
+            return save(self, path, sync, description, force)
 
     def migrate(self, address: tuple[str, int], key: bytes, **options: Any) -> Any:
         """Live-migrate to ``pyhv run --incoming`` at ``address``; see vmm/migrate.py."""

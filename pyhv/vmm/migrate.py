@@ -30,6 +30,7 @@ import os
 import re
 import socket
 import struct
+import sys
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -285,6 +286,7 @@ def migrate(
     log = DirtyLog(machine)
     logging = False
     memory = machine.memory
+    handed: list[Any] = []  # disks whose locks the destination may take
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
@@ -320,10 +322,12 @@ def migrate(
             device_pages = memory.track(False) | _ring_pages(machine)
             final = _send_runs(ch, memory, runs) + _send_runs(ch, memory, _page_runs(device_pages))
             ch.send(STATE, json.dumps(capture(machine), separators=(",", ":")).encode())
+            _hand_over_disks(machine, handed)  # the destination locks them when it builds
             ch.send(DONE)
             ch.expect(BUILT, 0)
             ch.send(GO)
             ch.expect(RESUMED, 0)
+            handed.clear()
             resumed = time.perf_counter()
             machine.request_stop(Stop(StopKind.MIGRATED, 0, "migrated to another host"))
             machine.wait(10)  # returns with the vCPUs stopped here
@@ -332,6 +336,7 @@ def migrate(
         detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         raise MigrationError(f"migration to {address[0]}:{address[1]} failed, the machine runs on here: {detail}") from None
     finally:
+        _take_back_disks(handed)
         memory.track(False)
         if logging and machine.state != "stopped":
             try:
@@ -339,6 +344,27 @@ def migrate(
             except PyhvError:
                 pass
         sock.close()
+
+
+def _hand_over_disks(machine: Machine, handed: list[Any]) -> None:
+    """Flush and unlock the machine's disk images (vCPUs and I/O are held), so
+    that a destination on this host or on shared storage can lock them; each
+    goes into ``handed`` first, to be taken back if the migration fails."""
+    from ..backends.block import RawDisk
+
+    for disk in [b for b in machine.backends if isinstance(b, RawDisk)]:
+        disk.flush()
+        handed.append(disk)
+        disk.unlock()
+
+
+def _take_back_disks(disks: list[Any]) -> None:
+    """The migration failed after the hand-over: the machine runs on here, with its locks."""
+    for disk in disks:
+        try:
+            disk.relock()
+        except PyhvError as e:
+            print(f"pyhv: after a failed migration: {e}", file=sys.stderr, flush=True)
 
 
 # --- destination -------------------------------------------------------------------------
@@ -424,7 +450,7 @@ def receive_connection(
     try:
         try:
             announced = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MigrationError("configuration is not JSON") from None
         try:
             config = description_from_state(announced, serial)
@@ -457,7 +483,7 @@ def receive_connection(
             if kind == STATE:
                 try:
                     state = json.loads(payload)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise MigrationError("machine state is not JSON") from None
                 _, vcpus = check_state(state)
                 if state.get("description") != announced:

@@ -331,20 +331,24 @@ class Runtime:
     def op_save(self, request: dict[str, Any]) -> dict[str, Any]:
         """Save the whole domain to ``path``; then ``destroy`` it (the default,
         as xl does), let it ``continue``, or leave it ``pause``d.  A save that
-        fails leaves the domain as it was."""
-        path, then = request.get("path"), request.get("then", "destroy")
+        fails leaves the domain as it was.  An existing ``path`` is replaced
+        only with ``force`` and only if it is a pyhv snapshot."""
+        path, then, force = request.get("path"), request.get("then", "destroy"), request.get("force", False)
         if not isinstance(path, str) or not os.path.isabs(path):
             raise PyhvError("save: path must be an absolute file name")
         if then not in ("destroy", "continue", "pause"):
             raise PyhvError("save: then must be destroy, continue or pause")
+        if not isinstance(force, bool):
+            raise PyhvError("save: force must be true or false")
         machine = self._running_machine()
-        was_running = machine.state == "running"
+        with self._lock:
+            was_running = self.state == "running"
         if then != "continue":
             machine.pause(OP_TIMEOUT)
             with self._lock:
                 self.state = "paused"
         try:
-            info = machine.save(path, description=self.description)
+            info = machine.save(path, description=self.description, force=force)
         except BaseException:
             if then != "continue" and was_running:
                 machine.resume()

@@ -25,16 +25,22 @@ checked before a vCPU is created: size, magic, version, the checksum, and
 every value of the state (a snapshot is untrusted input).  The memory CRCs are
 checked on request (:meth:`Snapshot.verify_memory`), since that reads it all.
 
-A save writes to ``PATH.tmp`` and renames it over ``PATH`` once complete (and,
-by default, on disk), so an existing snapshot is never half overwritten, and a
-machine restored from ``PATH`` can be saved to ``PATH`` again.
+A save writes to a new temporary file in the target's directory (created
+O_EXCL|O_NOFOLLOW, so it can be nobody else's file) and, once complete (and,
+by default, on disk), links it into place only if ``PATH`` does not exist: a
+save never replaces a file that is not ours.  With ``force``, an existing
+``PATH`` that is a pyhv snapshot (a regular file starting with the magic) is
+replaced by a rename, so it is never half overwritten and a machine restored
+from ``PATH`` can be saved to ``PATH`` again; anything else is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import struct
 import time
 import zlib
@@ -260,17 +266,21 @@ def write_memory(memory: GuestMemory, fd: int, base: int = MEMORY_OFFSET) -> tup
 # --- the file ----------------------------------------------------------------------------
 
 
-def save(machine: Machine, path: str, sync: bool = True, description: Description | None = None) -> SaveInfo:
+def save(
+    machine: Machine, path: str, sync: bool = True, description: Description | None = None, force: bool = False,
+) -> SaveInfo:
     """Write ``machine`` (paused, I/O thread held: see :meth:`Machine.save`) to ``path``;
     ``description``, when given, is the domain as it is now (memory limits or
-    scheduling changed since it was built) and is kept instead of the machine's."""
+    scheduling changed since it was built) and is kept instead of the machine's.
+    An existing ``path`` is refused unless ``force`` and it is a pyhv snapshot."""
     t0 = time.perf_counter()
+    _check_target(path, force)
     state = capture(machine)
     if description is not None:
         state["description"] = to_plain(description)
-    tmp = f"{path}.tmp"
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise SnapshotError(f"cannot create {tmp}: {e.strerror}") from None
     try:
@@ -285,7 +295,7 @@ def save(machine: Machine, path: str, sync: bool = True, description: Descriptio
         if sync:
             os.fsync(fd)
         st = os.fstat(fd)
-        os.rename(tmp, path)
+        _put_in_place(tmp, path, force)
     except OSError as e:
         _unlink(tmp)
         raise SnapshotError(f"cannot write snapshot {path}: {e.strerror}") from None
@@ -295,6 +305,44 @@ def save(machine: Machine, path: str, sync: bool = True, description: Descriptio
     finally:
         os.close(fd)
     return SaveInfo(path, st.st_size, st.st_blocks * 512, written, time.perf_counter() - t0)
+
+
+def _check_target(path: str, force: bool) -> None:
+    """Refuse to save over anything but (with ``force``) an earlier pyhv snapshot."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise SnapshotError(f"cannot save to {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SnapshotError(f"cannot save to {path}: not a regular file")
+    if not force:
+        raise SnapshotError(f"cannot save to {path}: it exists (force replaces an earlier pyhv snapshot)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise SnapshotError(f"cannot save to {path}: {e.strerror}") from None
+    try:
+        magic = os.pread(fd, len(MAGIC), 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
+    if magic != MAGIC:
+        raise SnapshotError(f"cannot save to {path}: it exists and is not a pyhv snapshot")
+
+
+def _put_in_place(tmp: str, path: str, force: bool) -> None:
+    """Give the finished snapshot its name: a hard link fails if ``path`` appeared
+    meanwhile (no overwrite); with ``force``, a rename over the checked snapshot."""
+    if force:
+        _check_target(path, force)
+        os.rename(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise SnapshotError(f"cannot save to {path}: it exists (force replaces an earlier pyhv snapshot)") from None
+    _unlink(tmp)
 
 
 def _header(mem_len: int, state_offset: int, blob: bytes) -> bytes:
@@ -324,10 +372,14 @@ class Snapshot:
     def __init__(self, path: str, serial: str | None = None) -> None:
         self.path = path
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO must not hang the open; O_NOFOLLOW: the file named, not where a link points
+            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
-            raise SnapshotError(f"cannot open snapshot {path}: {e.strerror}") from None
+            why = "a symbolic link, not a regular file" if e.errno == errno.ELOOP else e.strerror
+            raise SnapshotError(f"cannot open snapshot {path}: {why}") from None
         try:
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                raise SnapshotError(f"cannot open snapshot {path}: not a regular file")
             self._check(serial)
         except BaseException:
             self.close()

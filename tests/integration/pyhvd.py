@@ -25,6 +25,8 @@ class Daemon:
         self.run_dir = tmp / "run"
         self.state_dir = tmp / "state"
         self.socket = str(self.run_dir / "pyhvd.sock")
+        #: where the API may save and restore snapshots (pyhvd's default --snapshot-dir)
+        self.snapshots = self.state_dir / "snapshots"
         self.env = dict(os.environ, PYTHONPATH=str(ROOT), PYHV_RUN_DIR=str(self.run_dir),
                         PYHV_STATE_DIR=str(self.state_dir), PYHV_SOCKET=self.socket)
         self.proc: subprocess.Popen[bytes] | None = None

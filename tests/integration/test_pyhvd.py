@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -298,3 +300,36 @@ def test_mem_set_balloons_the_guest(daemon: Daemon) -> None:
     assert d.pyhv("mem-max", "b", "248M").returncode == 0
     r = d.pyhv("mem-set", "b", "250M")
     assert r.returncode == 1 and "out of range" in r.stderr
+
+
+def _second_pyhvd(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from pyhv.toolstack.daemon import main; sys.exit(main())", *args],
+        env=d.env, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL, check=False,
+    )
+
+
+def test_a_second_pyhvd_on_the_same_run_or_state_directory_exits_naming_the_holder(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    d = daemon
+    assert d.proc is not None
+    same_run = _second_pyhvd(d, "--socket", str(tmp_path / "other.sock"))
+    same_state = _second_pyhvd(d, "--run-dir", str(tmp_path / "run2"))
+    for r, directory in ((same_run, d.run_dir), (same_state, d.state_dir)):
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert f"{directory} is in use by another pyhvd (pid {d.proc.pid}" in r.stderr, r.stderr
+    assert not (tmp_path / "other.sock").exists() and not (tmp_path / "run2" / "pyhvd.sock").exists()
+    assert d.client.get("/version")["domains"] == 0
+
+
+def test_a_second_domain_on_a_disk_image_in_use_is_refused(daemon: Daemon, tmp_path: Path) -> None:
+    d = daemon
+    disk = tmp_path / "shared.img"
+    disk.write_bytes(bytes(1 << 20))
+    assert d.pyhv("create", str(d.config("owner", "ticker probe.n=50", disks=[{"path": str(disk)}]))).returncode == 0
+    entries = sorted(os.listdir(d.run_dir / "domains"))
+    r = d.pyhv("create", str(d.config("thief", disks=[{"path": str(disk), "readonly": True}])))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{disk}: disk image is in use" in r.stderr, r.stderr
+    assert sorted(d.domains()) == ["owner"] and sorted(os.listdir(d.run_dir / "domains")) == entries

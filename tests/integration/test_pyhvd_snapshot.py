@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pyhv.toolstack.client import ApiError, Client
+
 from .pyhvd import Daemon, daemon_fixture, ticks_in
 
 pytestmark = pytest.mark.kvm
@@ -30,62 +32,96 @@ def _consecutive(ticks: list[int]) -> None:
     assert ticks == list(range(1, len(ticks) + 1)), f"ticks lost or repeated: {ticks}"
 
 
-def test_save_and_restore_go_on_where_the_guest_was(daemon: Daemon, tmp_path: Path) -> None:
+def test_save_and_restore_go_on_where_the_guest_was(daemon: Daemon) -> None:
     d = daemon
     assert d.pyhv("create", str(d.config("s", "ticker probe.n=50"))).returncode == 0
     d.ticks_reach("s", 3)
     # -c: saved, and runs on
-    r = d.pyhv("save", "-c", "s", str(tmp_path / "running.snap"))
+    r = d.pyhv("save", "-c", "s", str(d.snapshots / "running.snap"))
     assert r.returncode == 0, r.stderr
     last = d.ticks("s")[-1]
     d.ticks_reach("s", last + 3)
     # -p: saved and left paused
-    r = d.pyhv("save", "-p", "s", str(tmp_path / "paused.snap"))
+    r = d.pyhv("save", "-p", "s", str(d.snapshots / "paused.snap"))
     assert r.returncode == 0, r.stderr
     assert d.domains()["s"]["state"] == "paused"
     assert d.pyhv("unpause", "s").returncode == 0
     # the default: saved, then destroyed
     d.ticks_reach("s", d.ticks("s")[-1] + 2)
-    r = d.pyhv("save", "s", str(tmp_path / "s.snap"))
+    r = d.pyhv("save", "s", str(d.snapshots / "s.snap"))
     assert r.returncode == 0, r.stderr
     assert "s" not in d.domains()
     saved_at = d.ticks("s")[-1]
     time.sleep(0.3)
     assert d.ticks("s")[-1] == saved_at  # nothing runs while it is saved
     # restore: the same domain, going on from the next tick, not booting again
-    r = d.pyhv("restore", str(tmp_path / "s.snap"))
+    r = d.pyhv("restore", str(d.snapshots / "s.snap"))
     assert r.returncode == 0, r.stderr
     assert d.domains()["s"]["state"] in ("running", "blocked")
     ticks = d.ticks_reach("s", saved_at + 5)
     _consecutive(ticks)
     assert d.console_log("s").count("probe: boot") == 1
     # a second copy under another name, from the earlier snapshot
-    r = d.pyhv("restore", "--name", "s2", "-p", str(tmp_path / "running.snap"))
+    r = d.pyhv("restore", "--name", "s2", "-p", str(d.snapshots / "running.snap"))
     assert r.returncode == 0, r.stderr
     assert d.domains()["s2"]["state"] == "paused"
     # the same name twice is refused
-    r = d.pyhv("restore", str(tmp_path / "s.snap"))
+    r = d.pyhv("restore", str(d.snapshots / "s.snap"))
     assert r.returncode == 1 and "already exists" in r.stderr
 
 
-def test_bad_snapshots_are_refused_before_anything_runs(daemon: Daemon, tmp_path: Path) -> None:
+def test_bad_snapshots_are_refused_before_anything_runs(daemon: Daemon) -> None:
     d = daemon
     assert d.pyhv("create", str(d.config("b", "ticker probe.n=50"))).returncode == 0
-    good = tmp_path / "b.snap"
+    good = d.snapshots / "b.snap"
     assert d.pyhv("save", "-c", "b", str(good)).returncode == 0
     data = good.read_bytes()
     cases = {"truncated": data[: len(data) // 2], "garbage": b"not a snapshot at all" * 10,
              "flipped": data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]}
     before = sorted(os.listdir(d.run_dir / "domains"))
     for label, content in cases.items():
-        bad = tmp_path / f"{label}.snap"
+        bad = d.snapshots / f"{label}.snap"
         bad.write_bytes(content)
         r = d.pyhv("restore", "--name", label, str(bad))
         assert r.returncode == 2 and r.stderr.count("\n") == 1, (label, r.stderr)
-    r = d.pyhv("restore", str(tmp_path / "missing.snap"))
+    r = d.pyhv("restore", str(d.snapshots / "missing.snap"))
     assert r.returncode == 2 and "cannot open" in r.stderr
     assert sorted(os.listdir(d.run_dir / "domains")) == before
     assert sorted(d.domains()) == ["b"]
+
+
+def test_save_and_restore_stay_in_the_snapshot_directory_and_replace_nothing_else(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    d = daemon
+    assert d.pyhv("create", str(d.config("w", "ticker probe.n=50"))).returncode == 0
+    outside = tmp_path / "passwd"
+    outside.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (d.snapshots / "escape.snap").symlink_to(outside)
+    (d.snapshots / "notes.txt").write_text("not a snapshot\n")
+    refused = {}
+    for path in (outside, d.snapshots / "escape.snap", d.snapshots / ".." / "w.snap"):
+        with pytest.raises(ApiError) as e:
+            d.client.post("/domains/w/save", {"path": str(path), "then": "continue", "force": True})
+        refused[str(path)] = (e.value.http_status, str(e.value))
+    with pytest.raises(ApiError) as e:
+        d.client.post("/restore", {"path": str(outside)})
+    refused["restore"] = (e.value.http_status, str(e.value))
+    assert all(status == 403 and "outside the snapshot directory" in message and "\n" not in message
+               for status, message in refused.values()), refused
+    # inside it: an existing file is replaced only with --force, and only if it is a snapshot
+    r = d.pyhv("save", "-c", "--force", "w", str(d.snapshots / "notes.txt"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not a pyhv snapshot" in r.stderr, r.stderr
+    snap = d.snapshots / "w.snap"
+    assert d.pyhv("save", "-c", "w", str(snap)).returncode == 0
+    r = d.pyhv("save", "-c", "w", str(snap))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "it exists" in r.stderr, r.stderr
+    r = d.pyhv("save", "-c", "--force", "w", str(snap))
+    assert r.returncode == 0, r.stderr
+    assert outside.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+    assert (d.snapshots / "notes.txt").read_text() == "not a snapshot\n"
+    assert sorted(p.name for p in d.snapshots.iterdir()) == ["escape.snap", "notes.txt", "w.snap"]
+    assert d.domains()["w"]["state"] in ("running", "blocked")
 
 
 def _free_port() -> int:
@@ -141,3 +177,62 @@ def test_live_migration_between_two_pyhvd(tmp_path: Path) -> None:
     finally:
         for d in (source, dest, stranger):
             d.cleanup()
+
+
+@pytest.mark.parametrize("then", ["pause", "destroy", "continue"])
+def test_a_failed_save_leaves_the_domain_running_as_before(daemon: Daemon, then: str) -> None:
+    d = daemon
+    assert d.pyhv("create", str(d.config("f", "ticker probe.n=50"))).returncode == 0
+    d.ticks_reach("f", 2)
+    with pytest.raises(ApiError) as e:
+        d.client.post("/domains/f/save", {"path": str(d.snapshots / "no-such-dir" / "f.snap"), "then": then})
+    assert e.value.http_status == 409 and "cannot create" in str(e.value) and "\n" not in str(e.value)
+    assert d.domains()["f"]["state"] in ("running", "blocked")
+    d.ticks_reach("f", d.ticks("f")[-1] + 2)
+    assert sorted(p.name for p in d.snapshots.iterdir()) == []
+
+
+def test_a_failed_save_of_a_paused_domain_leaves_it_paused(daemon: Daemon) -> None:
+    d = daemon
+    assert d.pyhv("create", "-p", str(d.config("f", "ticker probe.n=50"))).returncode == 0
+    r = d.pyhv("save", "-p", "f", str(d.snapshots / "no-such-dir" / "f.snap"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot create" in r.stderr, r.stderr
+    assert d.domains()["f"]["state"] == "paused"
+
+
+def test_restore_of_a_fifo_or_a_directory_is_refused_at_once(daemon: Daemon) -> None:
+    d = daemon
+    os.mkfifo(d.snapshots / "fifo.snap")
+    (d.snapshots / "dir.snap").mkdir()
+    client = Client(d.socket, timeout=5)
+    answers = {}
+    for name in ("fifo.snap", "dir.snap"):
+        with pytest.raises(ApiError) as e:
+            client.post("/restore", {"path": str(d.snapshots / name)})
+        answers[name] = (e.value.http_status, str(e.value))
+    assert answers == {name: (400, f"cannot open snapshot {d.snapshots / name}: not a regular file")
+                       for name in answers}
+    assert d.domains() == {} and os.listdir(d.run_dir / "domains") == []
+
+
+def test_restore_verify_refuses_corrupt_memory_before_the_domain_runs(daemon: Daemon) -> None:
+    from pyhv.vmm.snapshot import Snapshot
+
+    d = daemon
+    assert d.pyhv("create", str(d.config("v", "ticker probe.n=50"))).returncode == 0
+    d.ticks_reach("v", 2)
+    snap = d.snapshots / "v.snap"
+    assert d.pyhv("save", "v", str(snap)).returncode == 0
+    snapshot = Snapshot(str(snap))
+    offset = snapshot.extents[0][0]
+    snapshot.close()
+    with open(snap, "r+b") as f:
+        byte = os.pread(f.fileno(), 1, offset + 7)
+        os.pwrite(f.fileno(), bytes([byte[0] ^ 0x55]), offset + 7)
+    log_before = d.console_log("v")
+    r = d.pyhv("restore", "--verify", str(snap))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "CRC mismatch" in r.stderr, r.stderr
+    assert "v" not in d.domains() and os.listdir(d.run_dir / "domains") == []
+    assert d.console_log("v") == log_before  # the guest never ran
+    r = d.pyhv("restore", str(snap))  # without --verify the damage goes unseen
+    assert r.returncode == 0, r.stderr

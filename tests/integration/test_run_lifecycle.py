@@ -99,3 +99,38 @@ def test_domain_config_file_boots_its_vcpus(tmp_path: os.PathLike[str]) -> None:
         f.write(f'name = "probe"\nkernel = "{PROBE}"\ncmdline = "probe.test=smp"\nvcpus = 2\nmemory = 128\n')
     run = pyhv("run", "--config", path, "--debug-exit")
     assert run.line("cpus_online")["cpus_online"] == "2" and run.status == 0
+
+
+def test_a_disk_in_use_by_a_running_guest_is_refused_to_a_second_one(tmp_path: os.PathLike[str]) -> None:
+    disk = os.path.join(tmp_path, "d.img")
+    with open(disk, "wb") as f:
+        f.write(bytes(1 << 20))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--cmdline", "probe.test=cpu probe.n=100000000000",
+         "--disk", disk], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+    )
+    try:
+        assert _first_line(first).startswith(b"probe: boot")
+        second = run_probe("probe.test=hello", "--disk", disk)
+        read_only = run_probe("probe.test=hello", "--disk", f"{disk},ro")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=20)
+    for run in (second, read_only):
+        assert run.status == 2 and run.stdout == "", run.stderr
+        assert run.stderr == f"pyhv: {disk}: disk image is in use by another domain or program (it holds a lock on it)\n"
+    assert run_probe("probe.test=hello", "--disk", disk).status == 0  # free again
+
+
+def test_one_image_given_twice_to_a_guest_is_refused(tmp_path: os.PathLike[str]) -> None:
+    disk = os.path.join(tmp_path, "d.img")
+    with open(disk, "wb") as f:
+        f.write(bytes(1 << 20))
+    alias = os.path.join(tmp_path, "alias.img")
+    os.symlink(disk, alias)
+    by_name = run_probe("probe.test=hello", "--disk", disk, "--disk", f"{disk},ro")
+    by_inode = run_probe("probe.test=hello", "--disk", disk, "--disk", f"{alias},ro")
+    assert (by_name.status, by_name.stdout, by_inode.status, by_inode.stdout) == (2, "", 2, "")
+    assert by_name.stderr == f"pyhv: --disk '{disk},ro': path: the same image as disks[0]\n"
+    assert by_inode.stderr == f"pyhv: {alias}: the same disk image as {disk}: a machine opens each image once\n"

@@ -309,3 +309,67 @@ def test_a_failed_save_leaves_the_machine_running_and_nothing_behind(tmp_path: p
     finally:
         machine.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["console"]
+
+
+def test_save_never_replaces_a_file_that_is_not_a_pyhv_snapshot(tmp_path: pathlib.Path) -> None:
+    from pyhv.vmm.snapshot import SnapshotError
+
+    precious = tmp_path / "passwd"
+    precious.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    link = tmp_path / "link.snap"
+    link.symlink_to(precious)
+    fifo = tmp_path / "fifo.snap"
+    os.mkfifo(fifo)
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=counter", serial="none", memory="32M"))
+    try:
+        refusals = []
+        for target, force in ((precious, False), (precious, True), (link, True), (fifo, True), (tmp_path, True)):
+            with pytest.raises(SnapshotError) as e:
+                machine.save(str(target), force=force)
+            refusals.append(str(e.value))
+    finally:
+        machine.close()
+    assert all("\n" not in r and "cannot save to" in r for r in refusals), refusals
+    assert "it exists" in refusals[0] and "not a pyhv snapshot" in refusals[1]
+    assert all("not a regular file" in r for r in refusals[2:]), refusals
+    assert precious.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.snap", "link.snap", "passwd"]
+
+
+def test_save_with_force_replaces_an_earlier_snapshot_and_without_it_keeps_it(tmp_path: pathlib.Path) -> None:
+    from pyhv.vmm.snapshot import SnapshotError
+
+    snap = tmp_path / "m.snap"
+    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=counter", serial="none", memory="32M"))
+    try:
+        machine.save(str(snap))
+        first = snap.stat().st_ino
+        with pytest.raises(SnapshotError, match="it exists"):
+            machine.save(str(snap))
+        assert snap.stat().st_ino == first
+        machine.save(str(snap), force=True)
+    finally:
+        machine.close()
+    assert snap.stat().st_ino != first
+    Snapshot(str(snap)).close()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.snap"]
+
+
+def test_snapshot_on_signal_replaces_its_own_earlier_snapshot(tmp_path: pathlib.Path) -> None:
+    log, snap = tmp_path / "console", tmp_path / "m.snap"
+    p = _popen("--kernel", str(PROBE), "--cmdline", "probe.test=counter", "--snapshot-on-signal", str(snap),
+               serial=log)
+    try:
+        _wait_for(log, "addr=0x1ff000")
+        _save_by_signal(p, snap)
+        first = snap.stat().st_ino
+        p.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while snap.stat().st_ino == first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    assert err.count("saved snapshot") == 2 and "not saved" not in err, err

@@ -14,9 +14,11 @@ Bounded in CI; ``PYHV_FUZZ_EXAMPLES=5000`` for a long run.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import struct
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,14 +50,16 @@ from .virtio_fakes import FakeDriver, FakeGuestRam, bring_up_mmio
 
 EXAMPLES = int(os.environ.get("PYHV_FUZZ_EXAMPLES", "60"))
 RAM = 1 << 20
-_IMAGE = Path(os.environ.get("TMPDIR", "/tmp")) / f"pyhv-state-{os.getpid()}.img"
+# each disk its own image: an image is locked by the device that has it open
+_IMAGES = tempfile.TemporaryDirectory(prefix="pyhv-state-")
+_IMAGE_NUMBERS = itertools.count()
 
 
 def _image() -> str:
-    if not _IMAGE.exists():
-        with open(_IMAGE, "wb") as f:
-            f.truncate(64 * 1024)
-    return str(_IMAGE)
+    path = Path(_IMAGES.name) / f"{next(_IMAGE_NUMBERS)}.img"
+    with open(path, "wb") as f:
+        f.truncate(64 * 1024)
+    return str(path)
 
 
 def _bring_up_pci(t: vp.VirtioPci, drivers: list[FakeDriver]) -> None:

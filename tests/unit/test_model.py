@@ -108,7 +108,7 @@ def test_file_that_is_not_toml_names_the_file(tmp_path: Path) -> None:
 def test_deeply_nested_file_is_refused_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "deep.toml"
     path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
-    with pytest.raises(UsageError, match=f"{path}: nested deeper than"):
+    with pytest.raises(UsageError, match=f"{path}: arrays or tables nested more than"):
         files.load(str(path))
 
 

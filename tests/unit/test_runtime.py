@@ -58,7 +58,7 @@ class FakeMachine:
     def resume(self) -> None:
         self.state = "running"
 
-    def save(self, path: str, description: Any = None) -> Any:
+    def save(self, path: str, description: Any = None, force: bool = False) -> Any:
         raise PyhvError(f"cannot create {path}.tmp: No such file or directory")
 
 

@@ -1,0 +1,92 @@
+"""A machine's devices, by kind: the one place they are looked up, saved and put back.
+
+The builder makes every device and hands them here; nothing else keeps a
+table of them.  The legacy devices have fixed roles (COM1, the i8042 reset
+line, the CMOS clock, port 0x80, the ACPI PM registers, debug-exit); the
+virtio devices sit on PCI, each in its slot, and are found by type.
+
+Their state (:meth:`Devices.state`) is plain values keyed by role and PCI
+slot, which is what a snapshot or a migration stream carries;
+:meth:`Devices.set_state` checks each part before changing anything.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..devices.state import DeviceStateError, check_keys
+
+if TYPE_CHECKING:
+    from ..devices.legacy.acpi_pm import AcpiPm
+    from ..devices.legacy.debug_exit import DebugExit
+    from ..devices.legacy.i8042 import I8042
+    from ..devices.legacy.port80 import ProgressCodes
+    from ..devices.legacy.rtc import Rtc
+    from ..devices.legacy.uart import Uart
+    from ..devices.virtio.balloon import Balloon
+    from ..devices.virtio.device import VirtioDevice
+    from .pci import PciWiring
+
+T = TypeVar("T")
+
+#: the legacy devices whose state a snapshot carries (the others hold none)
+STATEFUL = ("com1", "rtc", "i8042")
+
+
+class Devices:
+    def __init__(
+        self, *, com1: Uart, i8042: I8042, rtc: Rtc, progress: ProgressCodes, acpi_pm: AcpiPm, pci: PciWiring,
+        debug_exit: DebugExit | None = None,
+    ) -> None:
+        self.com1 = com1
+        self.i8042 = i8042
+        self.rtc = rtc
+        self.progress = progress
+        self.acpi_pm = acpi_pm
+        self.debug_exit = debug_exit
+        self.pci = pci
+
+    # --- lookup ---------------------------------------------------------------------------
+
+    def virtio(self) -> list[tuple[int, VirtioDevice]]:
+        """Every virtio device with its PCI slot, in slot order."""
+        root = self.pci.root
+        return sorted(((root.slot_of(t), t.device) for t in self.pci.transports), key=lambda pair: pair[0])
+
+    def of_type(self, cls: type[T]) -> list[tuple[int, T]]:
+        """The virtio devices of one kind (``Blk``, ``Net``, ...), with their slots."""
+        return [(slot, d) for slot, d in self.virtio() if isinstance(d, cls)]
+
+    @property
+    def balloon(self) -> Balloon | None:
+        from ..devices.virtio.balloon import Balloon
+
+        found = self.of_type(Balloon)
+        return found[0][1] if found else None
+
+    # --- state --------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        root = self.pci.root
+        return {
+            "com1": self.com1.state(), "rtc": self.rtc.state(), "i8042": self.i8042.state(),
+            "pci_root": root.state(),
+            "pci": {str(root.slot_of(t)): t.state() for t in self.pci.transports},
+        }
+
+    def set_state(self, states: Any) -> None:
+        """Put every device back; each checks its part before changing anything."""
+        check_keys(states, {*STATEFUL, "pci_root", "pci"}, "machine devices")
+        root = self.pci.root
+        pci = states["pci"]
+        slots = {str(root.slot_of(t)): t for t in self.pci.transports}
+        if not isinstance(pci, dict) or set(pci) != set(slots):
+            raise DeviceStateError(f"pci state: devices in slots {sorted(pci) if isinstance(pci, dict) else pci!r:.60}, "
+                                   f"this machine has {sorted(slots)}")
+        self.com1.set_state(states["com1"])
+        self.rtc.set_state(states["rtc"])
+        self.i8042.set_state(states["i8042"])
+        root.set_state(states["pci_root"])
+        for slot, transport in slots.items():
+            transport.set_state(pci[slot])
+        root.refresh_mappings()
