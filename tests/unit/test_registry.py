@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pyhv.toolstack import registry as registry_module
+from pyhv.toolstack import hostres, store
 from pyhv.toolstack.api import MAX_CONNECTIONS, Api, Handler, Server
 from pyhv.toolstack.client import ApiError, Client
 from pyhv.model.files import MAX_DEPTH
@@ -70,7 +70,7 @@ def test_a_create_refused_by_a_full_state_directory_releases_its_name(
 def test_a_create_refused_after_its_directories_were_made_removes_them(
     pyhvd: Pyhvd, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
-    monkeypatch.setattr(registry_module, "_write_json", _full)
+    monkeypatch.setattr(store, "write_json", _full)
     with pytest.raises(ApiError) as e:
         pyhvd.client.post("/domains", {"config": _config("web")})
     assert e.value.http_status == 503 and "\n" not in str(e.value) and "No space left" in str(e.value)
@@ -84,7 +84,7 @@ def test_a_refused_create_keeps_a_log_directory_it_did_not_make(
 ) -> None:
     kept = tmp_path / "state" / "domains" / "web"
     kept.mkdir(parents=True)
-    monkeypatch.setattr(registry_module, "_write_json", _full)
+    monkeypatch.setattr(store, "write_json", _full)
     with pytest.raises(ApiError):
         pyhvd.client.post("/domains", {"config": _config("web")})
     assert kept.is_dir()
@@ -174,7 +174,7 @@ def test_more_memory_than_the_host_has_is_refused_with_the_numbers(pyhvd: Pyhvd)
 
 
 def test_memory_within_the_host_is_admitted(pyhvd: Pyhvd, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "_host_memory", lambda: 1 << 30)
+    monkeypatch.setattr(hostres, "host_memory", lambda: 1 << 30)
     assert pyhvd.registry.admit_plain({**_config("fits"), "memory": "1G"}).memory == 1 << 30
     with pytest.raises(Refused, match="1025 MiB is more than this host's 1024 MiB"):
         pyhvd.registry.admit_plain({**_config("over"), "memory": "1025M"})
