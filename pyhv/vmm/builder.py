@@ -8,7 +8,7 @@ afterwards costs milliseconds per slot.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
@@ -20,14 +20,11 @@ from ..memory import GuestMemory
 from ..model import Description, default_mac, parse_mac
 from ..vcpu import Stop, StopKind, VcpuThread
 
+from .devices import Devices
 from .cpu import apply_entry_state, setup_cpuid, setup_msrs, supported_entries
 from .iothread import IoThread
 from .machine import Closeable, Machine
 from .pci import PciWiring
-
-if TYPE_CHECKING:
-    from ..devices.virtio.balloon import Balloon
-
 
 class RestoreSource(Protocol):
     """Where a restored machine comes from: a snapshot file or a migration stream."""
@@ -67,7 +64,7 @@ def build(
             assert vm is not None
             vm.signal_msi(address, data)
 
-        balloon = _virtio_devices(config, memory, wiring, deliver, backends, io, taps or {})
+        _virtio_devices(config, memory, wiring, deliver, backends, io, taps or {})
         entry = None
         if restore is None:
             pci_devices, pci_tables = wiring.acpi()
@@ -90,23 +87,22 @@ def build(
 
         pio, mmio = PioBus(), MmioBus()
         progress = port80.ProgressCodes()
-        machine = Machine(config, kvm, vm, memory, pio, mmio, console, progress, owns_console)
-        machine.io = io
-        machine.pci = wiring
-        machine.backends = backends
-        machine.balloon = balloon
         wiring.attach(vm, pio, mmio, io)
-        machine.devices.update({f"pci{wiring.root.slot_of(t)}": t.device for t in wiring.transports})
+
+        def stop(kind: StopKind, status: int, detail: str) -> None:
+            # the legacy devices' outputs stop the machine made below (they fire only once it runs)
+            assert machine is not None
+            machine.request_stop(Stop(kind, status, detail))
 
         com1 = uart.Uart(console.write, irq=lambda level: vm.irq_line(uart.COM1_IRQ, int(level)))
         pio.insert(uart.COM1_BASE, 8, com1, "com1")
-        kbc = i8042.I8042(reset=lambda: machine.request_stop(Stop(StopKind.RESET, 0, "guest reset")))
+        kbc = i8042.I8042(reset=lambda: stop(StopKind.RESET, 0, "guest reset"))
         pio.insert(i8042.DATA_PORT, 1, kbc.data, "i8042-data")
         pio.insert(i8042.COMMAND_PORT, 1, kbc.command, "i8042-command")
         pio.insert(port80.PORT, 1, progress, "port80")
         pm = acpi_pm.AcpiPm(
-            poweroff=lambda: machine.request_stop(Stop(StopKind.POWEROFF, 0, "guest powered off")),
-            reset=lambda: machine.request_stop(Stop(StopKind.RESET, 0, "guest reset")),
+            poweroff=lambda: stop(StopKind.POWEROFF, 0, "guest powered off"),
+            reset=lambda: stop(StopKind.RESET, 0, "guest reset"),
         )
         for port, register, name in pm.ports():
             pio.insert(port, 1, register, name)
@@ -114,15 +110,14 @@ def build(
         clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]))
         pio.insert(rtc.INDEX_PORT, 1, clock.index_port, "rtc-index")
         pio.insert(rtc.DATA_PORT, 1, clock.data_port, "rtc-data")
-        machine.devices.update(com1=com1, i8042=kbc, port80=progress, acpi_pm=pm, rtc=clock)
+        dbg = None
         if config.debug_exit:
             dbg = debug_exit.DebugExit(
-                lambda value: machine.request_stop(
-                    Stop(StopKind.DEBUG_EXIT, value & 0xFF, f"guest wrote {value:#x} to debug-exit")
-                )
+                lambda value: stop(StopKind.DEBUG_EXIT, value & 0xFF, f"guest wrote {value:#x} to debug-exit")
             )
             pio.insert(debug_exit.DEFAULT_BASE, debug_exit.LENGTH, dbg, "debug-exit")
-            machine.devices["debug-exit"] = dbg
+        devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, debug_exit=dbg)
+        machine = Machine(config, kvm, vm, memory, pio, mmio, console, devices, io, backends, owns_console)
 
         supported = supported_entries(kvm.supported_cpuid())
         for index in range(config.vcpus):
@@ -134,12 +129,12 @@ def build(
                     apply_entry_state(vcpu, entry)
             machine.vcpus.append(VcpuThread(vcpu, pio, mmio, machine._vcpu_stopped))
         if restore is not None:
-            from .snapshot import apply_device_states, apply_vm_state
+            from .snapshot import apply_vm_state
 
-            apply_device_states(machine, restore.state["devices"])
+            devices.set_state(restore.state["devices"])
             apply_vm_state(machine, restore.state, restore.vcpu_states)
-            for transport in wiring.transports:
-                machine.io.call_soon(transport.device.after_restore)  # runs once the machine starts
+            for _, device in devices.virtio():
+                io.call_soon(device.after_restore)  # runs once the machine starts
         console.start_input(
             com1.enqueue, lambda: machine.request_stop(Stop(StopKind.DESTROY, 0, "console escape"))
         )
@@ -173,8 +168,8 @@ def restore(path: str, serial: str | None = None, console: Console | None = None
 def _virtio_devices(
     config: Description, memory: GuestMemory, wiring: PciWiring, deliver: Any, backends: list[Closeable],
     io: IoThread, taps: Mapping[int, int],
-) -> Balloon | None:
-    """Open the backends and put the configured virtio devices on PCI; return the balloon.
+) -> None:
+    """Open the backends and put the configured virtio devices on PCI.
 
     Devices and backends that wait on file descriptors get ``io``.  Each
     device's module is imported only when the machine has one: the domain's
@@ -205,12 +200,10 @@ def _virtio_devices(
         from ..devices.virtio.rng import Rng
 
         wiring.add(VirtioPci(Rng(memory), deliver))
-    balloon = None
     if config.balloon:
         from ..devices.virtio.balloon import Balloon
 
-        balloon = Balloon(memory)
-        wiring.add(VirtioPci(balloon, deliver))
+        wiring.add(VirtioPci(Balloon(memory), deliver))
     if config.vsock is not None:
         from ..backends.vsock_uds import VsockUds
         from ..devices.virtio.vsock import Vsock
@@ -221,7 +214,6 @@ def _virtio_devices(
             raise UsageError(f"vsock.uds {config.vsock.uds}: cannot listen: {e.strerror}") from None
         backends.append(host)
         wiring.add(VirtioPci(Vsock(memory, config.vsock.cid, host, io), deliver))
-    return balloon
 
 
 def _acpi_devices() -> list[bytes]:

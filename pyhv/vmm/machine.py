@@ -25,8 +25,8 @@ from ..vcpu.thread import install_kick_handler
 if TYPE_CHECKING:
     from ..devices.virtio.balloon import Balloon
     from ..vcpu.cpustate import VcpuState
+    from .devices import Devices
     from .iothread import IoThread
-    from .pci import PciWiring
 
 
 class Closeable(Protocol):
@@ -43,7 +43,9 @@ class Machine:
         pio: PioBus,
         mmio: MmioBus,
         console: Console,
-        progress: ProgressCodes,
+        devices: Devices,
+        io: IoThread,
+        backends: list[Closeable],
         owns_console: bool = True,
     ) -> None:
         self.description = description
@@ -53,25 +55,29 @@ class Machine:
         self.pio = pio
         self.mmio = mmio
         self.console = console
-        self.progress = progress
+        self.devices = devices
+        self.io = io  # device work (virtio queues)
+        self.backends = backends  # disk images, TAPs, sockets: closed with the machine
         self.owns_console = owns_console
-        self.devices: dict[str, Any] = {}
         self.vcpus: list[VcpuThread] = []
-        self.io: IoThread | None = None  # device work (virtio queues)
-        self.pci: PciWiring | None = None
-        self.backends: list[Closeable] = []  # disk images, TAPs, sockets: closed with the machine
-        self.balloon: Balloon | None = None
         self._stop: Stop | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
+
+    @property
+    def balloon(self) -> Balloon | None:
+        return self.devices.balloon
+
+    @property
+    def progress(self) -> ProgressCodes:
+        return self.devices.progress
 
     # --- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
         install_kick_handler()
         self.console.set_stopping(False)
-        if self.io is not None:
-            self.io.start()
+        self.io.start()
         for v in self.vcpus:
             v.start()
 
@@ -147,11 +153,11 @@ class Machine:
             running = self.state == VcpuThread.RUNNING
             if running:
                 self.pause()
-            io_held = self.io is not None and self.io.pause()
+            io_held = self.io.pause()
             try:
                 yield
             finally:
-                if io_held and self.io is not None:
+                if io_held:
                     self.io.resume()
                 if running and self._stop is None:
                     self.resume()
@@ -193,10 +199,8 @@ class Machine:
         """Stop if running and release every resource (fds, memory, terminal)."""
         if any(v.state in (VcpuThread.RUNNING, VcpuThread.PAUSED) for v in self.vcpus):
             self.stop()
-        if self.io is not None:
-            self.io.close()
-        if self.pci is not None:
-            self.pci.close()
+        self.io.close()
+        self.devices.pci.close()
         for backend in self.backends:
             backend.close()
         for v in self.vcpus:

@@ -230,10 +230,8 @@ def _page_runs(pages: set[int]) -> list[tuple[int, int]]:
 def _ring_pages(machine: Machine) -> set[int]:
     """Pages of every active used ring: devices write them through views taken at activation."""
     pages: set[int] = set()
-    if machine.pci is None:
-        return pages
-    for transport in machine.pci.transports:
-        for q in transport.device.queues:
+    for _, device in machine.devices.virtio():
+        for q in device.queues:
             if q.active:
                 gpa, length = q.used_ring_span()
                 pages.update(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))

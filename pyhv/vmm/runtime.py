@@ -382,16 +382,18 @@ class Runtime:
         out: dict[str, Any] = {"cpu_time": time.process_time(), "vcpu": [], "disks": [], "nics": []}
         if machine is None:
             return out
+        from ..devices.virtio.blk import Blk
+        from ..devices.virtio.net import Net
+
         out["vcpu"] = vcpu_info(machine)
-        for name, dev in machine.devices.items():  # counters by what the device keeps
-            if hasattr(dev, "bytes_written"):
-                out["disks"].append({"device": name, "read_bytes": dev.bytes_read, "write_bytes": dev.bytes_written})
-            elif hasattr(dev, "tx_dropped"):
-                out["nics"].append({
-                    "device": name, "rx_bytes": dev.rx_bytes, "tx_bytes": dev.tx_bytes,
-                    "rx_frames": dev.rx_frames, "tx_frames": dev.tx_frames,
-                    "rx_dropped": dev.rx_dropped, "tx_dropped": dev.tx_dropped,
-                })
+        for slot, disk in machine.devices.of_type(Blk):
+            out["disks"].append({"device": f"pci{slot}", "read_bytes": disk.bytes_read, "write_bytes": disk.bytes_written})
+        for slot, nic in machine.devices.of_type(Net):
+            out["nics"].append({
+                "device": f"pci{slot}", "rx_bytes": nic.rx_bytes, "tx_bytes": nic.tx_bytes,
+                "rx_frames": nic.rx_frames, "tx_frames": nic.tx_frames,
+                "rx_dropped": nic.rx_dropped, "tx_dropped": nic.tx_dropped,
+            })
         return out
 
 

@@ -86,39 +86,6 @@ class SaveInfo(NamedTuple):
 # --- machine state (everything but memory contents) --------------------------------------
 
 
-def device_states(machine: Machine) -> dict[str, Any]:
-    d = machine.devices
-    out: dict[str, Any] = {"com1": d["com1"].state(), "rtc": d["rtc"].state(), "i8042": d["i8042"].state()}
-    if machine.pci is not None:
-        root = machine.pci.root
-        out["pci_root"] = root.state()
-        out["pci"] = {str(root.slot_of(t)): t.state() for t in machine.pci.transports}
-    return out
-
-
-def apply_device_states(machine: Machine, states: Any) -> None:
-    """Put every device back; each checks its part before changing anything."""
-    from ..devices.state import DeviceStateError, check_keys
-
-    keys = {"com1", "rtc", "i8042"} | ({"pci_root", "pci"} if machine.pci is not None else set())
-    check_keys(states, keys, "machine devices")
-    d = machine.devices
-    for name in ("com1", "rtc", "i8042"):
-        d[name].set_state(states[name])
-    if machine.pci is None:
-        return
-    root = machine.pci.root
-    pci = states["pci"]
-    slots = {str(root.slot_of(t)): t for t in machine.pci.transports}
-    if not isinstance(pci, dict) or set(pci) != set(slots):
-        raise DeviceStateError(f"pci state: devices in slots {sorted(pci) if isinstance(pci, dict) else pci!r:.60}, "
-                               f"this machine has {sorted(slots)}")
-    root.set_state(states["pci_root"])
-    for slot, transport in slots.items():
-        transport.set_state(pci[slot])
-    root.refresh_mappings()
-
-
 def capture(machine: Machine) -> dict[str, Any]:
     """The machine's state as plain values; vCPUs paused and the I/O thread held."""
     from ..vcpu.cpustate import read_state
@@ -134,7 +101,7 @@ def capture(machine: Machine) -> dict[str, Any]:
             "pit": vm.get_pit2().hex(),
         },
         "vcpus": [vcpu_to_plain(read_state(v.vcpu)) for v in machine.vcpus],
-        "devices": device_states(machine),
+        "devices": machine.devices.state(),
     }
 
 
