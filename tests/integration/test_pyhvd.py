@@ -333,3 +333,13 @@ def test_a_second_domain_on_a_disk_image_in_use_is_refused(daemon: Daemon, tmp_p
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert f"{disk}: disk image is in use" in r.stderr, r.stderr
     assert sorted(d.domains()) == ["owner"] and sorted(os.listdir(d.run_dir / "domains")) == entries
+
+
+def test_debug_exit_ends_a_domain_even_with_on_poweroff_restart(daemon: Daemon) -> None:
+    d = daemon
+    assert d.pyhv("create", str(d.config("dx", "hello", debug_exit=True, on_poweroff="restart"))).returncode == 0
+    deadline = time.monotonic() + 30
+    while "dx" in d.domains() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = d.console_log("dx")
+    assert "dx" not in d.domains() and log.count("probe: boot") == 1 and "probe: result=pass" in log, log

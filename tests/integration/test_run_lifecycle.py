@@ -91,6 +91,13 @@ def test_poweroff_with_restart_boots_the_guest_again() -> None:
     assert sum(line.startswith(b"probe: boot") for line in lines) >= 2
 
 
+def test_debug_exit_ends_pyhv_run_even_with_on_poweroff_restart() -> None:
+    from .probe import run_probe
+
+    run = run_probe("probe.test=hello", "--on-poweroff", "restart")
+    assert run.status == 0 and run.stdout.count("probe: boot") == 1 and "probe: result=pass" in run.stdout
+
+
 def test_domain_config_file_boots_its_vcpus(tmp_path: os.PathLike[str]) -> None:
     from .probe import pyhv
 
