@@ -158,10 +158,12 @@ def _run(args: SimpleNamespace) -> int:
 def describe_run(args: SimpleNamespace) -> tuple[Description, dict[int, int]]:
     """The description ``pyhv run``'s options give (over ``--config``'s file, if
     one is named), and the TAP descriptors handed over with ``--net fd=N``."""
-    from .model import files, options
+    from .model import options
 
     plain, taps, given = options.plain_from_options(vars(args))
     if args.config:
+        from .model import files
+
         data = files.load_mapping(args.config)
         data.update(plain)
         plain = data

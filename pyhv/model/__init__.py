@@ -86,8 +86,8 @@ ON_REBOOT = ("destroy", "restart")
 ON_CRASH = ("destroy", "restart", "preserve")
 DISK_CACHE = ("writeback", "none")
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (NAME_MAX - 1))
-_MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (NAME_MAX - 1)
+_MAC = r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}"  # patterns compiled on first use (re's cache): start-up pays nothing
 
 
 class DescriptionError(UsageError):
@@ -282,7 +282,7 @@ def sched_from_plain(s: Any, at: tuple[str | int, ...]) -> Sched:
 
 def check_name(name: str, at: tuple[str | int, ...] = ("name",)) -> str:
     """Names are never all digits (those are domain ids) and hold no control characters."""
-    if not _NAME.fullmatch(name) or name.isdigit():
+    if not re.fullmatch(_NAME, name) or name.isdigit():
         raise DescriptionError(
             at, f"1-{NAME_MAX} letters, digits, '.', '_' or '-', starting with a letter or digit, not all digits"
         )
@@ -393,7 +393,7 @@ def format_size(size: int) -> str:
 
 
 def parse_mac(text: str, at: tuple[str | int, ...] = ("mac",)) -> bytes:
-    if not _MAC.fullmatch(text):
+    if not re.fullmatch(_MAC, text):
         raise DescriptionError(at, "a MAC address looks like 52:54:00:12:34:56")
     mac = bytes.fromhex(text.replace(":", ""))
     if mac[0] & 1:
