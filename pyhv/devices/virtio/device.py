@@ -75,9 +75,6 @@ class VirtioDevice:
     def negotiated(self) -> int:
         return self.driver_features if self.status & STATUS_FEATURES_OK else 0
 
-    def has_feature(self, bit: int) -> bool:
-        return bool(self.negotiated >> bit & 1)
-
     def write_driver_features(self, word: int, value: int) -> None:
         """The driver's choice, 32 bits at a time; ignored once FEATURES_OK is set."""
         if self.status & STATUS_FEATURES_OK or word not in (0, 1):
