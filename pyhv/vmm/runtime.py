@@ -143,7 +143,9 @@ class Runtime:
                     return Ending(stop.kind.value, stop.status, stop.detail)
                 self.restarts += 1
                 self._paused_wanted = False
-                self._wanted = None
+                with self._lock:  # a reboot asked for is used up; a destroy that came meanwhile is not
+                    if self._wanted is not None and self._wanted.kind is StopKind.REBOOT:
+                        self._wanted = None
                 _say(f"{self._who()}{_what(stop)}; restarting ({_policy(stop)})")
         finally:
             for fd in self.taps.values():

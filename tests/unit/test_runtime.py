@@ -118,3 +118,36 @@ def test_control_server_answers_one_json_line_per_connection(tmp_path: Path) -> 
     finally:
         server.close()
     assert reply == {"echo": "info"} and garbled == {"ok": False, "error": "request is not JSON"}
+
+
+def test_a_destroy_that_arrives_while_the_guest_reboots_ends_the_domain(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyhv.vmm import builder
+
+    def signal_between_machines(machine: Any) -> None:  # after the reboot was decided, before the next build
+        runtime.stop(StopKind.DESTROY, 143, "stopped by SIGTERM")
+
+    runtime = Runtime(from_plain({"kernel": "/k"}), console=None, on_machine_end=signal_between_machines)
+    built: list[Any] = []
+
+    class Rebooting(FakeMachine):
+        state = "created"
+
+        def start(self) -> None:
+            self.state = "running"
+
+        def wait(self, timeout: float) -> Stop:
+            return Stop(StopKind.RESET, 0, "guest reset")
+
+        def request_stop(self, stop: Stop) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    def build(*args: Any, **kwargs: Any) -> FakeMachine:
+        built.append(Rebooting())
+        return built[-1]
+
+    monkeypatch.setattr(builder, "build", build)
+    ending = runtime.run()
+    assert (ending.reason, ending.status, len(built)) == ("destroy", 143, 1)
