@@ -52,7 +52,6 @@ class Handler(BaseHTTPRequestHandler):
             except Exception as e:  # noqa: BLE001 - a bug fails the request, not the microVM
                 self.server.microvm.log.error(f"internal error on {self.command} {path}: {e!r}")
                 status, payload = 500, fault(f"internal error: {e!r}")
-        self.server.microvm.log.debug(f"{self.command} {path}: {status}")
         self._send(status, payload)
 
     def _body(self) -> tuple[Any, str]:

@@ -58,6 +58,7 @@ class Microvm:
         self._starts: queue.Queue[Start | None] = queue.Queue()
         self._stopping: list[int] = []  # a signal number once one asked the process to end
         self._pci_warned = False
+        self._routes = self.routes()
 
     # --- the route table -----------------------------------------------------------------
 
@@ -92,7 +93,7 @@ class Microvm:
         """One request: (status, JSON body or None); every refusal is 400 with a fault_message."""
         with self._lock:
             try:
-                for m, pattern, handler in self.routes():
+                for m, pattern, handler in self._routes:
                     match = pattern.match(path)
                     if match is not None and m == method:
                         return handler(body, *match.groups())
