@@ -84,6 +84,7 @@ IMAGE_BUILD_OPTIONS = [
 
 COMMANDS = {
     "run": ("boot one VM in the foreground", RUN_OPTIONS),
+    "firecracker": ("a Firecracker-compatible VMM: its API socket and options (`pyhv firecracker --help`)", []),
     "image build": (
         "build the default Linux guest from Debian packages: kernel, initramfs, root disk (needs apt)",
         IMAGE_BUILD_OPTIONS,
@@ -360,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .toolstack.domain import main as domain_main
 
             return domain_main(rest)
+        if command == "firecracker":  # Firecracker's command line and API over pyhv
+            from .firecracker import main as firecracker_main
+
+            return firecracker_main(rest)
         if " ".join(argv[:2]) in COMMANDS:  # two-word commands: "image build"
             command, rest = " ".join(argv[:2]), argv[2:]
         if command not in COMMANDS:
