@@ -8,8 +8,8 @@ import pathlib
 import re
 import shutil
 import subprocess
+import socket
 import sys
-import time
 
 import pytest
 
@@ -24,24 +24,32 @@ def _symbol(name: str) -> int:
     return int(addr, 16)
 
 
-def _debug(tmp_path: pathlib.Path, commands: str, cmdline: str = "probe.test=pio probe.n=200") -> tuple[str, str, int]:
-    """Run the probe under ``--gdb unix:...,wait`` and gdb in batch mode; (gdb's output,
-    what the guest printed, pyhv's exit status)."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _debug(tmp_path: pathlib.Path, commands: str, cmdline: str = "probe.test=pio probe.n=200",
+           *extra: str, tcp: bool = False) -> tuple[str, str, int]:
+    """Run the probe under ``--gdb unix:...,wait`` (or tcp:) and gdb in batch mode;
+    (gdb's output, what the guest printed, pyhv's exit status)."""
     gdb = shutil.which("gdb")
     assert gdb, "gdb is needed (scripts/setup installs it)"
     sock = tmp_path / "gdb.sock"
+    port = _free_port()
+    listen, remote = (f"tcp:127.0.0.1:{port}", f"127.0.0.1:{port}") if tcp else (f"unix:{sock}", str(sock))
     vmm = subprocess.Popen(
         [sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--cmdline", cmdline, "--debug-exit",
-         "--gdb", f"unix:{sock},wait"],
+         "--gdb", f"{listen},wait", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert vmm.stderr is not None
+        vmm.stderr.readline()  # "pyhv: gdb: listening on ..."
         script = tmp_path / "cmds.gdb"
-        script.write_text(f"set pagination off\ntarget remote {sock}\n{commands}\n")
+        script.write_text(f"set pagination off\ntarget remote {remote}\n{commands}\n")
         g = subprocess.run([gdb, "-q", "-nx", "-batch", "-x", str(script), str(PROBE)],
                            capture_output=True, text=True, timeout=60, check=False)
         out, err = vmm.communicate(timeout=60)
@@ -86,3 +94,17 @@ def test_watchpoint_is_refused_with_an_error_on_pvm(tmp_path: pathlib.Path) -> N
 def test_kill_from_gdb_ends_the_domain(tmp_path: pathlib.Path) -> None:
     gdb_out, guest, status = _debug(tmp_path, "kill", cmdline="probe.test=counter")
     assert "debugger ends the domain" in guest and status == 0, gdb_out + guest
+
+
+def test_breakpoint_on_the_second_vcpu_stops_both_and_switches_thread(tmp_path: pathlib.Path) -> None:
+    gdb_out, guest, status = _debug(tmp_path, "\n".join([
+        "break *ap_user_main", "continue", "info threads", "print $cs & 3", "delete", "detach",
+    ]), "probe.test=smp", "--vcpus", "2")
+    assert "Thread 2 hit Breakpoint 1, ap_user_main" in gdb_out and "$1 = 3" in gdb_out, gdb_out
+    assert "vCPU 0 (paused)" in gdb_out and "vCPU 1 (paused)" in gdb_out, gdb_out
+    assert "probe: smp cpus_online=2 expected=2" in guest and "probe: result=pass" in guest and status == 0, guest
+
+
+def test_tcp_listener_serves_registers_and_detaches(tmp_path: pathlib.Path) -> None:
+    gdb_out, guest, status = _debug(tmp_path, "info registers rip\ndetach", tcp=True)
+    assert "<_start>" in gdb_out and "probe: result=pass" in guest and status == 0, gdb_out + guest
