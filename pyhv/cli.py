@@ -66,6 +66,8 @@ RUN_OPTIONS = [
            None, ("destroy", "restart", "preserve")),
     Option("--progress", "print port 0x80 progress codes with times at exit"),
     Option("--control", "a unix socket taking JSON requests while the guest runs (docs: pyhv/vmm/control.py)", "PATH"),
+    Option("--gdb", "serve the GDB remote protocol on unix:PATH or tcp:HOST:PORT; ,wait holds the guest "
+           "until GDB attaches (docs/INTROSPECTION.md)", "ADDR"),
     Option("--restore", "boot the machine a snapshot file holds, where it was saved (no --kernel/--config)", "FILE"),
     Option("--verify", "with --restore: read all of the snapshot's memory and check its CRCs before running"),
     Option("--snapshot-on-signal", "on SIGUSR2, save the running machine to FILE and carry on", "FILE"),
@@ -75,7 +77,7 @@ RUN_OPTIONS = [
 
 #: what may go with --restore or --incoming: the machine itself comes from elsewhere
 RESTORE_OPTIONS = {"restore", "verify", "incoming", "migration_key", "snapshot_on_signal", "serial", "progress",
-                   "control"}
+                   "control", "gdb"}
 
 IMAGE_BUILD_OPTIONS = [
     Option("--dir", "where the images go (default $XDG_CACHE_HOME/pyhv/images/default)", "DIR"),
@@ -295,7 +297,8 @@ def _run_domain(
         elif restored is not None:
             print(f"pyhv: restored {restored}; running", file=sys.stderr, flush=True)
 
-    runtime = Runtime(description, console, taps=taps, on_ready=ready, on_machine_end=progress)
+    gdb_wait = bool(args.gdb) and args.gdb.endswith(",wait")
+    runtime = Runtime(description, console, taps=taps, on_ready=ready, on_machine_end=progress, paused=gdb_wait)
 
     def on_signal(signum: int, frame: object) -> None:
         runtime.stop(StopKind.DESTROY, 128 + signum, f"stopped by {signal.Signals(signum).name}")
@@ -312,11 +315,13 @@ def _run_domain(
         print(f"pyhv: saved snapshot {save_to} ({info.memory_written >> 20} MiB of memory written, "
               f"{info.seconds * 1000:.1f} ms)", file=sys.stderr, flush=True)
 
-    server = None
+    server = gdb = None
     old: dict[int, Any] = {}
     try:
         if args.control:
             server = _control_server(args.control, runtime)
+        if args.gdb:
+            gdb = _gdb_server(args.gdb, runtime)
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         if save_to:
             old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_save)
@@ -326,6 +331,8 @@ def _run_domain(
             signal.signal(s, handler)
         if server is not None:
             server.close()
+        if gdb is not None:
+            gdb.close()
         console.close()
     if ending.reason == StopKind.DESTROY.value and ending.status >= 128:
         print(f"pyhv: {ending.detail}", file=sys.stderr)
@@ -345,6 +352,17 @@ def _control_server(path: str, runtime: Any) -> Any:
         return Server(path, runtime.handle)
     except OSError as e:
         raise UsageError(f"--control {path}: cannot listen: {e.strerror or e}") from None
+
+
+def _gdb_server(spec: str, runtime: Any) -> Any:
+    from .debug.gdbstub import Server
+    from .vcpu import StopKind
+
+    server = Server(spec, lambda: runtime.machine, lambda: runtime.stop(StopKind.DESTROY, 0, "killed by the debugger"))
+    where = server.address if isinstance(server.address, str) else "%s:%d" % server.address[:2]
+    print(f"pyhv: gdb: listening on {where}" + (" (the guest waits for it)" if server.wait else ""),
+          file=sys.stderr, flush=True)
+    return server
 
 
 def main(argv: Sequence[str] | None = None) -> int:

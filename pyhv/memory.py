@@ -201,6 +201,22 @@ class GuestMemory:
         else:
             libc.madvise(region.host_addr + offset, size, libc.MADV_DONTNEED)
 
+    # --- guest-virtual addresses (introspection, the debugger) --------------------
+
+    def translate(self, cr3: int, va: int, la57: bool = False) -> int:
+        """The guest-physical address of ``va`` under the page tables at ``cr3``
+        (4-level, or 5-level with ``la57``); NotMapped if a walk would fault.
+        See pyhv/paging.py (the tables are read through :meth:`read`, bounds-checked)."""
+        from .paging import translate
+
+        return translate(self, cr3, va, la57).gpa
+
+    def read_virtual(self, cr3: int, va: int, size: int, la57: bool = False) -> bytes:
+        """``size`` bytes at guest-virtual ``va``, page by page through the tables at ``cr3``."""
+        from .paging import read_virtual
+
+        return read_virtual(self, cr3, va, size, la57)
+
     def ram_ranges(self) -> list[tuple[int, int]]:
         return [(r.gpa, r.size) for r in self.regions]
 

@@ -280,6 +280,34 @@ class kvm_debugregs(_Struct):
     _fields_ = [("db", u64 * 4), ("dr6", u64), ("dr7", u64), ("flags", u64), ("reserved", u64 * 9)]
 
 
+class kvm_guest_debug_arch(_Struct):
+    _c_name_ = "struct kvm_guest_debug_arch"
+    _fields_ = [("debugreg", u64 * 8)]
+
+
+class kvm_guest_debug(_Struct):
+    """KVM_SET_GUEST_DEBUG's argument: ``control`` (KVM_GUESTDBG_*) and DR0-DR7 for the host's debugger."""
+
+    _c_name_ = "struct kvm_guest_debug"
+    _fields_ = [("control", u32), ("pad", u32), ("arch", kvm_guest_debug_arch)]
+
+
+KVM_GUESTDBG_ENABLE = 0x00000001
+KVM_GUESTDBG_SINGLESTEP = 0x00000002
+KVM_GUESTDBG_USE_SW_BP = 0x00010000
+KVM_GUESTDBG_USE_HW_BP = 0x00020000
+KVM_GUESTDBG_INJECT_DB = 0x00040000
+KVM_GUESTDBG_INJECT_BP = 0x00080000
+KVM_GUESTDBG_BLOCKIRQ = 0x00100000
+
+
+class kvm_debug_exit_arch(_Struct):
+    """``kvm_run.debug.arch`` after KVM_EXIT_DEBUG: the vector (1 or 3), the linear pc, DR6, DR7."""
+
+    _c_name_ = "struct kvm_debug_exit_arch"
+    _fields_ = [("exception", u32), ("pad", u32), ("pc", u64), ("dr6", u64), ("dr7", u64)]
+
+
 class kvm_xsave(_Struct):
     _c_name_ = "struct kvm_xsave"
     _fields_ = [("region", u32 * 1024)]
@@ -399,6 +427,10 @@ class _run_io(_Struct):
     _fields_ = [("direction", u8), ("size", u8), ("port", u16), ("count", u32), ("data_offset", u64)]
 
 
+class _run_debug(_Struct):
+    _fields_ = [("arch", kvm_debug_exit_arch)]
+
+
 class _run_mmio(_Struct):
     _fields_ = [("phys_addr", u64), ("data", u8 * 8), ("len", u32), ("is_write", u8)]
 
@@ -417,6 +449,7 @@ class _run_exit(_Union):
         ("fail_entry", _run_fail_entry),
         ("ex", _run_ex),
         ("io", _run_io),
+        ("debug", _run_debug),
         ("mmio", _run_mmio),
         ("internal", _run_internal),
         ("system_event", _run_system_event),
@@ -453,6 +486,7 @@ KVM_RUN_UNION_FIELDS = [
         ("fail_entry", _run_fail_entry),
         ("ex", _run_ex),
         ("io", _run_io),
+        ("debug", _run_debug),
         ("mmio", _run_mmio),
         ("internal", _run_internal),
         ("system_event", _run_system_event),
@@ -506,6 +540,8 @@ KVM_CAP_IRQFD = 32
 KVM_CAP_IOEVENTFD = 36
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_SET_GUEST_DEBUG = 23
+KVM_CAP_SET_GUEST_DEBUG2 = 195  # the KVM_GUESTDBG_* bits this host supports
 
 # --- ioctls ---------------------------------------------------------------------
 # system
@@ -541,6 +577,7 @@ KVM_GET_VCPU_EVENTS = _IOR(KVMIO, 0x9F, kvm_vcpu_events)
 KVM_SET_VCPU_EVENTS = _IOW(KVMIO, 0xA0, kvm_vcpu_events)
 KVM_GET_DEBUGREGS = _IOR(KVMIO, 0xA1, kvm_debugregs)
 KVM_SET_DEBUGREGS = _IOW(KVMIO, 0xA2, kvm_debugregs)
+KVM_SET_GUEST_DEBUG = _IOW(KVMIO, 0x9B, kvm_guest_debug)
 KVM_GET_XSAVE = _IOR(KVMIO, 0xA4, kvm_xsave)
 KVM_SET_XSAVE = _IOW(KVMIO, 0xA5, kvm_xsave)
 KVM_GET_XCRS = _IOR(KVMIO, 0xA6, kvm_xcrs)
@@ -567,7 +604,7 @@ IOCTLS = {name: value for name, value in globals().items() if name.startswith("K
     "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_GET_MSRS",
     "KVM_SET_MSRS", "KVM_GET_FPU", "KVM_SET_FPU", "KVM_SET_CPUID2", "KVM_GET_MP_STATE",
     "KVM_SET_MP_STATE", "KVM_GET_LAPIC", "KVM_SET_LAPIC", "KVM_GET_VCPU_EVENTS",
-    "KVM_SET_VCPU_EVENTS", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_GET_XSAVE", "KVM_SET_XSAVE",
+    "KVM_SET_VCPU_EVENTS", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_SET_GUEST_DEBUG", "KVM_GET_XSAVE", "KVM_SET_XSAVE",
     "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_IRQFD", "KVM_IOEVENTFD", "KVM_SET_CLOCK", "KVM_GET_CLOCK",
     "KVM_SIGNAL_MSI", "KVM_GET_IRQCHIP", "KVM_SET_IRQCHIP", "KVM_GET_PIT2", "KVM_SET_PIT2",
     "KVM_GET_DIRTY_LOG",
@@ -577,7 +614,8 @@ IOCTLS = {name: value for name, value in globals().items() if name.startswith("K
 STRUCTS = [
     kvm_userspace_memory_region, kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_fpu,
     kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_cpuid_entry2, kvm_cpuid2, kvm_irq_level, kvm_pit_config,
-    kvm_mp_state, kvm_enable_cap, kvm_lapic_state, kvm_vcpu_events, kvm_debugregs, kvm_xsave, kvm_xcr,
+    kvm_mp_state, kvm_enable_cap, kvm_lapic_state, kvm_vcpu_events, kvm_debugregs, kvm_guest_debug_arch,
+    kvm_guest_debug, kvm_debug_exit_arch, kvm_xsave, kvm_xcr,
     kvm_xcrs, kvm_irqfd, kvm_ioeventfd, kvm_msi, kvm_clock_data, kvm_irqchip, kvm_pit_channel_state,
     kvm_pit_state2, kvm_dirty_log, kvm_run,
 ]

@@ -12,7 +12,7 @@ from .vcpu import Vcpu
 from .vm import Vm
 
 _EXITS = {
-    "Exit", "FailEntryExit", "HltExit", "InternalErrorExit", "IoExit", "MmioExit", "ShutdownExit",
+    "DebugExit", "Exit", "FailEntryExit", "HltExit", "InternalErrorExit", "IoExit", "MmioExit", "ShutdownExit",
     "SystemEventExit", "UnknownExit",
 }
 
@@ -27,6 +27,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 __all__ = [
-    "Exit", "FailEntryExit", "HltExit", "InternalErrorExit", "IoExit", "Kvm", "MmioExit",
+    "DebugExit", "Exit", "FailEntryExit", "HltExit", "InternalErrorExit", "IoExit", "Kvm", "MmioExit",
     "ShutdownExit", "SystemEventExit", "UnknownExit", "Vcpu", "Vm",
 ]

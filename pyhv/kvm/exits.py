@@ -46,6 +46,19 @@ class MmioExit(Exit):
 
 
 @dataclass(frozen=True, slots=True)
+class DebugExit(Exit):
+    """KVM_EXIT_DEBUG (with KVM_SET_GUEST_DEBUG on): ``exception`` is 1 (#DB:
+    single-step, hardware breakpoint or watchpoint; which one is in ``dr6``) or 3
+    (#BP: an int3); ``pc`` is the linear address of the instruction (for #BP the
+    int3 itself, not yet executed)."""
+
+    exception: int
+    pc: int
+    dr6: int
+    dr7: int
+
+
+@dataclass(frozen=True, slots=True)
 class HltExit(Exit):
     pass
 
@@ -119,6 +132,9 @@ def decode(run: Buffer) -> Exit:
         return MmioExit(reason, addr, length, bool(is_write), data[:length])
     if reason == h.KVM_EXIT_HLT:
         return HltExit(reason)
+    if reason == h.KVM_EXIT_DEBUG:
+        exception, _pad, pc, dr6, dr7 = struct.unpack_from("<IIQQQ", run, _EXIT)
+        return DebugExit(reason, exception, pc, dr6, dr7)
     if reason == h.KVM_EXIT_SHUTDOWN:
         return ShutdownExit(reason)
     if reason == h.KVM_EXIT_FAIL_ENTRY:

@@ -131,6 +131,18 @@ class Vcpu:
     def set_debugregs(self, dbg: h.kvm_debugregs) -> None:
         call(self.fd, "KVM_SET_DEBUGREGS", h.KVM_SET_DEBUGREGS, dbg)
 
+    def set_guest_debug(self, control: int, debugreg: tuple[int, ...] | list[int] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: ``control`` is KVM_GUESTDBG_* bits (0 turns debugging
+        off); ``debugreg`` DR0-DR7 as the host debugger wants them (used with
+        KVM_GUESTDBG_USE_HW_BP; DR4/DR5 are ignored).  Only for a vCPU that is not
+        inside KVM_RUN (a paused one, or from its own thread)."""
+        if len(debugreg) > 8:
+            raise KvmError("KVM_SET_GUEST_DEBUG", OSError(22, "at most 8 debug registers"))
+        dbg = h.kvm_guest_debug(control=control)
+        for i, value in enumerate(debugreg):
+            dbg.arch.debugreg[i] = value
+        call(self.fd, "KVM_SET_GUEST_DEBUG", h.KVM_SET_GUEST_DEBUG, dbg)
+
     def get_xsave(self) -> bytes:
         xsave = h.kvm_xsave()
         call(self.fd, "KVM_GET_XSAVE", h.KVM_GET_XSAVE, xsave)

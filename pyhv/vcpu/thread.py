@@ -25,6 +25,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .._sys import kvm_h as h
 from .._sys.ioctl import fast_ioctl, get_errno
@@ -34,6 +35,10 @@ from ..errors import KvmError, PyhvError
 from ..kvm import Vcpu
 from .report import format_registers
 from .state import Stop, StopKind
+
+if TYPE_CHECKING:
+    from ..kvm.exits import Exit
+    from .registers import Registers
 
 KICK_SIGNAL = signal.SIGUSR1
 
@@ -76,6 +81,10 @@ class VcpuThread:
         self._cond = threading.Condition()
         self._want: str | None = None  # requested state
         self._failed_devices: set[str] = set()
+        #: set by an attached debugger (pyhv/debug/target.py): sees the exits the
+        #: loop does not handle itself (never port or MMIO exits), on this thread;
+        #: True means it dealt with the exit and the loop carries on
+        self.debugger: Callable[[VcpuThread, Exit], bool] | None = None
         self.thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
 
     # --- requests from other threads -------------------------------------------
@@ -100,6 +109,14 @@ class VcpuThread:
             self._want = state
             self._cond.notify_all()
         self.kick()
+
+    def registers(self) -> Registers:
+        """This vCPU's registers (pyhv/vcpu/registers.py); it must not be running."""
+        from .registers import read_registers
+
+        if self.state == self.RUNNING:
+            raise PyhvError(f"vCPU {self.vcpu.index} is running: pause the machine first")
+        return read_registers(self.vcpu)
 
     def wait_state(self, state: str, timeout: float | None = None) -> bool:
         with self._cond:
@@ -233,6 +250,9 @@ class VcpuThread:
         from ..kvm.exits import InternalErrorExit, decode
 
         exit = decode(self.vcpu.run_page)
+        debugger = self.debugger
+        if debugger is not None and exit.reason != h.KVM_EXIT_INTR and debugger(self, exit):
+            return None
         if exit.reason == h.KVM_EXIT_HLT:
             # Without an in-kernel irqchip nothing can wake a halted CPU.
             return self._crash("guest halted with no way to wake it (hlt)")

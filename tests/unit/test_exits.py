@@ -1,7 +1,7 @@
 import struct
 
 from pyhv._sys import kvm_h as h
-from pyhv.kvm.exits import InternalErrorExit, IoExit, MmioExit, decode
+from pyhv.kvm.exits import DebugExit, InternalErrorExit, IoExit, MmioExit, decode
 
 
 def _page(reason: int, body: bytes) -> bytearray:
@@ -27,3 +27,8 @@ def test_internal_error_keeps_at_most_sixteen_data_words() -> None:
     exit = decode(page)
     assert isinstance(exit, InternalErrorExit) and len(exit.data) == 16
     assert exit.description == "emulation failure"
+
+
+def test_debug_exit_decodes_vector_pc_and_dr6() -> None:
+    page = _page(h.KVM_EXIT_DEBUG, struct.pack("<IIQQQ", 1, 0, 0x101000, 0xFFFF0FF1, 0x401))
+    assert decode(page) == DebugExit(h.KVM_EXIT_DEBUG, 1, 0x101000, 0xFFFF0FF1, 0x401)
