@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
-from ..devices.legacy import acpi_pm, debug_exit, i8042, port80, rtc, uart
+from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, rtc, uart
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
@@ -65,6 +65,7 @@ def build(
             vm.signal_msi(address, data)
 
         _virtio_devices(config, memory, wiring, deliver, backends, io, taps or {})
+        firmware_config = _fw_cfg(config, memory)
         entry = None
         if restore is None:
             pci_devices, pci_tables = wiring.acpi()
@@ -110,13 +111,16 @@ def build(
         clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]))
         pio.insert(rtc.INDEX_PORT, 1, clock.index_port, "rtc-index")
         pio.insert(rtc.DATA_PORT, 1, clock.data_port, "rtc-data")
+        pio.insert(fw_cfg.PORT_BASE, fw_cfg.PORT_LENGTH, firmware_config.ports, "fw_cfg")
+        pio.insert(fw_cfg.DMA_BASE, fw_cfg.DMA_LENGTH, firmware_config.dma, "fw_cfg-dma")
         dbg = None
         if config.debug_exit:
             dbg = debug_exit.DebugExit(
                 lambda value: stop(StopKind.DEBUG_EXIT, value & 0xFF, f"guest wrote {value:#x} to debug-exit")
             )
             pio.insert(debug_exit.DEFAULT_BASE, debug_exit.LENGTH, dbg, "debug-exit")
-        devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, debug_exit=dbg)
+        devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, debug_exit=dbg,
+                          fw_cfg=firmware_config)
         machine = Machine(config, kvm, vm, memory, pio, mmio, console, devices, io, backends, owns_console)
 
         supported = supported_entries(kvm.supported_cpuid())
@@ -218,5 +222,14 @@ def _virtio_devices(
 
 def _acpi_devices() -> list[bytes]:
     """AML for the DSDT's \\_SB scope: the legacy devices the guest should find."""
-    return [acpi.com_device("COM1", 1, uart.COM1_BASE, uart.COM1_IRQ), acpi.rtc_device(rtc.INDEX_PORT, rtc.RTC_IRQ)]
+    return [acpi.com_device("COM1", 1, uart.COM1_BASE, uart.COM1_IRQ), acpi.rtc_device(rtc.INDEX_PORT, rtc.RTC_IRQ),
+            acpi.fw_cfg_device(fw_cfg.ACPI_HID, fw_cfg.PORT_BASE, fw_cfg.ACPI_IO_LENGTH)]
+
+
+def _fw_cfg(config: Description, memory: GuestMemory) -> fw_cfg.FwCfg:
+    """fw_cfg with the machine's facts and files: the e820 map the guest gets, an empty boot order."""
+    from ..boot.layout import e820_map
+
+    files = [(fw_cfg.E820_FILE, fw_cfg.e820_file(e820_map(memory.ram_ranges()))), (fw_cfg.BOOTORDER_FILE, b"")]
+    return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files)
 
