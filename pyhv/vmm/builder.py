@@ -7,6 +7,7 @@ afterwards costs milliseconds per slot.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -17,7 +18,7 @@ from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, rtc, ua
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
-from ..model import Description, default_mac, parse_mac
+from ..model import FW_CFG_DATA_MAX, Description, default_mac, parse_mac
 from ..vcpu import Stop, StopKind, VcpuThread
 
 from .devices import Devices
@@ -227,9 +228,38 @@ def _acpi_devices() -> list[bytes]:
 
 
 def _fw_cfg(config: Description, memory: GuestMemory) -> fw_cfg.FwCfg:
-    """fw_cfg with the machine's facts and files: the e820 map the guest gets, an empty boot order."""
+    """fw_cfg with the machine's facts and files: the e820 map the guest gets, an empty
+    boot order, and the description's entries (host files read now)."""
     from ..boot.layout import e820_map
 
     files = [(fw_cfg.E820_FILE, fw_cfg.e820_file(e820_map(memory.ram_ranges()))), (fw_cfg.BOOTORDER_FILE, b"")]
+    for i, entry in enumerate(config.fw_cfg):
+        if not entry.name.startswith("opt/"):  # QEMU warns too: firmware may use such a name
+            print(f"pyhv: warning: fw_cfg[{i}].name {entry.name!r}: names outside opt/ may clash", file=sys.stderr)
+        data = _read_fw_cfg_file(f"fw_cfg[{i}].file", entry.file) if entry.file else entry.string.encode()
+        files.append((entry.name, data))
     return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files)
+
+
+def _read_fw_cfg_file(key: str, path: str) -> bytes:
+    """A regular file of at most FW_CFG_DATA_MAX bytes; else one line naming the key."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the build
+    except OSError as e:
+        raise UsageError(f"{key} {path}: cannot read: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{key} {path}: not a regular file")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(FW_CFG_DATA_MAX + 1)
+    except OSError as e:
+        raise UsageError(f"{key} {path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > FW_CFG_DATA_MAX:
+        raise UsageError(f"{key} {path}: larger than {FW_CFG_DATA_MAX // (1 << 20)} MiB")
+    return data
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +16,8 @@ from pyhv.boot import acpi, aml
 from pyhv.boot.layout import e820_map
 from pyhv.devices.legacy import fw_cfg as f
 from pyhv.devices.state import DeviceStateError
+from pyhv.errors import UsageError
+from pyhv.model import FW_CFG_DATA_MAX as MAX_DATA
 
 from .virtio_fakes import FakeGuestRam
 
@@ -334,3 +339,36 @@ def test_bad_state_is_refused_and_changes_nothing(bad: dict[str, object]) -> Non
     with pytest.raises(DeviceStateError):
         dev.set_state(bad)
     assert dev.state() == before
+
+
+# --- user entries: host files read when the machine is built ------------------------------------------
+
+
+def test_user_file_is_read_whole(tmp_path: Path) -> None:
+    from pyhv.vmm.builder import _read_fw_cfg_file
+
+    (tmp_path / "blob").write_bytes(USER)
+    assert _read_fw_cfg_file("fw_cfg[0].file", str(tmp_path / "blob")) == USER
+
+
+def _too_large(path: Path) -> None:
+    with open(path, "wb") as f:
+        f.truncate(MAX_DATA + 1)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: None, "cannot read: No such file or directory"),
+    (Path.mkdir, "not a regular file"),
+    (os.mkfifo, "not a regular file"),
+    (_too_large, "larger than 16 MiB"),
+])
+def test_unusable_user_file_is_one_line_naming_the_key(
+    tmp_path: Path, make: Callable[[Path], object], message: str
+) -> None:
+    from pyhv.vmm.builder import _read_fw_cfg_file
+
+    path = tmp_path / "f"
+    make(path)
+    with pytest.raises(UsageError) as e:
+        _read_fw_cfg_file("fw_cfg[2].file", str(path))
+    assert str(e.value) == f"fw_cfg[2].file {path}: {message}"
