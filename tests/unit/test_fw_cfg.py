@@ -7,6 +7,7 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -372,3 +373,36 @@ def test_unusable_user_file_is_one_line_naming_the_key(
     with pytest.raises(UsageError) as e:
         _read_fw_cfg_file("fw_cfg[2].file", str(path))
     assert str(e.value) == f"fw_cfg[2].file {path}: {message}"
+
+
+# --- the machine's devices: fw_cfg in snapshots -------------------------------------------------------
+
+
+def _machine_devices() -> Any:
+    from pyhv.devices.legacy.acpi_pm import AcpiPm
+    from pyhv.devices.legacy.i8042 import I8042
+    from pyhv.devices.legacy.port80 import ProgressCodes
+    from pyhv.devices.legacy.rtc import Rtc
+    from pyhv.devices.legacy.uart import Uart
+    from pyhv.vmm.devices import Devices
+    from pyhv.vmm.pci import PciWiring
+
+    dev, _ = _device()
+    return Devices(com1=Uart(lambda data: None), i8042=I8042(lambda: None), rtc=Rtc(clock=lambda: 1e9),
+                   progress=ProgressCodes(), acpi_pm=AcpiPm(lambda: None, lambda: None), pci=PciWiring(), fw_cfg=dev)
+
+
+def test_machine_state_carries_fw_cfg_into_a_fresh_machine() -> None:
+    devices = _machine_devices()
+    _port_read(devices.fw_cfg, devices.fw_cfg.key_of("opt/test"), 3)
+    fresh = _machine_devices()
+    fresh.set_state(json.loads(json.dumps(devices.state())))
+    assert fresh.fw_cfg.state() == devices.fw_cfg.state() == {"selector": 0x22, "offset": 3, "dma_high": 0}
+
+
+def test_machine_state_from_before_fw_cfg_leaves_it_as_built() -> None:
+    old = _machine_devices().state()
+    del old["fw_cfg"]
+    fresh = _machine_devices()
+    fresh.set_state(old)
+    assert fresh.fw_cfg.state() == {"selector": 0, "offset": 0, "dma_high": 0}
