@@ -57,6 +57,8 @@ RUN_OPTIONS = [
     Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none] (repeatable)", "SPEC", repeat=True),
     Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
     Option("--vsock", "virtio-vsock: cid=N,uds=PATH (host side: Firecracker's unix-socket convention)", "SPEC"),
+    Option("--fw-cfg", "a fw_cfg file: name=NAME,file=PATH or name=NAME,string=TEXT (repeatable; "
+           "names under opt/)", "SPEC", repeat=True),
     Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST"),

@@ -121,6 +121,20 @@ def rtc_device(port: int, irq: int) -> bytes:
     )
 
 
+def fw_cfg_device(hid: str, port: int, length: int) -> bytes:
+    """QEMU's fw_cfg (``QEMU0002``) and its I/O ports, where Linux's qemu_fw_cfg driver looks.
+
+    Firmware finds fw_cfg at its fixed ports without ACPI (the tables may come
+    through it); the node is for the OS, as in QEMU: _STA 0x0B (present,
+    enabled, not shown in the UI)."""
+    return aml.device(
+        "FWCF",
+        aml.name("_HID", aml.string(hid)),
+        aml.name("_STA", aml.integer(0x0B)),
+        aml.name("_CRS", aml.resource_template(aml.io_port(port, length))),
+    )
+
+
 #: where a real-mode jump to the BIOS (F000:FFF0) lands
 RESET_VECTOR_ADDR = 0xFFFF0
 

@@ -33,6 +33,10 @@ The plain form is the TOML/JSON schema::
     mac = "52:54:00:12:34:56"
     bridge = "br0"
 
+    [[fw_cfg]]               # QEMU's fw_cfg: files the guest's firmware or OS reads by name
+    name = "opt/org.example/role"   # at most 55 printable ASCII bytes; opt/ is the users' space
+    string = "web"           # or file = "/path" (read when the machine is built)
+
     [vsock]
     cid = 3
     uds = "/run/pyhv/web1.vsock"
@@ -79,6 +83,11 @@ NAME_MAX = 64
 SCHED_WEIGHT_MAX = 65535
 SCHED_WARP_MAX_MS = 10_000
 SCHED_LIMIT_MAX_MS = 3_600_000
+MAX_FW_CFG = 16  # user entries (QEMU has 32 file slots; pyhv's own files take some)
+FW_CFG_NAME_MAX = 55  # name[56] in fw_cfg's directory, with its NUL
+FW_CFG_DATA_MAX = 16 * MiB  # each entry's bytes, a file's or a string's
+#: fw_cfg files pyhv itself provides: a user entry may not take their names
+FW_CFG_OWN_NAMES = ("bootorder", "etc/e820")
 
 BOOT_PROTOCOLS = ("auto", "linux", "pvh", "multiboot")
 ON_POWEROFF = ("destroy", "restart")
@@ -137,6 +146,15 @@ class Vsock(NamedTuple):
     uds: str
 
 
+class FwCfgEntry(NamedTuple):
+    """A named fw_cfg file: a host file's contents (read when the machine is
+    built) or, without ``file``, the ``string``'s UTF-8 bytes."""
+
+    name: str
+    file: str = ""
+    string: str = ""
+
+
 class Sched(NamedTuple):
     """Borrowed-Virtual-Time parameters (docs/SCHEDULING.md)."""
 
@@ -166,6 +184,7 @@ class Description(NamedTuple):
     disks: tuple[Disk, ...] = ()
     nics: tuple[Nic, ...] = ()
     vsock: Vsock | None = None
+    fw_cfg: tuple[FwCfgEntry, ...] = ()
     rng: bool = False
     balloon: bool = False
     serial: str = "stdio"
@@ -177,11 +196,12 @@ class Description(NamedTuple):
 #: the plain form's top-level keys, in the order :func:`to_plain` writes them
 TOP_KEYS = (
     "name", "kernel", "initrd", "cmdline", "boot", "memory", "maxmem", "vcpus", "on_poweroff", "on_reboot",
-    "on_crash", "serial", "debug_exit", "balloon", "rng", "disks", "nics", "vsock", "sched",
+    "on_crash", "serial", "debug_exit", "balloon", "rng", "disks", "nics", "vsock", "fw_cfg", "sched",
 )
 DISK_KEYS = tuple(Disk._fields)
 NIC_KEYS = tuple(Nic._fields)
 VSOCK_KEYS = tuple(Vsock._fields)
+FW_CFG_KEYS = tuple(FwCfgEntry._fields)
 SCHED_KEYS = tuple(Sched._fields)
 
 
@@ -208,6 +228,12 @@ def from_plain(data: Any) -> Description:
         seen[d.path] = i
     nics = tuple(nic_from_plain(n, ("nics", i)) for i, n in enumerate(_array(data, "nics", MAX_NICS)))
     vsock = vsock_from_plain(data["vsock"], ("vsock",)) if data.get("vsock") is not None else None
+    fw_cfg = tuple(fw_cfg_from_plain(e, ("fw_cfg", i)) for i, e in enumerate(_array(data, "fw_cfg", MAX_FW_CFG)))
+    names: dict[str, int] = {}
+    for i, e in enumerate(fw_cfg):
+        if e.name in names:
+            raise DescriptionError(("fw_cfg", i, "name"), f"the same name as fw_cfg[{names[e.name]}]")
+        names[e.name] = i
     return Description(
         payload=Payload(
             kernel=_str(data, "kernel", (), required=True),
@@ -222,6 +248,7 @@ def from_plain(data: Any) -> Description:
         disks=disks,
         nics=nics,
         vsock=vsock,
+        fw_cfg=fw_cfg,
         rng=_bool(data, "rng", False, ()),
         balloon=_bool(data, "balloon", False, ()),
         serial=check_serial(_str(data, "serial", ()) or "stdio", ("serial",)),
@@ -268,6 +295,26 @@ def vsock_from_plain(v: Any, at: tuple[str | int, ...]) -> Vsock:
     if len(uds.encode()) > VSOCK_UDS_MAX:
         raise DescriptionError((*at, "uds"), f"socket path longer than {VSOCK_UDS_MAX} bytes (PATH_PORT must fit a unix socket)")
     return Vsock(_int(v, "cid", VSOCK_CID_MIN, VSOCK_CID_MIN, VSOCK_CID_MAX, at), uds)
+
+
+def fw_cfg_from_plain(e: Any, at: tuple[str | int, ...]) -> FwCfgEntry:
+    _table(e, FW_CFG_KEYS, at)
+    name = _str(e, "name", at, required=True)
+    if not 0 < len(name) <= FW_CFG_NAME_MAX or not name.isascii() or not name.isprintable():
+        raise DescriptionError((*at, "name"), f"1-{FW_CFG_NAME_MAX} printable ASCII characters")
+    if name in FW_CFG_OWN_NAMES or name.startswith("etc/"):
+        raise DescriptionError((*at, "name"), "etc/ and bootorder are pyhv's own (user entries go under opt/)")
+    if ("file" in e) == ("string" in e):
+        raise DescriptionError(at, "exactly one of file and string")
+    if "file" in e:
+        path = _str(e, "file", at)
+        if not path:
+            raise DescriptionError((*at, "file"), "must not be empty")
+        return FwCfgEntry(name, file=path)
+    text = _str(e, "string", at)
+    if len(text.encode()) > FW_CFG_DATA_MAX:
+        raise DescriptionError((*at, "string"), f"longer than {FW_CFG_DATA_MAX // MiB} MiB")
+    return FwCfgEntry(name, string=text)
 
 
 def sched_from_plain(s: Any, at: tuple[str | int, ...]) -> Sched:
@@ -319,6 +366,8 @@ def to_plain(d: Description) -> dict[str, Any]:
         "disks": [x._asdict() for x in d.disks],
         "nics": [x._asdict() for x in d.nics],
         "vsock": None if d.vsock is None else d.vsock._asdict(),
+        "fw_cfg": [{"name": e.name, "file": e.file} if e.file else {"name": e.name, "string": e.string}
+                   for e in d.fw_cfg],
         "sched": d.sched._asdict(),
     }
     if not d.name:
@@ -334,6 +383,7 @@ def paths(d: Description) -> list[tuple[str, str]]:
     out += [(f"disks[{i}].path", x.path) for i, x in enumerate(d.disks)]
     if d.vsock is not None:
         out.append(("vsock.uds", d.vsock.uds))
+    out += [(f"fw_cfg[{i}].file", e.file) for i, e in enumerate(d.fw_cfg) if e.file]
     return out
 
 
@@ -349,6 +399,7 @@ def with_absolute_paths(d: Description, base: str) -> Description:
         payload=payload,
         disks=tuple(x._replace(path=fix(x.path)) for x in d.disks),
         vsock=None if d.vsock is None else d.vsock._replace(uds=fix(d.vsock.uds)),
+        fw_cfg=tuple(e._replace(file=fix(e.file)) for e in d.fw_cfg),
     )
 
 
@@ -503,6 +554,14 @@ def json_schema() -> dict[str, Any]:
             "vsock": {"type": "object", "nullable": True, "additionalProperties": False, "required": ["uds"],
                       "properties": {"cid": {"type": "integer", "minimum": VSOCK_CID_MIN, "maximum": VSOCK_CID_MAX},
                                      "uds": {"type": "string", "maxLength": VSOCK_UDS_MAX}}},
+            "fw_cfg": {"type": "array", "maxItems": MAX_FW_CFG, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name"],
+                "oneOf": [{"required": ["file"]}, {"required": ["string"]}],
+                "properties": {"name": {"type": "string", "minLength": 1, "maxLength": FW_CFG_NAME_MAX,
+                                        "description": "printable ASCII; opt/ is the users' space (QEMU's rule)"},
+                               "file": {"type": "string", "minLength": 1,
+                                        "description": f"a host file of at most {FW_CFG_DATA_MAX // MiB} MiB"},
+                               "string": {"type": "string"}}}},
             "sched": {"type": "object", "additionalProperties": False, "properties": {
                 "weight": {"type": "integer", "minimum": 1, "maximum": SCHED_WEIGHT_MAX},
                 "warp_ms": {"type": "integer", "minimum": 0, "maximum": SCHED_WARP_MAX_MS},

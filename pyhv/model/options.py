@@ -2,7 +2,7 @@
 
 This module only knows the command-line syntax (``--disk PATH[,ro][,serial=S]
 [,cache=none|writeback]``, ``--net tap=NAME[,mac=M][,bridge=BR]``, ``--vsock
-cid=N,uds=PATH``, sizes, numbers); what a value may be is checked once, by
+cid=N,uds=PATH``, ``--fw-cfg name=NAME,file=PATH|string=TEXT``, sizes, numbers); what a value may be is checked once, by
 :func:`pyhv.model.from_plain`, and its errors are named here by the option
 that carried the value.
 
@@ -26,6 +26,7 @@ OPTION_OF = {
     "maxmem": "--maxmem", "vcpus": "--vcpus", "on_poweroff": "--on-poweroff", "on_reboot": "--on-reboot",
     "on_crash": "--on-crash", "serial": "--serial", "debug_exit": "--debug-exit", "balloon": "--balloon",
     "rng": "--rng", "disks": "--disk", "nics": "--net", "vsock": "--vsock", "name": "--name",
+    "fw_cfg": "--fw-cfg",
 }
 
 
@@ -77,6 +78,17 @@ def vsock(spec: str) -> dict[str, Any]:
     return {"cid": _number(fields["cid"]), "uds": fields["uds"]}
 
 
+def fw_cfg(spec: str) -> dict[str, Any]:
+    """``name=NAME,file=PATH`` or ``name=NAME,string=TEXT`` (QEMU's -fw_cfg).  Everything
+    after ``file=`` or ``string=`` is the value, commas included; the name ends at the
+    first comma."""
+    head, comma, rest = spec.partition(",")
+    key, eq, value = rest.partition("=")
+    if not head.startswith("name=") or not comma or key not in ("file", "string") or not eq:
+        raise UsageError(f"--fw-cfg {spec!r}: expected name=NAME,file=PATH or name=NAME,string=TEXT")
+    return {"name": head[len("name="):], key: value}
+
+
 def _number(text: str) -> int | str:
     """An integer where the text is one; else the text, for the description to refuse."""
     return int(text) if text.isdigit() and len(text) < 20 else text
@@ -113,6 +125,9 @@ def plain_from_options(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
             given[f"nics[{i}]"] = f"--net {spec!r}"
             if fd is not None:
                 fds[i] = fd
+    if values.get("fw_cfg"):
+        out["fw_cfg"] = [fw_cfg(spec) for spec in values["fw_cfg"]]
+        given.update({f"fw_cfg[{i}]": f"--fw-cfg {spec!r}" for i, spec in enumerate(values["fw_cfg"])})
     if values.get("vsock"):
         out["vsock"] = vsock(values["vsock"])
         given["vsock"] = f"--vsock {values['vsock']!r}"

@@ -7,17 +7,18 @@ afterwards costs milliseconds per slot.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
-from ..devices.legacy import acpi_pm, debug_exit, i8042, port80, rtc, uart
+from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, rtc, uart
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
-from ..model import Description, default_mac, parse_mac
+from ..model import FW_CFG_DATA_MAX, Description, default_mac, parse_mac
 from ..vcpu import Stop, StopKind, VcpuThread
 
 from .devices import Devices
@@ -65,6 +66,7 @@ def build(
             vm.signal_msi(address, data)
 
         _virtio_devices(config, memory, wiring, deliver, backends, io, taps or {})
+        firmware_config = _fw_cfg(config, memory)
         entry = None
         if restore is None:
             pci_devices, pci_tables = wiring.acpi()
@@ -110,13 +112,16 @@ def build(
         clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]))
         pio.insert(rtc.INDEX_PORT, 1, clock.index_port, "rtc-index")
         pio.insert(rtc.DATA_PORT, 1, clock.data_port, "rtc-data")
+        pio.insert(fw_cfg.PORT_BASE, fw_cfg.PORT_LENGTH, firmware_config.ports, "fw_cfg")
+        pio.insert(fw_cfg.DMA_BASE, fw_cfg.DMA_LENGTH, firmware_config.dma, "fw_cfg-dma")
         dbg = None
         if config.debug_exit:
             dbg = debug_exit.DebugExit(
                 lambda value: stop(StopKind.DEBUG_EXIT, value & 0xFF, f"guest wrote {value:#x} to debug-exit")
             )
             pio.insert(debug_exit.DEFAULT_BASE, debug_exit.LENGTH, dbg, "debug-exit")
-        devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, debug_exit=dbg)
+        devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, debug_exit=dbg,
+                          fw_cfg=firmware_config)
         machine = Machine(config, kvm, vm, memory, pio, mmio, console, devices, io, backends, owns_console)
 
         supported = supported_entries(kvm.supported_cpuid())
@@ -218,5 +223,43 @@ def _virtio_devices(
 
 def _acpi_devices() -> list[bytes]:
     """AML for the DSDT's \\_SB scope: the legacy devices the guest should find."""
-    return [acpi.com_device("COM1", 1, uart.COM1_BASE, uart.COM1_IRQ), acpi.rtc_device(rtc.INDEX_PORT, rtc.RTC_IRQ)]
+    return [acpi.com_device("COM1", 1, uart.COM1_BASE, uart.COM1_IRQ), acpi.rtc_device(rtc.INDEX_PORT, rtc.RTC_IRQ),
+            acpi.fw_cfg_device(fw_cfg.ACPI_HID, fw_cfg.PORT_BASE, fw_cfg.ACPI_IO_LENGTH)]
+
+
+def _fw_cfg(config: Description, memory: GuestMemory) -> fw_cfg.FwCfg:
+    """fw_cfg with the machine's facts and files: the e820 map the guest gets, an empty
+    boot order, and the description's entries (host files read now)."""
+    from ..boot.layout import e820_map
+
+    files = [(fw_cfg.E820_FILE, fw_cfg.e820_file(e820_map(memory.ram_ranges()))), (fw_cfg.BOOTORDER_FILE, b"")]
+    for i, entry in enumerate(config.fw_cfg):
+        if not entry.name.startswith("opt/"):  # QEMU warns too: firmware may use such a name
+            print(f"pyhv: warning: fw_cfg[{i}].name {entry.name!r}: names outside opt/ may clash", file=sys.stderr)
+        data = _read_fw_cfg_file(f"fw_cfg[{i}].file", entry.file) if entry.file else entry.string.encode()
+        files.append((entry.name, data))
+    return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files)
+
+
+def _read_fw_cfg_file(key: str, path: str) -> bytes:
+    """A regular file of at most FW_CFG_DATA_MAX bytes; else one line naming the key."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the build
+    except OSError as e:
+        raise UsageError(f"{key} {path}: cannot read: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{key} {path}: not a regular file")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(FW_CFG_DATA_MAX + 1)
+    except OSError as e:
+        raise UsageError(f"{key} {path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > FW_CFG_DATA_MAX:
+        raise UsageError(f"{key} {path}: larger than {FW_CFG_DATA_MAX // (1 << 20)} MiB")
+    return data
 

@@ -2,7 +2,7 @@
 
 The builder makes every device and hands them here; nothing else keeps a
 table of them.  The legacy devices have fixed roles (COM1, the i8042 reset
-line, the CMOS clock, port 0x80, the ACPI PM registers, debug-exit); the
+line, the CMOS clock, port 0x80, the ACPI PM registers, debug-exit, fw_cfg); the
 virtio devices sit on PCI, each in its slot, and are found by type.
 
 Their state (:meth:`Devices.state`) is plain values keyed by role and PCI
@@ -19,6 +19,7 @@ from ..devices.state import DeviceStateError, check_keys
 if TYPE_CHECKING:
     from ..devices.legacy.acpi_pm import AcpiPm
     from ..devices.legacy.debug_exit import DebugExit
+    from ..devices.legacy.fw_cfg import FwCfg
     from ..devices.legacy.i8042 import I8042
     from ..devices.legacy.port80 import ProgressCodes
     from ..devices.legacy.rtc import Rtc
@@ -30,13 +31,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 #: the legacy devices whose state a snapshot carries (the others hold none)
-STATEFUL = ("com1", "rtc", "i8042")
+STATEFUL = ("com1", "rtc", "i8042", "fw_cfg")
+#: roles a snapshot taken before the device existed lacks: left as built
+OPTIONAL = ("fw_cfg",)
 
 
 class Devices:
     def __init__(
         self, *, com1: Uart, i8042: I8042, rtc: Rtc, progress: ProgressCodes, acpi_pm: AcpiPm, pci: PciWiring,
-        debug_exit: DebugExit | None = None,
+        fw_cfg: FwCfg, debug_exit: DebugExit | None = None,
     ) -> None:
         self.com1 = com1
         self.i8042 = i8042
@@ -44,6 +47,7 @@ class Devices:
         self.progress = progress
         self.acpi_pm = acpi_pm
         self.debug_exit = debug_exit
+        self.fw_cfg = fw_cfg
         self.pci = pci
 
     # --- lookup ---------------------------------------------------------------------------
@@ -70,12 +74,15 @@ class Devices:
         root = self.pci.root
         return {
             "com1": self.com1.state(), "rtc": self.rtc.state(), "i8042": self.i8042.state(),
+            "fw_cfg": self.fw_cfg.state(),
             "pci_root": root.state(),
             "pci": {str(root.slot_of(t)): t.state() for t in self.pci.transports},
         }
 
     def set_state(self, states: Any) -> None:
         """Put every device back; each checks its part before changing anything."""
+        if isinstance(states, dict):  # a snapshot from before fw_cfg: it stays as built
+            states = {**dict.fromkeys(OPTIONAL), **states}
         check_keys(states, {*STATEFUL, "pci_root", "pci"}, "machine devices")
         root = self.pci.root
         pci = states["pci"]
@@ -86,6 +93,8 @@ class Devices:
         self.com1.set_state(states["com1"])
         self.rtc.set_state(states["rtc"])
         self.i8042.set_state(states["i8042"])
+        if states["fw_cfg"] is not None:
+            self.fw_cfg.set_state(states["fw_cfg"])
         root.set_state(states["pci_root"])
         for slot, transport in slots.items():
             transport.set_state(pci[slot])

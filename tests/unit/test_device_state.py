@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from pyhv._sys import kvm_h as h
 from pyhv.backends.block import RawDisk
+from pyhv.devices.legacy.fw_cfg import FwCfg
 from pyhv.devices.legacy.i8042 import I8042
 from pyhv.devices.legacy.rtc import Rtc
 from pyhv.devices.legacy.uart import Uart
@@ -127,6 +128,17 @@ def _exercise_i8042(dev: Any, ram: FakeGuestRam) -> None:
     dev.write_port(0x64, 0x60)
 
 
+def _fw_cfg(ram: FakeGuestRam) -> Any:
+    return FwCfg(ram, ram_size=RAM, nb_cpus=1, max_cpus=1, files=[("opt/a", b"0123456789")])
+
+
+def _exercise_fw_cfg(dev: Any, ram: FakeGuestRam) -> None:
+    dev.ports.write(0, 2, dev.key_of("opt/a"))
+    dev.ports.read(1, 1)
+    dev.ports.read(1, 1)
+    dev.dma.write(0, 4, 0x0100_0000)  # high half 1, big-endian
+
+
 def _config(ram: FakeGuestRam) -> Any:
     c = PciConfigSpace(0x1AF4, 0x1042, 0x018000)
     c.add_bar(0, 0x4000, MEM32)
@@ -212,6 +224,7 @@ CASES: dict[str, tuple[Callable[[FakeGuestRam], Any], Callable[[Any, FakeGuestRa
     "uart": (_uart, _exercise_uart),
     "rtc": (_rtc, _exercise_rtc),
     "i8042": (_i8042, _exercise_i8042),
+    "fw_cfg": (_fw_cfg, _exercise_fw_cfg),
     "pci-config": (_config, _exercise_config),
     "msix": (_msix, _exercise_msix),
     "pci-root": (_root, _exercise_root),

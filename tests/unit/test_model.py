@@ -168,6 +168,9 @@ CASES: list[tuple[list[str], str]] = [
      'kernel = "/k"\n[[nics]]\ntap = "t0"\nmac = "52:54:00:12:34:56"\nbridge = "br0"'),
     (["--kernel", "/k", "--vsock", "cid=7,uds=/run/v.sock", "--rng", "--balloon"],
      'kernel = "/k"\nrng = true\nballoon = true\n[vsock]\ncid = 7\nuds = "/run/v.sock"'),
+    (["--kernel", "/k", "--fw-cfg", "name=opt/a,file=/etc/a,b", "--fw-cfg", "name=opt/b,string=x=1,y=2"],
+     'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nfile = "/etc/a,b"\n[[fw_cfg]]\nname = "opt/b"\nstring = "x=1,y=2"'),
+    (["--kernel", "/k", "--fw-cfg", "name=opt/empty,string="], 'kernel = "/k"\n[[fw_cfg]]\nname = "opt/empty"\nstring = ""'),
     # the same mistakes
     (["--kernel", "/k", "--vcpus", "0"], 'kernel = "/k"\nvcpus = 0'),
     (["--kernel", "/k", "--memory", "8M"], 'kernel = "/k"\nmemory = "8M"'),
@@ -177,6 +180,14 @@ CASES: list[tuple[list[str], str]] = [
     (["--kernel", "/k", "--disk", "/a", "--disk", "/a"], 'kernel = "/k"\n[[disks]]\npath = "/a"\n[[disks]]\npath = "/a"'),
     (["--kernel", "/k", "--net", "tap=" + "t" * 16], 'kernel = "/k"\n[[nics]]\ntap = "' + "t" * 16 + '"'),
     (["--kernel", "/k", "--net", "tap=t0,mac=01:02:03:04:05:06"], 'kernel = "/k"\n[[nics]]\ntap = "t0"\nmac = "01:02:03:04:05:06"'),
+    (["--kernel", "/k", "--fw-cfg", "name=opt/" + "n" * 52 + ",string=s"],
+     'kernel = "/k"\n[[fw_cfg]]\nname = "opt/' + "n" * 52 + '"\nstring = "s"'),
+    (["--kernel", "/k", "--fw-cfg", "name=opt/\x01,string=s"], 'kernel = "/k"\n[[fw_cfg]]\nname = "opt/\\u0001"\nstring = "s"'),
+    (["--kernel", "/k", "--fw-cfg", "name=etc/e820,file=/f"], 'kernel = "/k"\n[[fw_cfg]]\nname = "etc/e820"\nfile = "/f"'),
+    (["--kernel", "/k", "--fw-cfg", "name=bootorder,string=x"], 'kernel = "/k"\n[[fw_cfg]]\nname = "bootorder"\nstring = "x"'),
+    (["--kernel", "/k", "--fw-cfg", "name=opt/a,file="], 'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nfile = ""'),
+    (["--kernel", "/k", "--fw-cfg", "name=opt/a,string=1", "--fw-cfg", "name=opt/a,string=2"],
+     'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nstring = "1"\n[[fw_cfg]]\nname = "opt/a"\nstring = "2"'),
     (["--kernel", "/k", "--vsock", "cid=2,uds=/v"], 'kernel = "/k"\n[vsock]\ncid = 2\nuds = "/v"'),
     (["--kernel", "/k", "--vsock", "cid=3,uds=/" + "v" * 100], 'kernel = "/k"\n[vsock]\ncid = 3\nuds = "/' + "v" * 100 + '"'),
 ]
@@ -235,6 +246,49 @@ def test_json_schema_uses_the_models_limits() -> None:
     assert set(schema["properties"]) == set(model.TOP_KEYS)
     assert set(disk) == set(model.DISK_KEYS) and disk["serial"]["maxLength"] == model.DISK_SERIAL_MAX
     assert disk["cache"]["enum"] == list(model.DISK_CACHE)
+    entry = schema["properties"]["fw_cfg"]["items"]
+    assert set(entry["properties"]) == set(model.FW_CFG_KEYS) and entry["properties"]["name"]["maxLength"] == 55
+
+
+@pytest.mark.parametrize("entry,key,message", [
+    ({"name": "opt/a", "file": "/f", "string": "s"}, ("fw_cfg", 0), "exactly one of file and string"),
+    ({"name": "opt/a"}, ("fw_cfg", 0), "exactly one of file and string"),
+    ({"file": "/f"}, ("fw_cfg", 0, "name"), "required"),
+    ({"name": "opt/a", "string": 5}, ("fw_cfg", 0, "string"), "must be a string"),
+    ({"name": "opt/é", "string": "s"}, ("fw_cfg", 0, "name"), "1-55 printable ASCII characters"),
+    ({"name": "opt/a", "data": "s"}, ("fw_cfg", 0, "data"), "unknown key (known: file, name, string)"),
+])
+def test_bad_fw_cfg_entry_names_the_key(entry: dict[str, object], key: tuple[object, ...], message: str) -> None:
+    with pytest.raises(DescriptionError) as e:
+        from_plain({**MINIMAL, "fw_cfg": [entry]})
+    assert (e.value.path, e.value.message) == (key, message)
+
+
+def test_too_many_fw_cfg_entries_are_refused() -> None:
+    entries = [{"name": f"opt/{i}", "string": ""} for i in range(model.MAX_FW_CFG + 1)]
+    with pytest.raises(DescriptionError, match="at most 16"):
+        from_plain({**MINIMAL, "fw_cfg": entries})
+
+
+def test_bad_cli_fw_cfg_syntax_is_a_usage_error() -> None:
+    for spec in ("opt/a,file=/f", "name=opt/a", "name=opt/a,data=x", "string=s,name=opt/a"):
+        with pytest.raises(UsageError, match="--fw-cfg"):
+            options.fw_cfg(spec)
+
+
+def test_fw_cfg_files_are_paths_the_description_names_and_made_absolute() -> None:
+    d = from_plain({**MINIMAL, "fw_cfg": [{"name": "opt/a", "file": "a.bin"}, {"name": "opt/b", "string": "x"}]})
+    assert ("fw_cfg[0].file", "a.bin") in model.paths(d) and len(model.paths(d)) == 2
+    assert model.with_absolute_paths(d, "/base").fw_cfg == (
+        model.FwCfgEntry("opt/a", file="/base/a.bin"), model.FwCfgEntry("opt/b", string="x"),
+    )
+
+
+def test_fw_cfg_limits_are_the_devices() -> None:
+    from pyhv.devices.legacy import fw_cfg
+
+    assert model.FW_CFG_NAME_MAX == fw_cfg.FILE_NAME_MAX
+    assert set(fw_cfg.OWN_FILES) <= {*model.FW_CFG_OWN_NAMES, "etc/e820"}
 
 
 def test_disk_serial_limit_is_the_devices() -> None:
@@ -259,6 +313,9 @@ def descriptions(draw: Any) -> dict[str, Any]:
     plain["nics"] = [{"tap": t} for t in draw(st.lists(st.from_regex(r"[a-z][a-z0-9]{0,14}", fullmatch=True), max_size=3))]
     if draw(st.booleans()):
         plain["vsock"] = {"cid": draw(st.integers(3, 0xFFFF_FFFE)), "uds": draw(paths)}
+    fw_names = draw(st.lists(st.from_regex(r"opt/[ -~]{1,51}", fullmatch=True), max_size=3, unique=True))
+    plain["fw_cfg"] = [{"name": n, "file": draw(paths)} if draw(st.booleans()) else {"name": n, "string": draw(st.text())}
+                       for n in fw_names]
     plain["sched"] = {"weight": draw(st.integers(1, 65535))}
     return plain
 

@@ -1,0 +1,312 @@
+/*
+ * fwcfg: QEMU's firmware configuration device (docs/specs/fw_cfg.rst in
+ * QEMU), from ring 3.  Reads the signature, the feature bits, the CPU
+ * counts, RAM size and the file directory through the port interface
+ * (selector 0x510, data 0x511), reads every opt/ file through both the
+ * ports and DMA (0x514, a big-endian FWCfgDmaAccess address written high
+ * half first) and compares them, then makes hostile DMA requests and checks
+ * that each fails with the ERROR bit and the device still serves the next.
+ */
+#include "probe.h"
+
+#define FW_CFG_SELECTOR   0x510
+#define FW_CFG_DATA       0x511
+#define FW_CFG_DMA_HIGH   0x514
+#define FW_CFG_DMA_LOW    0x518
+
+#define KEY_SIGNATURE     0x0000
+#define KEY_ID            0x0001
+#define KEY_RAM_SIZE      0x0003
+#define KEY_NB_CPUS       0x0005
+#define KEY_MAX_CPUS      0x000f
+#define KEY_FILE_DIR      0x0019
+#define KEY_NOTHING       0x3fff        /* a generic key no item has */
+
+#define ID_DMA            0x2
+
+#define CTL_ERROR         0x01
+#define CTL_READ          0x02
+#define CTL_SKIP          0x04
+#define CTL_SELECT        0x08
+#define CTL_WRITE         0x10
+#define CTL_KEY(k)        ((uint32_t)(k) << 16 | CTL_SELECT)
+
+#define LOW_RAM_LIMIT     0xc0000000ULL /* RAM below the MMIO hole ends here at the latest */
+#define FAR_AWAY          (1ULL << 52)  /* beyond any guest's RAM */
+
+#define MAX_FILES         32
+#define FILE_BYTES        4096          /* what is read of each opt/ file */
+#define NAME_SIZE         56
+
+struct dma_access {                     /* FWCfgDmaAccess, all fields big-endian */
+    uint32_t control;
+    uint32_t length;
+    uint64_t address;
+};
+
+struct file {
+    uint32_t size;
+    uint16_t select;
+    char name[NAME_SIZE + 1];
+};
+
+static struct file files[MAX_FILES];
+static unsigned nfiles;
+
+static uint32_t be32(uint32_t v) { return __builtin_bswap32(v); }
+static uint64_t be64(uint64_t v) { return __builtin_bswap64(v); }
+
+static void fw_select(uint16_t key)
+{
+    port_outw(FW_CFG_SELECTOR, key);
+}
+
+static void fw_read(void *buf, uint64_t n)
+{
+    uint8_t *p = buf;
+
+    while (n--)
+        *p++ = port_inb(FW_CFG_DATA);
+}
+
+static uint64_t fw_read_le(uint16_t key, unsigned n)
+{
+    uint8_t b[8] = { 0 };
+    uint64_t v = 0;
+
+    fw_select(key);
+    fw_read(b, n);
+    while (n--)
+        v = v << 8 | b[n];
+    return v;
+}
+
+/*
+ * One DMA request with the descriptor at desc_addr (which may be anywhere:
+ * the hostile cases put it outside RAM).  Returns the control word the
+ * device wrote back, or ~0 if the descriptor is not where ring 3 can read it.
+ */
+static uint32_t dma_at(uint64_t desc_addr, int readable)
+{
+    volatile struct dma_access *d = (volatile struct dma_access *)desc_addr;
+
+    barrier();
+    port_outl(FW_CFG_DMA_HIGH, be32((uint32_t)(desc_addr >> 32)));
+    port_outl(FW_CFG_DMA_LOW, be32((uint32_t)desc_addr));
+    barrier();
+    return readable ? be32(d->control) : ~0u;
+}
+
+static struct dma_access *desc;         /* in the DMA arena */
+
+static uint32_t dma(uint32_t control, uint32_t length, uint64_t address)
+{
+    desc->control = be32(control);
+    desc->length = be32(length);
+    desc->address = be64(address);
+    return dma_at((uint64_t)desc, 1);
+}
+
+static int mem_equal(const void *a, const void *b, uint64_t n)
+{
+    const uint8_t *x = a, *y = b;
+
+    while (n--)
+        if (*x++ != *y++)
+            return 0;
+    return 1;
+}
+
+static int all_bytes(const uint8_t *p, uint64_t n, uint8_t v)
+{
+    while (n--)
+        if (*p++ != v)
+            return 0;
+    return 1;
+}
+
+static int starts_with(const char *s, const char *prefix)
+{
+    while (*prefix)
+        if (*s++ != *prefix++)
+            return 0;
+    return 1;
+}
+
+static unsigned cases, cases_ok;
+
+static void report(const char *name, uint32_t control, int ok)
+{
+    cases++;
+    cases_ok += ok ? 1 : 0;
+    line_begin("fwcfg");
+    kv_str("case", name);
+    kv_hex("control", control);
+    kv_dec("error", control == ~0u ? 0 : control & CTL_ERROR);
+    kv_dec("ok", ok ? 1 : 0);
+    line_end();
+}
+
+static void read_directory(void)
+{
+    uint8_t entry[64];
+    uint32_t count, i;
+
+    fw_select(KEY_FILE_DIR);
+    fw_read(&count, 4);
+    count = be32(count);
+    line_begin("fwcfg");
+    kv_dec("files", count);
+    line_end();
+    for (i = 0; i < count; i++) {
+        fw_read(entry, sizeof(entry));
+        if (i >= MAX_FILES)
+            continue;
+        files[i].size = be32(*(uint32_t *)entry);
+        files[i].select = __builtin_bswap16(*(uint16_t *)(entry + 4));
+        memcpy(files[i].name, entry + 8, NAME_SIZE);
+        files[i].name[NAME_SIZE] = 0;
+        nfiles = i + 1;
+        line_begin("fwcfg");
+        put_quoted("file", files[i].name);
+        kv_dec("size", files[i].size);
+        kv_hex("select", files[i].select);
+        line_end();
+    }
+}
+
+/* Every opt/ file by port and by DMA; returns how many read back the same. */
+static unsigned read_user_files(uint8_t *by_port, uint8_t *by_dma)
+{
+    unsigned i, same = 0;
+
+    for (i = 0; i < nfiles; i++) {
+        uint32_t n = files[i].size < FILE_BYTES ? files[i].size : FILE_BYTES;
+        uint32_t control;
+        int match;
+
+        if (!starts_with(files[i].name, "opt/"))
+            continue;
+        fw_select(files[i].select);
+        fw_read(by_port, n);
+        memset(by_dma, 0xaa, n);
+        control = dma(CTL_KEY(files[i].select) | CTL_READ, n, (uint64_t)by_dma);
+        match = control == 0 && mem_equal(by_port, by_dma, n);
+        same += match;
+        line_begin("fwcfg");
+        put_quoted("read", files[i].name);
+        kv_dec("size", files[i].size);
+        kv_hex("control", control);
+        kv_dec("dma_match", match);
+        put_str(" text=\"");
+        put_escaped((const char *)by_dma, n);
+        put_str("\"");
+        line_end();
+    }
+    return same;
+}
+
+NORETURN void test_fwcfg(const struct options *o)
+{
+    uint8_t *buf, *by_port, *by_dma;
+    uint64_t ram_size, low_end, id, dma_sig;
+    uint32_t control, nb_cpus, max_cpus, sig;
+    uint16_t ro_key = KEY_SIGNATURE;
+    unsigned i, user_same;
+    int ok;
+
+    (void)o;
+    fw_select(KEY_SIGNATURE);
+    fw_read(&sig, 4);
+    dma_sig = (uint64_t)port_inl(FW_CFG_DMA_HIGH) | (uint64_t)port_inl(FW_CFG_DMA_LOW) << 32;
+    id = fw_read_le(KEY_ID, 4);
+    nb_cpus = (uint32_t)fw_read_le(KEY_NB_CPUS, 2);
+    max_cpus = (uint32_t)fw_read_le(KEY_MAX_CPUS, 2);
+    ram_size = fw_read_le(KEY_RAM_SIZE, 8);
+
+    line_begin("fwcfg");
+    put_str(" signature=\"");
+    put_escaped((const char *)&sig, 4);
+    put_str("\" dma_signature=\"");
+    put_escaped((const char *)&dma_sig, 8);
+    put_str("\"");
+    kv_hex("id", id);
+    kv_dec("nb_cpus", nb_cpus);
+    kv_dec("max_cpus", max_cpus);
+    kv_dec("ram_size", ram_size);
+    line_end();
+    if (!mem_equal(&sig, "QEMU", 4))
+        fail("no fw_cfg signature", "", 0);
+    if (!(id & ID_DMA))
+        fail("fw_cfg without DMA", "", 0);
+
+    read_directory();
+    for (i = 0; i < nfiles; i++)
+        if (starts_with(files[i].name, "opt/"))
+            ro_key = files[i].select;
+
+    desc = dma_alloc(sizeof(*desc), 16);
+    buf = dma_alloc(64, 16);
+    by_port = dma_alloc(FILE_BYTES, 16);
+    by_dma = dma_alloc(FILE_BYTES, 16);
+    user_same = read_user_files(by_port, by_dma);
+
+    /* Good requests at the edges first: they must succeed. */
+    memset(buf, 0xaa, 16);
+    control = dma(CTL_KEY(KEY_SIGNATURE) | CTL_READ, 8, (uint64_t)buf);
+    report("read_past_end", control, control == 0 && mem_equal(buf, "QEMU\0\0\0\0", 8) && buf[8] == 0xaa);
+    memset(buf, 0xaa, 16);
+    control = dma(CTL_KEY(KEY_NOTHING) | CTL_READ, 8, (uint64_t)buf);
+    report("read_no_item", control, control == 0 && all_bytes(buf, 8, 0) && buf[8] == 0xaa);
+    control = dma(CTL_KEY(KEY_SIGNATURE) | CTL_SKIP, 2, 0);
+    control |= dma(CTL_READ, 2, (uint64_t)buf);
+    report("skip", control, control == 0 && mem_equal(buf, "MU", 2));
+
+    /* Hostile ones: each fails with ERROR and changes nothing. */
+    memset(buf, 0xaa, 16);
+    control = dma(CTL_KEY(KEY_SIGNATURE) | CTL_READ, 4, FAR_AWAY);
+    report("buffer_outside_ram", control, control == CTL_ERROR);
+    control = dma(CTL_KEY(KEY_SIGNATURE) | CTL_READ, 0xffffffffu, (uint64_t)buf);
+    report("huge_length", control, control == CTL_ERROR && all_bytes(buf, 16, 0xaa));
+    control = dma(CTL_KEY(KEY_SIGNATURE) | CTL_READ, 16, 0xfffffffffffffff8ULL);
+    report("address_wraps", control, control == CTL_ERROR);
+    fw_select(ro_key);
+    fw_read(by_dma, 4);                 /* what the item holds before */
+    control = dma(CTL_KEY(ro_key) | CTL_WRITE, 4, (uint64_t)buf);
+    fw_select(ro_key);
+    fw_read(by_port, 4);
+    report("write_read_only", control, control == CTL_ERROR && mem_equal(by_port, by_dma, 4));
+    control = dma(CTL_KEY(KEY_SIGNATURE) | CTL_ERROR | CTL_READ, 4, (uint64_t)buf);
+    report("error_bit_given", control, control == CTL_ERROR && all_bytes(buf, 4, 0xaa));
+
+    /* A descriptor the device cannot read at all: nothing to check but that it carries on. */
+    dma_at(FAR_AWAY, 0);
+    control = dma(CTL_KEY(KEY_SIGNATURE) | CTL_READ, 4, (uint64_t)buf);
+    report("descriptor_outside_ram", control, control == 0 && mem_equal(buf, "QEMU", 4));
+
+    /* One that runs off the end of RAM: only its control word is RAM, and gets ERROR. */
+    low_end = ram_size < LOW_RAM_LIMIT ? ram_size : LOW_RAM_LIMIT;
+    if (low_end >= DMA_ARENA_END + 4096) {
+        volatile uint32_t *tail = (volatile uint32_t *)(low_end - 8);
+
+        tail[0] = be32(CTL_KEY(KEY_SIGNATURE) | CTL_READ);
+        tail[1] = be32(4);
+        control = dma_at(low_end - 8, 1);
+        report("descriptor_past_ram_end", control, control == CTL_ERROR);
+        control = dma(CTL_KEY(KEY_SIGNATURE) | CTL_READ, 4, low_end - 2);
+        report("buffer_past_ram_end", control, control == CTL_ERROR);
+    }
+
+    memset(buf, 0, 16);
+    control = dma(CTL_KEY(KEY_SIGNATURE) | CTL_READ, 4, (uint64_t)buf);
+    ok = control == 0 && mem_equal(buf, "QEMU", 4);
+    line_begin("fwcfg");
+    kv_dec("cases", cases);
+    kv_dec("cases_ok", cases_ok);
+    kv_dec("user_files_same", user_same);
+    kv_str("after", ok ? "ok" : "broken");
+    line_end();
+    if (!ok || cases_ok != cases)
+        fail("fw_cfg misbehaved", "", 0);
+    pass();
+}
