@@ -80,6 +80,7 @@ VSOCK_UDS_MAX = 90
 VSOCK_CID_MIN = 3  # 0-2 are reserved (hypervisor, local, host)
 VSOCK_CID_MAX = 0xFFFF_FFFE  # 0xffffffff is VMADDR_CID_ANY
 NAME_MAX = 64
+PATH_MAX = 4095  # bytes of a host file name (PATH_MAX less the terminating NUL)
 SCHED_WEIGHT_MAX = 65535
 SCHED_WARP_MAX_MS = 10_000
 SCHED_LIMIT_MAX_MS = 3_600_000
@@ -236,8 +237,8 @@ def from_plain(data: Any) -> Description:
         names[e.name] = i
     return Description(
         payload=Payload(
-            kernel=_str(data, "kernel", (), required=True),
-            initrd=_str(data, "initrd", ()),
+            kernel=_path(data, "kernel", (), required=True),
+            initrd=_path(data, "initrd", ()),
             cmdline=_str(data, "cmdline", ()),
             boot=_choice(data, "boot", BOOT_PROTOCOLS, Payload._field_defaults["boot"], ()),
         ),
@@ -268,7 +269,7 @@ def disk_from_plain(d: Any, at: tuple[str | int, ...]) -> Disk:
     if len(serial.encode()) > DISK_SERIAL_MAX or not serial.isprintable():
         raise DescriptionError((*at, "serial"), f"at most {DISK_SERIAL_MAX} printable bytes")
     return Disk(
-        path=_str(d, "path", at, required=True),
+        path=_path(d, "path", at, required=True),
         readonly=_bool(d, "readonly", False, at),
         serial=serial,
         cache=_choice(d, "cache", DISK_CACHE, Disk._field_defaults["cache"], at),
@@ -307,7 +308,7 @@ def fw_cfg_from_plain(e: Any, at: tuple[str | int, ...]) -> FwCfgEntry:
     if ("file" in e) == ("string" in e):
         raise DescriptionError(at, "exactly one of file and string")
     if "file" in e:
-        path = _str(e, "file", at)
+        path = _path(e, "file", at)
         if not path:
             raise DescriptionError((*at, "file"), "must not be empty")
         return FwCfgEntry(name, file=path)
@@ -491,6 +492,14 @@ def _str(data: dict[str, Any], key: str, at: tuple[str | int, ...], required: bo
         raise DescriptionError((*at, key), "must be a string")
     if "\0" in value:
         raise DescriptionError((*at, key), "must not contain NUL characters")
+    return value
+
+
+def _path(data: dict[str, Any], key: str, at: tuple[str | int, ...], required: bool = False) -> str:
+    """A host file name: a string, at most PATH_MAX - 1 bytes (the kernel would refuse more)."""
+    value = _str(data, key, at, required)
+    if len(value.encode()) > PATH_MAX:
+        raise DescriptionError((*at, key), f"a file name of {len(value.encode())} bytes: at most {PATH_MAX}")
     return value
 
 

@@ -85,6 +85,8 @@ def test_bad_sizes_name_the_key(text: str) -> None:
         ({"sched": {"weight": 0}}, "sched.weight: must be an integer between 1"),
         ({"balloon": "yes"}, "balloon: must be true or false"),
         ({"kernel": "a\0b"}, "kernel: must not contain NUL"),
+        ({"kernel": "/" + "k" * 200_000}, "kernel: a file name of 200001 bytes: at most 4095"),
+        ({"disks": [{"path": "/" + "d" * 5000}]}, "disks[0].path: a file name of 5001 bytes: at most 4095"),
     ],
 )
 def test_bad_value_names_the_key(extra: dict[str, object], message: str) -> None:
