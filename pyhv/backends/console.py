@@ -18,6 +18,7 @@ import tty
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .._sys.files import open_nofollow
 from ..errors import UsageError
 
 if TYPE_CHECKING:
@@ -165,7 +166,8 @@ class LogConsole(Console):
     client connected to a unix socket (``pyhv console``), whose bytes are the
     guest's input.  A client that does not keep up loses output, never the
     guest's time; the log keeps everything up to ``max_log`` bytes, then the
-    older half moves to ``PATH.1``."""
+    older half moves to ``PATH.1``.  The log is never opened through a
+    symbolic link: one planted at ``log_path`` is a UsageError naming it."""
 
     def __init__(self, log_path: str, sock_path: str, max_log: int = 8 << 20) -> None:
         from .unixsock import listen_unix, serve_connections
@@ -173,7 +175,10 @@ class LogConsole(Console):
         self.log_path = log_path
         self.sock_path = sock_path
         self.max_log = max_log
-        self.log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            self.log_fd = self._open_log()
+        except OSError as e:
+            raise UsageError(f"cannot open the console log {log_path}: {e.strerror or e}") from None
         self.log_size = os.fstat(self.log_fd).st_size
         self._lock = threading.Lock()
         self._client: socket.socket | None = None
@@ -181,11 +186,15 @@ class LogConsole(Console):
         self.listener = listen_unix(sock_path, 4)
         serve_connections(self.listener, self._attach, "console")
 
+    def _open_log(self) -> int:
+        return open_nofollow(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+
     def write(self, data: bytes) -> None:
         with self._lock:
             try:
-                os.write(self.log_fd, data)
-                self.log_size += len(data)
+                if self.log_fd >= 0:  # not if reopening it after a rotation failed
+                    os.write(self.log_fd, data)
+                    self.log_size += len(data)
                 if self.log_size > self.max_log:
                     self._rotate()
             except OSError:
@@ -198,9 +207,10 @@ class LogConsole(Console):
                 pass  # a slow or vanished client misses output
 
     def _rotate(self) -> None:
-        os.replace(self.log_path, self.log_path + ".1")
+        os.replace(self.log_path, self.log_path + ".1")  # replaces a link at PATH.1, never follows it
         os.close(self.log_fd)
-        self.log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.log_fd = -1
+        self.log_fd = self._open_log()
         self.log_size = 0
 
     def start_input(self, sink: Callable[[bytes], int], on_escape: Callable[[], None]) -> None:

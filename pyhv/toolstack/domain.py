@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any
 
+from .._sys import files
 from ..errors import PyhvError
 from ..model import Description, from_plain
 from ..vcpu import StopKind
@@ -62,11 +63,13 @@ def _tell(fd: int, message: dict[str, Any]) -> None:
 
 
 def _write_status(run_dir: str, ending: Ending) -> None:
-    status = dict(ending._asdict(), time=time.time())
-    tmp = os.path.join(run_dir, "status.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(status, f)
-    os.replace(tmp, os.path.join(run_dir, "status.json"))
+    """``status.json``, replaced whole and never through a symbolic link; a failure is one line."""
+    from .store import write_json
+
+    try:
+        write_json(os.path.join(run_dir, "status.json"), dict(ending._asdict(), time=time.time()))
+    except OSError as e:
+        print(f"pyhv: cannot write {os.path.join(run_dir, 'status.json')}: {e.strerror or e}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -80,8 +83,9 @@ def main(argv: list[str]) -> int:
     ready_fd = int(os.environ.pop("PYHV_READY_FD", "-1"))
     install_kick_handler()
     try:
-        with open(os.path.join(run_dir, "domain.json")) as f:
-            meta = json.load(f)
+        meta = json.loads(files.read_file(os.path.join(run_dir, "domain.json"), 16 << 20))
+        if not isinstance(meta, dict):
+            raise ValueError("domain.json is not an object")
         if meta.get("incoming"):
             return _main_incoming(run_dir, meta, ready_fd)
         snapshot = None
@@ -97,8 +101,8 @@ def main(argv: list[str]) -> int:
                     raise
         runtime = _runtime(run_dir, meta, from_plain(meta["description"]), ready_fd)
     except (OSError, ValueError, KeyError, TypeError, PyhvError) as e:
-        _tell(ready_fd, {"ok": False, "error": f"cannot start the domain: {e}"})
-        print(f"pyhv: cannot start the domain in {run_dir}: {e}", file=sys.stderr)
+        print(f"pyhv: cannot start the domain in {run_dir}: {e}", file=sys.stderr, flush=True)
+        _tell(ready_fd, {"ok": False, "error": f"cannot start the domain: {e}"})  # pyhvd may kill us now
         return 2
     return _serve(runtime, run_dir, lambda: runtime.run(snapshot=snapshot))
 
@@ -155,8 +159,8 @@ def _main_incoming(run_dir: str, meta: dict[str, Any], ready_fd: int) -> int:
     try:
         machine = migrate.receive_connection(sock, key, claim=claim)
     except PyhvError as e:
-        _tell(ready_fd, {"ok": False, "error": str(e)})
-        print(f"pyhv: incoming migration failed: {e}", file=sys.stderr)
+        print(f"pyhv: incoming migration failed: {e}", file=sys.stderr, flush=True)
+        _tell(ready_fd, {"ok": False, "error": str(e)})  # pyhvd may kill us now
         return 1
     if machine is None:
         _tell(ready_fd, {"ok": False, "error": "the peer did not authenticate"})

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._sys.files import open_nofollow
 from ..vmm import control
 from .record import DomainRecord
 
@@ -33,20 +34,22 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspat
 def spawn(run_dir: str, log_dir: str, pass_fds: Sequence[int], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], socket.socket]:
     """Start a domain process for ``run_dir``; returns it and pyhvd's end of its
     readiness channel.  Raises OSError."""
+    # never through a symbolic link planted in the log directory (NotFollowed)
+    out = open_nofollow(os.path.join(log_dir, "vmm.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     ours, theirs = socket.socketpair()
     env = dict(os.environ, **env, PYHV_READY_FD=str(theirs.fileno()), PYTHONPATH=_PACKAGE_PARENT)
     try:
-        with open(os.path.join(log_dir, "vmm.log"), "ab") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-S", "-m", "pyhv", "domain", run_dir],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, pass_fds=(theirs.fileno(), *pass_fds), env=env, cwd="/",
-            )
+        popen = subprocess.Popen(
+            [sys.executable, "-S", "-m", "pyhv", "domain", run_dir],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, pass_fds=(theirs.fileno(), *pass_fds), env=env, cwd="/",
+        )
     except BaseException:
         ours.close()
         raise
     finally:
         theirs.close()
+        os.close(out)
     return popen, ours
 
 

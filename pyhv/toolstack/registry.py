@@ -266,10 +266,13 @@ class Registry:
             description = self.admit_plain(config)
         except Refused as e:
             return "", {"ok": False, "error": str(e)}
-        record.description = description
-        record.log_dir = self.store.make_log_dir(description.name)
-        meta = {"id": record.id, "description": model.to_plain(description), "log_dir": record.log_dir}
-        self.store.update_meta(record.run_dir, meta)
+        try:
+            log_dir = self.store.make_log_dir(description.name)
+            meta = {"id": record.id, "description": model.to_plain(description), "log_dir": log_dir}
+            self.store.update_meta(record.run_dir, meta)
+        except OSError as e:
+            return description.name, {"ok": False, "error": f"cannot admit domain {description.name}: {_os_problem(e)}"}
+        record.description, record.log_dir = description, log_dir
         return description.name, {"ok": True, "meta": meta}
 
     # --- removal, exits and the crash policy ---------------------------------------------------

@@ -15,7 +15,6 @@ The context-switch allowance is global and kept in STATE_DIR/sched.json.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from typing import Any, Callable
 from ..errors import PyhvError
 from ..model import DescriptionError, Sched, sched_from_plain
 from .registry import DomainRecord, Refused, Registry
+from .store import read_json, write_json
 
 MS = 1_000_000
 DEFAULT_CTX_ALLOW_MS = 5
@@ -51,11 +51,7 @@ class Scheduler:
             self.dispatcher = Dispatcher(pool, ctx_allow_ns=self.ctx_allow_ms * MS)
 
     def _load_ctx_allow(self) -> int:
-        try:
-            with open(self.path) as f:
-                value = json.load(f).get("ctx_allow_ms", DEFAULT_CTX_ALLOW_MS)
-        except (OSError, ValueError, AttributeError):
-            return DEFAULT_CTX_ALLOW_MS
+        value = (read_json(self.path) or {}).get("ctx_allow_ms", DEFAULT_CTX_ALLOW_MS)
         return value if isinstance(value, int) and 1 <= value <= 10_000 else DEFAULT_CTX_ALLOW_MS
 
     # --- threads ---------------------------------------------------------------------
@@ -131,10 +127,7 @@ class Scheduler:
             for rq in self.dispatcher.queues.values():
                 rq.ctx_allow_ns = ms * MS
         self.ctx_allow_ms = ms
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"ctx_allow_ms": ms}, f)
-        os.replace(tmp, self.path)
+        write_json(self.path, {"ctx_allow_ms": ms})  # never through a symbolic link
 
     # --- what is shown -------------------------------------------------------------------
 

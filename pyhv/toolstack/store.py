@@ -6,7 +6,9 @@ VMM process and its start time, so a recycled pid is never mistaken for it),
 the domain's sockets, ``status.json`` once it ended and ``crashed.json`` when
 it is kept after a crash.  Its logs go to ``STATE_DIR/domains/NAME/`` and
 outlive it.  ``STATE_DIR/next-domid`` keeps ids from being reused across
-pyhvd restarts.
+pyhvd restarts.  None of these is ever opened through a symbolic link
+(:mod:`pyhv._sys.files`): one planted under such a name is refused or
+replaced, never followed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import shutil
 import time
 from collections.abc import Iterable
 from typing import Any
+
+from .._sys import files
+from .._sys.files import NotFollowed
 
 META = "domain.json"
 
@@ -36,8 +41,7 @@ class DomainStore:
         """A domain id never used before, across pyhvd restarts too (raises OSError)."""
         path = os.path.join(self.state_dir, "next-domid")
         try:
-            with open(path) as f:
-                domid = int(f.read())
+            domid = int(files.read_file(path, 64))
         except (OSError, ValueError):
             domid = 1
         domid = max([domid, *[d + 1 for d in in_use]])
@@ -56,8 +60,11 @@ class DomainStore:
         return path
 
     def make_log_dir(self, name: str) -> str:
+        """The domain's log directory (made if need be); NotFollowed if it is a symbolic link."""
         path = self.log_dir_of(name)
         os.makedirs(path, mode=0o700, exist_ok=True)
+        if os.path.islink(path):
+            raise NotFollowed(path)
         return path
 
     def entries(self) -> list[tuple[int | None, str]]:
@@ -79,14 +86,12 @@ class DomainStore:
             self.write_meta(run_dir, {**meta, **changes})
 
     def write_pid(self, run_dir: str, pid: int, start_time: str) -> None:
-        with open(os.path.join(run_dir, "pid"), "w") as f:
-            f.write(f"{pid} {start_time}\n")
+        replace_file(os.path.join(run_dir, "pid"), f"{pid} {start_time}\n")
 
     def read_pid(self, run_dir: str) -> tuple[int, str]:
         """(pid, start time), or (0, "") if there is none."""
         try:
-            with open(os.path.join(run_dir, "pid")) as f:
-                pid_text, start_time = f.read().split()
+            pid_text, start_time = files.read_file(os.path.join(run_dir, "pid"), 256).decode().split()
             return int(pid_text), start_time
         except (OSError, ValueError):
             return 0, ""
@@ -120,9 +125,9 @@ class DomainStore:
 
 
 def read_json(path: str) -> dict[str, Any] | None:
+    """The object in ``path``; None if there is none (or it is a symbolic link, or not JSON)."""
     try:
-        with open(path) as f:
-            value = json.load(f)
+        value = json.loads(files.read_file(path, 16 << 20))
     except (OSError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -133,8 +138,5 @@ def write_json(path: str, value: dict[str, Any]) -> None:
 
 
 def replace_file(path: str, text: str) -> None:
-    """Write ``path`` whole or not at all (a temporary file renamed over it)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write ``path`` whole or not at all (a new temporary file renamed over it)."""
+    files.replace_file(path, text.encode())

@@ -133,12 +133,15 @@ class IoThread:
             except InterruptedError:
                 continue
             for fd, mask in events:
+                if self._stopping:  # stopped while holding: not one more callback
+                    break
                 if fd == self._wake:
                     self._drain(fd)
                     with self._lock:
                         pending, self._pending = self._pending, []
                     for fn in pending:
-                        self._call(id(fn), fn)
+                        if not self._stopping:
+                            self._call(id(fn), fn)
                     continue
                 with self._lock:
                     handler = self._handlers.get(fd)

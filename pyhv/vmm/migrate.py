@@ -6,11 +6,8 @@ written since the round before, read from KVM's dirty log
 (KVM_MEM_LOG_DIRTY_PAGES, KVM_GET_DIRTY_LOG), until what is left is small or
 stops shrinking.  Then the source pauses (vCPUs and device work), sends the
 last dirty pages -- the guest's, and those devices wrote, which KVM does not
-log -- and the machine state (the same plain values a snapshot holds).  The
-destination builds the machine, and on GO starts it and answers RESUMED;
-only then does the source stop.  Any failure before RESUMED -- the
-destination refusing, dying, a broken or timed-out connection -- resumes the
-source where it was, with dirty logging off, and raises MigrationError.
+log -- and the machine state (the same plain values a snapshot holds), and
+the two sides hand the guest over (below).
 
 Stream: after a handshake, frames of ``u8 type, u32 length, payload,
 HMAC-SHA256`` over ``u64 sequence number, type, length, payload`` under a
@@ -19,10 +16,65 @@ A stranger without the key cannot start a migration into a destination or
 inject, reorder or replay frames; the stream is not encrypted.  Everything
 the destination receives is checked: page frames must lie in guest RAM, the
 state goes through the same checks as a snapshot's.
+
+The hand-over: at most one side ever runs the guest
+----------------------------------------------------
+
+Two machines running one guest (split brain) is the one outcome worse than
+a failed migration: both write the same disks, both answer on the same
+network address.  So the hand-over is a two-phase commit in which the source
+decides and the destination only obeys::
+
+    source (paused)                       destination
+      DONE  ----------------------------->  builds the machine, keeps it paused
+            <-----------------------------  BUILT    (prepared: "I can run it")
+      GO    ----------------------------->  (the commit)  starts the guest
+            <-----------------------------  RESUMED  (the acknowledgement)
+
+The commit point is the source's GO: once every byte of that frame has been
+handed to the kernel (``Channel.send`` returned), the source has stopped the
+guest for good and never resumes it, whatever happens afterwards.  A send
+that raised is not a commit: the destination can only act on a whole,
+authenticated GO frame, and a frame whose bytes did not all leave cannot
+become one.  The destination never runs the guest without holding GO.  Hence,
+for each message lost (a one-way stall until a side's timeout) or the
+connection dropping at each point:
+
+====================================  ===================================  ====================================
+what goes wrong                       source                               destination
+====================================  ===================================  ====================================
+anything before BUILT arrives         not committed: resumes, runs on      never started: discards its machine
+  (a refusal, a failed build, BUILT   (MigrationError "runs on here")
+  lost, the connection dropping)
+the connection drops as GO is sent    the send raised, not committed:      no GO: discards its machine
+  (the send fails)                    resumes, runs on
+GO lost (sent, never arrives; or      committed: kept stopped, the         no GO before its timeout or the end
+  lost with the connection)           domain ends "migration outcome       of the connection: discards its
+                                      unknown" (HandoverUnknown)           machine, says it was not started
+GO arrives, then the connection       committed: kept stopped, outcome     holds GO: runs the guest
+  drops, or RESUMED is lost           unknown (it is in fact running)      (RESUMED is sent if it can be)
+GO arrives, but starting fails        committed: kept stopped (FAIL says   sends FAIL, discards its machine
+                                      why; the guest runs nowhere)
+====================================  ===================================  ====================================
+
+So "never both" holds in every row, at the price of the rows where neither
+runs: a guest kept stopped on the source with a one-line reason, for the
+operator who can see whether the destination runs it.  That price cannot be
+avoided on one TCP connection: TCP already retransmits, so a frame is lost
+only with the connection, and once the connection is gone the destination
+cannot ask again and the source cannot tell "GO lost" from "RESUMED lost"
+(the Two Generals' problem).  Asking again over a new connection, or
+resuming the source when the destination answers an authenticated "never
+started", is left for later; neither would change who may run when.
+
+Tests reach every row through :class:`Fault`: a channel given faults drops
+its own frames of one kind (and every later one: a stalled direction) or cuts
+the connection before or after one, with no network tricks.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -67,6 +119,35 @@ class MigrationError(PyhvError):
     """The migration did not happen; the source machine runs on."""
 
 
+class PeerFailed(MigrationError):
+    """The other side sent FAIL: it gave up, and says why."""
+
+
+class HandoverUnknown(PyhvError):
+    """The source committed (sent GO) but did not hear the destination run the
+    guest: the machine is stopped here for good and is not resumed."""
+
+
+#: the one-line reason a committed source gives when it did not hear RESUMED
+UNKNOWN = "migration outcome unknown: the destination may be running it; not resumed here"
+
+
+class Fault(NamedTuple):
+    """A test's fault on the frames a channel sends: the ``nth`` frame of type
+    ``kind`` (1: the first) is
+
+    - ``drop``: silently not sent, nor anything after it (a stalled
+      direction: the peer hears nothing more until a timeout);
+    - ``lose``: not sent, and the connection is cut (lost with it; the sender
+      believes it went);
+    - ``cut``: not sent: the connection is cut and the send fails;
+    - ``after``: sent, then the connection is cut."""
+
+    kind: int
+    action: str
+    nth: int = 1
+
+
 class MigrationStats(NamedTuple):
     total_seconds: float
     downtime_seconds: float  # source paused until the destination said RESUMED
@@ -82,12 +163,15 @@ def derive_key(key: bytes, nonce_src: bytes, nonce_dst: bytes) -> bytes:
 class Channel:
     """An authenticated frame stream on a connected socket."""
 
-    def __init__(self, sock: socket.socket, key: bytes) -> None:
+    def __init__(self, sock: socket.socket, key: bytes, faults: tuple[Fault, ...] = ()) -> None:
         self.sock = sock
         self.key = key
         self.send_seq = 0
         self.recv_seq = 0
         self.sent = 0
+        self.faults = faults
+        self._counts: dict[int, int] = {}
+        self._stalled = False
 
     def _mac(self, seq: int, head: bytes, *parts: bytes | memoryview) -> bytes:
         mac = hmac.new(self.key, SEQ.pack(seq) + head, hashlib.sha256)
@@ -97,6 +181,15 @@ class Channel:
 
     def send(self, kind: int, *parts: bytes | memoryview) -> None:
         length = sum(len(p) for p in parts)
+        action = self._fault(kind) if self.faults else ""
+        if action in ("drop", "lose") or self._stalled:
+            self._stalled = action != "lose"
+            if action == "lose":
+                self._cut()
+            return
+        if action == "cut":
+            self._cut()
+            raise ConnectionResetError(errno.ECONNRESET, "connection cut (injected fault)")
         head = FRAME.pack(kind, length)
         tag = self._mac(self.send_seq, head, *parts)
         self.send_seq += 1
@@ -109,6 +202,18 @@ class Channel:
             if buffers and n:
                 buffers[0] = buffers[0][n:]
         self.sent += len(head) + length + TAG
+        if action == "after":
+            self._cut()
+
+    def _fault(self, kind: int) -> str:
+        n = self._counts[kind] = self._counts.get(kind, 0) + 1
+        return next((f.action for f in self.faults if f.kind == kind and f.nth == n), "")
+
+    def _cut(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def recv_head(self, limit: int = MAX_FRAME) -> tuple[int, int, bytes]:
         head = recv_exact(self.sock, FRAME.size)
@@ -124,7 +229,7 @@ class Channel:
         self.recv_seq += 1
         if kind == FAIL:
             text = b"".join(bytes(p) for p in parts).decode(errors="replace")[:200]
-            raise MigrationError(f"the other side gave up: {text}")
+            raise PeerFailed(f"the other side gave up: {text}")
 
     def recv(self, limit: int = MAX_FRAME) -> tuple[int, bytes]:
         kind, length, head = self.recv_head(limit)
@@ -154,22 +259,22 @@ def recv_into(sock: socket.socket, view: memoryview) -> None:
         got += k
 
 
-def _handshake_source(sock: socket.socket, key: bytes) -> Channel:
+def _handshake_source(sock: socket.socket, key: bytes, faults: tuple[Fault, ...] = ()) -> Channel:
     nonce = os.urandom(NONCE)
     sock.sendall(MAGIC + nonce)
     reply = recv_exact(sock, len(MAGIC) + NONCE)
     if reply[: len(MAGIC)] != MAGIC:
         raise MigrationError("the other side is not a pyhv migration receiver")
-    return Channel(sock, derive_key(key, nonce, reply[len(MAGIC) :]))
+    return Channel(sock, derive_key(key, nonce, reply[len(MAGIC) :]), faults)
 
 
-def _handshake_destination(sock: socket.socket, key: bytes) -> Channel:
+def _handshake_destination(sock: socket.socket, key: bytes, faults: tuple[Fault, ...] = ()) -> Channel:
     hello = recv_exact(sock, len(MAGIC) + NONCE)
     if hello[: len(MAGIC)] != MAGIC:
         raise MigrationError("the connection is not a pyhv migration stream")
     nonce = os.urandom(NONCE)
     sock.sendall(MAGIC + nonce)
-    return Channel(sock, derive_key(key, hello[len(MAGIC) :], nonce))
+    return Channel(sock, derive_key(key, hello[len(MAGIC) :], nonce), faults)
 
 
 # --- source -------------------------------------------------------------------------------
@@ -267,13 +372,19 @@ def migrate(
     max_rounds: int = 30,
     timeout: float = 60.0,
     description: Description | None = None,
+    faults: tuple[Fault, ...] = (),
 ) -> MigrationStats:
     """Move the running ``machine`` to the receiver at ``address``; on success it is stopped here.
 
     Pre-copy rounds go on until the memory still dirty could be sent in
     ``max_downtime`` seconds at the rate measured so far, for at most
     ``max_rounds`` rounds, and stop early when three rounds in a row did not
-    shrink it (a guest dirtying memory faster than it can be sent)."""
+    shrink it (a guest dirtying memory faster than it can be sent).
+
+    MigrationError: the migration did not happen and the machine runs on
+    here.  HandoverUnknown: the source committed but did not hear that the
+    destination runs the guest; the machine is stopped here (its stop says
+    why) and is never resumed.  ``faults`` is for tests (:class:`Fault`)."""
     t0 = time.perf_counter()
     if len(key) < 16:
         raise MigrationError("the migration key must be at least 16 bytes")
@@ -285,10 +396,11 @@ def migrate(
     logging = False
     memory = machine.memory
     handed: list[Any] = []  # disks whose locks the destination may take
+    ch: Channel | None = None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        ch = _handshake_source(sock, key)
+        ch = _handshake_source(sock, key, faults)
         # the domain's description, as it is now (``description``) or as it was built
         announced = to_plain(description or machine.description)
         ch.send(CONFIG, json.dumps(announced).encode())
@@ -322,16 +434,27 @@ def migrate(
             ch.send(STATE, json.dumps(capture(machine), separators=(",", ":")).encode())
             _hand_over_disks(machine, handed)  # the destination locks them when it builds
             ch.send(DONE)
-            ch.expect(BUILT, 0)
-            ch.send(GO)
-            ch.expect(RESUMED, 0)
-            handed.clear()
+            ch.expect(BUILT, 0)  # the destination is prepared; until GO has gone, we may still run on
+            ch.send(GO)  # the commit: from here on the guest is never resumed here
+            handed.clear()  # the destination's disks now
+            machine.io.stop()  # no device work here either, ever again
+            stop = Stop(StopKind.MIGRATED, 1, UNKNOWN)
+            try:
+                stop = _await_resumed(ch)
+            finally:
+                machine.request_stop(stop)  # the first stop wins: quiesced() does not resume
             resumed = time.perf_counter()
-            machine.request_stop(Stop(StopKind.MIGRATED, 0, "migrated to another host"))
-            machine.wait(10)  # returns with the vCPUs stopped here
+        machine.wait(10)  # returns with the vCPUs stopped here
+        if stop.status:
+            raise HandoverUnknown(stop.detail)
         return MigrationStats(resumed - t0, resumed - paused, rounds, ch.sent, final)
     except (OSError, MigrationError) as e:
         detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        if ch is not None:
+            try:  # tell the destination not to wait for a GO that will not come
+                ch.send(FAIL, detail.encode()[:500])
+            except OSError:
+                pass
         raise MigrationError(f"migration to {address[0]}:{address[1]} failed, the machine runs on here: {detail}") from None
     finally:
         _take_back_disks(handed)
@@ -342,6 +465,19 @@ def migrate(
             except PyhvError:
                 pass
         sock.close()
+
+
+def _await_resumed(ch: Channel) -> Stop:
+    """After GO: how the machine stopped here ends, by what the destination says."""
+    try:
+        ch.expect(RESUMED, 0)
+    except PeerFailed as e:  # it could not start it, or gave up waiting for GO
+        return Stop(StopKind.MIGRATED, 1, f"migration failed after the commit ({e}); not resumed here")
+    except MigrationError as e:
+        return Stop(StopKind.MIGRATED, 1, f"{UNKNOWN} ({e})")
+    except OSError as e:
+        return Stop(StopKind.MIGRATED, 1, f"{UNKNOWN} ({e.strerror or e})")
+    return Stop(StopKind.MIGRATED, 0, "migrated to another host")
 
 
 def _hand_over_disks(machine: Machine, handed: list[Any]) -> None:
@@ -389,6 +525,19 @@ class Incoming:
             self._memory = None
 
 
+def _await_go(ch: Channel) -> None:
+    """The source's commit, or MigrationError saying the machine was not started."""
+    try:
+        ch.expect(GO, 0)
+    except PeerFailed as e:
+        raise PeerFailed(f"the source gave up before its commit ({str(e).removeprefix('the other side gave up: ')}); "
+                         "the machine was not started here") from None
+    except (OSError, MigrationError) as e:
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise MigrationError(f"the source's commit (GO) did not arrive ({detail}); "
+                             "the machine was not started here") from None
+
+
 def listen(host: str, port: int) -> socket.socket:
     try:
         server = socket.create_server((host, port), reuse_port=False)
@@ -425,7 +574,7 @@ def receive(
 
 def receive_connection(
     sock: socket.socket, key: bytes, *, serial: str | None = None, console: Any = None,
-    timeout: float = 60.0, claim: Any = None,
+    timeout: float = 60.0, claim: Any = None, faults: tuple[Fault, ...] = (),
 ) -> Machine | None:
     """Run the destination side on one accepted connection; the machine, started.
 
@@ -433,13 +582,16 @@ def receive_connection(
     ``claim(description)`` is called with the domain's description (checked)
     before anything is built; it returns the console to use and the
     description to build the machine from, or raises MigrationError to refuse
-    the domain, and the source then runs on."""
+    the domain, and the source then runs on.  The machine is started only
+    once the source's GO (its commit) is here; without it (lost, the
+    connection gone, ``timeout`` seconds of silence) MigrationError says it
+    was not started.  ``faults`` is for tests (:class:`Fault`)."""
     from .builder import build
 
     sock.settimeout(timeout)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     try:
-        ch = _handshake_destination(sock, key)
+        ch = _handshake_destination(sock, key, faults)
         raw = ch.expect(CONFIG, 1 << 20)
     except (OSError, MigrationError):
         sock.close()
@@ -495,13 +647,16 @@ def receive_connection(
                 raise MigrationError(f"unexpected {NAMES[kind]} frame")
         machine = build(built, console=console, restore=incoming)
         try:
-            ch.send(BUILT)
-            ch.expect(GO, 0)
+            ch.send(BUILT)  # prepared: built, held paused until the source commits
+            _await_go(ch)
             machine.start()
-            ch.send(RESUMED)
         except BaseException:
             machine.close()
             raise
+        try:  # the guest runs here now, whether or not the source hears it
+            ch.send(RESUMED)
+        except OSError:
+            pass
         return machine
     except (OSError, PyhvError) as e:
         try:

@@ -363,7 +363,9 @@ class Runtime:
 
     def op_migrate(self, request: dict[str, Any]) -> dict[str, Any]:
         """Live-migrate to a pyhvd (or ``pyhv run --incoming``) at host:port; on success
-        this domain ends here."""
+        this domain ends here.  A migration that failed before the commit leaves it
+        running; one whose outcome is unknown after the commit ends it here, stopped
+        (status 1, the one-line reason), and the request fails with that reason."""
         host, port, key = request.get("host"), request.get("port"), request.get("key")
         if not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise PyhvError("migrate: host must be a string and port a number from 1 to 65535")
@@ -373,8 +375,15 @@ class Runtime:
             secret = bytes.fromhex(key)
         except ValueError:
             raise PyhvError("migrate: the key must be hex") from None
+        from .migrate import HandoverUnknown
+
         machine = self._running_machine()
-        stats = machine.migrate((host, port), secret, description=self.description)
+        try:
+            stats = machine.migrate((host, port), secret, description=self.description)
+        except HandoverUnknown as e:
+            self.stop(StopKind.MIGRATED, 1, str(e))
+            _say(f"{self._who()}{e}")
+            raise
         self.stop(StopKind.MIGRATED, 0, f"migrated to {host}:{port}")
         return {"seconds": stats.total_seconds, "downtime": stats.downtime_seconds, "rounds": stats.rounds}
 
