@@ -123,7 +123,8 @@ def _serve(runtime: Runtime, run_dir: str, body: Any) -> int:
         server.close()
         runtime.console.close()
     _write_status(run_dir, ending)
-    return 0 if ending.reason in CLEAN_ENDINGS else 1
+    unknown = ending.reason == StopKind.MIGRATED.value and ending.status != 0  # the hand-over's outcome is unknown
+    return 0 if ending.reason in CLEAN_ENDINGS and not unknown else 1
 
 
 def _main_incoming(run_dir: str, meta: dict[str, Any], ready_fd: int) -> int:
