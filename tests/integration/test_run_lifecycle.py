@@ -72,9 +72,13 @@ def test_guest_reboot_with_restart_boots_the_guest_again() -> None:
          "--on-reboot", "restart"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env,
     )
-    boots = [line for line in (_first_line(p) for _ in range(4)) if line.startswith(b"probe: boot")]
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=20)
+    try:
+        boots = [line for line in (_first_line(p) for _ in range(4)) if line.startswith(b"probe: boot")]
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=20)  # a SIGTERM that is lost fails here
+    finally:
+        p.kill()  # never left behind, whatever happened
+        p.wait()
     assert len(boots) == 2
 
 
@@ -85,9 +89,13 @@ def test_poweroff_with_restart_boots_the_guest_again() -> None:
          "--on-poweroff", "restart"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env,
     )
-    lines = [_first_line(p) for _ in range(6)]
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=20)
+    try:
+        lines = [_first_line(p) for _ in range(6)]
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=20)  # a SIGTERM that is lost fails here
+    finally:
+        p.kill()  # never left behind, whatever happened
+        p.wait()
     assert sum(line.startswith(b"probe: boot") for line in lines) >= 2
 
 
