@@ -9,20 +9,38 @@ from collections.abc import Callable
 
 
 def listen_unix(path: str, backlog: int = 16) -> socket.socket:
-    """A socket listening on ``path``, mode 0600 (a stale socket file there is replaced).
-    Raises OSError."""
+    """A socket listening on ``path``, mode 0600.  A stale socket there is replaced;
+    anything else (a file, a directory, a symbolic link) is never touched: the
+    call fails with FileExistsError.  Raises OSError.
+
+    The socket is bound and chmod-ed inside a fresh 0700 directory beside
+    ``path`` and then renamed into place, so no name another user can change
+    is ever followed, and the socket is never reachable with a wider mode."""
+    import stat
+    import tempfile
+
     try:
-        os.unlink(path)
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise FileExistsError(17, "exists and is not a socket", path)
     except FileNotFoundError:
         pass
+    private = tempfile.mkdtemp(prefix=".sock-", dir=os.path.dirname(os.path.abspath(path)))
+    staged = os.path.join(private, "s")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.bind(path)
-        os.chmod(path, 0o600)
+        sock.bind(staged)
+        os.chmod(staged, 0o600)
+        os.rename(staged, path)
         sock.listen(backlog)
     except OSError:
         sock.close()
         raise
+    finally:
+        try:
+            os.unlink(staged)
+        except FileNotFoundError:
+            pass
+        os.rmdir(private)
     return sock
 
 
