@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..cli import Option, parse
+from ..cmdline import Option, parse
 from ..errors import PyhvError, UsageError
 from . import config as fc
 from .log import Log

@@ -180,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             pool = parse_cpus(opts["--cpu-pool"])
         key, listen = b"", None
         if opts["--migration-key"]:
-            from ..cli import read_migration_key
+            from ..cmdline import read_migration_key
 
             key = read_migration_key(opts["--migration-key"])
         if opts["--migration-listen"]:
-            from ..cli import parse_host_port
+            from ..cmdline import parse_host_port
 
             if not key:
                 raise UsageError("--migration-listen needs --migration-key FILE: migrations are authenticated")

@@ -316,7 +316,7 @@ def descriptions(draw: Any) -> dict[str, Any]:
     if draw(st.booleans()):
         plain["vsock"] = {"cid": draw(st.integers(3, 0xFFFF_FFFE)), "uds": draw(paths)}
     fw_names = draw(st.lists(st.from_regex(r"opt/[ -~]{1,51}", fullmatch=True), max_size=3, unique=True))
-    plain["fw_cfg"] = [{"name": n, "file": draw(paths)} if draw(st.booleans()) else {"name": n, "string": draw(st.text())}
+    plain["fw_cfg"] = [{"name": n, "file": draw(paths)} if draw(st.booleans()) else {"name": n, "string": draw(st.text(st.characters(blacklist_characters="\0")))}
                        for n in fw_names]
     plain["sched"] = {"weight": draw(st.integers(1, 65535))}
     return plain
