@@ -26,7 +26,7 @@ from .drive import VCPUS
 
 pytestmark = pytest.mark.nested
 
-RUN_TIMEOUT = 900
+RUN_TIMEOUT = 420  # a whole run takes 1.5-2 minutes
 
 
 #: what pyhv prints when a vCPU triple-faults in the state a reset leaves it in
@@ -62,18 +62,22 @@ def run() -> Run:
     assert shutil.which("qemu-system-x86_64"), "qemu-system-x86_64 is missing: run scripts/setup"
     kernel, initrd = l1.build()
     for attempt in (1, 2):
-        p = subprocess.run(l1.qemu_command(kernel, initrd, "test"), stdin=subprocess.DEVNULL,
-                           capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
-        log = p.stdout + p.stderr
+        try:
+            p = subprocess.run(l1.qemu_command(kernel, initrd, "test"), stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+            log = p.stdout + p.stderr
+        except subprocess.TimeoutExpired as e:  # the emulated L1 stopped making progress
+            out = [b.decode(errors="replace") if isinstance(b, bytes) else (b or "") for b in (e.stdout, e.stderr)]
+            log = "".join(out) + f"\nnested: L1 did not finish within {RUN_TIMEOUT} s\n"
         (l1.BUILD / "last-run.log").write_text(log)
         print(log)
-        if attempt == 1 and RESET_STATE_TRIPLE_FAULT in log:
+        if attempt == 1 and (RESET_STATE_TRIPLE_FAULT in log or "L1 did not finish" in log):
             # L2 was put back in the architectural reset state (CS base 0xffff0000) by
-            # nothing it asked for, and faulted there: seen about once in seven runs
-            # of this emulated nesting, with and without pyhv's later changes.  Say so
-            # loudly and judge a second run; a second such fault fails the tests.
+            # nothing it asked for, and faulted there (about once in seven runs of this
+            # emulated nesting), or the emulated L1 stopped making progress (seen once).
+            # Say so loudly and judge a second run; a second such run fails the tests.
             (l1.BUILD / "first-run-reset-fault.log").write_text(log)
-            warnings.warn("nested: L2 triple-faulted in the reset state on the first run "
+            warnings.warn("nested: the first run hung or L2 triple-faulted in the reset state "
                           "(build/nested/first-run-reset-fault.log); judged a second run", stacklevel=1)
             continue
         break
