@@ -222,19 +222,11 @@ def from_plain(data: Any) -> Description:
     if "name" in data:  # a domain may go unnamed (pyhv run), but a name given must be one
         check_name(name, ("name",))
     disks = tuple(disk_from_plain(d, ("disks", i)) for i, d in enumerate(_array(data, "disks", MAX_DISKS)))
-    seen: dict[str, int] = {}
-    for i, d in enumerate(disks):
-        if d.path in seen:
-            raise DescriptionError(("disks", i, "path"), f"the same image as disks[{seen[d.path]}]")
-        seen[d.path] = i
+    _unique([d.path for d in disks], "disks", "path", "the same image as")
     nics = tuple(nic_from_plain(n, ("nics", i)) for i, n in enumerate(_array(data, "nics", MAX_NICS)))
     vsock = vsock_from_plain(data["vsock"], ("vsock",)) if data.get("vsock") is not None else None
     fw_cfg = tuple(fw_cfg_from_plain(e, ("fw_cfg", i)) for i, e in enumerate(_array(data, "fw_cfg", MAX_FW_CFG)))
-    names: dict[str, int] = {}
-    for i, e in enumerate(fw_cfg):
-        if e.name in names:
-            raise DescriptionError(("fw_cfg", i, "name"), f"the same name as fw_cfg[{names[e.name]}]")
-        names[e.name] = i
+    _unique([e.name for e in fw_cfg], "fw_cfg", "name", "the same name as")
     return Description(
         payload=Payload(
             kernel=_path(data, "kernel", (), required=True),
@@ -459,6 +451,15 @@ def default_mac(tap: str) -> bytes:
 
     h = binascii.crc32(tap.encode())
     return bytes((0x52, 0x54, 0x00, (h >> 16) & 0xFF, (h >> 8) & 0xFF, h & 0xFF))
+
+
+def _unique(values: list[str], section: str, key: str, problem: str) -> None:
+    """Refuse the second of two equal values: ``disks[1].path: the same image as disks[0]``."""
+    first: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value in first:
+            raise DescriptionError((section, i, key), f"{problem} {section}[{first[value]}]")
+        first[value] = i
 
 
 def _known(table: dict[str, Any], keys: tuple[str, ...], at: tuple[str | int, ...]) -> None:
