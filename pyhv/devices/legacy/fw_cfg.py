@@ -242,12 +242,7 @@ class FwCfg:
             start = self.offset + pos
             self._memory.write(buffer + pos, item[start : start + min(_CHUNK, count - pos)])
         self.offset += count
-        return self._zero(buffer + count, length - count)
-
-    def _zero(self, buffer: int, length: int) -> bool:
-        if buffer + length > _ADDRESS_LIMIT or not self._memory.contains(buffer, length):
-            return False
-        for pos in range(0, length, _CHUNK):
+        for pos in range(count, length, _CHUNK):  # past the item's end: zeros (inside the range checked above)
             self._memory.write(buffer + pos, memoryview(_ZEROS)[: min(_CHUNK, length - pos)])
         return True
 
