@@ -242,13 +242,15 @@ def _run_domain(
         print(f"pyhv: saved snapshot {save_to} ({info.memory_written >> 20} MiB of memory written, "
               f"{info.seconds * 1000:.1f} ms)", file=sys.stderr, flush=True)
 
-    server = gdb = None
+    server = None
     old: dict[int, Any] = {}
     try:
         if args.control:
             server = _control_server(args.control, runtime)
         if args.gdb:
-            gdb = _gdb_server(args.gdb, runtime)
+            where = runtime.start_gdb(args.gdb)
+            print(f"pyhv: gdb: listening on {where}" + (" (the guest waits for it)" if gdb_wait else ""),
+                  file=sys.stderr, flush=True)
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         if save_to:
             old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_save)
@@ -258,8 +260,7 @@ def _run_domain(
             signal.signal(s, handler)
         if server is not None:
             server.close()
-        if gdb is not None:
-            gdb.close()
+        runtime.stop_gdb()
         console.close()
     if ending.reason == StopKind.DESTROY.value and ending.status >= 128:
         print(f"pyhv: {ending.detail}", file=sys.stderr)
@@ -279,17 +280,6 @@ def _control_server(path: str, runtime: Any) -> Any:
         return Server(path, runtime.handle)
     except OSError as e:
         raise UsageError(f"--control {path}: cannot listen: {e.strerror or e}") from None
-
-
-def _gdb_server(spec: str, runtime: Any) -> Any:
-    from .debug.gdbstub import Server
-    from .vcpu import StopKind
-
-    server = Server(spec, lambda: runtime.machine, lambda: runtime.stop(StopKind.DESTROY, 0, "killed by the debugger"))
-    where = server.address if isinstance(server.address, str) else "%s:%d" % server.address[:2]
-    print(f"pyhv: gdb: listening on {where}" + (" (the guest waits for it)" if server.wait else ""),
-          file=sys.stderr, flush=True)
-    return server
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..backends.unixsock import listen_unix
 from ..errors import MemoryAccessError, PyhvError, UsageError
 from . import rsp, x86
 from .target import SIGTRAP, DebugTarget, StopEvent
@@ -58,20 +59,22 @@ class Server:
         self.get_machine = get_machine
         self.kill = kill
         self._path = address if family == "unix" else None
-        if family == "unix":
-            if os.path.exists(address) and not os.path.isdir(address):
-                os.unlink(address)
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        else:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self.sock.bind(address)
-            self.sock.listen(1)
+            if family == "unix":  # replaces only a stale socket, never another file
+                self.sock = listen_unix(address, 1)
+                self.address: Any = address
+            else:
+                self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    self.sock.bind(address)
+                    self.sock.listen(1)
+                except OSError:
+                    self.sock.close()
+                    raise
+                self.address = self.sock.getsockname()
         except OSError as e:
-            self.sock.close()
             raise UsageError(f"--gdb {spec}: cannot listen: {e.strerror or e}") from None
-        self.address = self.sock.getsockname()
         self._closed = False
         self._busy = threading.Lock()
         self._thread = threading.Thread(target=self._accept, name="gdb-accept", daemon=True)

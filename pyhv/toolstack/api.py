@@ -85,7 +85,7 @@ class Api:
         info = record.call("info")
         return 200, {**record.summary(info), "vcpu": info["vcpu"], "balloon": info["balloon"],
                      "restarts": info["restarts"], "config": _plain(record),
-                     "console_socket": record.console_path}
+                     "console_socket": record.console_path, "control_socket": record.control_path}
 
     def destroy_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         self.registry.destroy(record)
@@ -148,6 +148,29 @@ class Api:
 
     def hotplug(self, record: DomainRecord, *args: Any) -> tuple[int, Any]:
         raise Refused("not supported yet: devices are fixed when the domain is created (no hotplug)", 501)
+
+    def start_gdb(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        """A GDB stub in the domain: on a unix socket in its run directory, or on
+        ``listen`` = tcp:HOST:PORT.  pyhvd names the socket, never the caller."""
+        from ..debug.gdbstub import parse_address
+        from ..errors import UsageError
+
+        _fields(body, optional={"listen"})
+        listen = body.get("listen")
+        if listen is None:
+            listen = "unix:" + os.path.join(record.run_dir, "gdb.sock")
+        else:
+            try:
+                family = parse_address(listen)[0] if isinstance(listen, str) else ""
+            except UsageError:
+                family = ""
+            if family != "tcp" or "," in listen:
+                raise Refused("listen: must be tcp:HOST:PORT (without it the stub listens on a unix "
+                              "socket in the domain's run directory)", 400)
+        return 200, record.call("gdb", listen=listen)
+
+    def stop_gdb(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        return 200, record.call("gdb", stop=True)
 
     def metrics_text(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         from .metrics import prometheus
@@ -270,6 +293,8 @@ def routes(api: Api) -> list[tuple[str, re.Pattern[str], Callable[..., tuple[int
         ("PUT", "/domains/{dom}/vcpus/{vcpu}/affinity", api.pin_vcpu),
         ("GET", "/domains/{dom}/console", api.console),
         ("GET", "/domains/{dom}/metrics", api.domain_metrics),
+        ("POST", "/domains/{dom}/gdb", api.start_gdb),
+        ("DELETE", "/domains/{dom}/gdb", api.stop_gdb),
         ("GET", "/sched", api.get_sched),
         ("PUT", "/sched", api.put_sched),
         ("GET", "/domains/{dom}/sched", api.get_domain_sched),

@@ -44,6 +44,12 @@ SCHEMAS: dict[str, Any] = {
     "AffinityRequest": {"type": "object", "additionalProperties": False, "required": ["cpus"], "properties": {
         "cpus": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": 4095}}}},
     "Empty": {"type": "object", "additionalProperties": False},
+    "GdbRequest": {"type": "object", "additionalProperties": False, "properties": {
+        "listen": {"type": "string", "pattern": "^tcp:", "description": "tcp:HOST:PORT; without it the stub "
+                   "listens on a unix socket in the domain's run directory"}}},
+    "GdbStub": {"type": "object", "properties": {
+        "address": {"type": "string", "description": "what GDB's target remote takes: a socket path or HOST:PORT"},
+        "stopped": {"type": "boolean"}}},
     "SaveRequest": {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
         "path": {"type": "string", "description": "absolute file name of the snapshot, in pyhvd's snapshot "
                  "directory (pyhvd --snapshot-dir); an existing file is refused"},
@@ -122,6 +128,11 @@ OPERATIONS: dict[str, dict[str, tuple[str, str | None, str, dict[str, Any]]]] = 
     "/domains/{dom}/console": {"get": ("the end of the console log", None, "200", {
         "type": "object", "properties": {"log": {"type": "string"}}})},
     "/domains/{dom}/metrics": {"get": ("the domain's counters", None, "200", {"type": "object"})},
+    "/domains/{dom}/gdb": {
+        "post": ("start a GDB remote stub in the domain (one at a time)", "GdbRequest", "200", _ref("GdbStub")),
+        "delete": ("stop the domain's GDB stub (a debugger still attached is detached)", None, "200",
+                   _ref("GdbStub")),
+    },
     "/sched": {
         "get": ("the BVT dispatcher and every domain's parameters", None, "200", _ref("Sched")),
         "put": ("set the context-switch allowance", "CtxAllow", "200", _ref("Empty")),

@@ -313,6 +313,31 @@ def console(client: Client, argv: list[str]) -> int:
     return 0
 
 
+def gdb(client: Client, argv: list[str]) -> int:
+    """Start (or, --stop, stop) a GDB remote stub in the domain; print where GDB connects."""
+    args = Args(argv, {"--stop"})
+    dom, *listen = args.want(1, 2, "gdb DOMAIN [tcp:HOST:PORT] | gdb --stop DOMAIN")
+    if "--stop" in args.flags:
+        if listen:
+            raise UsageError("gdb --stop takes only the domain")
+        stopped = client.delete(f"{_dom(dom)}/gdb").get("stopped")
+        print(f"domain {dom}: GDB stub stopped" if stopped else f"domain {dom}: no GDB stub was listening")
+        return 0
+    reply = client.post(f"{_dom(dom)}/gdb", {"listen": listen[0]} if listen else {})
+    print(f"domain {dom}: GDB stub listening; in gdb: target remote {reply['address']}")
+    return 0
+
+
+def attach(client: Client, argv: list[str]) -> int:
+    """An interactive Python prompt inside the domain process (docs/INTROSPECTION.md)."""
+    from ..debug.repl import attach as relay
+
+    (dom,) = Args(argv, set()).want(1, 1, "attach DOMAIN|CONTROL-SOCKET")
+    if os.sep in dom:  # `pyhv run --control PATH`'s socket: no pyhvd involved (names never hold a /)
+        return relay(dom)
+    return relay(client.get(_dom(dom))["control_socket"])
+
+
 def top(client: Client, argv: list[str]) -> int:
     """A live table like xentop; -b prints plain tables, -n N stops after N."""
     args = Args(argv, {"-b"}, {"-d", "-n"})
@@ -522,6 +547,10 @@ VERBS: dict[str, tuple[str, Callable[[Client, list[str]], int]]] = {
     "vcpu-pin": ("vcpu-pin DOMAIN VCPU|all CPUS: confine vCPUs to host CPUs (e.g. 0-1,3)", vcpu_pin),
     "info": ("info [--json]: the host and pyhvd", info),
     "dmesg": ("dmesg DOMAIN [--bytes N]: the domain's console log", dmesg),
+    "attach": ("attach DOMAIN|CONTROL-SOCKET: a Python prompt inside the domain (machine, runtime, description); Ctrl-D "
+               "detaches", attach),
+    "gdb": ("gdb DOMAIN [tcp:HOST:PORT] | gdb --stop DOMAIN: a GDB remote stub in the domain (a unix socket "
+            "in its run directory unless tcp: is given)", gdb),
     "top": ("top [-b] [-d SECONDS] [-n N]: live view of every domain", top),
     "sched-bvt": ("sched-bvt [-d DOMAIN] [--weight N] [--warp MS] [--warp-limit MS] [--unwarp MS] "
                   "[--ctx-allow MS]: BVT scheduling parameters (none given: list them)", sched_bvt),

@@ -5,6 +5,10 @@ A request is an object with ``op`` and its arguments, e.g.
 or ``{"ok": false, "error": "one line"}``.  One request per connection keeps
 both ends trivial, and a stuck domain costs the caller one timeout, nothing
 more.  The socket is 0600: only root (pyhvd) talks to a domain.
+
+A handler may answer with a :class:`Stream` instead of fields: after the reply
+line the connection is the stream's (``pyhv attach``'s prompt), served on the
+request's thread until it ends.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..backends.unixsock import close_listener, listen_unix, serve_connections
 from ..errors import PyhvError
@@ -31,52 +35,84 @@ class ControlError(PyhvError):
         self.timeout = timeout
 
 
+class Stream(NamedTuple):
+    """A reply after which the connection is handed to ``serve(conn)``."""
+
+    reply: dict[str, Any]
+    serve: Callable[[socket.socket], None]
+
+
 class Server:
     """Serve ``handler(request) -> reply fields`` on a unix socket, one thread per request."""
 
-    def __init__(self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any] | Stream]) -> None:
         self.path = path
         self.handler = handler
         self._busy = 0  # requests being answered
         self._idle = threading.Condition()
+        self._streams: set[socket.socket] = set()  # connections handed to a Stream
         self.sock = listen_unix(path, 64)
         serve_connections(self.sock, self._serve, "control")
 
     def _serve(self, conn: socket.socket) -> None:
         with self._idle:
             self._busy += 1
+        stream = None
         try:
             with conn:
                 conn.settimeout(5.0)
                 try:
-                    reply = self._reply(_read_line(conn))
+                    reply, stream = self._reply(_read_line(conn))
                     conn.sendall(json.dumps(reply).encode() + b"\n")
                 except OSError:
-                    pass  # the caller went away
+                    stream = None  # the caller went away
+                if stream is not None:
+                    self._done()  # a stream is not a request in flight: close() need not wait for it
+                    with self._idle:
+                        self._streams.add(conn)
+                    try:
+                        stream.serve(conn)
+                    except OSError:
+                        pass
+                    finally:
+                        with self._idle:
+                            self._streams.discard(conn)
         finally:
-            with self._idle:
-                self._busy -= 1
-                self._idle.notify_all()
+            if stream is None:
+                self._done()
 
-    def _reply(self, line: bytes) -> dict[str, Any]:
+    def _done(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    def _reply(self, line: bytes) -> tuple[dict[str, Any], Stream | None]:
         try:
             request = json.loads(line)
         except ValueError:
-            return {"ok": False, "error": "request is not JSON"}
+            return {"ok": False, "error": "request is not JSON"}, None
         if not isinstance(request, dict):
-            return {"ok": False, "error": "request must be a JSON object"}
+            return {"ok": False, "error": "request must be a JSON object"}, None
         try:
-            return {"ok": True, **self.handler(request)}
+            answer = self.handler(request)
         except PyhvError as e:
-            return {"ok": False, "error": str(e)}
+            return {"ok": False, "error": str(e)}, None
         except Exception as e:  # noqa: BLE001 - a bug fails the request, not the domain
-            return {"ok": False, "error": f"internal error: {e!r}"}
+            return {"ok": False, "error": f"internal error: {e!r}"}, None
+        if isinstance(answer, Stream):
+            return {"ok": True, **answer.reply}, answer
+        return {"ok": True, **answer}, None
 
     def close(self, wait: float = 5.0) -> None:
         """Stop listening; let requests in flight (e.g. the migration that ended
         the domain) send their answers, for up to ``wait`` seconds."""
         close_listener(self.sock, self.path)
         with self._idle:
+            for conn in self._streams:  # an open prompt ends with the domain
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self._idle.wait_for(lambda: self._busy == 0, wait)
 
 

@@ -93,6 +93,7 @@ class Runtime:
         self._wanted: Stop | None = None  # a stop the host asked for
         self._wake = threading.Event()
         self._paused_wanted = paused
+        self.gdb: Any = None  # the GDB stub (debug/gdbstub.py) while one listens
 
     @property
     def name(self) -> str:
@@ -151,6 +152,7 @@ class Runtime:
             for fd in self.taps.values():
                 os.close(fd)
             self.taps.clear()
+            self.stop_gdb()
 
     def _run_machine(self, machine: Any) -> Stop:
         with self._lock:
@@ -218,7 +220,8 @@ class Runtime:
 
     # --- requests (control threads) ---------------------------------------------------------
 
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, request: dict[str, Any]) -> Any:
+        """The answer's fields, or a control.Stream (``repl``)."""
         op = request.get("op")
         handler = OPS.get(op) if isinstance(op, str) else None
         if handler is None:
@@ -387,6 +390,47 @@ class Runtime:
         self.stop(StopKind.MIGRATED, 0, f"migrated to {host}:{port}")
         return {"seconds": stats.total_seconds, "downtime": stats.downtime_seconds, "rounds": stats.rounds}
 
+    # --- debugging: the GDB stub and the Python prompt --------------------------------------
+
+    def start_gdb(self, spec: str) -> str:
+        """Serve the GDB remote protocol on ``spec`` (``unix:PATH`` or ``tcp:HOST:PORT``)
+        against whichever machine runs; where it listens."""
+        from ..debug.gdbstub import Server
+
+        with self._lock:
+            if self.gdb is not None:
+                raise PyhvError(f"a GDB stub already listens on {_address(self.gdb)}")
+            self.gdb = Server(spec, lambda: self.machine,
+                              lambda: self.stop(StopKind.DESTROY, 0, "killed by the debugger"))
+            return _address(self.gdb)
+
+    def stop_gdb(self) -> bool:
+        with self._lock:
+            gdb, self.gdb = self.gdb, None
+        if gdb is not None:
+            gdb.close()
+        return gdb is not None
+
+    def op_gdb(self, request: dict[str, Any]) -> dict[str, Any]:
+        listen, stop = request.get("listen"), request.get("stop", False)
+        if stop is True and listen is None:
+            return {"stopped": self.stop_gdb()}
+        if not isinstance(listen, str) or stop is not False:
+            raise PyhvError("gdb: give listen (unix:PATH or tcp:HOST:PORT) or stop: true")
+        return {"address": self.start_gdb(listen)}
+
+    def op_repl(self, request: dict[str, Any]) -> Any:
+        from ..debug import repl
+        from .control import Stream
+
+        def serve(conn: Any) -> None:
+            with self._lock:
+                machine = self.machine
+            namespace = {"machine": machine, "runtime": self, "description": self.description}
+            repl.serve(conn, namespace, self.name)
+
+        return Stream({"repl": "python"}, serve)
+
     def op_metrics(self, request: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             machine = self.machine
@@ -408,7 +452,7 @@ class Runtime:
         return out
 
 
-OPS: dict[str, Callable[[Runtime, dict[str, Any]], dict[str, Any]]] = {
+OPS: dict[str, Callable[[Runtime, dict[str, Any]], Any]] = {
     "info": Runtime.op_info,
     "pause": Runtime.op_pause,
     "unpause": Runtime.op_unpause,
@@ -421,7 +465,14 @@ OPS: dict[str, Callable[[Runtime, dict[str, Any]], dict[str, Any]]] = {
     "metrics": Runtime.op_metrics,
     "save": Runtime.op_save,
     "migrate": Runtime.op_migrate,
+    "gdb": Runtime.op_gdb,
+    "repl": Runtime.op_repl,
 }
+
+
+def _address(gdb: Any) -> str:
+    """What GDB's ``target remote`` takes: the socket's path, or HOST:PORT."""
+    return gdb.address if isinstance(gdb.address, str) else "%s:%d" % tuple(gdb.address[:2])
 
 
 def vcpu_info(machine: Any) -> list[dict[str, Any]]:

@@ -151,3 +151,49 @@ def test_a_destroy_that_arrives_while_the_guest_reboots_ends_the_domain(monkeypa
     monkeypatch.setattr(builder, "build", build)
     ending = runtime.run()
     assert (ending.reason, ending.status, len(built)) == ("destroy", 143, 1)
+
+
+def test_the_repl_runs_typed_code_over_the_control_socket_and_close_does_not_wait_for_it(tmp_path: Path) -> None:
+    import time
+
+    path = str(tmp_path / "control")
+    runtime = runtime_with(FakeMachine())
+    server = control.Server(path, runtime.handle)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        s.sendall(b'{"op": "repl"}\n')
+        f = s.makefile("rb")
+        assert json.loads(f.readline()) == {"ok": True, "repl": "python"}
+        s.sendall(b"print(6 * 7, machine.state)\nraise ValueError('x')\nprint('still here')\n")
+        out = b""
+        while b"still here" not in out:
+            out += f.read1(4096)
+        start = time.monotonic()
+        server.close()  # an open prompt ends with the domain, at once
+        assert time.monotonic() - start < 2
+    finally:
+        s.close()
+    assert b"42 running" in out and b"ValueError: x" in out, out
+
+
+def test_gdb_requests_are_checked_before_anything_listens(tmp_path: Path) -> None:
+    runtime = runtime_with(FakeMachine())
+    for bad in ({}, {"listen": 5}, {"listen": "tcp:x"}, {"listen": "unix:/a", "stop": True}):
+        with pytest.raises(PyhvError):
+            runtime.handle({"op": "gdb", **bad})
+    assert runtime.handle({"op": "gdb", "stop": True}) == {"stopped": False}
+    sock = str(tmp_path / "gdb.sock")
+    assert runtime.handle({"op": "gdb", "listen": f"unix:{sock}"}) == {"address": sock}
+    with pytest.raises(PyhvError, match="already listens"):
+        runtime.handle({"op": "gdb", "listen": f"unix:{tmp_path}/other"})
+    assert runtime.handle({"op": "gdb", "stop": True}) == {"stopped": True}
+
+
+def test_a_gdb_socket_never_replaces_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.write_text("data")
+    runtime = runtime_with(FakeMachine())
+    with pytest.raises(PyhvError, match="cannot listen"):
+        runtime.handle({"op": "gdb", "listen": f"unix:{precious}"})
+    assert precious.read_text() == "data"
