@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
-from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, rtc, uart
+from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, reset_ports, rtc, uart
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
@@ -102,6 +102,8 @@ def build(
         pio.insert(i8042.DATA_PORT, 1, kbc.data, "i8042-data")
         pio.insert(i8042.COMMAND_PORT, 1, kbc.command, "i8042-command")
         pio.insert(port80.PORT, 1, progress, "port80")
+        guest_reset = lambda: stop(StopKind.RESET, 0, "guest reset")  # noqa: E731
+        pio.insert(reset_ports.PORT_A, 1, reset_ports.SystemControlPortA(guest_reset), "port-a")
         pm = acpi_pm.AcpiPm(
             poweroff=lambda: stop(StopKind.POWEROFF, 0, "guest powered off"),
             reset=lambda: stop(StopKind.RESET, 0, "guest reset"),
