@@ -461,6 +461,20 @@ static NORETURN void test_reboot(void)
     fail("reboot did not happen", "", 0);
 }
 
+/* The same through System Control Port A (0x92): bit 1 (A20) reads back, bit 0 resets. */
+static NORETURN void test_reboot_porta(void)
+{
+    uint8_t a20 = port_inb(0x92);
+
+    line_begin("reboot");
+    kv_str("via", "porta");
+    kv_hex("porta", a20);
+    line_end();
+    port_outb(0x92, a20 | 0x01);
+    tsc_delay_us(2000000);
+    fail("reboot through port 0x92 did not happen", "", 0);
+}
+
 static NORETURN void test_fault(void)
 {
     /* hlt at CPL 3 raises #GP(0). */
@@ -518,6 +532,8 @@ void user_main(uint32_t kind, uint64_t info)
         test_ticker(&o);
     if (mem_eq(o.test, o.test_len, "reboot"))
         test_reboot();
+    if (mem_eq(o.test, o.test_len, "reboot-porta"))
+        test_reboot_porta();
     if (mem_eq(o.test, o.test_len, "acpi"))
         test_acpi(kind, info);
     if (mem_eq(o.test, o.test_len, "poweroff"))

@@ -65,6 +65,13 @@ def test_guest_reboot_with_destroy_ends_pyhv_with_0() -> None:
     assert run.line("reboot")["via"] == "i8042" and run.status == 0 and "rebooted" in run.stderr
 
 
+def test_guest_reboot_through_port_0x92_with_a20_read_back() -> None:
+    run = run_probe("probe.test=reboot-porta", "--on-reboot", "destroy")
+    line = run.line("reboot")
+    assert line["via"] == "porta" and int(line["porta"], 16) == 0x02 and run.status == 0, run.stderr
+    assert "rebooted" in run.stderr
+
+
 def test_guest_reboot_with_restart_boots_the_guest_again() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen(

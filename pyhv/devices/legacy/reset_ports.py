@@ -2,6 +2,8 @@
 
 The port keeps the A20 gate bit (bit 1) and the others for read-back;
 writing bit 0 as 1 requests a reset, as the i8042's reset line does.
+KVM never masks A20, so the bit is only remembered; it carries nothing across
+a snapshot (the port reads 0x02 again after a restore, as after power-on).
 """
 
 from __future__ import annotations
