@@ -475,6 +475,18 @@ static NORETURN void test_reboot_porta(void)
     fail("reboot through port 0x92 did not happen", "", 0);
 }
 
+/* The same through the reset control register at 0xCF9 (bit 1 hard reset, bit 2 reset CPU). */
+static NORETURN void test_reboot_cf9(void)
+{
+    line_begin("reboot");
+    kv_str("via", "cf9");
+    line_end();
+    port_outb(0xcf9, 0x02);
+    port_outb(0xcf9, 0x06);
+    tsc_delay_us(2000000);
+    fail("reboot through port 0xcf9 did not happen", "", 0);
+}
+
 static NORETURN void test_fault(void)
 {
     /* hlt at CPL 3 raises #GP(0). */
@@ -534,6 +546,8 @@ void user_main(uint32_t kind, uint64_t info)
         test_reboot();
     if (mem_eq(o.test, o.test_len, "reboot-porta"))
         test_reboot_porta();
+    if (mem_eq(o.test, o.test_len, "reboot-cf9"))
+        test_reboot_cf9();
     if (mem_eq(o.test, o.test_len, "acpi"))
         test_acpi(kind, info);
     if (mem_eq(o.test, o.test_len, "poweroff"))

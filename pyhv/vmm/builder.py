@@ -104,6 +104,7 @@ def build(
         pio.insert(port80.PORT, 1, progress, "port80")
         guest_reset = lambda: stop(StopKind.RESET, 0, "guest reset")  # noqa: E731
         pio.insert(reset_ports.PORT_A, 1, reset_ports.SystemControlPortA(guest_reset), "port-a")
+        wiring.root.config_io.reset = guest_reset  # 0xCF9, inside the PCI configuration ports
         pm = acpi_pm.AcpiPm(
             poweroff=lambda: stop(StopKind.POWEROFF, 0, "guest powered off"),
             reset=lambda: stop(StopKind.RESET, 0, "guest reset"),

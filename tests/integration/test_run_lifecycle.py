@@ -72,6 +72,11 @@ def test_guest_reboot_through_port_0x92_with_a20_read_back() -> None:
     assert "rebooted" in run.stderr
 
 
+def test_guest_reboot_through_the_reset_control_register_0xcf9() -> None:
+    run = run_probe("probe.test=reboot-cf9", "--on-reboot", "destroy")
+    assert run.line("reboot")["via"] == "cf9" and run.status == 0 and "rebooted" in run.stderr, run.stderr
+
+
 def test_guest_reboot_with_restart_boots_the_guest_again() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen(

@@ -55,6 +55,9 @@ HOST_BRIDGE_DEVICE_ID = 0x0D57
 HOST_BRIDGE_CLASS = 0x060000
 
 CONFIG_ADDRESS_PORT = 0xCF8
+#: 0xCF9, the reset control register, inside the range PciConfigIo serves; its bits
+RESET_CONTROL_OFFSET = 1
+RESET_HARD, RESET_CPU, RESET_FULL = 0x02, 0x04, 0x08
 CONFIG_DATA_PORT = 0xCFC
 #: length of the port range PciConfigIo serves (0xCF8-0xCFF)
 CONFIG_IO_LENGTH = 8
@@ -299,11 +302,18 @@ class PciRoot:
 
 
 class PciConfigIo:
-    """Configuration mechanism #1: insert at port 0xCF8 with length 8."""
+    """Configuration mechanism #1: insert at port 0xCF8 with length 8.
+
+    One-byte accesses to 0xCF9 are the PC's reset control register instead:
+    writing bit 2 (reset CPU) set calls ``reset`` (bits 1 and 3, hard and full
+    reset, only change what reads back; every reset here is the same one)."""
 
     def __init__(self, root: PciRoot) -> None:
         self._root = root
         self.address = 0
+        #: the guest-reset callable behind 0xCF9 (the builder sets it)
+        self.reset: Callable[[], None] | None = None
+        self.reset_control = 0
 
     def _target(self, offset: int, size: int) -> tuple[int, int, int] | None:
         """(slot, function, register) a data-port access reaches, or None."""
@@ -318,6 +328,8 @@ class PciConfigIo:
     def read(self, offset: int, size: int) -> int:
         if offset == 0 and size == 4:
             return self.address
+        if offset == RESET_CONTROL_OFFSET and size == 1:
+            return self.reset_control
         target = self._target(offset, size)
         if target is None:
             return ALL_ONES.get(size, 0)
@@ -326,6 +338,11 @@ class PciConfigIo:
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == 0 and size == 4:
             self.address = value & CONFIG_ADDRESS_BITS
+            return
+        if offset == RESET_CONTROL_OFFSET and size == 1:
+            self.reset_control = value & (RESET_HARD | RESET_FULL)  # the CPU-reset bit reads back 0
+            if value & RESET_CPU and self.reset is not None:
+                self.reset()
             return
         target = self._target(offset, size)
         if target is not None:
