@@ -61,12 +61,15 @@ def serve_connections(sock: socket.socket, handle: Callable[[socket.socket], Non
     return thread
 
 
-def close_listener(sock: socket.socket, path: str) -> None:
+def close_listener(sock: socket.socket, path: str | None) -> None:
+    """Stop listening on ``sock``; its name ``path`` (None: not a unix socket) goes too."""
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
     sock.close()
+    if path is None:
+        return
     try:
         os.unlink(path)
     except OSError:

@@ -14,7 +14,6 @@ are removed and the guest runs on.
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import sys
@@ -23,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..backends.unixsock import listen_unix
+from ..backends.unixsock import close_listener, listen_unix
 from ..errors import MemoryAccessError, PyhvError, UsageError
 from . import rsp, x86
 from .target import SIGTRAP, DebugTarget, StopEvent
@@ -109,18 +108,14 @@ class Server:
             conn.close()
             self._busy.release()
 
+    @property
+    def remote(self) -> str:
+        """What GDB's ``target remote`` takes: the socket's path, or HOST:PORT."""
+        return self.address if isinstance(self.address, str) else "%s:%d" % tuple(self.address[:2])
+
     def close(self) -> None:
         self._closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        if self._path is not None:
-            try:
-                os.unlink(self._path)
-            except OSError:
-                pass
+        close_listener(self.sock, self._path)
 
 
 class Session:

@@ -11,11 +11,11 @@ What code typed at the prompt prints goes back over the socket: ``sys.stdout``
 and ``sys.stderr`` are replaced once by a proxy that writes to the socket for
 the REPL's thread and to the original stream for every other thread.  The
 socket is the control socket (0600), so only root reaches the prompt; the code
-runs with the domain process's rights, confined like the process itself.  An
+runs with the domain process's rights.  An
 exception in typed code is printed at the prompt; the domain carries on.
 
-:func:`attach` is the client: it copies standard input to the socket and the
-socket to standard output until either side ends.
+The client is the ``attach`` verb (``toolstack/xl.py``): it copies standard
+input to the connection and the connection to standard output.
 """
 
 from __future__ import annotations
@@ -121,59 +121,3 @@ def serve(conn: socket.socket, namespace: dict[str, Any], name: str) -> None:
         pass
     finally:
         out.local.target = err.local.target = None
-
-
-def attach(path: str, timeout: float = 5.0) -> int:
-    """The client: ask the control socket ``path`` for a prompt and relay it."""
-    import json
-    import select
-
-    from ..errors import PyhvError
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(json.dumps({"op": "repl"}).encode() + b"\n")
-        head = b""
-        while b"\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise PyhvError("the domain closed the connection without answering")
-            head += chunk
-    except TimeoutError:
-        sock.close()
-        raise PyhvError(f"no answer from the domain within {timeout:g} s") from None
-    except OSError as e:
-        sock.close()
-        raise PyhvError(f"cannot reach the domain: {e.strerror or e}") from None
-    line, _, rest = head.partition(b"\n")
-    try:
-        reply = json.loads(line)
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict) or not reply.get("ok"):
-        sock.close()
-        error = reply.get("error") if isinstance(reply, dict) else "the domain's reply is not JSON"
-        raise PyhvError(str(error))
-    sock.settimeout(None)
-    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    if rest:
-        os.write(stdout, rest)
-    watched: list[Any] = [sock, stdin]
-    with sock:
-        while True:
-            ready = select.select(watched, [], [])[0]
-            if sock in ready:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                os.write(stdout, data)
-            if stdin in ready:
-                data = os.read(stdin, 65536)
-                if not data:
-                    sock.shutdown(socket.SHUT_WR)  # the prompt sees EOF and ends
-                    watched = [sock]
-                    continue
-                sock.sendall(data)
-    return 0

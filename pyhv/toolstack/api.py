@@ -152,21 +152,11 @@ class Api:
     def start_gdb(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         """A GDB stub in the domain: on a unix socket in its run directory, or on
         ``listen`` = tcp:HOST:PORT.  pyhvd names the socket, never the caller."""
-        from ..debug.gdbstub import parse_address
-        from ..errors import UsageError
-
         _fields(body, optional={"listen"})
-        listen = body.get("listen")
-        if listen is None:
-            listen = "unix:" + os.path.join(record.run_dir, "gdb.sock")
-        else:
-            try:
-                family = parse_address(listen)[0] if isinstance(listen, str) else ""
-            except UsageError:
-                family = ""
-            if family != "tcp" or "," in listen:
-                raise Refused("listen: must be tcp:HOST:PORT (without it the stub listens on a unix "
-                              "socket in the domain's run directory)", 400)
+        listen = body.get("listen", "unix:" + os.path.join(record.run_dir, "gdb.sock"))
+        if "listen" in body and not _tcp_address(listen):
+            raise Refused("listen: must be tcp:HOST:PORT (without it the stub listens on a unix "
+                          "socket in the domain's run directory)", 400)
         return 200, record.call("gdb", listen=listen)
 
     def stop_gdb(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
@@ -268,6 +258,20 @@ def _int(body: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 52:
         raise Refused(f"{key}: must be a number of bytes", 400)
     return value
+
+
+def _tcp_address(spec: Any) -> bool:
+    """Whether ``spec`` is a GDB stub's tcp:HOST:PORT (no flags)."""
+    from ..debug.gdbstub import parse_address
+    from ..errors import UsageError
+
+    if not isinstance(spec, str):
+        return False
+    try:
+        family, _, wait = parse_address(spec)
+    except UsageError:
+        return False
+    return family == "tcp" and not wait
 
 
 def routes(api: Api) -> list[tuple[str, re.Pattern[str], Callable[..., tuple[int, Any]]]]:

@@ -265,14 +265,46 @@ def dmesg(client: Client, argv: list[str]) -> int:
     return 0
 
 
+def _relay(sock: Any, early: bytes = b"", escape: bool = False, half_close: bool = False) -> None:
+    """Copy standard input to ``sock`` and ``sock`` (after ``early``, bytes that
+    already arrived) to standard output until the socket ends.  ``escape``: Ctrl-]
+    on a terminal stops it.  When input ends, ``half_close`` tells the other side
+    (which then ends); otherwise its output keeps coming."""
+    import select
+    import socket
+
+    from ..backends.console import ESCAPE_BYTE
+
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    escape = escape and os.isatty(stdin)
+    if early:
+        os.write(stdout, early)
+    watched = [sock, stdin]
+    while True:
+        ready = select.select(watched, [], [])[0]
+        if sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return
+            os.write(stdout, data)
+        if stdin in ready:
+            data = os.read(stdin, 65536)
+            if not data:
+                if half_close:
+                    sock.shutdown(socket.SHUT_WR)
+                watched = [sock]  # input ended: keep showing output
+                continue
+            if escape and ESCAPE_BYTE in data:
+                sock.sendall(data[: data.index(ESCAPE_BYTE)])
+                return
+            sock.sendall(data)
+
+
 def console(client: Client, argv: list[str]) -> int:
     """Attach the terminal to the domain's serial console; Ctrl-] detaches."""
-    import select
     import socket
     import termios
     import tty
-
-    from ..backends.console import ESCAPE_BYTE
 
     (dom,) = Args(argv, set()).want(1, 1, "console DOMAIN")
     info = client.get(_dom(dom))
@@ -289,23 +321,7 @@ def console(client: Client, argv: list[str]) -> int:
         tty.setraw(stdin)
         print(f"Connected to domain {info['name']}; escape character is ^]", end="\r\n", file=sys.stderr)
     try:
-        watched = [sock, stdin]
-        while True:
-            ready = select.select(watched, [], [])[0]
-            if sock in ready:
-                data = sock.recv(4096)
-                if not data:
-                    break
-                os.write(sys.stdout.fileno(), data)
-            if stdin in ready:
-                data = os.read(stdin, 256)
-                if not data:
-                    watched = [sock]  # input ended: keep showing output
-                    continue
-                if interactive and ESCAPE_BYTE in data:
-                    sock.sendall(data[: data.index(ESCAPE_BYTE)])
-                    break
-                sock.sendall(data)
+        _relay(sock, escape=True)
     finally:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
@@ -329,13 +345,16 @@ def gdb(client: Client, argv: list[str]) -> int:
 
 
 def attach(client: Client, argv: list[str]) -> int:
-    """An interactive Python prompt inside the domain process (docs/INTROSPECTION.md)."""
-    from ..debug.repl import attach as relay
+    """An interactive Python prompt inside the domain process (pyhv/debug/repl.py serves it)."""
+    from ..vmm.control import open_stream
 
     (dom,) = Args(argv, set()).want(1, 1, "attach DOMAIN|CONTROL-SOCKET")
-    if os.sep in dom:  # `pyhv run --control PATH`'s socket: no pyhvd involved (names never hold a /)
-        return relay(dom)
-    return relay(client.get(_dom(dom))["control_socket"])
+    # `pyhv run --control PATH`'s socket needs no pyhvd (domain names never hold a /)
+    path = dom if os.sep in dom else client.get(_dom(dom))["control_socket"]
+    sock, early = open_stream(path, {"op": "repl"})
+    with sock:
+        _relay(sock, early, half_close=True)
+    return 0
 
 
 def top(client: Client, argv: list[str]) -> int:

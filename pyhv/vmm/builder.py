@@ -96,18 +96,20 @@ def build(
             assert machine is not None
             machine.request_stop(Stop(kind, status, detail))
 
+        def guest_reset() -> None:  # the i8042's reset line, port 0x92, 0xCF9 and the ACPI reset register
+            stop(StopKind.RESET, 0, "guest reset")
+
         com1 = uart.Uart(console.write, irq=lambda level: vm.irq_line(uart.COM1_IRQ, int(level)))
         pio.insert(uart.COM1_BASE, 8, com1, "com1")
-        kbc = i8042.I8042(reset=lambda: stop(StopKind.RESET, 0, "guest reset"))
+        kbc = i8042.I8042(reset=guest_reset)
         pio.insert(i8042.DATA_PORT, 1, kbc.data, "i8042-data")
         pio.insert(i8042.COMMAND_PORT, 1, kbc.command, "i8042-command")
         pio.insert(port80.PORT, 1, progress, "port80")
-        guest_reset = lambda: stop(StopKind.RESET, 0, "guest reset")  # noqa: E731
         pio.insert(reset_ports.PORT_A, 1, reset_ports.SystemControlPortA(guest_reset), "port-a")
         wiring.root.config_io.reset = guest_reset  # 0xCF9, inside the PCI configuration ports
         pm = acpi_pm.AcpiPm(
             poweroff=lambda: stop(StopKind.POWEROFF, 0, "guest powered off"),
-            reset=lambda: stop(StopKind.RESET, 0, "guest reset"),
+            reset=guest_reset,
         )
         for port, register, name in pm.ports():
             pio.insert(port, 1, register, name)

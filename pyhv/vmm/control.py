@@ -62,7 +62,7 @@ class Server:
             with conn:
                 conn.settimeout(5.0)
                 try:
-                    reply, stream = self._reply(_read_line(conn))
+                    reply, stream = self._reply(_read_line(conn)[0])
                     conn.sendall(json.dumps(reply).encode() + b"\n")
                 except OSError:
                     stream = None  # the caller went away
@@ -116,7 +116,8 @@ class Server:
             self._idle.wait_for(lambda: self._busy == 0, wait)
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _read_line(conn: socket.socket) -> tuple[bytes, bytes]:
+    """The first line on ``conn`` (without its newline), and what arrived after it."""
     data = b""
     while b"\n" not in data:
         chunk = conn.recv(65536)
@@ -125,30 +126,51 @@ def _read_line(conn: socket.socket) -> bytes:
         data += chunk
         if len(data) > MAX_REQUEST:
             raise OSError("request too long")
-    return data.split(b"\n", 1)[0]
+    line, _, rest = data.partition(b"\n")
+    return line, rest
+
+
+def _request(path: str, request: dict[str, Any], timeout: float) -> tuple[socket.socket, dict[str, Any], bytes]:
+    """Send one request: the open connection, the reply's fields, and what followed the reply line."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        try:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(json.dumps(request).encode() + b"\n")
+            line, rest = _read_line(s)
+        except TimeoutError:
+            raise ControlError(f"no answer within {timeout:g} s", transport=True, timeout=True) from None
+        except OSError as e:
+            raise ControlError(f"cannot reach the domain: {e.strerror or e}", transport=True) from None
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise ControlError("the domain's reply is not JSON", transport=True) from None
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            error = reply.get("error") if isinstance(reply, dict) else None
+            raise ControlError(str(error or "request failed"))
+    except BaseException:
+        s.close()
+        raise
+    reply.pop("ok")
+    return s, reply, rest
 
 
 def call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
     """Send one request; the reply's fields, or ControlError with the domain's message."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(json.dumps(request).encode() + b"\n")
-            line = _read_line(s)
-    except TimeoutError:
-        raise ControlError(f"no answer within {timeout:g} s", transport=True, timeout=True) from None
-    except OSError as e:
-        raise ControlError(f"cannot reach the domain: {e.strerror or e}", transport=True) from None
-    try:
-        reply = json.loads(line)
-    except ValueError:
-        raise ControlError("the domain's reply is not JSON", transport=True) from None
-    if not isinstance(reply, dict) or not reply.get("ok"):
-        error = reply.get("error") if isinstance(reply, dict) else None
-        raise ControlError(str(error or "request failed"))
-    reply.pop("ok")
+    s, reply, _ = _request(path, request, timeout)
+    s.close()
     return reply
+
+
+def open_stream(path: str, request: dict[str, Any], timeout: float = 5.0) -> tuple[socket.socket, bytes]:
+    """Send a request the domain answers with a :class:`Stream`: the connection
+    (blocking, the stream's from now on) and the stream's first bytes, which may
+    have come with the reply line."""
+    s, _, rest = _request(path, request, timeout)
+    s.settimeout(None)
+    return s, rest
 
 
 # --- the readiness channel between pyhvd and a starting domain process (a socketpair) ---

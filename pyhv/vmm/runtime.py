@@ -399,10 +399,10 @@ class Runtime:
 
         with self._lock:
             if self.gdb is not None:
-                raise PyhvError(f"a GDB stub already listens on {_address(self.gdb)}")
+                raise PyhvError(f"a GDB stub already listens on {self.gdb.remote}")
             self.gdb = Server(spec, lambda: self.machine,
                               lambda: self.stop(StopKind.DESTROY, 0, "killed by the debugger"))
-            return _address(self.gdb)
+            return str(self.gdb.remote)
 
     def stop_gdb(self) -> bool:
         with self._lock:
@@ -468,11 +468,6 @@ OPS: dict[str, Callable[[Runtime, dict[str, Any]], Any]] = {
     "gdb": Runtime.op_gdb,
     "repl": Runtime.op_repl,
 }
-
-
-def _address(gdb: Any) -> str:
-    """What GDB's ``target remote`` takes: the socket's path, or HOST:PORT."""
-    return gdb.address if isinstance(gdb.address, str) else "%s:%d" % tuple(gdb.address[:2])
 
 
 def vcpu_info(machine: Any) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ a snapshot (the port reads 0x02 again after a restore, as after power-on).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 PORT_A = 0x92
 PORT_A_RESET = 0x01
@@ -28,4 +28,3 @@ class SystemControlPortA:
         self.value = value & 0xFF & ~PORT_A_RESET
         if value & PORT_A_RESET:
             self._reset()
-
