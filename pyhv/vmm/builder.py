@@ -18,7 +18,7 @@ from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, reset_p
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
-from ..model import FW_CFG_DATA_MAX, Description, default_mac, parse_mac
+from ..model import FW_CFG_DATA_MAX, Description, debug_exit_status, default_mac, parse_mac
 from ..vcpu import Stop, StopKind, VcpuThread
 
 from .devices import Devices
@@ -40,6 +40,7 @@ class RestoreSource(Protocol):
 def build(
     config: Description, kvm: Kvm | None = None, console: Console | None = None,
     restore: RestoreSource | None = None, taps: Mapping[int, int] | None = None,
+    nvram: tuple[float, bytes] | None = None,
 ) -> Machine:
     """Create a machine ready to start; on any error release what was made.
 
@@ -49,7 +50,9 @@ def build(
     ``description``): memory comes from it instead of a kernel, and devices, vCPUs,
     interrupt controllers and the clock take its state before anything runs.
     ``taps`` hands over open TAP descriptors (NIC index -> fd), which the
-    machine then owns and closes; other NICs open their TAP by name."""
+    machine then owns and closes; other NICs open their TAP by name.  ``nvram``
+    is the CMOS clock's battery-backed part of the machine this one replaces
+    after a guest reset (``Rtc.nvram``)."""
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
@@ -114,16 +117,16 @@ def build(
         for port, register, name in pm.ports():
             pio.insert(port, 1, register, name)
         ram = memory.ram_ranges()
-        clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]))
+        clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]), nvram=nvram)
         pio.insert(rtc.INDEX_PORT, 1, clock.index_port, "rtc-index")
         pio.insert(rtc.DATA_PORT, 1, clock.data_port, "rtc-data")
         pio.insert(fw_cfg.PORT_BASE, fw_cfg.PORT_LENGTH, firmware_config.ports, "fw_cfg")
         pio.insert(fw_cfg.DMA_BASE, fw_cfg.DMA_LENGTH, firmware_config.dma, "fw_cfg-dma")
         dbg = None
-        if config.debug_exit:
-            dbg = debug_exit.DebugExit(
-                lambda value: stop(StopKind.DEBUG_EXIT, value & 0xFF, f"guest wrote {value:#x} to debug-exit")
-            )
+        if config.debug_exit != "off":
+            dbg = debug_exit.DebugExit(lambda value: stop(
+                StopKind.DEBUG_EXIT, debug_exit_status(config.debug_exit, value), f"guest wrote {value:#x} to debug-exit"
+            ))
             pio.insert(debug_exit.DEFAULT_BASE, debug_exit.LENGTH, dbg, "debug-exit")
         devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, debug_exit=dbg,
                           fw_cfg=firmware_config)
