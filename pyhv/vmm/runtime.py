@@ -139,7 +139,7 @@ class Runtime:
                     return self._preserve(machine, stop)
                 if self._on_machine_end is not None:
                     self._on_machine_end(machine)
-                nvram = machine.devices.rtc.nvram()
+                nvram = machine.nvram()
                 machine.close()
                 with self._lock:
                     self.machine = None
