@@ -69,11 +69,12 @@ def build(
             vm.signal_msi(address, data)
 
         _virtio_devices(config, memory, wiring, deliver, backends, io, taps or {})
-        firmware_config = _fw_cfg(config, memory)
+        pci_devices, pci_tables = wiring.acpi()
+        acpi_inputs = (list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
+        firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), fresh=restore is None)
         entry = None
         if restore is None:
-            pci_devices, pci_tables = wiring.acpi()
-            tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
+            tables = acpi.build_tables(*acpi_inputs)
             tables.write(memory)
             entry = load_kernel(
                 memory,
@@ -235,18 +236,31 @@ def _acpi_devices() -> list[bytes]:
             acpi.fw_cfg_device(fw_cfg.ACPI_HID, fw_cfg.PORT_BASE, fw_cfg.ACPI_IO_LENGTH)]
 
 
-def _fw_cfg(config: Description, memory: GuestMemory) -> fw_cfg.FwCfg:
+def _fw_cfg(config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, fresh: bool) -> fw_cfg.FwCfg:
     """fw_cfg with the machine's facts and files: the e820 map the guest gets, an empty
-    boot order, and the description's entries (host files read now)."""
-    from ..boot.layout import e820_map
+    boot order, the ACPI tables with QEMU's linker/loader commands, the kernel items a
+    firmware's Linux loader reads (on a ``fresh`` boot: a restored machine gets the
+    command line only, so the kernel file need not be there any more), and the
+    description's entries (host files read now)."""
+    from ..boot.firmware import KernelItems, kernel_items
+    from ..boot.layout import CMDLINE_ADDR, e820_map
 
-    files = [(fw_cfg.E820_FILE, fw_cfg.e820_file(e820_map(memory.ram_ranges()))), (fw_cfg.BOOTORDER_FILE, b"")]
+    ram = memory.ram_ranges()
+    files = [(fw_cfg.E820_FILE, fw_cfg.e820_file(e820_map(ram))), (fw_cfg.BOOTORDER_FILE, b""),
+             (fw_cfg.ACPI_TABLES_FILE, tables.tables), (fw_cfg.ACPI_RSDP_FILE, tables.rsdp),
+             (fw_cfg.TABLE_LOADER_FILE, tables.loader)]
     for i, entry in enumerate(config.fw_cfg):
         if not entry.name.startswith("opt/"):  # QEMU warns too: firmware may use such a name
             print(f"pyhv: warning: fw_cfg[{i}].name {entry.name!r}: names outside opt/ may clash", file=sys.stderr)
         data = _read_fw_cfg_file(f"fw_cfg[{i}].file", entry.file) if entry.file else entry.string.encode()
         files.append((entry.name, data))
-    return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files)
+    payload = config.payload
+    if fresh:
+        kernel = kernel_items(payload.kernel, payload.initrd or None, payload.cmdline, ram[0][1])
+    else:
+        kernel = KernelItems(cmdline=(CMDLINE_ADDR, payload.cmdline.encode("utf-8", "surrogateescape") + b"\0"))
+    return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files,
+                        kernel=kernel._asdict())
 
 
 def _read_fw_cfg_file(key: str, path: str) -> bytes:
