@@ -8,12 +8,14 @@ afterwards costs milliseconds per slot.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..devices.bus import MmioBus, PioBus
+from ..devices.virtio.device import VirtioDevice
+from ..devices.virtio.pci import VirtioPci
 from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, reset_ports, rtc, uart
 from ..errors import UsageError
 from ..kvm import Kvm
@@ -25,6 +27,7 @@ from .devices import Devices
 from .cpu import apply_entry_state, setup_cpuid, setup_msrs, supported_entries
 from .iothread import IoThread
 from .machine import Closeable, Machine
+from .mmio import MmioWiring
 from .pci import PciWiring
 
 class RestoreSource(Protocol):
@@ -54,21 +57,33 @@ def build(
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
     backends: list[Closeable] = []  # what the machine closes
-    wiring = PciWiring()
+    wiring, mmio_wiring = PciWiring(), MmioWiring()
     try:
         io = IoThread()  # devices and backends register readiness with it as they are made
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
         memory = restore.take_memory() if restore is not None else GuestMemory(config.memory)
+        # devices are made before the VM; interrupts only flow once it exists
         def deliver(address: int, data: int) -> None:
-            # devices are made before the VM; interrupts only flow once it exists
             assert vm is not None
             vm.signal_msi(address, data)
 
-        _virtio_devices(config, memory, wiring, deliver, backends, io, taps or {})
+        def irq_line(gsi: int, level: bool) -> None:
+            assert vm is not None
+            vm.irq_line(gsi, int(level))
+
+        def place(device: VirtioDevice) -> None:  # the description's one transport for every device
+            if config.transport == "mmio":
+                mmio_wiring.add(device, irq_line)
+            else:
+                wiring.add(VirtioPci(device, deliver))
+
+        _virtio_devices(config, memory, place, backends, io, taps or {})
         firmware_config = _fw_cfg(config, memory)
         entry = None
         if restore is None:
+            # the guest finds MMIO devices on its command line; the description keeps the user's
+            cmdline = " ".join(part for part in (config.payload.cmdline, mmio_wiring.cmdline()) if part)
             pci_devices, pci_tables = wiring.acpi()
             tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
             tables.write(memory)
@@ -76,7 +91,7 @@ def build(
                 memory,
                 config.payload.kernel,
                 config.payload.initrd or None,
-                config.payload.cmdline,
+                cmdline,
                 protocol=config.payload.boot,
                 rsdp=tables.rsdp_addr,
             )
@@ -90,6 +105,7 @@ def build(
         pio, mmio = PioBus(), MmioBus()
         progress = port80.ProgressCodes()
         wiring.attach(vm, pio, mmio, io)
+        mmio_wiring.attach(vm, mmio, io)
 
         def stop(kind: StopKind, status: int, detail: str) -> None:
             # the legacy devices' outputs stop the machine made below (they fire only once it runs)
@@ -125,8 +141,8 @@ def build(
                 lambda value: stop(StopKind.DEBUG_EXIT, value & 0xFF, f"guest wrote {value:#x} to debug-exit")
             )
             pio.insert(debug_exit.DEFAULT_BASE, debug_exit.LENGTH, dbg, "debug-exit")
-        devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, debug_exit=dbg,
-                          fw_cfg=firmware_config)
+        devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, mmio=mmio_wiring,
+                          debug_exit=dbg, fw_cfg=firmware_config)
         machine = Machine(config, kvm, vm, memory, pio, mmio, console, devices, io, backends, owns_console)
 
         supported = supported_entries(kvm.supported_cpuid())
@@ -154,6 +170,7 @@ def build(
             machine.close()
         else:
             wiring.close()
+            mmio_wiring.close()
             for resource in (io, *backends, memory, vm, kvm, console if owns_console else None):
                 if resource is not None:
                     resource.close()
@@ -176,17 +193,16 @@ def restore(path: str, serial: str | None = None, console: Console | None = None
 
 
 def _virtio_devices(
-    config: Description, memory: GuestMemory, wiring: PciWiring, deliver: Any, backends: list[Closeable],
+    config: Description, memory: GuestMemory, place: Callable[[VirtioDevice], None], backends: list[Closeable],
     io: IoThread, taps: Mapping[int, int],
 ) -> None:
-    """Open the backends and put the configured virtio devices on PCI.
+    """Open the backends and make the configured virtio devices, each handed to
+    ``place`` (which puts it on the machine's transport), in a fixed order.
 
     Devices and backends that wait on file descriptors get ``io``.  Each
     device's module is imported only when the machine has one: the domain's
     start-up pays for what it uses.
     """
-    from ..devices.virtio.pci import VirtioPci
-
     if config.disks:
         from ..backends.block import RawDisk, check_distinct
         from ..devices.virtio.blk import Blk
@@ -195,7 +211,7 @@ def _virtio_devices(
         for disk_config in config.disks:
             disk = RawDisk(disk_config.path, readonly=disk_config.readonly, direct=disk_config.cache == "none")
             backends.append(disk)
-            wiring.add(VirtioPci(Blk(memory, disk, serial=disk_config.serial), deliver))
+            place(Blk(memory, disk, serial=disk_config.serial))
     if config.nics:
         from ..backends.tap import Tap
         from ..devices.virtio.net import Net
@@ -205,15 +221,15 @@ def _virtio_devices(
             tap = Tap(net_config.tap, fd=fd, bridge=net_config.bridge if fd is None else "")
             backends.append(tap)
             mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
-            wiring.add(VirtioPci(Net(memory, tap, mac, io), deliver))
+            place(Net(memory, tap, mac, io))
     if config.rng:
         from ..devices.virtio.rng import Rng
 
-        wiring.add(VirtioPci(Rng(memory), deliver))
+        place(Rng(memory))
     if config.balloon:
         from ..devices.virtio.balloon import Balloon
 
-        wiring.add(VirtioPci(Balloon(memory), deliver))
+        place(Balloon(memory))
     if config.vsock is not None:
         from ..backends.vsock_uds import VsockUds
         from ..devices.virtio.vsock import Vsock
@@ -223,7 +239,7 @@ def _virtio_devices(
         except OSError as e:
             raise UsageError(f"vsock.uds {config.vsock.uds}: cannot listen: {e.strerror}") from None
         backends.append(host)
-        wiring.add(VirtioPci(Vsock(memory, config.vsock.cid, host, io), deliver))
+        place(Vsock(memory, config.vsock.cid, host, io))
 
 
 def _acpi_devices() -> list[bytes]:

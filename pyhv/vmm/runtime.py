@@ -441,11 +441,11 @@ class Runtime:
         from ..devices.virtio.net import Net
 
         out["vcpu"] = vcpu_info(machine)
-        for slot, disk in machine.devices.of_type(Blk):
-            out["disks"].append({"device": f"pci{slot}", "read_bytes": disk.bytes_read, "write_bytes": disk.bytes_written})
-        for slot, nic in machine.devices.of_type(Net):
+        for place, disk in machine.devices.of_type(Blk):
+            out["disks"].append({"device": place, "read_bytes": disk.bytes_read, "write_bytes": disk.bytes_written})
+        for place, nic in machine.devices.of_type(Net):
             out["nics"].append({
-                "device": f"pci{slot}", "rx_bytes": nic.rx_bytes, "tx_bytes": nic.tx_bytes,
+                "device": place, "rx_bytes": nic.rx_bytes, "tx_bytes": nic.tx_bytes,
                 "rx_frames": nic.rx_frames, "tx_frames": nic.tx_frames,
                 "rx_dropped": nic.rx_dropped, "tx_dropped": nic.tx_dropped,
             })
