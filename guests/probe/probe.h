@@ -574,6 +574,8 @@ NORETURN void test_vsockclient(const struct options *o);
 NORETURN void test_balloon(const struct options *o);
 NORETURN void test_ticker(const struct options *o);
 NORETURN void test_memsum(const struct options *o);
+/* mptable.c (ring 3) */
+NORETURN void test_mptable(const struct options *o);
 NORETURN void test_blksnap(const struct options *o);
 NORETURN void test_fwcfg(const struct options *o);
 NORETURN void test_blk(const struct options *o);

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
+from ..boot.layout import MPTABLE_ADDR
+from ..boot.mptable import mptable
 from ..devices.bus import MmioBus, PioBus
 from ..devices.virtio.device import VirtioDevice
 from ..devices.virtio.pci import VirtioPci
@@ -85,8 +87,11 @@ def build(
             # the guest finds MMIO devices on its command line; the description keeps the user's
             cmdline = " ".join(part for part in (config.payload.cmdline, mmio_wiring.cmdline()) if part)
             pci_devices, pci_tables = wiring.acpi()
-            tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
+            apic_ids = list(range(config.vcpus))
+            tables = acpi.build_tables(apic_ids, _acpi_devices() + pci_devices, pci_tables)
             tables.write(memory)
+            # the same CPUs and lines for a guest booted with acpi=off; the MMIO devices' lines are level
+            memory.write(MPTABLE_ADDR, mptable(apic_ids, [gsi for _, gsi, _ in mmio_wiring.windows()]))
             entry = load_kernel(
                 memory,
                 config.payload.kernel,

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyhv.devices.virtio import mmio as m
-from pyhv.devices.virtio.device import STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK
+from pyhv.devices.virtio.device import CONFIG_INTERRUPT, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK
 from pyhv.devices.virtio.rng import Rng
 
 from pyhv.devices.state import DeviceStateError
@@ -113,6 +113,17 @@ def test_status_zero_resets_the_device_the_selectors_and_lowers_the_line() -> No
 
     assert (transport.read(m.STATUS, 4), transport.read(m.INTERRUPT_STATUS, 4), transport.queue_sel) == (0, 0, 0)
     assert not line.level
+
+
+def test_an_acknowledgement_that_leaves_a_reason_pending_gives_the_line_a_new_edge() -> None:
+    levels: list[bool] = []
+    transport = m.VirtioMmio(Rng(FakeGuestRam(RAM), entropy=bytes), levels.append)
+    transport._interrupt(0)
+    transport._interrupt(CONFIG_INTERRUPT)
+
+    transport.write(m.INTERRUPT_ACK, 4, m.INT_USED_BUFFER)
+
+    assert levels == [True, True, False, True] and transport.read(m.INTERRUPT_STATUS, 4) == m.INT_CONFIG_CHANGE
 
 
 def test_narrow_and_unaligned_register_accesses_are_ignored() -> None:

@@ -119,7 +119,10 @@ class VirtioMmio:
     #
     # The line's level is InterruptStatus != 0, set under the lock: a device
     # raising it on the io thread and a vCPU acknowledging can never leave the
-    # line low with a reason pending (or high with none).
+    # line low with a reason pending (or high with none).  pyhv's MP table
+    # describes the line as level-triggered; a guest that programs it as an
+    # edge (an ISA line's default) still hears of a reason left after an
+    # acknowledgement, since the line then drops and rises again.
 
     def _interrupt(self, vector: int) -> None:
         with self._lock:
@@ -129,6 +132,10 @@ class VirtioMmio:
     def _ack(self, bits: int) -> None:
         with self._lock:
             self.interrupt_status &= ~bits
+            if self.interrupt_status:
+                # a reason came after the one acknowledged: a guest that set the pin
+                # edge-triggered needs a new edge to hear of it
+                self._irq(False)
             self._irq(bool(self.interrupt_status))
 
     # --- registers ----------------------------------------------------------------
