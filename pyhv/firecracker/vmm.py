@@ -31,6 +31,8 @@ from .log import Log
 
 #: how long InstanceStart or a snapshot load waits for the machine to run
 START_TIMEOUT = 120.0
+#: vCPU thread names, as Firecracker's (``fc_vcpu 0``, ...): tools such as Kata find them so
+VCPU_THREAD_PREFIX = "fc_vcpu "
 
 Reply = tuple[int, Any]
 NO_CONTENT: Reply = (204, None)
@@ -317,7 +319,8 @@ class Microvm:
                 start.reply.append(reply)
                 start.done.set()
 
-            runtime = Runtime(start.description, console, paused=start.paused, on_ready=ready)
+            runtime = Runtime(start.description, console, paused=start.paused, on_ready=ready,
+                              vcpu_prefix=VCPU_THREAD_PREFIX)
             self.runtime = runtime
             if self._stopping:
                 runtime.stop(StopKind.DESTROY, 128 + self._stopping[0])

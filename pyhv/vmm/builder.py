@@ -44,7 +44,7 @@ class RestoreSource(Protocol):
 
 def build(
     config: Description, kvm: Kvm | None = None, console: Console | None = None,
-    restore: RestoreSource | None = None, taps: Mapping[int, int] | None = None,
+    restore: RestoreSource | None = None, taps: Mapping[int, int] | None = None, vcpu_prefix: str = "vcpu",
 ) -> Machine:
     """Create a machine ready to start; on any error release what was made.
 
@@ -54,7 +54,9 @@ def build(
     ``description``): memory comes from it instead of a kernel, and devices, vCPUs,
     interrupt controllers and the clock take its state before anything runs.
     ``taps`` hands over open TAP descriptors (NIC index -> fd), which the
-    machine then owns and closes; other NICs open their TAP by name."""
+    machine then owns and closes; other NICs open their TAP by name.  vCPU N's
+    thread is named ``vcpu_prefix`` + N (``vcpuN``, what pyhvd's dispatcher looks
+    for, unless the front end says otherwise)."""
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
@@ -158,7 +160,7 @@ def build(
                 setup_msrs(vcpu)
                 if index == 0:
                     apply_entry_state(vcpu, entry)
-            machine.vcpus.append(VcpuThread(vcpu, pio, mmio, machine._vcpu_stopped))
+            machine.vcpus.append(VcpuThread(vcpu, pio, mmio, machine._vcpu_stopped, vcpu_prefix))
         if restore is not None:
             from .snapshot import apply_vm_state
 

@@ -76,9 +76,10 @@ class Runtime:
     def __init__(
         self, description: Description, console: Any, *, taps: dict[int, int] | None = None,
         paused: bool = False, domid: int = 0, on_ready: Callable[[dict[str, Any]], None] | None = None,
-        on_machine_end: Callable[[Any], None] | None = None,
+        on_machine_end: Callable[[Any], None] | None = None, vcpu_prefix: str = "vcpu",
     ) -> None:
         self.description = description
+        self.vcpu_prefix = vcpu_prefix  # vCPU threads are named this + their index
         self.console = console
         self.taps = dict(taps or {})
         self.id = domid
@@ -118,7 +119,8 @@ class Runtime:
                 else:
                     try:
                         taps = {i: os.dup(fd) for i, fd in self.taps.items()}
-                        machine = build(self.description, console=self.console, restore=snapshot, taps=taps)
+                        machine = build(self.description, console=self.console, restore=snapshot, taps=taps,
+                                        vcpu_prefix=self.vcpu_prefix)
                     except PyhvError as e:
                         if not self._ready({"ok": False, "error": str(e)}):
                             _say(f"{self._who()}{e}")  # a restart failed: nobody is waiting to hear it

@@ -235,3 +235,28 @@ def test_devices_are_virtio_mmio_unless_pci_is_enabled(
     assert (virtio.get("transport", "pci"), "dev" in virtio) == (transport, transport == "pci"), virtio
     assert ("virtio_mmio.device=4K@" in run.line("boot")["cmdline"]) == (transport == "mmio")
     assert run.line("distinct")["bytes"] == "4096"
+
+
+def test_vcpu_threads_are_named_as_firecracker_names_them(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "vm.json"
+    path.write_text(json.dumps({
+        "boot-source": {"kernel_image_path": str(PROBE), "boot_args": "probe.test=ticker probe.n=1000"},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 64},
+    }))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "pyhv", "firecracker", "--no-api", "--config-file", str(path)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    guard = threading.Timer(60, p.terminate)
+    guard.start()
+    try:
+        assert p.stdout is not None
+        while "tick n=" not in (line := p.stdout.readline()) and line:
+            pass
+        names = sorted(pathlib.Path(f"/proc/{p.pid}/task/{tid}/comm").read_text().strip()
+                       for tid in os.listdir(f"/proc/{p.pid}/task"))
+    finally:
+        guard.cancel()
+        p.terminate()
+        p.communicate(timeout=30)
+    assert "tick n=" in line, line
+    assert [n for n in names if "vcpu" in n] == ["fc_vcpu 0", "fc_vcpu 1"], names
