@@ -826,7 +826,7 @@ NORETURN void test_blkbench(const struct options *o)
     kv_dec("n", n);
     kv_dec("tsc_hz", hz);
     kv_str("tsc_source", src);
-    kv_str("irq", b->v.msix ? "msix" : "poll");
+    kv_str("irq", virtio_irq_name(&b->v));
     line_end();
     if (!ok)
         fail("a blkbench request failed", "", 0);

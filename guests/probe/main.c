@@ -200,9 +200,11 @@ static void parse_option(struct options *o, const char *tok, size_t len)
         o->ring = (unsigned)v;
     } else if (mem_eq(key, key_len, "probe.irq")) {
         if (mem_eq(val, val_len, "poll"))
-            o->msix = 0;
+            o->msix = IRQ_POLL;
         else if (mem_eq(val, val_len, "msix"))
-            o->msix = 1;
+            o->msix = IRQ_MSIX;
+        else if (mem_eq(val, val_len, "ioapic"))
+            o->msix = IRQ_IOAPIC;
         else
             fail("bad value for probe.irq: ", val, val_len);
     } else if (mem_eq(key, key_len, "probe.qd")) {

@@ -110,6 +110,9 @@
  * table entry i (0 = configuration change, 1 + q = queue q).  The ring-0
  * handler counts each in irq_count[i] and sends an EOI.
  */
+#define IRQ_POLL          0       /* probe.irq=poll */
+#define IRQ_MSIX          1       /* probe.irq=msix: virtio-PCI */
+#define IRQ_IOAPIC        2       /* probe.irq=ioapic: virtio-MMIO, one IOAPIC line per device */
 #define IRQ_VECTOR_BASE   0x50
 #define IRQ_VECTORS       4
 
@@ -434,7 +437,7 @@ struct options {
     int have_port;
     uint64_t addr;
     unsigned ring;              /* pio/mmio: loop in ring 3 or ring 0 */
-    int msix;                   /* probe.irq=msix (else poll) */
+    int msix;                   /* probe.irq: IRQ_POLL, IRQ_MSIX or IRQ_IOAPIC (nonzero: interrupts) */
     uint64_t qd;                /* probe.qd: requests in flight */
     int have_qd;
     uint64_t mb;                /* probe.mb: MiB for blkbench */

@@ -4,7 +4,9 @@
  * workload.  The device workloads see one interface whatever the
  * transport: virtio_init() and virtio_find() pick it (MMIO when the
  * command line names virtio_mmio.device= windows, else PCI), and each
- * transport is a table of register operations (struct virtio_ops).  Up to VIRTIO_MAX_QUEUES
+ * transport is a table of register operations (struct virtio_ops).
+ * Interrupts: MSI-X on PCI (probe.irq=msix), the device's IOAPIC line on
+ * MMIO (probe.irq=ioapic), or none (polling).  Up to VIRTIO_MAX_QUEUES
  * queues per device (blk and rng use one, net two, vsock and balloon three).
  *
  * The hot paths touch only RAM: requests go into the descriptor table and
@@ -70,6 +72,8 @@
 #define MM_Q_NUM            0x038
 #define MM_Q_READY          0x044
 #define MM_NOTIFY           0x050
+#define MM_INT_STATUS       0x060
+#define MM_INT_ACK          0x064
 #define MM_STATUS           0x070
 #define MM_Q_DESC           0x080
 #define MM_Q_DRIVER         0x090
@@ -78,6 +82,9 @@
 #define MM_CONFIG           0x100
 #define MM_MAGIC_VALUE      0x74726976u /* "virt" */
 #define MM_MAX_DEVS         32
+#define MM_IRQ_SLOT         1           /* every queue's irq_count[] slot: the line's vector */
+#define IOAPIC_DEFAULT      0xfec00000u
+#define IOAPIC_PINS         24
 
 /* What differs between transports; everything else is shared. */
 struct virtio_ops {
@@ -319,6 +326,8 @@ static void pci_set_features(struct virtio *v, unsigned word, uint32_t f)
 
 static const char *pci_irqs(struct virtio *v)
 {
+    if (v->msix == IRQ_IOAPIC)
+        return "probe.irq=ioapic: a virtio-PCI device interrupts through MSI-X (probe.irq=msix)";
     if (v->msix)
         return setup_msix(v);
     if (v->msix_cap) {                  /* INTx is off too: no interrupts at all */
@@ -344,6 +353,10 @@ static const char *pci_queue_enable(struct virtio *v, struct virtq *q)
     cc_w64(v, CC_Q_DRIVER, (uint64_t)q->avail);
     cc_w64(v, CC_Q_DEVICE, (uint64_t)q->used);
     if (v->msix) {
+        /* entry 1 + i; the last queues share the last entry of a small table */
+        q->irq_slot = MSIX_ENTRY_QUEUE0 + q->index;
+        if (q->irq_slot >= msix_entries(v))
+            q->irq_slot = msix_entries(v) - 1;
         cc_w16(v, CC_Q_MSIX, (uint16_t)q->irq_slot);
         if (cc_r16(v, CC_Q_MSIX) != q->irq_slot)
             return "the device refused the queue's MSI-X vector";
@@ -369,7 +382,7 @@ static void pci_print_regs(const struct virtio *v)
     kv_dec("notify_mult", v->notify_mult);
     kv_hex("isr", v->isr);
     kv_hex("device_cfg", v->devcfg);
-    kv_str("irq", v->msix ? "msix" : "poll");
+    kv_str("irq", virtio_irq_name(v));
     if (v->msix) {
         kv_dec("msix_vectors", v->msix_size);
         kv_dec("apic_id", v->apic_id);
@@ -531,9 +544,31 @@ static void mm_set_features(struct virtio *v, unsigned word, uint32_t f)
     mm_w(v, MM_GF, f);
 }
 
+/*
+ * probe.irq=ioapic: the device's line, as the command line names it, goes
+ * to vector IRQ_VECTOR_BASE + MM_IRQ_SLOT on this CPU, edge-triggered and
+ * active high.  The device holds its line up while InterruptStatus is not
+ * zero; the driver acknowledges every reason on each interrupt (vq_wait),
+ * and the device drops and raises its line when a reason is left, so every
+ * new one is an edge.
+ */
 static const char *mm_irqs(struct virtio *v)
 {
-    return v->msix ? "probe.irq=msix: a virtio-mmio device interrupts on an IOAPIC line; the probe polls it" : NULL;
+    uint64_t ioapic = acpi.have_ioapic ? acpi.ioapic_addr : IOAPIC_DEFAULT;
+    uint32_t pin = v->mmio_irq;
+
+    if (v->msix == IRQ_MSIX)
+        return "probe.irq=msix: a virtio-mmio device interrupts on an IOAPIC line (probe.irq=ioapic)";
+    if (!v->msix)
+        return NULL;
+    if (pin >= IOAPIC_PINS)
+        return "probe.irq=ioapic: the device's line is beyond the IOAPIC's 24 pins";
+    v->apic_id = lapic_setup_for_msi();
+    mmio_write32(ioapic, 0x10 + 2 * pin + 1);              /* IOREDTBL high: destination */
+    mmio_write32(ioapic + 0x10, v->apic_id << 24);
+    mmio_write32(ioapic, 0x10 + 2 * pin);                  /* low: fixed, physical, edge, high, unmasked */
+    mmio_write32(ioapic + 0x10, IRQ_VECTOR_BASE + MM_IRQ_SLOT);
+    return NULL;
 }
 
 static uint16_t mm_queue_max(struct virtio *v, unsigned qi)
@@ -555,6 +590,10 @@ static const char *mm_queue_enable(struct virtio *v, struct virtq *q)
     mm_w64(v, MM_Q_DEVICE, (uint64_t)q->used);
     q->notify_addr = v->mmio + MM_NOTIFY;
     q->notify32 = 1;                    /* QueueNotify takes 32-bit writes only */
+    if (v->msix) {
+        q->irq_slot = MM_IRQ_SLOT;
+        q->irq_ack = v->mmio;
+    }
     mm_w(v, MM_Q_READY, 1);
     if (mm_r(v, MM_Q_READY) != 1)
         return "the device did not take QueueReady";
@@ -572,7 +611,9 @@ static void mm_print_regs(const struct virtio *v)
 {
     kv_hex("notify", v->vq[0].notify_addr);
     kv_hex("device_cfg", v->devcfg);
-    kv_str("irq", "poll");
+    kv_str("irq", virtio_irq_name(v));
+    if (v->msix)
+        kv_dec("apic_id", v->apic_id);
 }
 
 static const struct virtio_ops mmio_ops = {
@@ -621,7 +662,8 @@ static const char *setup_queue(struct virtio *v, unsigned qi, unsigned max_qsize
         "queue 0 is not available", "queue 1 is not available", "queue 2 is not available",
     };
     struct virtq *q = &v->vq[qi];
-    uint16_t max, i, entry = 0;
+    const char *err;
+    uint16_t max, i;
     unsigned size = 1;
 
     memset(q, 0, sizeof(*q));
@@ -642,13 +684,6 @@ static const char *setup_queue(struct virtio *v, unsigned qi, unsigned max_qsize
     q->event_idx = !!(v->features & VF_EVENT_IDX);
     q->indirect = !!(v->features & VF_INDIRECT_DESC);
     q->msix = v->msix;
-    if (v->msix) {
-        entry = (uint16_t)(MSIX_ENTRY_QUEUE0 + qi);
-        if (entry >= msix_entries(v))
-            entry = (uint16_t)(msix_entries(v) - 1);
-    }
-    q->irq_slot = entry;
-    q->irq_seen = irq_count[entry];
     if (q->indirect)
         q->indir = dma_alloc(16ULL * VQ_INDIRECT_MAX * size, 16);
     for (i = 0; i < q->size; i++)
@@ -659,7 +694,9 @@ static const char *setup_queue(struct virtio *v, unsigned qi, unsigned max_qsize
         q->avail[0] = VQ_AVAIL_NO_INTERRUPT;
     if (q->event_idx)                   /* used_event: see vq_get() */
         q->avail[2 + q->size] = q->msix ? 0 : 0xffff;
-    return v->ops->queue_enable(v, q);
+    err = v->ops->queue_enable(v, q);   /* sets irq_slot with interrupts */
+    q->irq_seen = irq_count[q->irq_slot];
+    return err;
 }
 
 const char *virtio_negotiate(struct virtio *v, uint64_t want, int msix)
@@ -716,6 +753,11 @@ const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max
     const char *err = virtio_negotiate(v, want, msix);
 
     return err ? err : virtio_setup(v, 1, max_qsize);
+}
+
+const char *virtio_irq_name(const struct virtio *v)
+{
+    return v->msix == IRQ_IOAPIC ? "ioapic" : v->msix ? "msix" : "poll";
 }
 
 void virtio_print(const struct virtio *v, const char *what)
@@ -887,6 +929,12 @@ int vq_wait(struct virtq *q, uint64_t timeout_tsc)
             if (c != q->irq_seen) {
                 q->irq_seen = c;
                 q->need_check = 1;
+                if (q->irq_ack) {       /* MMIO: the line drops once every reason is acknowledged */
+                    uint32_t why = mmio_read32(q->irq_ack + MM_INT_STATUS);
+
+                    if (why)
+                        mmio_write32(q->irq_ack + MM_INT_ACK, why);
+                }
             }
             if (q->need_check) {
                 /* used_event (written in vq_get) before the index read. */

@@ -68,8 +68,9 @@ struct virtq {
     uint16_t avail_idx;                 /* next free avail slot (published) */
     uint16_t kicked_idx;                /* avail_idx at the last notify decision */
     uint16_t last_used;                 /* next used element to look at */
-    int event_idx, indirect, msix;
-    unsigned irq_slot;                  /* irq_count[] index (MSI-X entry) */
+    int event_idx, indirect, msix;      /* msix: interrupts (MSI-X or IOAPIC), else polling */
+    unsigned irq_slot;                  /* irq_count[] index (MSI-X entry, or the IOAPIC line's) */
+    uint64_t irq_ack;                   /* MMIO with interrupts: the window, acknowledged on each one */
     uint64_t irq_seen;
     int need_check;
     uint32_t *token;                    /* per head */
@@ -125,6 +126,8 @@ int virtio_reset(struct virtio *v);
 uint8_t virtio_status(struct virtio *v);
 void virtio_set_status(struct virtio *v, uint8_t s);
 void virtio_print(const struct virtio *v, const char *what);
+/* "poll", "msix" or "ioapic". */
+const char *virtio_irq_name(const struct virtio *v);
 uint64_t virtio_irqs(const struct virtio *v);
 /* Transport features asked for by probe.features. */
 uint64_t virtio_want(const struct options *o);

@@ -25,6 +25,7 @@ from ..devices.virtio.device import VirtioDevice
 from ..devices.virtio.mmio import NOTIFY_OFFSET, WINDOW_SIZE, VirtioMmio
 from ..errors import UsageError
 from ..kvm import Vm
+from ..model import MAX_MMIO_DEVICES
 from .iothread import IoThread
 
 #: First window.  The MMIO hole below 4 GiB holds, in order: RAM up to 0xC000_0000
@@ -38,6 +39,7 @@ BASE = 0xF000_0000
 #: out: 0-2 (PIT, keyboard, cascade), 3 and 4 (COM2, COM1), 8 (RTC), 9 (the SCI of a
 #: PC's ACPI), 12 (PS/2 mouse) and 13 (FPU), which guests may claim for legacy devices.
 GSIS = (5, 6, 7, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23)
+assert len(GSIS) == MAX_MMIO_DEVICES  # the model refuses descriptions with more devices
 
 #: a level on one IOAPIC pin: (gsi, asserted)
 IrqLine = Callable[[int, bool], None]

@@ -230,24 +230,33 @@ def test_mmio_windows_named_on_the_command_line_answer_with_magic_version_and_ty
     assert len({w["base"] for w in windows}) == len({w["irq"] for w in windows}) == 2, windows
 
 
-def test_rng_over_mmio_delivers_4096_varied_bytes() -> None:
-    run = run_probe("probe.test=rng", "--transport", "mmio", "--rng")
+@pytest.mark.parametrize("irq", ["poll", "ioapic"])
+def test_rng_over_mmio_delivers_4096_varied_bytes(irq: str) -> None:
+    run = run_probe(f"probe.test=rng probe.irq={irq}", "--transport", "mmio", "--rng")
     assert _passed(run), run.stdout + run.stderr
-    assert run.line("device_features")["transport"] == "mmio"
+    virtio = run.line("device_features")
+    assert (virtio["transport"], virtio["irq"]) == ("mmio", irq), virtio
     rng = run.line("distinct")
     assert rng["bytes"] == "4096" and int(rng["distinct"]) > 200, rng
+    if irq == "ioapic":
+        assert int(rng["irqs"]) > 0, rng
 
 
 @pytest.mark.parametrize("features", ["none", "eventidx,indirect"])
-def test_blk_over_mmio_writes_the_pattern_into_the_image_file_and_reads_it_back(tmp_path: Path, features: str) -> None:
+@pytest.mark.parametrize("irq", ["poll", "ioapic"])
+def test_blk_over_mmio_writes_the_pattern_into_the_image_file_and_reads_it_back(
+    tmp_path: Path, irq: str, features: str
+) -> None:
     disk = _disk(tmp_path)
-    run = run_probe(f"probe.test=blk probe.features={features}", "--transport", "mmio", "--disk", f"{disk},serial=mm-1",
-                    timeout=120)
+    run = run_probe(f"probe.test=blk probe.irq={irq} probe.features={features}", "--transport", "mmio",
+                    "--disk", f"{disk},serial=mm-1", timeout=120)
     assert _passed(run), run.stdout + run.stderr
-    assert run.line("device_features")["transport"] == "mmio"
+    assert (run.line("device_features")["transport"], run.line("device_features")["irq"]) == ("mmio", irq)
     assert run.line("get_id")["serial"] == "mm-1"
     summary = run.line("verified")
     assert int(summary["verified"]) > 2048 and summary["mismatches"] == "0", summary
+    if irq == "ioapic":  # each wait ended on the device's IOAPIC line, acknowledged through InterruptACK
+        assert int(summary["irqs"]) > 0, summary
     pattern = run.line("pattern")
     first, sectors, salt = int(pattern["first"]), int(pattern["sectors"]), int(pattern["salt"])
     data = disk.read_bytes()
@@ -266,3 +275,13 @@ def test_a_malformed_virtio_mmio_entry_fails_the_probe_cleanly() -> None:
     run = run_probe("probe.test=rng virtio_mmio.device=4K@0xf0000000", "--rng")
     assert run.line("result")["result"] == "fail" and run.status == 1
     assert run.line("error")["error"] == "bad virtio_mmio.device= entry: virtio_mmio.device=4K@0xf0000000"
+
+
+@pytest.mark.parametrize("transport,irq,message", [
+    ("pci", "ioapic", "probe.irq=ioapic: a virtio-PCI device interrupts through MSI-X (probe.irq=msix)"),
+    ("mmio", "msix", "probe.irq=msix: a virtio-mmio device interrupts on an IOAPIC line (probe.irq=ioapic)"),
+])
+def test_an_interrupt_mode_the_transport_lacks_fails_the_probe_cleanly(transport: str, irq: str, message: str) -> None:
+    run = run_probe(f"probe.test=rng probe.irq={irq}", "--transport", transport, "--rng")
+    assert run.line("result")["result"] == "fail" and run.status == 1
+    assert run.line("error")["error"] == message

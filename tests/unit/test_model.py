@@ -181,6 +181,8 @@ CASES: list[tuple[list[str], str]] = [
     (["--kernel", "/k", "--transport", "pci"], 'kernel = "/k"\ntransport = "pci"'),
     # the same mistakes
     (["--kernel", "/k", "--transport", "isa"], 'kernel = "/k"\ntransport = "isa"'),
+    (["--kernel", "/k", "--rng", "--balloon", *[a for i in range(14) for a in ("--disk", f"/d{i}")], "--transport", "mmio"],
+     'kernel = "/k"\ntransport = "mmio"\nrng = true\nballoon = true\n' + "".join(f'[[disks]]\npath = "/d{i}"\n' for i in range(14))),
     (["--kernel", "/k", "--vcpus", "0"], 'kernel = "/k"\nvcpus = 0'),
     (["--kernel", "/k", "--memory", "8M"], 'kernel = "/k"\nmemory = "8M"'),
     (["--kernel", "/k", "--serial", "tcp:1"], 'kernel = "/k"\nserial = "tcp:1"'),
