@@ -28,15 +28,15 @@ MiB = 1 << 20
 
 
 def _firmware_output(*args: str, until: str, timeout: float = 180) -> list[str]:
-    """pyhv's console lines up to the first holding ``until`` (the firmware then waits for a
-    boot device for ever: pyhv is stopped by a signal)."""
+    """pyhv's console lines up to the end of the first holding ``until`` (the firmware then
+    waits for a boot device for ever: pyhv is stopped by a signal)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen([sys.executable, "-m", "pyhv", "run", "--firmware", str(SEABIOS), *args],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
     assert p.stdout is not None
     text, deadline = b"", time.monotonic() + timeout
     try:
-        while until.encode() not in text and time.monotonic() < deadline:
+        while b"\n" not in text.partition(until.encode())[2] and time.monotonic() < deadline:  # its whole line
             if select.select([p.stdout], [], [], 1.0)[0]:
                 chunk = os.read(p.stdout.fileno(), 65536)
                 if not chunk:
