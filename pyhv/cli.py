@@ -25,6 +25,8 @@ RUN_OPTIONS = [
     Option("--kernel", "bzImage, ELF (vmlinux, PVH) or Multiboot kernel (required without --config)", "K"),
     Option("--config", "boot the domain a TOML file describes (schema: pyhv/model/__init__.py); "
            "options given as well override its values", "FILE"),
+    Option("--firmware", "a BIOS ROM (SeaBIOS's bios.bin) run from the reset vector instead of a kernel; "
+           "its debug port 0x402 and COM1 go to --serial", "FILE"),
     Option("--initrd", "initial ramdisk", "I"),
     Option("--cmdline", "kernel command line", "C"),
     Option("--memory", "guest memory (default 256M)", "SIZE"),
@@ -120,8 +122,8 @@ def describe_run(args: SimpleNamespace) -> tuple[Description, dict[int, int]]:
         data = files.load_mapping(args.config)
         data.update(plain)
         plain = data
-    elif "kernel" not in plain:
-        raise UsageError("--kernel is required (or --config FILE)")
+    elif "kernel" not in plain and "firmware" not in plain:
+        raise UsageError("--kernel is required (or --firmware FILE, or --config FILE)")
     return options.describe(plain, given, args.config or ""), taps
 
 

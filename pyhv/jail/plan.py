@@ -47,7 +47,8 @@ def plan(d: Description, root: str, index: int, first_id: int = 100000, count: i
         raise JailError(f"jail root {root!r} is not an absolute path")
     if first_id <= 0 or not 0 <= index < count:
         raise JailError(f"domain number {index} is outside the id range {first_id}+{count}")
-    mounts: list[Mount] = [Mount(d.payload.kernel, _inside(d.payload.kernel), True)]
+    image = d.payload.firmware or d.payload.kernel
+    mounts: list[Mount] = [Mount(image, _inside(image), True)]
     if d.payload.initrd:
         mounts.append(Mount(d.payload.initrd, _inside(d.payload.initrd), True))
     mounts += [Mount(x.path, _inside(x.path), x.readonly) for x in d.disks]

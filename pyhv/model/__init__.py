@@ -11,6 +11,7 @@ The plain form is the TOML/JSON schema::
 
     name = "web1"
     kernel = "guests/build/probe.elf"   # initrd, cmdline, boot = auto|linux|pvh|multiboot
+    # firmware = "/usr/share/seabios/bios.bin"  # instead of a kernel: a BIOS ROM run from the reset vector
     memory = "256M"          # or an integer number of MiB
     maxmem = "512M"          # the most mem-set may give it (default: memory)
     vcpus = 2
@@ -130,12 +131,14 @@ def key_name(path: tuple[str | int, ...]) -> str:
 
 
 class Payload(NamedTuple):
-    """What boots: a kernel image, its initrd and command line, and how to enter it."""
+    """What boots: a kernel image, its initrd and command line, and how to enter it;
+    or (``firmware``, then ``kernel`` is empty) a BIOS ROM the vCPU runs from the reset vector."""
 
     kernel: str
     initrd: str = ""
     cmdline: str = ""
     boot: str = "auto"
+    firmware: str = ""
 
 
 class Disk(NamedTuple):
@@ -206,8 +209,9 @@ class Description(NamedTuple):
 
 #: the plain form's top-level keys, in the order :func:`to_plain` writes them
 TOP_KEYS = (
-    "name", "kernel", "initrd", "cmdline", "boot", "memory", "maxmem", "vcpus", "on_poweroff", "on_reboot",
-    "on_crash", "serial", "debug_exit", "balloon", "rng", "transport", "disks", "nics", "vsock", "fw_cfg", "sched",
+    "name", "kernel", "initrd", "cmdline", "boot", "firmware", "memory", "maxmem", "vcpus", "on_poweroff",
+    "on_reboot", "on_crash", "serial", "debug_exit", "balloon", "rng", "transport", "disks", "nics", "vsock",
+    "fw_cfg", "sched",
 )
 DISK_KEYS = tuple(Disk._fields)
 NIC_KEYS = tuple(Nic._fields)
@@ -244,12 +248,7 @@ def from_plain(data: Any) -> Description:
         raise DescriptionError(("transport",), f"mmio: {virtio} virtio devices, at most {MAX_MMIO_DEVICES} "
                                                "(one interrupt line each)")
     return Description(
-        payload=Payload(
-            kernel=_path(data, "kernel", (), required=True),
-            initrd=_path(data, "initrd", ()),
-            cmdline=_str(data, "cmdline", ()),
-            boot=_choice(data, "boot", BOOT_PROTOCOLS, Payload._field_defaults["boot"], ()),
-        ),
+        payload=payload_from_plain(data),
         name=name,
         memory=memory,
         maxmem=maxmem,
@@ -269,6 +268,22 @@ def from_plain(data: Any) -> Description:
             on_crash=_choice(data, "on_crash", ON_CRASH, Lifecycle._field_defaults["on_crash"], ()),
         ),
         sched=sched_from_plain(data.get("sched", {}), ("sched",)),
+    )
+
+
+def payload_from_plain(data: dict[str, Any]) -> Payload:
+    """A kernel (with initrd, command line, protocol), or a firmware ROM and nothing of those."""
+    firmware = _path(data, "firmware", ())
+    if firmware:
+        extra = [key for key in ("kernel", "initrd", "cmdline", "boot") if data.get(key)]
+        if extra:  # QEMU would hand a kernel to SeaBIOS's linuxboot option ROM, which pyhv does not have
+            raise DescriptionError((extra[0],), "not with firmware: the firmware boots from its own devices")
+        return Payload(kernel="", firmware=firmware)
+    return Payload(
+        kernel=_path(data, "kernel", (), required=True),
+        initrd=_path(data, "initrd", ()),
+        cmdline=_str(data, "cmdline", ()),
+        boot=_choice(data, "boot", BOOT_PROTOCOLS, Payload._field_defaults["boot"], ()),
     )
 
 
@@ -380,6 +395,7 @@ def to_plain(d: Description) -> dict[str, Any]:
         "initrd": d.payload.initrd,
         "cmdline": d.payload.cmdline,
         "boot": d.payload.boot,
+        "firmware": d.payload.firmware,
         "memory": format_size(d.memory),
         "maxmem": format_size(d.maxmem),
         "vcpus": d.vcpus,
@@ -400,12 +416,17 @@ def to_plain(d: Description) -> dict[str, Any]:
     }
     if not d.name:
         del plain["name"]
+    if d.payload.firmware:
+        for key in ("kernel", "initrd", "cmdline", "boot"):
+            del plain[key]
+    else:
+        del plain["firmware"]
     return plain
 
 
 def paths(d: Description) -> list[tuple[str, str]]:
     """Every host file the description names, with its key: (key, path)."""
-    out = [("kernel", d.payload.kernel)]
+    out = [("firmware", d.payload.firmware)] if d.payload.firmware else [("kernel", d.payload.kernel)]
     if d.payload.initrd:
         out.append(("initrd", d.payload.initrd))
     out += [(f"disks[{i}].path", x.path) for i, x in enumerate(d.disks)]
@@ -422,7 +443,8 @@ def with_absolute_paths(d: Description, base: str) -> Description:
     def fix(path: str) -> str:
         return os.path.normpath(os.path.join(base, path)) if path else path
 
-    payload = d.payload._replace(kernel=fix(d.payload.kernel), initrd=fix(d.payload.initrd))
+    payload = d.payload._replace(kernel=fix(d.payload.kernel), initrd=fix(d.payload.initrd),
+                                 firmware=fix(d.payload.firmware))
     return d._replace(
         payload=payload,
         disks=tuple(x._replace(path=fix(x.path)) for x in d.disks),
@@ -570,11 +592,15 @@ def json_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["name", "kernel"],
+        "required": ["name"],
+        "oneOf": [{"required": ["kernel"]}, {"required": ["firmware"]}],
         "properties": {
             "name": {"type": "string", "pattern": f"^(?![0-9]+$)[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$",
                      "description": "not all digits (those are domain ids)"},
-            "kernel": {"type": "string", "description": "absolute path of a bzImage, ELF, PVH or Multiboot kernel"},
+            "kernel": {"type": "string", "description": "absolute path of a bzImage, ELF, PVH or Multiboot kernel "
+                                                        "(or, instead, firmware)"},
+            "firmware": {"type": "string", "description": "absolute path of a BIOS ROM image (SeaBIOS's bios.bin) "
+                                                          "run from the reset vector, instead of a kernel"},
             "initrd": {"type": "string"},
             "cmdline": {"type": "string"},
             "boot": {"type": "string", "enum": list(BOOT_PROTOCOLS)},

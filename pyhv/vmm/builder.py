@@ -18,7 +18,7 @@ from ..boot.mptable import mptable
 from ..devices.bus import MmioBus, PioBus
 from ..devices.virtio.device import VirtioDevice
 from ..devices.virtio.pci import VirtioPci
-from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, reset_ports, rtc, uart
+from ..devices.legacy import acpi_pm, debug_exit, debugcon, fw_cfg, i8042, port80, reset_ports, rtc, uart
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
@@ -93,7 +93,9 @@ def build(
         cmdline = " ".join(part for part in (config.payload.cmdline, mmio_wiring.cmdline()) if part)
         firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), cmdline, fresh=restore is None)
         entry = None
-        if restore is None:
+        if config.payload.firmware:
+            _firmware(config.payload.firmware, memory, fresh=restore is None)
+        elif restore is None:
             tables = acpi.build_tables(*acpi_inputs)
             tables.write(memory)
             # the same CPUs and lines for a guest booted with acpi=off; the MMIO devices' lines are level
@@ -141,11 +143,14 @@ def build(
         for port, register, name in pm.ports():
             pio.insert(port, 1, register, name)
         ram = memory.ram_ranges()
-        clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]), nvram=nvram)
+        clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]), nvram=nvram,
+                        cpus=config.vcpus)
         pio.insert(rtc.INDEX_PORT, 1, clock.index_port, "rtc-index")
         pio.insert(rtc.DATA_PORT, 1, clock.data_port, "rtc-data")
         pio.insert(fw_cfg.PORT_BASE, fw_cfg.PORT_LENGTH, firmware_config.ports, "fw_cfg")
         pio.insert(fw_cfg.DMA_BASE, fw_cfg.DMA_LENGTH, firmware_config.dma, "fw_cfg-dma")
+        if config.payload.firmware:  # its debug output (SeaBIOS prints there) goes with COM1's
+            pio.insert(debugcon.PORT, 1, debugcon.DebugCon(console.write), "debugcon")
         dbg = None
         if config.debug_exit != "off":
             dbg = debug_exit.DebugExit(lambda value: stop(
@@ -259,6 +264,18 @@ def _acpi_devices() -> list[bytes]:
             acpi.fw_cfg_device(fw_cfg.ACPI_HID, fw_cfg.PORT_BASE, fw_cfg.ACPI_IO_LENGTH)]
 
 
+def _firmware(path: str, memory: GuestMemory, fresh: bool) -> None:
+    """A BIOS ROM at the top of the first 4 GiB and (on a ``fresh`` boot; a restored
+    machine has it in its RAM) its last 128 KiB below 1 MiB; the boot vCPU starts at
+    the reset vector, where KVM's reset state has it (boot/firmware.py)."""
+    from ..boot.firmware import read_firmware
+
+    image = read_firmware(path)
+    memory.add_rom(image.rom_addr, image.rom)
+    if fresh:
+        memory.write(image.low_addr, image.low)
+
+
 def _fw_cfg(
     config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, cmdline: str, fresh: bool
 ) -> fw_cfg.FwCfg:
@@ -280,12 +297,14 @@ def _fw_cfg(
         data = _read_fw_cfg_file(f"fw_cfg[{i}].file", entry.file) if entry.file else entry.string.encode()
         files.append((entry.name, data))
     payload = config.payload
-    if fresh:
+    if payload.firmware:
+        kernel = None  # the firmware boots from its own devices
+    elif fresh:
         kernel = kernel_items(payload.kernel, payload.initrd or None, cmdline, ram[0][1])
     else:
         kernel = KernelItems(cmdline=(CMDLINE_ADDR, cmdline.encode("utf-8", "surrogateescape") + b"\0"))
     return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files,
-                        kernel=kernel._asdict())
+                        kernel=kernel._asdict() if kernel else None)
 
 
 def _read_fw_cfg_file(key: str, path: str) -> bytes:

@@ -163,6 +163,8 @@ CASES: list[tuple[list[str], str]] = [
      'kernel = "/k"\non_reboot = "destroy"\non_poweroff = "restart"\non_crash = "preserve"'),
     (["--kernel", "/k", "--serial", "file:/tmp/log", "--debug-exit"],
      'kernel = "/k"\nserial = "file:/tmp/log"\ndebug_exit = true'),
+    (["--firmware", "/usr/share/seabios/bios.bin", "--memory", "128M"],
+     'firmware = "/usr/share/seabios/bios.bin"\nmemory = "128M"'),
     (["--kernel", "/k", "--debug-exit=pyhv"], 'kernel = "/k"\ndebug_exit = "pyhv"'),
     (["--kernel", "/k", "--debug-exit=qemu"], 'kernel = "/k"\ndebug_exit = "qemu"'),
     (["--kernel", "/k", "--debug-exit=off"], 'kernel = "/k"\ndebug_exit = false'),
@@ -201,6 +203,8 @@ CASES: list[tuple[list[str], str]] = [
      'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nstring = "1"\n[[fw_cfg]]\nname = "opt/a"\nstring = "2"'),
     (["--kernel", "/k", "--vsock", "cid=2,uds=/v"], 'kernel = "/k"\n[vsock]\ncid = 2\nuds = "/v"'),
     (["--kernel", "/k", "--debug-exit=isa"], 'kernel = "/k"\ndebug_exit = "isa"'),
+    (["--firmware", "/f", "--kernel", "/k"], 'firmware = "/f"\nkernel = "/k"'),
+    (["--firmware", "/f", "--cmdline", "x"], 'firmware = "/f"\ncmdline = "x"'),
     (["--kernel", "/k", "--vsock", "cid=3,uds=/" + "v" * 100], 'kernel = "/k"\n[vsock]\ncid = 3\nuds = "/' + "v" * 100 + '"'),
 ]
 
@@ -329,6 +333,8 @@ def descriptions(draw: Any) -> dict[str, Any]:
     plain["vcpus"] = draw(st.integers(1, 255))
     plain["on_crash"] = draw(st.sampled_from(model.ON_CRASH))
     plain["debug_exit"] = draw(st.sampled_from((*model.DEBUG_EXIT_MAPPINGS, True, False)))
+    if draw(st.booleans()):
+        plain["firmware"] = plain.pop("kernel")
     disks = draw(st.lists(paths, max_size=4, unique=True))
     plain["disks"] = [{"path": p, "readonly": draw(st.booleans()), "cache": draw(st.sampled_from(model.DISK_CACHE)),
                        "serial": draw(st.text("abc123-", max_size=20))} for p in disks]
@@ -347,3 +353,14 @@ def descriptions(draw: Any) -> dict[str, Any]:
 def test_plain_form_round_trips(plain: dict[str, Any]) -> None:
     d = from_plain(plain)
     assert from_plain(json.loads(json.dumps(to_plain(d)))) == d
+
+
+def test_firmware_replaces_the_kernel_in_the_plain_form_and_the_paths() -> None:
+    d = from_plain({"firmware": "/usr/share/seabios/bios.bin"})
+    assert d.payload == model.Payload(kernel="", firmware="/usr/share/seabios/bios.bin")
+    assert "kernel" not in to_plain(d) and model.paths(d)[0] == ("firmware", "/usr/share/seabios/bios.bin")
+
+
+def test_neither_kernel_nor_firmware_is_refused() -> None:
+    with pytest.raises(DescriptionError, match="kernel"):
+        from_plain({"memory": "64M"})
