@@ -72,8 +72,8 @@ class Microvm:
             ("PUT", "/machine-config", pre("machine-config", lambda b: fc.put_machine_config(self.config, b))),
             ("PATCH", "/machine-config", pre("machine-config", lambda b: fc.put_machine_config(self.config, b, True))),
             ("PUT", "/boot-source", pre("boot-source", self._boot_source)),
-            ("PUT", "/drives/(?P<id>[^/]+)", pre("drives", lambda b, i: fc.put_drive(self.config, i, b))),
-            ("PUT", "/network-interfaces/(?P<id>[^/]+)",
+            ("PUT", "/drives/(?P<id>[^/]*)", pre("drives", lambda b, i: fc.put_drive(self.config, i, b))),
+            ("PUT", "/network-interfaces/(?P<id>[^/]*)",
              pre("network-interfaces", lambda b, i: fc.put_network_interface(self.config, i, b))),
             ("PUT", "/vsock", pre("vsock", lambda b: fc.put_vsock(self.config, b))),
             ("PUT", "/entropy", pre("entropy", lambda b: fc.put_entropy(self.config, b))),
@@ -87,17 +87,29 @@ class Microvm:
             ("PUT", "/snapshot/create", post("snapshot/create", self.snapshot_create)),
             ("PUT", "/snapshot/load", self.snapshot_load),
         ]
+        table += [(method, path, self._unserved(what)) for method, path, what in UNSERVED]
         return [(method, re.compile(f"^{path}$"), handler) for method, path, handler in table]
+
+    def _unserved(self, what: str) -> Callable[..., Reply]:
+        def refuse(body: Any, *ids: str) -> Reply:
+            raise Fault(f"{what}: not supported by pyhv's Firecracker front end")
+
+        return refuse
 
     def handle(self, method: str, path: str, body: Any) -> Reply:
         """One request: (status, JSON body or None); every refusal is 400 with a fault_message."""
         with self._lock:
             try:
+                problem = request_problem(method, body)
+                if problem:
+                    return 400, fault(problem)
                 for m, pattern, handler in self._routes:
                     match = pattern.match(path)
                     if match is not None and m == method:
+                        if any(not i for i in match.groups()):
+                            raise Fault("The ID cannot be empty.")
                         return handler(body, *match.groups())
-                return 400, fault(unsupported(method, path))
+                return 400, fault(invalid_path(method, path))
             except Fault as e:
                 return 400, fault(str(e))
             except PyhvError as e:
@@ -366,5 +378,31 @@ def fault(message: str) -> dict[str, str]:
     return {"fault_message": " ".join(message.split())}
 
 
-def unsupported(method: str, path: str) -> str:
-    return f"{method} {path[:100]}: not supported by pyhv's Firecracker front end"
+#: Firecracker v1.10.1's routes pyhv does not serve: method, path pattern, what they are
+UNSERVED = [
+    ("GET", "/balloon/statistics", "balloon statistics"),
+    ("PATCH", "/balloon/statistics", "balloon statistics"),
+    ("PUT", "/cpu-config", "cpu-config (CPU templates)"),
+    ("GET", "/mmds", "MMDS"),
+    ("PUT", "/mmds", "MMDS"),
+    ("PATCH", "/mmds", "MMDS"),
+    ("PUT", "/mmds/config", "MMDS"),
+    ("PATCH", "/drives/(?P<id>[^/]*)", "PATCH /drives (changing a drive)"),
+    ("PATCH", "/network-interfaces/(?P<id>[^/]*)", "PATCH /network-interfaces (rate limiters)"),
+]
+
+
+def request_problem(method: str, body: Any) -> str:
+    """What Firecracker says of a request whatever its path: a GET with a body,
+    a PUT or PATCH without one, a method it does not know ("" if none)."""
+    if method == "GET":
+        return "GET request cannot have a body." if body is not None else ""
+    if method in ("PUT", "PATCH"):
+        return "" if body is not None else f"Empty {method} request."
+    return f"Unsupported HTTP method {method[:10]!r}: Firecracker's API takes GET, PUT and PATCH."
+
+
+def invalid_path(method: str, path: str) -> str:
+    """Firecracker's answer to a path it does not know: it names the first component."""
+    first = path.lstrip("/").split("/", 1)[0]
+    return f"Invalid request method and/or path: {method} {first[:100]}."

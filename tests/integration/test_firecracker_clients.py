@@ -125,7 +125,7 @@ def test_client_errors_carry_the_fault_message(tmp_path: pathlib.Path, vms: list
     assert [a.get("error") for a in answers[:3]] == [
         "API fault: machine-config.vcpu_count: must be between 1 and 32",
         "API fault: vm: not supported before the microVM has started",
-        "API fault: GET /mmds: not supported by pyhv's Firecracker front end",
+        "API fault: MMDS: not supported by pyhv's Firecracker front end",
     ]
     assert answers[3]["json"]["vcpu_count"] == 1
 

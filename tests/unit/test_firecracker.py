@@ -200,15 +200,6 @@ def test_bad_request_is_400_with_one_line_and_changes_nothing(tmp_path: pathlib.
         400, {"fault_message": "machine-config.vcpu_count: must be between 1 and 32"}, 512)
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/mmds"), ("PUT", "/mmds/config"), ("PUT", "/cpu-config"), ("GET", "/balloon/statistics"),
-    ("PATCH", "/drives/rootfs"), ("PATCH", "/network-interfaces/eth0"), ("DELETE", "/"), ("GET", "/nonesuch"),
-])
-def test_unserved_paths_answer_400_naming_them_unsupported(tmp_path: pathlib.Path, method: str, path: str) -> None:
-    status, body = _vm(tmp_path).handle(method, path, {})
-    assert (status, body["fault_message"]) == (400, f"{method} {path}: not supported by pyhv's Firecracker front end")
-
-
 @pytest.mark.parametrize("method,path,body", [
     ("PATCH", "/vm", {"state": "Paused"}),
     ("PUT", "/snapshot/create", {"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}),
