@@ -155,6 +155,24 @@ def put_drive(cfg: FcConfig, drive_id: str, body: Any) -> FcConfig:
     return _checked(cfg._replace(drives=drives))
 
 
+def patch_drive(cfg: FcConfig, drive_id: str, body: Any) -> tuple[FcConfig, int]:
+    """``PATCH /drives/ID`` (after boot): the configuration with the drive's new
+    ``path_on_host``, and the drive's index in the guest's order.  The file itself
+    is opened and checked by the runtime's disk-swap."""
+    what = f"drives[{drive_id}]"
+    d = fields(body, what, {"drive_id": str}, {"path_on_host": str, "rate_limiter": dict})
+    _resource_id(drive_id, d, "drive_id", what)
+    _no_rate_limiter(d, what, "rate_limiter")
+    order = ordered_drives(cfg)
+    index = next((i for i, x in enumerate(order) if x["drive_id"] == drive_id), None)
+    if index is None:
+        raise Fault(f"{what}: no such drive (known: {', '.join(x['drive_id'] for x in order) or 'none'})")
+    if "path_on_host" not in d:
+        return cfg, index
+    drives = tuple({**x, "path_on_host": d["path_on_host"]} if x["drive_id"] == drive_id else x for x in cfg.drives)
+    return cfg._replace(drives=drives), index
+
+
 def put_network_interface(cfg: FcConfig, iface_id: str, body: Any) -> FcConfig:
     what = f"network-interfaces[{iface_id}]"
     n = fields(body, what, {"iface_id": str, "host_dev_name": str},

@@ -73,6 +73,7 @@ class Microvm:
             ("PATCH", "/machine-config", pre("machine-config", lambda b: fc.put_machine_config(self.config, b, True))),
             ("PUT", "/boot-source", pre("boot-source", self._boot_source)),
             ("PUT", "/drives/(?P<id>[^/]*)", pre("drives", lambda b, i: fc.put_drive(self.config, i, b))),
+            ("PATCH", "/drives/(?P<id>[^/]*)", post("drives", self.patch_drive)),
             ("PUT", "/network-interfaces/(?P<id>[^/]*)",
              pre("network-interfaces", lambda b, i: fc.put_network_interface(self.config, i, b))),
             ("PUT", "/vsock", pre("vsock", lambda b: fc.put_vsock(self.config, b))),
@@ -126,11 +127,11 @@ class Microvm:
 
         return handler
 
-    def _post(self, what: str, handler: Callable[[Any], Reply]) -> Callable[..., Reply]:
-        def checked(body: Any) -> Reply:
+    def _post(self, what: str, handler: Callable[..., Reply]) -> Callable[..., Reply]:
+        def checked(body: Any, *ids: str) -> Reply:
             if not self.booted:
                 raise Fault(f"{what}: not supported before the microVM has started")
-            return handler(body)
+            return handler(body, *ids)
 
         return checked
 
@@ -163,6 +164,19 @@ class Microvm:
             self.log.warn("boot_args has pci=off: a Linux guest will not find pyhv's devices, which are "
                           "virtio-PCI (virtio-MMIO is not offered yet)")
         return new
+
+    def patch_drive(self, body: Any, drive_id: str) -> Reply:
+        """A new ``path_on_host``: the runtime's disk-swap (the file is checked
+        and locked before anything changes; the guest sees a configuration change)."""
+        config, index = fc.patch_drive(self.config, drive_id, body)
+        if config is not self.config:
+            path = fc.ordered_drives(config)[index]["path_on_host"]
+            try:
+                self._ask("disk-swap", index=index, path=path)
+            except PyhvError as e:
+                raise Fault(f"drives[{drive_id}].path_on_host: {e}") from None
+            self.config = config
+        return NO_CONTENT
 
     def get_balloon(self, body: Any) -> Reply:
         if self.config.balloon is None:
@@ -387,7 +401,6 @@ UNSERVED = [
     ("PUT", "/mmds", "MMDS"),
     ("PATCH", "/mmds", "MMDS"),
     ("PUT", "/mmds/config", "MMDS"),
-    ("PATCH", "/drives/(?P<id>[^/]*)", "PATCH /drives (changing a drive)"),
     ("PATCH", "/network-interfaces/(?P<id>[^/]*)", "PATCH /network-interfaces (rate limiters)"),
 ]
 

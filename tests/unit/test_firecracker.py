@@ -3,11 +3,9 @@ the machine description, and the API's answers (no /dev/kvm)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -21,6 +19,7 @@ from pyhv.firecracker.vmm import Microvm
 from pyhv.model import MiB
 
 from ..conftest import ROOT
+from ..fcapi import UnixConnection
 
 
 @pytest.fixture
@@ -245,20 +244,10 @@ def test_logger_level_refused_changes_nothing(tmp_path: pathlib.Path) -> None:
 # --- over the socket --------------------------------------------------------------------------------
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost")
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.unix_path)
-
-
 def test_socket_serves_several_requests_on_one_connection(tmp_path: pathlib.Path) -> None:
     path = str(tmp_path / "api.sock")
     server = Server(path, _vm(tmp_path))
-    conn = _UnixConnection(path)
+    conn = UnixConnection(path)
     try:
         answers = []
         for method, url, body in (("GET", "/", None), ("PUT", "/machine-config", b'{"vcpu_count":1,"mem_size_mib":64}'),

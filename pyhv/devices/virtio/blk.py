@@ -75,6 +75,19 @@ class Blk(VirtioDevice):
         self.bytes_written = 0
         self.errors = 0
 
+    def swap_disk(self, disk: RawDisk) -> RawDisk:
+        """Serve ``disk`` from now on and return the one it replaces (for the
+        caller to close).  Requests are served with the device's lock held, so
+        none is in flight on the old disk once this has it.  The driver is told
+        the new capacity by a configuration change."""
+        if disk.readonly != self.disk.readonly:
+            raise ValueError("a swapped disk must be read-only exactly when the one it replaces is")
+        with self.lock:
+            old, self.disk = self.disk, disk
+            self.name = f"virtio-blk({disk.path})"
+        self.config_changed()
+        return old
+
     def device_features(self) -> int:
         bits = (
             (1 << VIRTIO_BLK_F_SIZE_MAX)

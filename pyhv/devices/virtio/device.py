@@ -131,7 +131,15 @@ class VirtioDevice:
                 self._reported = True
                 print(f"pyhv: {self.name}: {reason}; device needs reset", file=sys.stderr)
         if self.status & STATUS_DRIVER_OK:
-            self.config_generation += 1
+            self.config_changed()
+
+    def config_changed(self) -> None:
+        """The configuration space changed (virtio 1.2, 2.5.1 and 4.1.4.3): a new
+        generation, and a configuration-change interrupt if the driver is running."""
+        with self.lock:
+            self.config_generation = (self.config_generation + 1) & 0xFF
+            running = bool(self.status & STATUS_DRIVER_OK)
+        if running:
             self.interrupt(CONFIG_INTERRUPT)
 
     # --- queues -----------------------------------------------------------------
