@@ -592,6 +592,8 @@ void user_main(uint32_t kind, uint64_t info)
         test_blksnap(&o);
     if (mem_eq(o.test, o.test_len, "blkswap"))
         test_blkswap(&o);
+    if (mem_eq(o.test, o.test_len, "kbd"))
+        test_kbd(&o);
     if (mem_eq(o.test, o.test_len, "fwcfg"))
         test_fwcfg(&o);
     fail("unknown test ", o.test, o.test_len);

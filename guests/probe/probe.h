@@ -570,6 +570,7 @@ NORETURN void test_ticker(const struct options *o);
 NORETURN void test_memsum(const struct options *o);
 NORETURN void test_blksnap(const struct options *o);
 NORETURN void test_blkswap(const struct options *o);
+NORETURN void test_kbd(const struct options *o);
 NORETURN void test_fwcfg(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);

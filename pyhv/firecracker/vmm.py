@@ -239,7 +239,10 @@ class Microvm:
             self.flush_metrics()
             return NO_CONTENT
         if action == "SendCtrlAltDel":
-            raise Fault("SendCtrlAltDel: not supported by pyhv yet (pyhv's i8042 has no keyboard)")
+            if not self.booted:
+                raise Fault("SendCtrlAltDel: not supported before the microVM has started")
+            self._ask("ctrl-alt-del")
+            return NO_CONTENT
         raise Fault(f"actions.action_type: {action!r:.40} is not one of FlushMetrics, InstanceStart, SendCtrlAltDel")
 
     def patch_vm(self, body: Any) -> Reply:

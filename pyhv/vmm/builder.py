@@ -101,7 +101,7 @@ def build(
 
         com1 = uart.Uart(console.write, irq=lambda level: vm.irq_line(uart.COM1_IRQ, int(level)))
         pio.insert(uart.COM1_BASE, 8, com1, "com1")
-        kbc = i8042.I8042(reset=guest_reset)
+        kbc = i8042.I8042(reset=guest_reset, irq=lambda level: vm.irq_line(i8042.KEYBOARD_IRQ, level))
         pio.insert(i8042.DATA_PORT, 1, kbc.data, "i8042-data")
         pio.insert(i8042.COMMAND_PORT, 1, kbc.command, "i8042-command")
         pio.insert(port80.PORT, 1, progress, "port80")

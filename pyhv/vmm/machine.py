@@ -181,6 +181,10 @@ class Machine:
             raise PyhvError(f"balloon target {size} bytes: must be between 0 and the guest's memory")
         self.balloon.set_target(size >> 12)
 
+    def ctrl_alt_del(self) -> int:
+        """Press Ctrl-Alt-Del on the i8042 keyboard (a guest's own reboot); the bytes queued."""
+        return self.devices.i8042.ctrl_alt_del()
+
     def swap_disk(self, index: int, path: str) -> int:
         """Put the image at ``path`` behind virtio-blk disk ``index`` (the
         description's order) while the guest runs; its size in sectors.  The new

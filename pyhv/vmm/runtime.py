@@ -314,6 +314,11 @@ class Runtime:
         self.description = self.description._replace(maxmem=value)
         return {}
 
+    def op_ctrl_alt_del(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Ctrl-Alt-Del on the guest's keyboard: the guest decides what it means
+        (Linux reboots), unlike ``reboot``, which resets the machine from outside."""
+        return {"bytes": self._running_machine().ctrl_alt_del()}
+
     def op_disk_swap(self, request: dict[str, Any]) -> dict[str, Any]:
         """Swap the image behind a disk (``index`` in the description, or
         ``serial``) for the file at ``path`` while the guest runs; the guest
@@ -495,6 +500,7 @@ OPS: dict[str, Callable[[Runtime, dict[str, Any]], Any]] = {
     "mem-max": Runtime.op_mem_max,
     "vcpu-pin": Runtime.op_vcpu_pin,
     "disk-swap": Runtime.op_disk_swap,
+    "ctrl-alt-del": Runtime.op_ctrl_alt_del,
     "metrics": Runtime.op_metrics,
     "save": Runtime.op_save,
     "migrate": Runtime.op_migrate,

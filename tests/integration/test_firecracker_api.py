@@ -127,3 +127,23 @@ def test_bad_patches_are_refused_in_one_line_and_change_nothing(tmp_path: pathli
     status, reply = call(vm.sock, "PATCH", "/drives/scratch", {"drive_id": "scratch", "path_on_host": locked})
     vm.wait_for(r"probe: result=")
     assert (status, int(probe_lines(vm, "after")[0]["sector0"], 16)) == (204, word(b"LOCKED!!"))
+
+
+@pytest.mark.parametrize("translate,codes", [
+    ("0", "1411e071e0f071f011f014"),  # scan code set 2, as the keyboard sends it
+    ("1", "1d38e053e0d3b89d"),  # set 1, as the controller's translation gives it
+])
+def test_send_ctrl_alt_del_presses_the_keys_on_the_guest_keyboard(
+    tmp_path: pathlib.Path, vms: list[Firecracker], translate: str, codes: str,
+) -> None:
+    vm = Firecracker(tmp_path, "cad")
+    vms.append(vm)
+    boot(vm, f"probe.test=kbd probe.n={translate}", [])
+    vm.wait_for(r"kbd state=waiting")
+    status, reply = call(vm.sock, "PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+    vm.wait_for(r"probe: result=")
+    run = Run(0, vm.text(), "")
+    read = [f for f in run.lines() if "kbd" in f and f.get("state") == "read"][0]
+    assert (status, reply) == (204, None)
+    assert (read["codes"], int(read["bytes"]), int(read["irqs"]) >= 1) == (codes, len(codes) // 2, True)
+    assert run.line("result")["result"] == "pass"
