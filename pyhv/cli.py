@@ -31,8 +31,8 @@ RUN_OPTIONS = [
     Option("--vcpus", "number of virtual CPUs (default 1)", "N"),
     Option("--boot", "boot protocol (default: from the image)", "PROTO", None, ("auto", "linux", "pvh", "multiboot")),
     Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
-    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none] (repeatable)", "SPEC", repeat=True),
-    Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
+    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none][,ops=LIMIT][,bw=LIMIT] (repeatable)", "SPEC", repeat=True),
+    Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR][,rx-ops|rx-bw|tx-ops|tx-bw=LIMIT] (repeatable; created if missing)", "SPEC", repeat=True),
     Option("--vsock", "virtio-vsock: cid=N,uds=PATH (host side: Firecracker's unix-socket convention)", "SPEC"),
     Option("--fw-cfg", "a fw_cfg file: name=NAME,file=PATH or name=NAME,string=TEXT (repeatable; "
            "names under opt/)", "SPEC", repeat=True),

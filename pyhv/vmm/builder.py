@@ -185,6 +185,7 @@ def _virtio_devices(
     device's module is imported only when the machine has one: the domain's
     start-up pays for what it uses.
     """
+    from ..devices.ratelimit import RateLimiter
     from ..devices.virtio.pci import VirtioPci
 
     if config.disks:
@@ -195,17 +196,22 @@ def _virtio_devices(
         for disk_config in config.disks:
             disk = RawDisk(disk_config.path, readonly=disk_config.readonly, direct=disk_config.cache == "none")
             backends.append(disk)
-            wiring.add(VirtioPci(Blk(memory, disk, serial=disk_config.serial), deliver))
+            blk = Blk(memory, disk, serial=disk_config.serial)
+            blk.limit(0, RateLimiter.of(disk_config.rate_limit), io.call_later)
+            wiring.add(VirtioPci(blk, deliver))
     if config.nics:
         from ..backends.tap import Tap
-        from ..devices.virtio.net import Net
+        from ..devices.virtio.net import RX, TX, Net
 
         for index, net_config in enumerate(config.nics):
             fd = taps.get(index)
             tap = Tap(net_config.tap, fd=fd, bridge=net_config.bridge if fd is None else "")
             backends.append(tap)
             mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
-            wiring.add(VirtioPci(Net(memory, tap, mac, io), deliver))
+            net = Net(memory, tap, mac, io)
+            net.limit(RX, RateLimiter.of(net_config.rx_rate_limit), io.call_later)
+            net.limit(TX, RateLimiter.of(net_config.tx_rate_limit), io.call_later)
+            wiring.add(VirtioPci(net, deliver))
     if config.rng:
         from ..devices.virtio.rng import Rng
 

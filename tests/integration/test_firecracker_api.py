@@ -147,3 +147,20 @@ def test_send_ctrl_alt_del_presses_the_keys_on_the_guest_keyboard(
     assert (status, reply) == (204, None)
     assert (read["codes"], int(read["bytes"]), int(read["irqs"]) >= 1) == (codes, len(codes) // 2, True)
     assert run.line("result")["result"] == "pass"
+
+
+def test_drive_ops_rate_limiter_bounds_the_rate_the_guest_measures(tmp_path: pathlib.Path, vms: list[Firecracker]) -> None:
+    # 50 requests a second, at most 50 at hand when a phase starts: each random phase of 100
+    # requests takes at least 1 s, so no phase can measure more than 100 a second (120: TSC slack)
+    disk = image(tmp_path / "bench.img", 2 * 2048, b"")
+    vm = Firecracker(tmp_path, "limited")
+    vms.append(vm)
+    limiter = {"ops": {"size": 50, "refill_time": 1000}}
+    boot(vm, "probe.test=blkbench probe.mb=1 probe.n=100 probe.qd=4",
+         [{"drive_id": "bench", "path_on_host": disk, "is_root_device": False, "rate_limiter": limiter}])
+    vm.wait_for(r"probe: result=", timeout=120)
+    run = Run(0, vm.text(), "")
+    figures = [f for f in run.lines() if "rand_read_iops" in f][0]
+    assert run.line("result")["result"] == "pass"
+    assert (int(figures["rand_write_iops"]) <= 120, int(figures["rand_read_iops"]) <= 120) == (True, True), figures
+    assert call(vm.sock, "GET", "/vm/config")[1]["drives"][0]["rate_limiter"] == limiter

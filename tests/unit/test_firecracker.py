@@ -42,10 +42,13 @@ def _configured(files: dict[str, str]) -> fc.FcConfig:
                                              "initrd_path": files["initrd"]})
     cfg = fc.put_machine_config(cfg, {"vcpu_count": 2, "mem_size_mib": 256})
     cfg = fc.put_drive(cfg, "data", {"drive_id": "data", "path_on_host": files["data.img"], "is_root_device": False,
-                                     "is_read_only": True})
+                                     "is_read_only": True, "rate_limiter": {
+                                         "ops": {"size": 100, "refill_time": 1000, "one_time_burst": 10},
+                                         "bandwidth": {"size": 0, "refill_time": 0}}})
     cfg = fc.put_drive(cfg, "rootfs", {"drive_id": "rootfs", "path_on_host": files["root.img"], "is_root_device": True})
     cfg = fc.put_network_interface(cfg, "eth0", {"iface_id": "eth0", "host_dev_name": "tap0",
-                                                 "guest_mac": "06:00:ac:10:00:02"})
+                                                 "guest_mac": "06:00:ac:10:00:02",
+                                                 "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 10}}})
     cfg = fc.put_vsock(cfg, {"guest_cid": 3, "uds_path": "/tmp/v.sock"})
     cfg = fc.put_entropy(cfg, {})
     return fc.put_balloon(cfg, {"amount_mib": 64, "deflate_on_oom": False})
@@ -58,9 +61,12 @@ def test_configuration_translates_into_the_plain_form(files: dict[str, str]) -> 
         "cmdline": "console=ttyS0 root=/dev/vda rw", "memory": 256, "vcpus": 2,
         "on_poweroff": "destroy", "on_reboot": "destroy", "on_crash": "destroy", "serial": "stdio",
         "balloon": True, "rng": True,
-        "disks": [{"path": files["root.img"], "readonly": False, "serial": "rootfs", "cache": "writeback"},
-                  {"path": files["data.img"], "readonly": True, "serial": "data", "cache": "writeback"}],
-        "nics": [{"tap": "tap0", "mac": "06:00:ac:10:00:02"}],
+        "disks": [{"path": files["root.img"], "readonly": False, "serial": "rootfs", "cache": "writeback",
+                   "rate_limit": None},
+                  {"path": files["data.img"], "readonly": True, "serial": "data", "cache": "writeback",
+                   "rate_limit": {"ops": {"size": 100, "refill_ms": 1000, "burst": 10}}}],
+        "nics": [{"tap": "tap0", "mac": "06:00:ac:10:00:02", "rx_rate_limit": {"bandwidth": {
+            "size": 1000, "refill_ms": 10, "burst": 0}}, "tx_rate_limit": None}],
         "vsock": {"cid": 3, "uds": "/tmp/v.sock"},
     }
 
@@ -104,8 +110,14 @@ def test_boot_args_absent_gives_the_default_without_pci_off(files: dict[str, str
         (lambda c, f: fc.put_drive(c, "d", {"drive_id": "d", "is_root_device": False, "socket": "/s"}),
          "vhost-user block devices are not supported"),
         (lambda c, f: fc.put_drive(c, "d", {"drive_id": "d", "path_on_host": f["data.img"], "is_root_device": False,
-                                            "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}),
-         "drives[d].rate_limiter: rate limiters are not supported"),
+                                            "rate_limiter": {"bandwidth": {"size": 1}}}),
+         "drives[d].rate_limiter.bandwidth: missing field 'refill_time'"),
+        (lambda c, f: fc.put_drive(c, "d", {"drive_id": "d", "path_on_host": f["data.img"], "is_root_device": False,
+                                            "rate_limiter": {"ops": {"size": 1 << 63, "refill_time": 1}}}),
+         "drives[d].rate_limiter.ops.size: must be an integer between 1 and"),
+        (lambda c, f: fc.put_network_interface(c, "eth0", {"iface_id": "eth0", "host_dev_name": "t", "tx_rate_limiter": {
+            "ops": {"size": 5, "refill_time": 1 << 40}}}),
+         "network-interfaces[eth0].tx_rate_limiter.ops.refill_time: must be an integer between 1 and 3600000"),
         (lambda c, f: fc.put_network_interface(c, "eth0", {"iface_id": "eth0", "host_dev_name": "x" * 16}),
          "network-interfaces[eth0].host_dev_name: interface names are 1-15 characters"),
         (lambda c, f: fc.put_network_interface(c, "eth0", {"iface_id": "eth0", "host_dev_name": "t",

@@ -59,6 +59,11 @@ MAX_DISCARD_SEG = 32
 MAX_REQUEST_BYTES = SIZE_MAX * SEG_MAX
 
 
+def _data_bytes(chain: DescriptorChain) -> int:
+    """The bytes a request moves (what a bandwidth limit counts): all but the header and status."""
+    return max(0, chain.readable_len() + chain.writable_len() - HEADER.size - 1)
+
+
 class Blk(VirtioDevice):
     device_id = DEVICE_ID
     name = "virtio-blk"
@@ -113,7 +118,7 @@ class Blk(VirtioDevice):
         return bytes(cfg)
 
     def _device_process(self, index: int, queue: SplitQueue) -> bool:
-        return self._drain(queue, self._request)
+        return self._drain(queue, self._request, index, _data_bytes)
 
     def _request(self, chain: DescriptorChain) -> int:
         """Carry out one request; the number of bytes written into the chain."""
