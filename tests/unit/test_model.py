@@ -351,3 +351,18 @@ def descriptions(draw: Any) -> dict[str, Any]:
 def test_plain_form_round_trips(plain: dict[str, Any]) -> None:
     d = from_plain(plain)
     assert from_plain(json.loads(json.dumps(to_plain(d)))) == d
+
+
+def test_disk_and_net_options_carry_rate_limits() -> None:
+    d = options.disk("/x.img,ops=100/1000+20,bw=1048576/500")
+    nic, _ = options.net("tap=t0,rx-bw=1000/10,tx-ops=5/100")
+    assert d["rate_limit"] == {"ops": {"size": 100, "refill_ms": 1000, "burst": 20},
+                               "bandwidth": {"size": 1048576, "refill_ms": 500, "burst": 0}}
+    assert (nic["rx_rate_limit"], nic["tx_rate_limit"]) == (
+        {"bandwidth": {"size": 1000, "refill_ms": 10, "burst": 0}}, {"ops": {"size": 5, "refill_ms": 100, "burst": 0}})
+
+
+@pytest.mark.parametrize("spec", ["/x.img,ops=100", "/x.img,ops=a/b", "/x.img,ops=1/2,ops=3/4", "/x.img,bw=1/2+"])
+def test_bad_rate_limit_options_are_usage_errors(spec: str) -> None:
+    with pytest.raises(UsageError, match="expected SIZE/REFILL_MS"):
+        options.disk(spec)
