@@ -43,12 +43,12 @@ static int bs_request(struct virtio *v, uint8_t *rec, uint32_t type, uint64_t se
     return *(volatile uint8_t *)(rec + 16);
 }
 
-/* The first virtio-blk device started, a request record and a one-sector buffer. */
-static void bs_start(const struct options *o, struct virtio *v, uint8_t **rec, uint8_t **buf)
+/* Virtio-blk device nth started, a request record and a one-sector buffer. */
+static void bs_start(const struct options *o, struct virtio *v, unsigned nth, uint8_t **rec, uint8_t **buf)
 {
     const char *err;
 
-    if ((err = pci_init(o, 0)) != NULL || (err = virtio_find(v, VIRTIO_ID_BLK)) != NULL)
+    if ((err = pci_init(o, 0)) != NULL || (err = virtio_find_nth(v, VIRTIO_ID_BLK, nth)) != NULL)
         fail(err, "", 0);
     if ((err = virtio_start(v, virtio_want(o), o->msix, 16)) != NULL)
         fail(err, "", 0);
@@ -65,7 +65,7 @@ NORETURN void test_blksnap(const struct options *o)
     uint32_t i;
     int st = BS_S_OK;
 
-    bs_start(o, &v, &rec, &buf);
+    bs_start(o, &v, 0, &rec, &buf);
     for (s = 0; s < n && st == BS_S_OK; s++) {
         for (i = 0; i < 512; i++)
             buf[i] = bs_byte(s, i);
@@ -102,9 +102,10 @@ NORETURN void test_blksnap(const struct options *o)
 }
 
 /*
- * blkswap: the host swaps the first virtio-blk disk's backing file under the
- * running guest.  Prints the capacity, the configuration generation and the
- * first 8 bytes of sector 0 (state=before), says state=waiting, then waits
+ * blkswap: the host swaps a virtio-blk disk's backing file (the first, or
+ * the probe.dev-th, counting from 0) under the running guest.  Prints the capacity, the configuration generation and the
+ * first 8 bytes of sector 0 (state=before; none on an empty disk, as Kata's
+ * placeholder drives are), says state=waiting, then waits
  * (up to probe.n seconds, default 60) for the configuration to change: with
  * probe.irq=msix for the configuration-change interrupt (MSI-X entry 0),
  * else for the generation to move.  Then it reads the configuration again
@@ -134,12 +135,16 @@ NORETURN void test_blkswap(const struct options *o)
     uint8_t gen, *rec, *buf;
     int st, st2 = 0, changed = 0;
 
-    bs_start(o, &v, &rec, &buf);
+    bs_start(o, &v, o->dev, &rec, &buf);
     gen = vcfg_generation(&v);
     capacity = vcfg64(&v, 0);
-    first = bs_word(&v, rec, buf, 0, &st);
+    st = BS_S_OK;
+    first = capacity ? bs_word(&v, rec, buf, 0, &st) : 0;
     bs_line("before", capacity, gen);
-    kv_hex("sector0", first);
+    if (capacity)
+        kv_hex("sector0", first);
+    else
+        kv_str("sector0", "none");      /* an empty placeholder disk */
     kv_dec("status", (uint64_t)(st & 0xff));
     line_end();
     if (st != BS_S_OK)

@@ -241,6 +241,10 @@ static void parse_option(struct options *o, const char *tok, size_t len)
         if (!parse_u64(val, val_len, 0, &v) || v < 1 || v > 16)
             fail("bad value for probe.conns: ", val, val_len);
         o->conns = v;
+    } else if (mem_eq(key, key_len, "probe.dev")) {
+        if (!parse_u64(val, val_len, 0, &v) || v > 31)
+            fail("bad value for probe.dev: ", val, val_len);
+        o->dev = (unsigned)v;
     } else {
         fail("unknown option ", key, key_len);
     }

@@ -142,7 +142,12 @@ static uint64_t bar_region(const struct pci_dev *d, unsigned bar, uint32_t offse
 
 const char *virtio_find(struct virtio *v, uint16_t device_id)
 {
-    struct pci_dev *d = pci_find(VIRTIO_VENDOR, device_id);
+    return virtio_find_nth(v, device_id, 0);
+}
+
+const char *virtio_find_nth(struct virtio *v, uint16_t device_id, unsigned nth)
+{
+    struct pci_dev *d = pci_find_nth(VIRTIO_VENDOR, device_id, nth);
     unsigned cap = 0;
 
     memset(v, 0, sizeof(*v));

@@ -96,6 +96,8 @@ struct virtio {
 /* Locate device_id (vendor 0x1af4) after pci_init(), read its virtio
  * capabilities, enable it on the bus.  NULL or an error message. */
 const char *virtio_find(struct virtio *v, uint16_t device_id);
+/* The same for the nth device of that kind (0: the first). */
+const char *virtio_find_nth(struct virtio *v, uint16_t device_id, unsigned nth);
 /* Reset, negotiate VERSION_1 plus (want & offered), set up queue 0 with
  * at most max_qsize entries, MSI-X or polling, DRIVER_OK. */
 const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max_qsize);

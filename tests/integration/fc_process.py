@@ -18,14 +18,14 @@ class Firecracker:
     """One ``python -m pyhv firecracker --api-sock S`` process; its stdout (the guest's
     console) goes to a file."""
 
-    def __init__(self, tmp: pathlib.Path, name: str) -> None:
+    def __init__(self, tmp: pathlib.Path, name: str, *args: str) -> None:
         self.sock = str(tmp / f"{name}.sock")
         self.console = tmp / f"{name}.console"
         self.errors = tmp / f"{name}.stderr"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with open(self.console, "w") as out, open(self.errors, "w") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pyhv", "firecracker", "--api-sock", self.sock, "--id", name],
+                [sys.executable, "-m", "pyhv", "firecracker", "--api-sock", self.sock, "--id", name, *args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
             )
         deadline = time.monotonic() + 10
