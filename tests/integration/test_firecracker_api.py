@@ -12,6 +12,8 @@ import pytest
 
 from ..conftest import PROBE
 from ..fcapi import call
+from pyhv.vmm.snapshot import Snapshot
+
 from .fc_process import Firecracker
 from .probe import Run
 
@@ -78,6 +80,14 @@ def test_patch_drive_swaps_the_file_under_the_running_guest(tmp_path: pathlib.Pa
     assert [d["path_on_host"] for d in drives] == [new]
     with open(old, "r+b") as f:  # the old image was closed: its lock is gone
         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    snap = str(tmp_path / "after-swap.snap")  # a snapshot describes the machine as it is now
+    assert call(vm.sock, "PATCH", "/vm", {"state": "Paused"}) == (204, None)
+    assert call(vm.sock, "PUT", "/snapshot/create", {"snapshot_path": snap, "mem_file_path": snap}) == (204, None)
+    snapshot = Snapshot(snap)
+    try:
+        assert [d.path for d in snapshot.description.disks] == [new]
+    finally:
+        snapshot.close()
 
 
 def test_bad_patches_are_refused_in_one_line_and_change_nothing(tmp_path: pathlib.Path, vms: list[Firecracker]) -> None:
