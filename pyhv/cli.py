@@ -34,8 +34,8 @@ RUN_OPTIONS = [
     Option("--boot", "boot protocol (default: from the image)", "PROTO", None, ("auto", "linux", "pvh", "multiboot")),
     Option("--debug-exit", "isa-debug-exit port at 0xf4: a guest write of V ends pyhv with status V & 0xff "
            "(=pyhv, the default) or (V << 1) | 1 as QEMU does (=qemu)", "[=pyhv|qemu]", bare="pyhv"),
-    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none] (repeatable)", "SPEC", repeat=True),
-    Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
+    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none][,ops=LIMIT][,bw=LIMIT] (repeatable)", "SPEC", repeat=True),
+    Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR][,rx-ops|rx-bw|tx-ops|tx-bw=LIMIT] (repeatable; created if missing)", "SPEC", repeat=True),
     Option("--vsock", "virtio-vsock: cid=N,uds=PATH (host side: Firecracker's unix-socket convention)", "SPEC"),
     Option("--fw-cfg", "a fw_cfg file: name=NAME,file=PATH or name=NAME,string=TEXT (repeatable; "
            "names under opt/)", "SPEC", repeat=True),

@@ -239,6 +239,10 @@ static void parse_option(struct options *o, const char *tok, size_t len)
         if (!parse_u64(val, val_len, 0, &v) || v < 1 || v > 16)
             fail("bad value for probe.conns: ", val, val_len);
         o->conns = v;
+    } else if (mem_eq(key, key_len, "probe.dev")) {
+        if (!parse_u64(val, val_len, 0, &v) || v > 31)
+            fail("bad value for probe.dev: ", val, val_len);
+        o->dev = (unsigned)v;
     } else {
         fail("unknown option ", key, key_len);
     }
@@ -653,6 +657,10 @@ void user_main(uint32_t kind, uint64_t info)
         test_memsum(&o);
     if (mem_eq(o.test, o.test_len, "blksnap"))
         test_blksnap(&o);
+    if (mem_eq(o.test, o.test_len, "blkswap"))
+        test_blkswap(&o);
+    if (mem_eq(o.test, o.test_len, "kbd"))
+        test_kbd(&o);
     if (mem_eq(o.test, o.test_len, "fwcfg"))
         test_fwcfg(&o);
     if (mem_eq(o.test, o.test_len, "mptable"))

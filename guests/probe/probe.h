@@ -450,6 +450,7 @@ struct options {
     uint64_t size;              /* probe.size: bytes per frame or message */
     int have_size;
     uint64_t conns;             /* probe.conns: vsockclient connections */
+    unsigned dev;               /* probe.dev: which device of its kind (blkswap) */
     uint32_t boot_kind;         /* how the probe was entered */
     uint64_t boot_info;         /* zero page or hvm_start_info */
     uint64_t cmdline;           /* where the command line is (0: none) */
@@ -556,6 +557,7 @@ void pci_write16(const struct pci_dev *d, unsigned off, uint16_t v);
 /* Next capability with this ID after offset 'after' (0: from the start). */
 unsigned pci_find_cap(const struct pci_dev *d, uint8_t id, unsigned after);
 struct pci_dev *pci_find(uint16_t vendor, uint16_t device);
+struct pci_dev *pci_find_nth(uint16_t vendor, uint16_t device, unsigned nth);
 /* Memory decoding and bus mastering on, INTx off. */
 void pci_enable(const struct pci_dev *d);
 void pci_put_bdf(const struct pci_dev *d);
@@ -580,6 +582,8 @@ NORETURN void test_memsum(const struct options *o);
 /* mptable.c (ring 3) */
 NORETURN void test_mptable(const struct options *o);
 NORETURN void test_blksnap(const struct options *o);
+NORETURN void test_blkswap(const struct options *o);
+NORETURN void test_kbd(const struct options *o);
 NORETURN void test_fwcfg(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);

@@ -225,7 +225,12 @@ static const struct virtio_ops mmio_ops;
 
 static const char *pci_find_virtio(struct virtio *v, uint16_t device_id)
 {
-    struct pci_dev *d = pci_find(VIRTIO_VENDOR, device_id);
+    return virtio_find_nth(v, device_id, 0);
+}
+
+const char *virtio_find_nth(struct virtio *v, uint16_t device_id, unsigned nth)
+{
+    struct pci_dev *d = pci_find_nth(VIRTIO_VENDOR, device_id, nth);
     unsigned cap = 0;
 
     if (!d)

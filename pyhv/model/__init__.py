@@ -32,11 +32,15 @@ The plain form is the TOML/JSON schema::
     readonly = false
     serial = "web1-root"     # at most 20 bytes: what the guest reads with GET_ID
     cache = "writeback"      # writeback (host page cache) | none (O_DIRECT)
+    rate_limit = { ops = { size = 1000, refill_ms = 1000 }, bandwidth = { size = 52428800, refill_ms = 1000 } }
+                             # token buckets (Firecracker's): size tokens (requests, bytes) refilled
+                             # every refill_ms; burst = N extra tokens once; either bucket may be left out
 
     [[nics]]
     tap = "web1-0"
     mac = "52:54:00:12:34:56"
     bridge = "br0"
+    rx_rate_limit = { bandwidth = { size = 12500000, refill_ms = 1000, burst = 0 } }   # and tx_rate_limit
 
     [[fw_cfg]]               # QEMU's fw_cfg: files the guest's firmware or OS reads by name
     name = "opt/org.example/role"   # at most 55 printable ASCII bytes; opt/ is the users' space
@@ -92,6 +96,8 @@ SCHED_LIMIT_MAX_MS = 3_600_000
 MAX_FW_CFG = 16  # user entries (QEMU has 32 file slots; pyhv's own files take some)
 FW_CFG_NAME_MAX = 55  # name[56] in fw_cfg's directory, with its NUL
 FW_CFG_DATA_MAX = 16 * MiB  # each entry's bytes, a file's or a string's
+BUCKET_SIZE_MAX = 1 << 62  # tokens in a rate limiter's bucket (requests or bytes)
+BUCKET_REFILL_MAX_MS = 3_600_000
 #: fw_cfg files pyhv itself provides: a user entry may not take their names
 FW_CFG_OWN_NAMES = ("bootorder", "etc/e820")
 
@@ -141,17 +147,36 @@ class Payload(NamedTuple):
     firmware: str = ""
 
 
+class Bucket(NamedTuple):
+    """A token bucket: ``size`` tokens, refilled at ``size`` per ``refill_ms``
+    milliseconds, and ``burst`` tokens more once, at the start."""
+
+    size: int
+    refill_ms: int
+    burst: int = 0
+
+
+class RateLimit(NamedTuple):
+    """A queue's limits: ``bandwidth`` in bytes, ``ops`` in requests (or frames)."""
+
+    bandwidth: Bucket | None = None
+    ops: Bucket | None = None
+
+
 class Disk(NamedTuple):
     path: str
     readonly: bool = False
     serial: str = ""
     cache: str = "writeback"
+    rate_limit: RateLimit | None = None
 
 
 class Nic(NamedTuple):
     tap: str
     mac: str = ""  # empty: derived from the TAP name
     bridge: str = ""
+    rx_rate_limit: RateLimit | None = None  # frames to the guest
+    tx_rate_limit: RateLimit | None = None  # frames from the guest
 
 
 class Vsock(NamedTuple):
@@ -297,6 +322,7 @@ def disk_from_plain(d: Any, at: tuple[str | int, ...]) -> Disk:
         readonly=_bool(d, "readonly", False, at),
         serial=serial,
         cache=_choice(d, "cache", DISK_CACHE, Disk._field_defaults["cache"], at),
+        rate_limit=rate_limit_from_plain(d, "rate_limit", at),
     )
 
 
@@ -311,7 +337,35 @@ def nic_from_plain(n: Any, at: tuple[str | int, ...]) -> Nic:
     bridge = _str(n, "bridge", at)
     if len(bridge) > IFNAME_MAX:
         raise DescriptionError((*at, "bridge"), f"interface names are 1-{IFNAME_MAX} characters")
-    return Nic(tap, mac, bridge)
+    return Nic(tap, mac, bridge, rate_limit_from_plain(n, "rx_rate_limit", at),
+               rate_limit_from_plain(n, "tx_rate_limit", at))
+
+
+def rate_limit_from_plain(data: dict[str, Any], key: str, at: tuple[str | int, ...]) -> RateLimit | None:
+    """``{bandwidth = BUCKET, ops = BUCKET}`` (either may be absent or null) under ``key``; None if no limit."""
+    value = data.get(key)
+    if value is None:
+        return None
+    where = (*at, key)
+    _table(value, RateLimit._fields, where)
+    buckets = {}
+    for name in RateLimit._fields:
+        b = value.get(name)
+        if b is None:
+            continue
+        _table(b, Bucket._fields, (*where, name))
+        if "size" not in b or "refill_ms" not in b:
+            raise DescriptionError((*where, name), "a bucket needs size and refill_ms")
+        buckets[name] = Bucket(_int(b, "size", 0, 1, BUCKET_SIZE_MAX, (*where, name)),
+                               _int(b, "refill_ms", 0, 1, BUCKET_REFILL_MAX_MS, (*where, name)),
+                               _int(b, "burst", 0, 0, BUCKET_SIZE_MAX, (*where, name)))
+    return RateLimit(**buckets) if buckets else None
+
+
+def rate_limit_to_plain(limit: RateLimit | None) -> dict[str, Any] | None:
+    if limit is None:
+        return None
+    return {name: b._asdict() for name, b in limit._asdict().items() if b is not None}
 
 
 def vsock_from_plain(v: Any, at: tuple[str | int, ...]) -> Vsock:
@@ -407,8 +461,9 @@ def to_plain(d: Description) -> dict[str, Any]:
         "balloon": d.balloon,
         "rng": d.rng,
         "transport": d.transport,
-        "disks": [x._asdict() for x in d.disks],
-        "nics": [x._asdict() for x in d.nics],
+        "disks": [{**x._asdict(), "rate_limit": rate_limit_to_plain(x.rate_limit)} for x in d.disks],
+        "nics": [{**x._asdict(), "rx_rate_limit": rate_limit_to_plain(x.rx_rate_limit),
+                  "tx_rate_limit": rate_limit_to_plain(x.tx_rate_limit)} for x in d.nics],
         "vsock": None if d.vsock is None else d.vsock._asdict(),
         "fw_cfg": [{"name": e.name, "file": e.file} if e.file else {"name": e.name, "string": e.string}
                    for e in d.fw_cfg],
@@ -589,6 +644,13 @@ def json_schema() -> dict[str, Any]:
             "description": 'a size such as "256M" or "2G", or an integer number of MiB'}
     ifname = {"type": "string", "minLength": 1, "maxLength": IFNAME_MAX}
     ms = {"type": "integer", "minimum": 0, "maximum": SCHED_LIMIT_MAX_MS}
+    bucket = {"type": "object", "nullable": True, "additionalProperties": False, "required": ["size", "refill_ms"],
+              "properties": {"size": {"type": "integer", "minimum": 1, "maximum": BUCKET_SIZE_MAX},
+                             "refill_ms": {"type": "integer", "minimum": 1, "maximum": BUCKET_REFILL_MAX_MS},
+                             "burst": {"type": "integer", "minimum": 0, "maximum": BUCKET_SIZE_MAX}}}
+    limit = {"type": "object", "nullable": True, "additionalProperties": False,
+             "properties": {"bandwidth": bucket, "ops": bucket},
+             "description": "token buckets: bandwidth in bytes, ops in requests (frames for a NIC)"}
     return {
         "type": "object",
         "additionalProperties": False,
@@ -622,10 +684,11 @@ def json_schema() -> dict[str, Any]:
                 "type": "object", "additionalProperties": False, "required": ["path"],
                 "properties": {"path": {"type": "string"}, "readonly": {"type": "boolean"},
                                "serial": {"type": "string", "maxLength": DISK_SERIAL_MAX},
-                               "cache": {"type": "string", "enum": list(DISK_CACHE)}}}},
+                               "cache": {"type": "string", "enum": list(DISK_CACHE)}, "rate_limit": limit}}},
             "nics": {"type": "array", "maxItems": MAX_NICS, "items": {
                 "type": "object", "additionalProperties": False, "required": ["tap"],
-                "properties": {"tap": ifname, "mac": {"type": "string"}, "bridge": ifname}}},
+                "properties": {"tap": ifname, "mac": {"type": "string"}, "bridge": ifname,
+                               "rx_rate_limit": limit, "tx_rate_limit": limit}}},
             "vsock": {"type": "object", "nullable": True, "additionalProperties": False, "required": ["uds"],
                       "properties": {"cid": {"type": "integer", "minimum": VSOCK_CID_MIN, "maximum": VSOCK_CID_MAX},
                                      "uds": {"type": "string", "maxLength": VSOCK_UDS_MAX}}},

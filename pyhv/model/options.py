@@ -1,7 +1,9 @@
 """``pyhv run`` option strings -> the description's plain form.
 
 This module only knows the command-line syntax (``--disk PATH[,ro][,serial=S]
-[,cache=none|writeback]``, ``--net tap=NAME[,mac=M][,bridge=BR]``, ``--vsock
+[,cache=none|writeback][,ops=LIMIT][,bw=LIMIT]``, ``--net tap=NAME[,mac=M][,bridge=BR]
+[,rx-ops=LIMIT][,rx-bw=LIMIT][,tx-ops=LIMIT][,tx-bw=LIMIT]`` where a LIMIT is a token
+bucket ``SIZE/REFILL_MS[+BURST]``, ``--vsock
 cid=N,uds=PATH``, ``--fw-cfg name=NAME,file=PATH|string=TEXT``, sizes, numbers); what a value may be is checked once, by
 :func:`pyhv.model.from_plain`, and its errors are named here by the option
 that carried the value.
@@ -30,8 +32,17 @@ OPTION_OF = {
 }
 
 
+#: a rate-limit option -> (description key, bucket)
+LIMIT_OPTIONS = {
+    "ops": ("rate_limit", "ops"), "bw": ("rate_limit", "bandwidth"),
+    "rx-ops": ("rx_rate_limit", "ops"), "rx-bw": ("rx_rate_limit", "bandwidth"),
+    "tx-ops": ("tx_rate_limit", "ops"), "tx-bw": ("tx_rate_limit", "bandwidth"),
+}
+
+
 def disk(spec: str) -> dict[str, Any]:
-    """``PATH[,ro][,serial=TEXT][,cache=none|writeback]`` (the path may not contain a comma)."""
+    """``PATH[,ro][,serial=TEXT][,cache=none|writeback][,ops=LIMIT][,bw=LIMIT]`` (the path
+    may not contain a comma)."""
     path, *opts = spec.split(",")
     out: dict[str, Any] = {"path": path}
     if not path:
@@ -42,16 +53,35 @@ def disk(spec: str) -> dict[str, Any]:
             out["readonly"] = True
         elif key in ("serial", "cache") and eq and key not in out:
             out[key] = value
+        elif key in ("ops", "bw") and eq:
+            _limit(out, key, value, f"--disk {spec!r}")
         else:
-            raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (expected ro, serial=TEXT or cache=none|writeback)")
+            raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (expected ro, serial=TEXT, "
+                             "cache=none|writeback, ops=LIMIT or bw=LIMIT)")
     return out
 
 
+def _limit(out: dict[str, Any], option: str, text: str, what: str) -> None:
+    """``SIZE/REFILL_MS[+BURST]`` into ``out[key][bucket]`` (the model checks the numbers)."""
+    key, bucket = LIMIT_OPTIONS[option]
+    size, slash, rest = text.partition("/")
+    refill, plus, burst = rest.partition("+")
+    numbers = [size, refill] + ([burst] if plus else [])
+    if not slash or not all(n.isdigit() for n in numbers) or bucket in out.get(key, {}):
+        raise UsageError(f"{what}: {option}={text!r}: expected SIZE/REFILL_MS[+BURST] (numbers), once")
+    out.setdefault(key, {})[bucket] = {"size": int(size), "refill_ms": int(refill), "burst": int(burst or 0)}
+
+
 def net(spec: str) -> tuple[dict[str, Any], int | None]:
-    """``tap=NAME[,mac=52:54:00:12:34:56][,bridge=BR]`` or ``fd=N[,mac=...]``."""
+    """``tap=NAME[,mac=52:54:00:12:34:56][,bridge=BR]`` or ``fd=N[,mac=...]``, and rate
+    limits (``rx-ops``, ``rx-bw``, ``tx-ops``, ``tx-bw``)."""
     fields: dict[str, str] = {}
+    limits: dict[str, Any] = {}
     for opt in spec.split(","):
         key, eq, value = opt.partition("=")
+        if key in LIMIT_OPTIONS and key not in ("ops", "bw") and eq:
+            _limit(limits, key, value, f"--net {spec!r}")
+            continue
         if key not in ("tap", "mac", "bridge", "fd") or not eq or not value or key in fields:
             raise UsageError(f"--net {spec!r}: expected tap=NAME|fd=N[,mac=XX:XX:XX:XX:XX:XX][,bridge=NAME]")
         fields[key] = value
@@ -67,7 +97,7 @@ def net(spec: str) -> tuple[dict[str, Any], int | None]:
         fields["tap"] = f"fd{fd}"
     elif "tap" not in fields:
         raise UsageError(f"--net {spec!r}: tap=NAME (or fd=N) is required")
-    return dict(fields), fd
+    return {**fields, **limits}, fd
 
 
 def vsock(spec: str) -> dict[str, Any]:

@@ -130,7 +130,7 @@ def build(
 
         com1 = uart.Uart(console.write, irq=lambda level: vm.irq_line(uart.COM1_IRQ, int(level)))
         pio.insert(uart.COM1_BASE, 8, com1, "com1")
-        kbc = i8042.I8042(reset=guest_reset)
+        kbc = i8042.I8042(reset=guest_reset, irq=lambda level: vm.irq_line(i8042.KEYBOARD_IRQ, level))
         pio.insert(i8042.DATA_PORT, 1, kbc.data, "i8042-data")
         pio.insert(i8042.COMMAND_PORT, 1, kbc.command, "i8042-command")
         pio.insert(port80.PORT, 1, progress, "port80")
@@ -219,6 +219,8 @@ def _virtio_devices(
     device's module is imported only when the machine has one: the domain's
     start-up pays for what it uses.
     """
+    from ..devices.ratelimit import RateLimiter
+
     if config.disks:
         from ..backends.block import RawDisk, check_distinct
         from ..devices.virtio.blk import Blk
@@ -227,17 +229,22 @@ def _virtio_devices(
         for disk_config in config.disks:
             disk = RawDisk(disk_config.path, readonly=disk_config.readonly, direct=disk_config.cache == "none")
             backends.append(disk)
-            place(Blk(memory, disk, serial=disk_config.serial))
+            blk = Blk(memory, disk, serial=disk_config.serial)
+            blk.limit(0, RateLimiter.of(disk_config.rate_limit), io.call_later)
+            place(blk)
     if config.nics:
         from ..backends.tap import Tap
-        from ..devices.virtio.net import Net
+        from ..devices.virtio.net import RX, TX, Net
 
         for index, net_config in enumerate(config.nics):
             fd = taps.get(index)
             tap = Tap(net_config.tap, fd=fd, bridge=net_config.bridge if fd is None else "")
             backends.append(tap)
             mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
-            place(Net(memory, tap, mac, io))
+            net = Net(memory, tap, mac, io)
+            net.limit(RX, RateLimiter.of(net_config.rx_rate_limit), io.call_later)
+            net.limit(TX, RateLimiter.of(net_config.tx_rate_limit), io.call_later)
+            place(net)
     if config.rng:
         from ..devices.virtio.rng import Rng
 

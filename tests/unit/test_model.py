@@ -27,8 +27,32 @@ def test_documented_example_parses() -> None:
     example = textwrap.dedent(doc.split("The plain form is the TOML/JSON schema::", 1)[1].split("A problem is")[0])
     d = from_plain(tomllib.loads(example))
     assert (d.name, d.vcpus, d.maxmem, d.lifecycle.on_crash, d.sched.weight) == ("web1", 2, 512 * MiB, "destroy", 256)
-    assert d.disks[0] == Disk("/var/lib/pyhv/web1.img", False, "web1-root", "writeback")
+    assert d.disks[0] == Disk("/var/lib/pyhv/web1.img", False, "web1-root", "writeback",
+                              model.RateLimit(model.Bucket(52428800, 1000), model.Bucket(1000, 1000)))
     assert d.nics[0].bridge == "br0" and d.vsock == model.Vsock(3, "/run/pyhv/web1.vsock")
+    assert (d.nics[0].rx_rate_limit, d.nics[0].tx_rate_limit) == (model.RateLimit(model.Bucket(12500000, 1000)), None)
+
+
+@pytest.mark.parametrize("limit,message", [
+    ({"ops": {"size": 0, "refill_ms": 1000}}, "disks[0].rate_limit.ops.size: must be an integer between 1 and"),
+    ({"ops": {"size": 10}}, "disks[0].rate_limit.ops: a bucket needs size and refill_ms"),
+    ({"bandwidth": {"size": 10, "refill_ms": 0}}, "disks[0].rate_limit.bandwidth.refill_ms: must be an integer"),
+    ({"ops": {"size": 10, "refill_ms": 5, "burst": -1}}, "disks[0].rate_limit.ops.burst: must be an integer"),
+    ({"iops": {"size": 10, "refill_ms": 5}}, "disks[0].rate_limit.iops: unknown key (known: bandwidth, ops)"),
+    ({"ops": {"size": 10, "refill_ms": 5, "rate": 1}}, "disks[0].rate_limit.ops.rate: unknown key"),
+])
+def test_bad_rate_limits_name_the_key(limit: Any, message: str) -> None:
+    with pytest.raises(DescriptionError) as e:
+        from_plain({**MINIMAL, "disks": [{"path": "/x.img", "rate_limit": limit}]})
+    assert str(e.value).startswith(message)
+
+
+def test_rate_limits_round_trip_through_the_plain_form() -> None:
+    limit = {"ops": {"size": 100, "refill_ms": 1000, "burst": 50}}
+    d = from_plain({**MINIMAL, "disks": [{"path": "/x.img", "rate_limit": limit}],
+                    "nics": [{"tap": "t0", "tx_rate_limit": {"bandwidth": {"size": 1000, "refill_ms": 10}}}]})
+    plain = to_plain(d)
+    assert (plain["disks"][0]["rate_limit"], from_plain(plain)) == (limit, d)
 
 
 def test_minimal_description_gets_one_set_of_defaults() -> None:
@@ -364,3 +388,18 @@ def test_firmware_replaces_the_kernel_in_the_plain_form_and_the_paths() -> None:
 def test_neither_kernel_nor_firmware_is_refused() -> None:
     with pytest.raises(DescriptionError, match="kernel"):
         from_plain({"memory": "64M"})
+
+
+def test_disk_and_net_options_carry_rate_limits() -> None:
+    d = options.disk("/x.img,ops=100/1000+20,bw=1048576/500")
+    nic, _ = options.net("tap=t0,rx-bw=1000/10,tx-ops=5/100")
+    assert d["rate_limit"] == {"ops": {"size": 100, "refill_ms": 1000, "burst": 20},
+                               "bandwidth": {"size": 1048576, "refill_ms": 500, "burst": 0}}
+    assert (nic["rx_rate_limit"], nic["tx_rate_limit"]) == (
+        {"bandwidth": {"size": 1000, "refill_ms": 10, "burst": 0}}, {"ops": {"size": 5, "refill_ms": 100, "burst": 0}})
+
+
+@pytest.mark.parametrize("spec", ["/x.img,ops=100", "/x.img,ops=a/b", "/x.img,ops=1/2,ops=3/4", "/x.img,bw=1/2+"])
+def test_bad_rate_limit_options_are_usage_errors(spec: str) -> None:
+    with pytest.raises(UsageError, match="expected SIZE/REFILL_MS"):
+        options.disk(spec)

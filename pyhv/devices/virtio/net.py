@@ -88,7 +88,7 @@ class Net(VirtioDevice):
     # --- guest -> backend ----------------------------------------------------------
 
     def _transmit(self, queue: SplitQueue) -> bool:
-        return self._drain(queue, self._send_frame)
+        return self._drain(queue, self._send_frame, TX, lambda chain: max(0, chain.readable_len() - VNET_HDR_SIZE))
 
     def _send_frame(self, chain: DescriptorChain) -> int:
         """Send one guest frame to the backend, or drop it; nothing is written back."""
@@ -144,6 +144,9 @@ class Net(VirtioDevice):
             if not queue.has_available():
                 self._set_watch(False)  # nowhere to put a frame: wait for the guest's kick
                 return used
+            if not self._admit(RX, 1, 1, take=False):  # charged once the frame is in: its size is known then
+                self._set_watch(False)  # the limiter's timer serves the queue again
+                return used
             chain = queue.pop()
             if chain is None:
                 return used
@@ -167,5 +170,7 @@ class Net(VirtioDevice):
                     chain.write_at(self.mem, HDR_NUM_BUFFERS, b"\x01\x00")
                 self.rx_frames += 1
                 self.rx_bytes += n - VNET_HDR_SIZE
+                if RX in self.limiters:
+                    self.limiters[RX].charge(1, n - VNET_HDR_SIZE)
                 queue.push_used(chain, n)
             used = True
