@@ -39,8 +39,9 @@ import os
 import signal
 import sys
 
-from .._sys import files, privs
+from .._sys import files, privs, seccomp
 from ..errors import PyhvError
+from . import policy
 from .plan import Plan
 
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "cgroup")
@@ -71,6 +72,7 @@ def preload() -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     privs.load_libraries()
+    seccomp.load_library()
 
 
 def hand_over(plan: Plan) -> list[int]:
@@ -127,6 +129,8 @@ def _ns_ids() -> dict[str, str]:
 
 #: the host's namespaces, as the process saw them before it was confined (for the report)
 HOST_NAMESPACES: dict[str, str] = {}
+#: the baseline filter the confined process installed (for the report)
+SECCOMP: list[policy.Summary] = []
 
 
 def enter(plan: Plan, jail_id: str, keep: list[int], hand: list[int], cleanup: list[str]) -> int | None:
@@ -191,9 +195,45 @@ def _supervise(pid: int, home: str, hand: list[int], cleanup: list[str]) -> int:
             pass
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
-        print(f"pyhv: the confined VMM was killed by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        why = f" (seccomp: {_seccomp_culprit(pid)})" if signum == signal.SIGSYS else ""
+        print(f"pyhv: the confined VMM was killed by {signal.Signals(signum).name}{why}", file=sys.stderr, flush=True)
         return 128 + signum
     return os.WEXITSTATUS(status)
+
+
+def _seccomp_culprit(pid: int, wait: float = 1.0) -> str:
+    """The system call the kernel's seccomp audit record (type 1326) names for
+    process ``pid`` (host pid), read from /dev/kmsg; the record comes through
+    kauditd a moment after the kill, so it is looked for up to ``wait`` seconds."""
+    import re
+    import time
+
+    pattern = re.compile(rf"type=1326 .*\bpid={pid} .*\bsyscall=(\d+)")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            return f"system call not known: /dev/kmsg: {e.strerror}"
+        found = None
+        try:
+            while True:
+                try:
+                    record = os.read(fd, 8192).decode(errors="replace")
+                except BlockingIOError:
+                    break
+                except OSError:  # EPIPE: records overwritten while reading
+                    continue
+                match = pattern.search(record)
+                if match:
+                    found = int(match.group(1))
+        finally:
+            os.close(fd)
+        if found is not None:
+            return f"system call {seccomp.syscall_name(found)} ({found})"
+        if time.monotonic() > deadline:
+            return "system call not in the kernel log"
+        time.sleep(0.05)
 
 
 def _remove(home: str) -> None:
@@ -259,6 +299,10 @@ def _confine(plan: Plan, jail_id: str, keep: list[int]) -> None:
     os.setresuid(plan.uid, plan.uid, plan.uid)  # from 0: the permitted and effective sets empty
     privs.clear_capabilities()
     privs.set_no_new_privs()
+    SECCOMP.append(policy.install_baseline(os.getpid()))  # last: every thread made from now on has it
+    from ..vcpu import thread
+
+    thread.on_thread_start = policy.narrow
 
 
 def report() -> str:
@@ -281,4 +325,9 @@ def report() -> str:
             fields = line.split()
             lines.append(f"jail: mount {fields[1]} {fields[2]} {fields[3]}")
     lines.append(f"jail: cwd {os.getcwd()} files {sorted(os.listdir('/'))}")
+    for summary in SECCOMP:
+        lines.append(f"jail: seccomp baseline: {summary.rules} rules, {summary.instructions} BPF instructions, "
+                     f"{summary.ioctls} ioctl requests, default kill-process")
+    for kind, names in policy.NARROWED.items():
+        lines.append(f"jail: seccomp {kind} threads also refuse (EPERM): {' '.join(names)}")
     return "\n".join(lines)

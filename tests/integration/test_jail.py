@@ -14,6 +14,8 @@ import pytest
 
 from ..conftest import PROBE, ROOT
 from .probe import Run, run_probe
+from .test_probe_net import GUEST_MAC, Guest, Tap, _echo_clients, _ping
+from .test_probe_net import tap  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(os.geteuid() != 0, reason="--jail needs root")]
 
@@ -76,6 +78,11 @@ def test_jailed_vmm_is_unprivileged_and_rooted_in_its_jail_while_the_guest_runs(
         assert status["Uid"].split()[0] != "0" and status["Gid"].split()[0] != "0", status["Uid"]
         assert status["CapEff"] == "0000000000000000" and status["CapPrm"] == "0000000000000000"
         assert status["NoNewPrivs"] == "1"
+        assert status["Seccomp"] == "2"
+        assert int(status["Seccomp_filters"]) >= 1
+        vcpu = next(t for t in os.listdir(f"/proc/{vmm}/task")
+                    if open(f"/proc/{vmm}/task/{t}/comm").read().strip() == "vcpu0")
+        assert _status(int(vcpu))["Seccomp_filters"] == "2"  # the baseline and the vCPU's narrowing
         assert (seen_root.st_dev, seen_root.st_ino) == (jail_root.st_dev, jail_root.st_ino)
         assert sorted(os.listdir(f"/proc/{vmm}/root")) == ["dev", "proc"]
         for ns in ("mnt", "pid", "net", "ipc", "uts"):
@@ -127,3 +134,60 @@ def test_jailed_save_on_signal_writes_a_snapshot_that_restores_and_runs_on(tmp_p
         q.send_signal(signal.SIGTERM)
         q.communicate(timeout=30)
     assert after > before
+
+
+def _request(path: str, request: str) -> str:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(request.encode() + b"\n")
+        return s.makefile().readline()
+
+
+def test_jailed_vsock_echo_serves_host_connections(tmp_path: Path) -> None:
+    uds = str(tmp_path / "v.sock")
+    with Guest("probe.test=vsock probe.n=2 probe.secs=60", "--vsock", f"cid=3,uds={uds}", "--jail") as guest:
+        guest.wait_line("listening")
+        assert _echo_clients(uds, 2, 20000, 1000, streaming=False) == [True] * 2, guest.output()
+        run = guest.finish()
+    assert run.line("result")["result"] == "pass" and run.status == 0, run.stdout + run.stderr
+    assert run.line("served")["errors"] == "0"
+    assert not os.path.exists(uds)  # bound before the jail, removed by the supervisor
+
+
+def test_jailed_balloon_follows_a_target_set_over_the_control_socket(tmp_path: Path) -> None:
+    control = str(tmp_path / "c.sock")
+    with Guest("probe.test=balloon probe.n=1 probe.secs=60", "--balloon", "--memory", "128M", "--control", control,
+               "--jail") as guest:
+        guest.wait_line("balloon ready")
+        assert '"ok": true' in _request(control, '{"op": "mem-set", "bytes": 100663296}'), guest.output()
+        run = guest.finish()
+    assert run.line("result")["result"] == "pass" and run.status == 0, run.stdout + run.stderr
+    done = run.line("changes")
+    assert done["target"] == done["actual"] == str(32 << 20 >> 12), done
+
+
+def test_jailed_net_answers_pings_through_a_tap_opened_before_the_jail(tap: Tap) -> None:  # noqa: F811
+    with Guest(f"probe.test=net probe.n=3 probe.ip={tap.guest_ip} probe.peer={tap.host_ip} probe.secs=30",
+               "--net", f"tap={tap.name},mac={GUEST_MAC}", "--jail") as guest:
+        guest.wait_line("net mac=")
+        assert _ping(tap, 3) == 3, guest.output()
+        run = guest.finish()
+    assert run.line("result")["result"] == "pass" and run.status == 0, run.stdout + run.stderr
+    assert run.line("icmp_replies")["icmp_replies"] == "3"
+
+
+def test_jailed_guest_reboot_builds_the_machine_again_from_the_handed_descriptors(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    with Guest("probe.test=reboot-porta", "--disk", str(disk), "--jail") as guest:
+        deadline = time.monotonic() + 30
+        while guest.output().count("probe: boot entry") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        guest.proc.send_signal(signal.SIGTERM)
+        run = guest.finish()
+    assert run.stdout.count("probe: boot entry") >= 3, run.stdout + run.stderr
+    assert run.status == 128 + signal.SIGTERM and "SIGSYS" not in run.stderr, run.stderr
