@@ -128,3 +128,10 @@ def load_libraries() -> None:
     the host's files could not: libgcc_s (pthread_exit unwinds a thread's stack
     through it; glibc aborts the process without it)."""
     _kept.append(ctypes.CDLL("libgcc_s.so.1"))
+
+
+def syscall(nr: int, *args: int) -> int:
+    """A raw system call (the break-out checks make ones pyhv never does); raises OSError."""
+    result = _libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    _check(result, "syscall", str(nr))
+    return int(result)

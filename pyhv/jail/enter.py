@@ -152,6 +152,9 @@ def enter(plan: Plan, jail_id: str, keep: list[int], hand: list[int], cleanup: l
         raise JailFailed(f"cannot make the jail directory {home}: {e.strerror}") from None
     HOST_NAMESPACES.update(_ns_ids())
     preload()
+    breakout = os.environ.get("PYHV_TEST_BREAKOUT")  # tests only: the environment is cleared in the jail
+    if breakout:
+        from .breakout import attempt
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -165,6 +168,8 @@ def enter(plan: Plan, jail_id: str, keep: list[int], hand: list[int], cleanup: l
             _confine(plan, jail_id, keep + hand)
         except OSError as e:
             raise JailFailed(f"cannot confine the domain: {e}") from None
+        if breakout:
+            attempt(breakout)
         return None
     return _supervise(pid, home, hand, cleanup)
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,55 @@ def test_jailed_guest_reboot_builds_the_machine_again_from_the_handed_descriptor
         run = guest.finish()
     assert run.stdout.count("probe: boot entry") >= 3, run.stdout + run.stderr
     assert run.status == 128 + signal.SIGTERM and "SIGSYS" not in run.stderr, run.stderr
+
+
+# -- break-out attempts ------------------------------------------------------------------------
+
+#: what the confined VMM tries (PYHV_TEST_BREAKOUT) -> the system call seccomp kills it for,
+#: or None: refused with ENOENT (the path does not exist in the jail) and the guest runs on
+BREAKOUTS = {
+    "execve": "execve", "open-shadow": None, "open-disk": None, "inet": "socket", "ptrace": "ptrace",
+    "mount": "mount", "setuid": "setuid", "kill": "kill", "cgroup": None,
+}
+
+
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    """Another confined domain, with a disk, running through the attempts."""
+    tmp = tmp_path_factory.mktemp("victim")
+    disk = tmp / "victim.img"
+    with open(disk, "wb") as f:
+        f.write(b"victim" * 1000)
+        f.truncate(1 << 20)
+    p = _start_ticker(tmp, "--disk", f"{disk},ro")
+    try:
+        _wait_tick(p)
+        yield p, _child(p.pid), disk
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("what", sorted(BREAKOUTS))
+def test_breakout_attempt_is_refused_or_kills_the_vmm_naming_the_call(
+    what: str, victim: tuple[subprocess.Popen[str], int, Path]
+) -> None:
+    p, victim_vmm, disk = victim
+    before = disk.read_bytes()
+    arg = {"open-disk": str(disk), "ptrace": str(victim_vmm), "kill": str(victim_vmm)}.get(what)
+    spec = f"{what}:{arg}" if arg else what
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYHV_TEST_BREAKOUT=spec)
+    run = subprocess.run([sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--cmdline",
+                          "probe.test=hello", "--debug-exit", "--jail"],
+                         capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60, check=False)
+    syscall = BREAKOUTS[what]
+    if syscall is None:
+        assert f"pyhv: breakout {what}: denied (ENOENT)" in run.stderr, run.stderr
+        assert Run(run.returncode, run.stdout, run.stderr).line("result")["result"] == "pass"
+    else:
+        assert run.returncode == 128 + signal.SIGSYS, run.stdout + run.stderr
+        assert f"killed by SIGSYS (seccomp: system call {syscall} (" in run.stderr, run.stderr
+        assert "probe:" not in run.stdout
+    assert p.poll() is None and _status(victim_vmm)["State"][0] in "RS"  # the other domain runs on
+    _wait_tick(p)
+    assert disk.read_bytes() == before
