@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from .._sys.files import open_handed
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..boot.layout import MPTABLE_ADDR
@@ -320,7 +321,7 @@ def _read_fw_cfg_file(key: str, path: str) -> bytes:
     import stat
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the build
+        fd = open_handed(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the build
     except OSError as e:
         raise UsageError(f"{key} {path}: cannot read: {e.strerror}") from None
     try:

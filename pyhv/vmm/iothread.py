@@ -146,6 +146,10 @@ class IoThread:
         os.close(self._wake)
 
     def _run(self) -> None:
+        from ..vcpu import thread
+
+        if thread.on_thread_start is not None:
+            thread.on_thread_start("io")
         while not self._stopping:
             try:
                 events = self._epoll.poll(self._run_timers())
