@@ -37,6 +37,11 @@ The plain form is the TOML/JSON schema::
     name = "opt/org.example/role"   # at most 55 printable ASCII bytes; opt/ is the users' space
     string = "web"           # or file = "/path" (read when the machine is built)
 
+    [[fs]]                   # virtio-fs: a host directory the guest mounts by its tag
+    tag = "shared"           # 1-36 bytes, what the guest names it by (mount -t virtiofs shared /mnt)
+    path = "/srv/web1"       # pyhv starts Debian's virtiofsd on this directory, ended with the domain
+    # socket = "/run/vfs.sock"  # or: a vhost-user back end already listening there (not both)
+
     [vsock]
     cid = 3
     uds = "/run/pyhv/web1.vsock"
@@ -84,6 +89,9 @@ PATH_MAX = 4095  # bytes of a host file name (PATH_MAX less the terminating NUL)
 SCHED_WEIGHT_MAX = 65535
 SCHED_WARP_MAX_MS = 10_000
 SCHED_LIMIT_MAX_MS = 3_600_000
+MAX_FS = 8
+FS_TAG_MAX = 36  # virtio-fs config: tag[36], NUL-padded (virtio 1.2, 5.11.4)
+UNIX_PATH_MAX = 107  # sun_path[108] with its NUL
 MAX_FW_CFG = 16  # user entries (QEMU has 32 file slots; pyhv's own files take some)
 FW_CFG_NAME_MAX = 55  # name[56] in fw_cfg's directory, with its NUL
 FW_CFG_DATA_MAX = 16 * MiB  # each entry's bytes, a file's or a string's
@@ -147,6 +155,15 @@ class Vsock(NamedTuple):
     uds: str
 
 
+class Fs(NamedTuple):
+    """A virtio-fs device: its ``tag`` and either the ``socket`` of a running
+    vhost-user back end or a directory ``path`` pyhv serves with its own virtiofsd."""
+
+    tag: str
+    socket: str = ""
+    path: str = ""
+
+
 class FwCfgEntry(NamedTuple):
     """A named fw_cfg file: a host file's contents (read when the machine is
     built) or, without ``file``, the ``string``'s UTF-8 bytes."""
@@ -186,6 +203,7 @@ class Description(NamedTuple):
     nics: tuple[Nic, ...] = ()
     vsock: Vsock | None = None
     fw_cfg: tuple[FwCfgEntry, ...] = ()
+    fs: tuple[Fs, ...] = ()
     rng: bool = False
     balloon: bool = False
     serial: str = "stdio"
@@ -197,12 +215,13 @@ class Description(NamedTuple):
 #: the plain form's top-level keys, in the order :func:`to_plain` writes them
 TOP_KEYS = (
     "name", "kernel", "initrd", "cmdline", "boot", "memory", "maxmem", "vcpus", "on_poweroff", "on_reboot",
-    "on_crash", "serial", "debug_exit", "balloon", "rng", "disks", "nics", "vsock", "fw_cfg", "sched",
+    "on_crash", "serial", "debug_exit", "balloon", "rng", "disks", "nics", "vsock", "fw_cfg", "fs", "sched",
 )
 DISK_KEYS = tuple(Disk._fields)
 NIC_KEYS = tuple(Nic._fields)
 VSOCK_KEYS = tuple(Vsock._fields)
 FW_CFG_KEYS = tuple(FwCfgEntry._fields)
+FS_KEYS = tuple(Fs._fields)
 SCHED_KEYS = tuple(Sched._fields)
 
 
@@ -227,6 +246,8 @@ def from_plain(data: Any) -> Description:
     vsock = vsock_from_plain(data["vsock"], ("vsock",)) if data.get("vsock") is not None else None
     fw_cfg = tuple(fw_cfg_from_plain(e, ("fw_cfg", i)) for i, e in enumerate(_array(data, "fw_cfg", MAX_FW_CFG)))
     _unique([e.name for e in fw_cfg], "fw_cfg", "name", "the same name as")
+    fs = tuple(fs_from_plain(f, ("fs", i)) for i, f in enumerate(_array(data, "fs", MAX_FS)))
+    _unique([f.tag for f in fs], "fs", "tag", "the same tag as")
     return Description(
         payload=Payload(
             kernel=_path(data, "kernel", (), required=True),
@@ -242,6 +263,7 @@ def from_plain(data: Any) -> Description:
         nics=nics,
         vsock=vsock,
         fw_cfg=fw_cfg,
+        fs=fs,
         rng=_bool(data, "rng", False, ()),
         balloon=_bool(data, "balloon", False, ()),
         serial=check_serial(_str(data, "serial", ()) or "stdio", ("serial",)),
@@ -310,6 +332,25 @@ def fw_cfg_from_plain(e: Any, at: tuple[str | int, ...]) -> FwCfgEntry:
     return FwCfgEntry(name, string=text)
 
 
+def fs_from_plain(f: Any, at: tuple[str | int, ...]) -> Fs:
+    _table(f, FS_KEYS, at)
+    tag = _str(f, "tag", at, required=True)
+    if not 0 < len(tag.encode()) <= FS_TAG_MAX or not tag.isprintable():
+        raise DescriptionError((*at, "tag"), f"1-{FS_TAG_MAX} printable bytes")
+    if bool(f.get("socket")) == bool(f.get("path")):
+        raise DescriptionError(at, "exactly one of socket (a running back end) and path (a directory to share)")
+    socket = _path(f, "socket", at)
+    if len(socket.encode()) > UNIX_PATH_MAX:
+        raise DescriptionError((*at, "socket"), f"a unix socket path is at most {UNIX_PATH_MAX} bytes")
+    return Fs(tag, socket=socket, path=_path(f, "path", at))
+
+
+def vhost_user_devices(d: Description) -> list[str]:
+    """The description's vhost-user devices, named as its keys are (``fs[0]``): a machine
+    with any shares its RAM (memfd) with their back ends, and cannot be saved yet."""
+    return [f"fs[{i}] (virtio-fs {f.tag!r})" for i, f in enumerate(d.fs)]
+
+
 def sched_from_plain(s: Any, at: tuple[str | int, ...]) -> Sched:
     _table(s, SCHED_KEYS, at)
     return Sched(
@@ -361,6 +402,7 @@ def to_plain(d: Description) -> dict[str, Any]:
         "vsock": None if d.vsock is None else d.vsock._asdict(),
         "fw_cfg": [{"name": e.name, "file": e.file} if e.file else {"name": e.name, "string": e.string}
                    for e in d.fw_cfg],
+        "fs": [{k: v for k, v in f._asdict().items() if v} for f in d.fs],
         "sched": d.sched._asdict(),
     }
     if not d.name:
@@ -377,6 +419,8 @@ def paths(d: Description) -> list[tuple[str, str]]:
     if d.vsock is not None:
         out.append(("vsock.uds", d.vsock.uds))
     out += [(f"fw_cfg[{i}].file", e.file) for i, e in enumerate(d.fw_cfg) if e.file]
+    out += [(f"fs[{i}].{key}", value) for i, f in enumerate(d.fs) for key, value in (("socket", f.socket),
+                                                                                     ("path", f.path)) if value]
     return out
 
 
@@ -393,6 +437,7 @@ def with_absolute_paths(d: Description, base: str) -> Description:
         disks=tuple(x._replace(path=fix(x.path)) for x in d.disks),
         vsock=None if d.vsock is None else d.vsock._replace(uds=fix(d.vsock.uds)),
         fw_cfg=tuple(e._replace(file=fix(e.file)) for e in d.fw_cfg),
+        fs=tuple(f._replace(socket=fix(f.socket), path=fix(f.path)) for f in d.fs),
     )
 
 
@@ -493,6 +538,10 @@ def _str(data: dict[str, Any], key: str, at: tuple[str | int, ...], required: bo
         raise DescriptionError((*at, key), "must be a string")
     if "\0" in value:
         raise DescriptionError((*at, key), "must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a JSON "\ud800" escape: no UTF-8 for a host or guest to read
+        raise DescriptionError((*at, key), "must be valid Unicode (a lone surrogate is not)") from None
     return value
 
 
@@ -572,6 +621,14 @@ def json_schema() -> dict[str, Any]:
                                "file": {"type": "string", "minLength": 1,
                                         "description": f"a host file of at most {FW_CFG_DATA_MAX // MiB} MiB"},
                                "string": {"type": "string"}}}},
+            "fs": {"type": "array", "maxItems": MAX_FS, "items": {
+                "type": "object", "additionalProperties": False, "required": ["tag"],
+                "oneOf": [{"required": ["socket"]}, {"required": ["path"]}],
+                "properties": {"tag": {"type": "string", "minLength": 1, "maxLength": FS_TAG_MAX},
+                               "socket": {"type": "string", "minLength": 1, "maxLength": UNIX_PATH_MAX,
+                                          "description": "a vhost-user back end's unix socket"},
+                               "path": {"type": "string", "minLength": 1,
+                                        "description": "a host directory pyhv shares through its own virtiofsd"}}}},
             "sched": {"type": "object", "additionalProperties": False, "properties": {
                 "weight": {"type": "integer", "minimum": 1, "maximum": SCHED_WEIGHT_MAX},
                 "warp_ms": {"type": "integer", "minimum": 0, "maximum": SCHED_WARP_MAX_MS},

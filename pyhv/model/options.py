@@ -2,7 +2,8 @@
 
 This module only knows the command-line syntax (``--disk PATH[,ro][,serial=S]
 [,cache=none|writeback]``, ``--net tap=NAME[,mac=M][,bridge=BR]``, ``--vsock
-cid=N,uds=PATH``, ``--fw-cfg name=NAME,file=PATH|string=TEXT``, sizes, numbers); what a value may be is checked once, by
+cid=N,uds=PATH``, ``--fw-cfg name=NAME,file=PATH|string=TEXT``, ``--fs
+tag=TAG,socket=PATH|path=DIR``, sizes, numbers); what a value may be is checked once, by
 :func:`pyhv.model.from_plain`, and its errors are named here by the option
 that carried the value.
 
@@ -26,7 +27,7 @@ OPTION_OF = {
     "maxmem": "--maxmem", "vcpus": "--vcpus", "on_poweroff": "--on-poweroff", "on_reboot": "--on-reboot",
     "on_crash": "--on-crash", "serial": "--serial", "debug_exit": "--debug-exit", "balloon": "--balloon",
     "rng": "--rng", "disks": "--disk", "nics": "--net", "vsock": "--vsock", "name": "--name",
-    "fw_cfg": "--fw-cfg",
+    "fw_cfg": "--fw-cfg", "fs": "--fs",
 }
 
 
@@ -89,6 +90,17 @@ def fw_cfg(spec: str) -> dict[str, Any]:
     return {"name": head[len("name="):], key: value}
 
 
+def fs(spec: str) -> dict[str, Any]:
+    """``tag=TAG,socket=PATH`` or ``tag=TAG,path=DIR`` (the last value may not contain a comma)."""
+    fields: dict[str, str] = {}
+    for opt in spec.split(","):
+        key, eq, value = opt.partition("=")
+        if key not in ("tag", "socket", "path") or not eq or key in fields:
+            raise UsageError(f"--fs {spec!r}: expected tag=TAG,socket=PATH or tag=TAG,path=DIR")
+        fields[key] = value
+    return dict(fields)
+
+
 def _number(text: str) -> int | str:
     """An integer where the text is one; else the text, for the description to refuse."""
     return int(text) if text.isdigit() and len(text) < 20 else text
@@ -128,6 +140,9 @@ def plain_from_options(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
     if values.get("fw_cfg"):
         out["fw_cfg"] = [fw_cfg(spec) for spec in values["fw_cfg"]]
         given.update({f"fw_cfg[{i}]": f"--fw-cfg {spec!r}" for i, spec in enumerate(values["fw_cfg"])})
+    if values.get("fs"):
+        out["fs"] = [fs(spec) for spec in values["fs"]]
+        given.update({f"fs[{i}]": f"--fs {spec!r}" for i, spec in enumerate(values["fs"])})
     if values.get("vsock"):
         out["vsock"] = vsock(values["vsock"])
         given["vsock"] = f"--vsock {values['vsock']!r}"

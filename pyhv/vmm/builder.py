@@ -18,7 +18,7 @@ from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, reset_p
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
-from ..model import FW_CFG_DATA_MAX, Description, default_mac, parse_mac
+from ..model import FW_CFG_DATA_MAX, Description, default_mac, parse_mac, vhost_user_devices
 from ..vcpu import Stop, StopKind, VcpuThread
 
 from .devices import Devices
@@ -50,6 +50,8 @@ def build(
     interrupt controllers and the clock take its state before anything runs.
     ``taps`` hands over open TAP descriptors (NIC index -> fd), which the
     machine then owns and closes; other NICs open their TAP by name."""
+    if restore is not None and vhost_user_devices(config):
+        raise UsageError(f"cannot restore: {vhost_user_devices(config)[0]} is a vhost-user device (not restorable yet)")
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
@@ -59,7 +61,11 @@ def build(
         io = IoThread()  # devices and backends register readiness with it as they are made
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
-        memory = restore.take_memory() if restore is not None else GuestMemory(config.memory)
+        if restore is None:
+            # vhost-user back ends map guest RAM themselves: it must be shared memory they can get a descriptor for
+            memory = GuestMemory(config.memory, memfd=bool(vhost_user_devices(config)))
+        else:
+            memory = restore.take_memory()
         def deliver(address: int, data: int) -> None:
             # devices are made before the VM; interrupts only flow once it exists
             assert vm is not None
@@ -224,6 +230,34 @@ def _virtio_devices(
             raise UsageError(f"vsock.uds {config.vsock.uds}: cannot listen: {e.strerror}") from None
         backends.append(host)
         wiring.add(VirtioPci(Vsock(memory, config.vsock.cid, host, io), deliver))
+    for index, fs_config in enumerate(config.fs):
+        wiring.add(VirtioPci(_virtio_fs(index, fs_config, memory, backends), deliver))
+
+
+def _virtio_fs(index: int, fs_config: Any, memory: GuestMemory, backends: list[Closeable]) -> Any:
+    """virtio-fs on a vhost-user back end: one at ``socket``, or a virtiofsd of our own on ``path``.
+    Two queues: hiprio and one request queue (virtio 1.2, 5.11.2)."""
+    from ..backends.vhost_user import MemRegion, QueueLayout, VhostUserBackend, VhostUserError
+    from ..devices.virtio.vhost_user import FS_DEVICE_ID, VhostUser, fs_config as config_space
+
+    key = f"fs[{index}]"
+    socket, wait = fs_config.socket, 0.0
+    if fs_config.path:
+        from ..backends.virtiofsd import START_TIMEOUT, Virtiofsd
+
+        daemon = Virtiofsd(fs_config.path, f"{key}.path")
+        backends.append(daemon)
+        socket, wait = daemon.socket, START_TIMEOUT
+    regions = [MemRegion(r.gpa, r.size, r.host_addr, r.fd) for r in memory.regions]
+    name = f"virtio-fs {fs_config.tag!r}"
+    try:
+        backend = VhostUserBackend.open(socket, name, regions, 2, memory.host_address, wait)
+    except VhostUserError as e:
+        raise UsageError(f"{key}: {e}") from None
+    backends.append(backend)
+    if not backend.features >> 32 & 1:  # VIRTIO_F_VERSION_1: pyhv's transport is modern only
+        raise UsageError(f"{key}: the back end at {socket} does not offer VIRTIO_F_VERSION_1")
+    return VhostUser(memory, backend, FS_DEVICE_ID, name, 2, config_space(fs_config.tag, 1), 0, QueueLayout)
 
 
 def _acpi_devices() -> list[bytes]:
