@@ -444,6 +444,12 @@ struct options {
     uint64_t size;              /* probe.size: bytes per frame or message */
     int have_size;
     uint64_t conns;             /* probe.conns: vsockclient connections */
+    const char *path;           /* probe.path: fs reads this file */
+    size_t path_len;
+    const char *out;            /* probe.out: fs writes this file ... */
+    size_t out_len;
+    const char *text;           /* probe.text: ... with this content */
+    size_t text_len;
     uint32_t boot_kind;         /* how the probe was entered */
     uint64_t boot_info;         /* zero page or hvm_start_info */
     uint64_t cmdline;           /* where the command line is (0: none) */
@@ -570,6 +576,7 @@ NORETURN void test_ticker(const struct options *o);
 NORETURN void test_memsum(const struct options *o);
 NORETURN void test_blksnap(const struct options *o);
 NORETURN void test_fwcfg(const struct options *o);
+NORETURN void test_fs(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);
 NORETURN void test_blkflush(const struct options *o);
