@@ -73,6 +73,20 @@ def test_guest_reads_a_host_file_and_writes_one_the_host_reads(shared: Path, irq
     assert run.lines()[-1] == {"result": "pass"} and run.status == 0
 
 
+def test_a_driver_that_resets_and_starts_over_gets_the_rings_back(shared: Path) -> None:
+    (shared / "in").write_bytes(b"read three times")
+    (shared / "out").write_bytes(b"an older and longer content")
+
+    run = run_probe("probe.test=fs probe.irq=msix probe.n=3 probe.path=in probe.out=out probe.text=short",
+                    "--fs", f"tag=t,path={shared}", "--memory", "64M", timeout=120)
+
+    assert [f["reset"] for f in run.lines() if "round" in f] == ["1", "1"]
+    assert [f["data"] for f in run.lines() if "path" in f] == ["read three times"] * 3
+    assert [(f.get("open"), f["size"]) for f in run.lines() if "out" in f] == [("ok", "5")] * 3
+    assert (shared / "out").read_bytes() == b"short"
+    assert run.lines()[-1] == {"result": "pass"} and run.status == 0
+
+
 def test_a_missing_file_is_an_errno_the_guest_sees(shared: Path) -> None:
     run = run_probe("probe.test=fs probe.path=absent", "--fs", f"tag=t,path={shared}", "--memory", "64M", timeout=120)
 
