@@ -579,6 +579,8 @@ void user_main(uint32_t kind, uint64_t info)
         test_blk(&o);
     if (mem_eq(o.test, o.test_len, "blkflush"))
         test_blkflush(&o);
+    if (mem_eq(o.test, o.test_len, "blksum"))
+        test_blksum(&o);
     if (mem_eq(o.test, o.test_len, "blkbench"))
         test_blkbench(&o);
     if (mem_eq(o.test, o.test_len, "hostile"))

@@ -580,6 +580,7 @@ NORETURN void test_fs(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);
 NORETURN void test_blkflush(const struct options *o);
+NORETURN void test_blksum(const struct options *o);
 NORETURN void test_hostile(const struct options *o);
 
 #endif /* __ASSEMBLER__ */

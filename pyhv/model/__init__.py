@@ -28,6 +28,10 @@ The plain form is the TOML/JSON schema::
     serial = "web1-root"     # at most 20 bytes: what the guest reads with GET_ID
     cache = "writeback"      # writeback (host page cache) | none (O_DIRECT)
 
+    [[disks]]                # copy-on-write: a qcow2 overlay over a shared raw base image,
+    path = "/var/lib/pyhv/web1-data.qcow2"   # created if missing, served by qemu-storage-daemon
+    base = "/var/lib/pyhv/base.img"          # (a vhost-user-blk device; or vhost_user = "SOCKET" alone)
+
     [[nics]]
     tap = "web1-0"
     mac = "52:54:00:12:34:56"
@@ -138,10 +142,18 @@ class Payload(NamedTuple):
 
 
 class Disk(NamedTuple):
+    """A virtio-blk disk: the raw image at ``path`` (pyhv does the I/O); or, with
+    ``base``, a qcow2 overlay at ``path`` over that raw base image, served by a
+    qemu-storage-daemon pyhv starts (a vhost-user-blk device); or, with
+    ``vhost_user`` instead of ``path``, a vhost-user-blk back end already
+    listening on that socket."""
+
     path: str
     readonly: bool = False
     serial: str = ""
     cache: str = "writeback"
+    base: str = ""
+    vhost_user: str = ""
 
 
 class Nic(NamedTuple):
@@ -241,7 +253,7 @@ def from_plain(data: Any) -> Description:
     if "name" in data:  # a domain may go unnamed (pyhv run), but a name given must be one
         check_name(name, ("name",))
     disks = tuple(disk_from_plain(d, ("disks", i)) for i, d in enumerate(_array(data, "disks", MAX_DISKS)))
-    _unique([d.path for d in disks], "disks", "path", "the same image as")
+    _unique([d.path or f"\0{i}" for i, d in enumerate(disks)], "disks", "path", "the same image as")
     nics = tuple(nic_from_plain(n, ("nics", i)) for i, n in enumerate(_array(data, "nics", MAX_NICS)))
     vsock = vsock_from_plain(data["vsock"], ("vsock",)) if data.get("vsock") is not None else None
     fw_cfg = tuple(fw_cfg_from_plain(e, ("fw_cfg", i)) for i, e in enumerate(_array(data, "fw_cfg", MAX_FW_CFG)))
@@ -282,11 +294,29 @@ def disk_from_plain(d: Any, at: tuple[str | int, ...]) -> Disk:
     serial = _str(d, "serial", at)
     if len(serial.encode()) > DISK_SERIAL_MAX or not serial.isprintable():
         raise DescriptionError((*at, "serial"), f"at most {DISK_SERIAL_MAX} printable bytes")
+    socket = _path(d, "vhost_user", at)
+    if socket:
+        # the back end is all of the disk: its image, its read-only state, its GET_ID answer
+        for key in ("path", "base", "readonly", "serial", "cache"):
+            if key in d:
+                raise DescriptionError((*at, key), "not with vhost_user (the back end decides)")
+        if len(socket.encode()) > UNIX_PATH_MAX:
+            raise DescriptionError((*at, "vhost_user"), f"a unix socket path is at most {UNIX_PATH_MAX} bytes")
+        return Disk(path="", vhost_user=socket)
+    path = _path(d, "path", at, required=True)
+    if not path:
+        raise DescriptionError((*at, "path"), "must not be empty")
+    base = _path(d, "base", at)
+    if base and serial:
+        raise DescriptionError((*at, "serial"), "not with base (qemu-storage-daemon answers GET_ID)")
+    if base == path:
+        raise DescriptionError((*at, "base"), "the overlay (path) cannot be its own base")
     return Disk(
-        path=_path(d, "path", at, required=True),
+        path=path,
         readonly=_bool(d, "readonly", False, at),
         serial=serial,
         cache=_choice(d, "cache", DISK_CACHE, Disk._field_defaults["cache"], at),
+        base=base,
     )
 
 
@@ -348,7 +378,8 @@ def fs_from_plain(f: Any, at: tuple[str | int, ...]) -> Fs:
 def vhost_user_devices(d: Description) -> list[str]:
     """The description's vhost-user devices, named as its keys are (``fs[0]``): a machine
     with any shares its RAM (memfd) with their back ends, and cannot be saved yet."""
-    return [f"fs[{i}] (virtio-fs {f.tag!r})" for i, f in enumerate(d.fs)]
+    return [f"disks[{i}] (vhost-user-blk)" for i, x in enumerate(d.disks) if x.base or x.vhost_user] + [
+        f"fs[{i}] (virtio-fs {f.tag!r})" for i, f in enumerate(d.fs)]
 
 
 def sched_from_plain(s: Any, at: tuple[str | int, ...]) -> Sched:
@@ -397,7 +428,8 @@ def to_plain(d: Description) -> dict[str, Any]:
         "debug_exit": d.debug_exit,
         "balloon": d.balloon,
         "rng": d.rng,
-        "disks": [x._asdict() for x in d.disks],
+        "disks": [{"vhost_user": x.vhost_user} if x.vhost_user else
+                  {k: v for k, v in x._asdict().items() if k not in ("base", "vhost_user") or v} for x in d.disks],
         "nics": [x._asdict() for x in d.nics],
         "vsock": None if d.vsock is None else d.vsock._asdict(),
         "fw_cfg": [{"name": e.name, "file": e.file} if e.file else {"name": e.name, "string": e.string}
@@ -415,7 +447,8 @@ def paths(d: Description) -> list[tuple[str, str]]:
     out = [("kernel", d.payload.kernel)]
     if d.payload.initrd:
         out.append(("initrd", d.payload.initrd))
-    out += [(f"disks[{i}].path", x.path) for i, x in enumerate(d.disks)]
+    out += [(f"disks[{i}].{key}", value) for i, x in enumerate(d.disks)
+            for key, value in (("path", x.path), ("base", x.base), ("vhost_user", x.vhost_user)) if value]
     if d.vsock is not None:
         out.append(("vsock.uds", d.vsock.uds))
     out += [(f"fw_cfg[{i}].file", e.file) for i, e in enumerate(d.fw_cfg) if e.file]
@@ -434,7 +467,7 @@ def with_absolute_paths(d: Description, base: str) -> Description:
     payload = d.payload._replace(kernel=fix(d.payload.kernel), initrd=fix(d.payload.initrd))
     return d._replace(
         payload=payload,
-        disks=tuple(x._replace(path=fix(x.path)) for x in d.disks),
+        disks=tuple(x._replace(path=fix(x.path), base=fix(x.base), vhost_user=fix(x.vhost_user)) for x in d.disks),
         vsock=None if d.vsock is None else d.vsock._replace(uds=fix(d.vsock.uds)),
         fw_cfg=tuple(e._replace(file=fix(e.file)) for e in d.fw_cfg),
         fs=tuple(f._replace(socket=fix(f.socket), path=fix(f.path)) for f in d.fs),
@@ -603,10 +636,17 @@ def json_schema() -> dict[str, Any]:
             "balloon": {"type": "boolean"},
             "rng": {"type": "boolean"},
             "disks": {"type": "array", "maxItems": MAX_DISKS, "items": {
-                "type": "object", "additionalProperties": False, "required": ["path"],
-                "properties": {"path": {"type": "string"}, "readonly": {"type": "boolean"},
+                "type": "object", "additionalProperties": False,
+                "oneOf": [{"required": ["path"]}, {"required": ["vhost_user"]}],
+                "properties": {"path": {"type": "string", "description": "the raw image, or with base the qcow2 overlay"},
+                               "readonly": {"type": "boolean"},
                                "serial": {"type": "string", "maxLength": DISK_SERIAL_MAX},
-                               "cache": {"type": "string", "enum": list(DISK_CACHE)}}}},
+                               "cache": {"type": "string", "enum": list(DISK_CACHE)},
+                               "base": {"type": "string", "description":
+                                        "a raw base image shared read-only: path is a qcow2 overlay over it, "
+                                        "served by qemu-storage-daemon (created if missing)"},
+                               "vhost_user": {"type": "string", "maxLength": UNIX_PATH_MAX,
+                                              "description": "a vhost-user-blk back end's socket (without path)"}}}},
             "nics": {"type": "array", "maxItems": MAX_NICS, "items": {
                 "type": "object", "additionalProperties": False, "required": ["tap"],
                 "properties": {"tap": ifname, "mac": {"type": "string"}, "bridge": ifname}}},

@@ -1,7 +1,7 @@
 """``pyhv run`` option strings -> the description's plain form.
 
 This module only knows the command-line syntax (``--disk PATH[,ro][,serial=S]
-[,cache=none|writeback]``, ``--net tap=NAME[,mac=M][,bridge=BR]``, ``--vsock
+[,cache=none|writeback]``, ``--disk base=B,overlay=P``, ``--disk vhost-user=S``, ``--net tap=NAME[,mac=M][,bridge=BR]``, ``--vsock
 cid=N,uds=PATH``, ``--fw-cfg name=NAME,file=PATH|string=TEXT``, ``--fs
 tag=TAG,socket=PATH|path=DIR``, sizes, numbers); what a value may be is checked once, by
 :func:`pyhv.model.from_plain`, and its errors are named here by the option
@@ -31,11 +31,18 @@ OPTION_OF = {
 }
 
 
+#: ``--disk`` keys naming the disk itself (the form without a leading PATH) -> description keys
+_DISK_NAMED = {"vhost-user": "vhost_user", "base": "base", "overlay": "path"}
+
+
 def disk(spec: str) -> dict[str, Any]:
-    """``PATH[,ro][,serial=TEXT][,cache=none|writeback]`` (the path may not contain a comma)."""
+    """``PATH[,ro][,serial=TEXT][,cache=none|writeback]``, ``base=BASE,overlay=PATH[,ro][,cache=...]``
+    or ``vhost-user=SOCKET`` (values may not contain a comma)."""
     path, *opts = spec.split(",")
     out: dict[str, Any] = {"path": path}
-    if not path:
+    if path.partition("=")[0] in _DISK_NAMED:
+        out, opts = {}, [path, *opts]
+    elif not path:
         raise UsageError(f"--disk {spec!r}: missing the image path")
     for opt in opts:
         key, eq, value = opt.partition("=")
@@ -43,8 +50,11 @@ def disk(spec: str) -> dict[str, Any]:
             out["readonly"] = True
         elif key in ("serial", "cache") and eq and key not in out:
             out[key] = value
+        elif key in _DISK_NAMED and eq and _DISK_NAMED[key] not in out:
+            out[_DISK_NAMED[key]] = value
         else:
-            raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (expected ro, serial=TEXT or cache=none|writeback)")
+            raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (expected ro, serial=TEXT, cache=none|writeback, "
+                             "base=BASE,overlay=PATH or vhost-user=SOCKET)")
     return out
 
 

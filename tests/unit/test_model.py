@@ -190,6 +190,14 @@ CASES: list[tuple[list[str], str]] = [
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,file="], 'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nfile = ""'),
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,string=1", "--fw-cfg", "name=opt/a,string=2"],
      'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nstring = "1"\n[[fw_cfg]]\nname = "opt/a"\nstring = "2"'),
+    (["--kernel", "/k", "--disk", "base=/b,overlay=/o,ro,cache=none"],
+     'kernel = "/k"\n[[disks]]\npath = "/o"\nbase = "/b"\nreadonly = true\ncache = "none"'),
+    (["--kernel", "/k", "--disk", "vhost-user=/s"], 'kernel = "/k"\n[[disks]]\nvhost_user = "/s"'),
+    (["--kernel", "/k", "--disk", "vhost-user=/s,ro"], 'kernel = "/k"\n[[disks]]\nvhost_user = "/s"\nreadonly = true'),
+    (["--kernel", "/k", "--disk", "vhost-user=/s,overlay=/o"], 'kernel = "/k"\n[[disks]]\nvhost_user = "/s"\npath = "/o"'),
+    (["--kernel", "/k", "--disk", "base=/o,overlay=/o"], 'kernel = "/k"\n[[disks]]\npath = "/o"\nbase = "/o"'),
+    (["--kernel", "/k", "--disk", "base=/b,overlay=/o,serial=x"], 'kernel = "/k"\n[[disks]]\npath = "/o"\nbase = "/b"\nserial = "x"'),
+    (["--kernel", "/k", "--disk", "base=/b"], 'kernel = "/k"\n[[disks]]\nbase = "/b"'),
     (["--kernel", "/k", "--fs", "tag=t,path=/srv"], 'kernel = "/k"\n[[fs]]\ntag = "t"\npath = "/srv"'),
     (["--kernel", "/k", "--fs", "tag=t,socket=/s"], 'kernel = "/k"\n[[fs]]\ntag = "t"\nsocket = "/s"'),
     (["--kernel", "/k", "--fs", "tag=t,socket=/s,path=/d"], 'kernel = "/k"\n[[fs]]\ntag = "t"\nsocket = "/s"\npath = "/d"'),
@@ -255,6 +263,7 @@ def test_json_schema_uses_the_models_limits() -> None:
     assert set(schema["properties"]) == set(model.TOP_KEYS)
     assert set(disk) == set(model.DISK_KEYS) and disk["serial"]["maxLength"] == model.DISK_SERIAL_MAX
     assert disk["cache"]["enum"] == list(model.DISK_CACHE)
+    assert set(disk) == set(model.DISK_KEYS)
     fs = schema["properties"]["fs"]["items"]["properties"]
     assert set(fs) == set(model.FS_KEYS) and fs["tag"]["maxLength"] == model.FS_TAG_MAX
     entry = schema["properties"]["fw_cfg"]["items"]
@@ -361,6 +370,8 @@ def test_a_machine_with_a_vhost_user_device_names_it() -> None:
 
     assert model.vhost_user_devices(d) == ["fs[0] (virtio-fs 'share')"]
     assert model.vhost_user_devices(from_plain(MINIMAL)) == []
+    cow = from_plain({**MINIMAL, "disks": [{"path": "/raw"}, {"path": "/o.qcow2", "base": "/b"}, {"vhost_user": "/s"}]})
+    assert model.vhost_user_devices(cow) == ["disks[1] (vhost-user-blk)", "disks[2] (vhost-user-blk)"]
 
 
 def test_a_lone_surrogate_is_refused_in_one_line() -> None:
