@@ -373,3 +373,101 @@ NORETURN void test_fs(const struct options *o)
     print_result(ok);
     probe_exit(ok ? EXIT_PASS : EXIT_FAIL);
 }
+
+/*
+ * fsbench: virtio-fs speed as the guest sees it, one request at a time.
+ *
+ *   probe.test=fsbench probe.path=NAME [probe.mb=M] [probe.n=N] [probe.irq=msix]
+ *
+ * Reads NAME from the start in 64 KiB READs, M MiB of it (64, or less if the
+ * file is shorter), then does N (1000) small-file cycles on it: LOOKUP,
+ * OPEN, READ of 4 KiB, RELEASE.  Prints
+ * "probe: fsbench seq_read_mbps=X bytes=B small_files_per_s=Y requests_per_s=Z
+ * irq=msix|poll tsc_hz=H tsc_source=S".
+ */
+NORETURN void test_fsbench(const struct options *o)
+{
+    static struct fs f;
+    const char *err = pci_init(o, 0), *src;
+    uint64_t want = (o->have_mb ? o->mb : 64) << 20, n = o->have_n && o->n ? o->n : 1000;
+    uint64_t hz, nodeid = 0, size = 0, fh = 0, bytes = 0, t0, seq_cycles, small_cycles, i;
+    uint8_t *a;
+    int64_t r;
+
+    if (err)
+        fail(err, "", 0);
+    if (!o->path_len)
+        fail("fsbench needs probe.path", "", 0);
+    hz = tsc_calibrate(&src);
+    if ((err = virtio_find(&f.v, VIRTIO_ID_FS)) != NULL)
+        fail(err, "", 0);
+    f.in = dma_alloc(REQ_MAX, 4096);
+    f.out = dma_alloc(REQ_MAX, 4096);
+    f.tmo = us_tsc(VQ_TIMEOUT_US);
+    if ((err = virtio_negotiate(&f.v, virtio_want(o), o->msix)) != NULL)
+        fail(err, "", 0);
+    if ((err = virtio_setup(&f.v, 2, 64)) != NULL)
+        fail(err, "", 0);
+    a = req_begin(&f, FUSE_INIT, 0);
+    memset(a, 0, 64);
+    put32(a, 7);
+    put32(a + 4, 31);
+    if (req_send(&f, 64, 64, f.tmo) < 24)
+        fail("FUSE_INIT failed", "", 0);
+    if (fs_lookup(&f, o->path, o->path_len, &nodeid, &size) < 0)
+        fail("fsbench: no such file: ", o->path, o->path_len);
+    if (want > size)
+        want = size;
+
+    t0 = rdtsc();
+    a = req_begin(&f, FUSE_OPEN, nodeid);
+    memset(a, 0, 8);
+    if (req_send(&f, 8, 16, f.tmo) < 16)
+        fail("fsbench: OPEN failed", "", 0);
+    fh = get64(f.out + FUSE_OUT_HDR);
+    while (bytes < want) {
+        a = req_begin(&f, FUSE_READ, nodeid);
+        memset(a, 0, 40);
+        put64(a, fh);
+        put64(a + 8, bytes);
+        put32(a + 16, READ_MAX);
+        r = req_send(&f, 40, READ_MAX, f.tmo);
+        if (r <= 0)
+            fail("fsbench: READ failed", "", 0);
+        bytes += (uint64_t)r;
+    }
+    fs_release(&f, nodeid, fh);
+    seq_cycles = rdtsc() - t0;
+
+    t0 = rdtsc();
+    for (i = 0; i < n; i++) {
+        if (fs_lookup(&f, o->path, o->path_len, &nodeid, &size) < 0)
+            fail("fsbench: LOOKUP failed", "", 0);
+        a = req_begin(&f, FUSE_OPEN, nodeid);
+        memset(a, 0, 8);
+        if (req_send(&f, 8, 16, f.tmo) < 16)
+            fail("fsbench: OPEN failed", "", 0);
+        fh = get64(f.out + FUSE_OUT_HDR);
+        a = req_begin(&f, FUSE_READ, nodeid);
+        memset(a, 0, 40);
+        put64(a, fh);
+        put32(a + 16, 4096);
+        if (req_send(&f, 40, 4096, f.tmo) < 0)
+            fail("fsbench: READ failed", "", 0);
+        if (fs_release(&f, nodeid, fh) < 0)
+            fail("fsbench: RELEASE failed", "", 0);
+    }
+    small_cycles = rdtsc() - t0;
+
+    line_begin("fsbench");
+    kv_dec("seq_read_mbps", muldiv64(bytes, hz, seq_cycles ? seq_cycles : 1) / 1000000);
+    kv_dec("bytes", bytes);
+    kv_dec("small_files_per_s", muldiv64(n, hz, small_cycles ? small_cycles : 1));
+    kv_dec("requests_per_s", muldiv64(4 * n, hz, small_cycles ? small_cycles : 1));
+    kv_str("irq", f.v.msix ? "msix" : "poll");
+    kv_dec("tsc_hz", hz);
+    kv_str("tsc_source", src);
+    line_end();
+    print_result(1);
+    probe_exit(EXIT_PASS);
+}

@@ -611,5 +611,7 @@ void user_main(uint32_t kind, uint64_t info)
         test_fwcfg(&o);
     if (mem_eq(o.test, o.test_len, "fs"))
         test_fs(&o);
+    if (mem_eq(o.test, o.test_len, "fsbench"))
+        test_fsbench(&o);
     fail("unknown test ", o.test, o.test_len);
 }

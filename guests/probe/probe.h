@@ -577,6 +577,7 @@ NORETURN void test_memsum(const struct options *o);
 NORETURN void test_blksnap(const struct options *o);
 NORETURN void test_fwcfg(const struct options *o);
 NORETURN void test_fs(const struct options *o);
+NORETURN void test_fsbench(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);
 NORETURN void test_blkflush(const struct options *o);
