@@ -4,6 +4,7 @@ writes host files, and a back end killed under a running guest fails only its de
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -128,3 +129,32 @@ def test_killing_the_back_end_fails_the_device_and_the_guest_runs_on(
     assert run.line("path")["data"] == "before the kill"
     assert run.lines()[-1] == {"result": "pass"} and run.status == 0
     assert stderr.count("back end closed the connection") == 1
+
+
+def test_a_snapshot_of_a_machine_with_virtio_fs_is_refused_and_the_guest_runs_on(shared: Path, tmp_path: Path) -> None:
+    (shared / "f").write_bytes(b"x")
+    snapshot = tmp_path / "m.snap"
+    vmm = subprocess.Popen(
+        [sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--debug-exit", "--memory", "64M",
+         "--cmdline", "probe.test=fs probe.irq=msix probe.path=f probe.secs=3", "--fs", f"tag=t,path={shared}",
+         "--snapshot-on-signal", str(snapshot)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        text=True,
+    )
+    assert vmm.stdout is not None
+    seen = []
+    for line in vmm.stdout:
+        seen.append(line)
+        if "tick=2 " in line:
+            break
+    vmm.send_signal(signal.SIGUSR2)
+    try:
+        rest, stderr = vmm.communicate(timeout=120)
+    finally:
+        vmm.kill()
+    run = Run(vmm.returncode, "".join(seen) + rest, stderr)
+
+    ticks = [f for f in run.lines() if "tick" in f]
+    assert len(ticks) == 12 and all(f["getattr"] == "ok" for f in ticks)  # the device never stopped serving
+    assert run.lines()[-1] == {"result": "pass"} and not snapshot.exists()
+    assert "pyhv: snapshot not saved: cannot save: fs[0] (virtio-fs 't') is a vhost-user device" in stderr
