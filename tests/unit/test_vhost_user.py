@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyhv.backends import vhost_user as vu
 from pyhv.backends.vhost_user import MemRegion, QueueLayout, VhostUserBackend, VhostUserClient, VhostUserError
@@ -269,3 +271,32 @@ def test_idle_check_reports_a_closed_back_end(pair: tuple[socket.socket, socket.
 def test_connect_to_nothing_is_one_error(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(VhostUserError, match="cannot connect"):
         VhostUserClient.connect(os.path.join(tmp_path, "none.sock"), "test")
+
+REQUESTS = [(vu.GET_FEATURES, lambda c: c.get_features()), (vu.GET_VRING_BASE, lambda c: c.get_vring_base(1)),
+            (vu.GET_CONFIG, lambda c: c.get_config(8)), (vu.SET_OWNER, lambda c: c.set_owner())]
+
+
+@settings(max_examples=300, deadline=None)
+@given(which=st.integers(0, len(REQUESTS) - 1), head=st.tuples(st.integers(0, 40), st.integers(0, 0xFFFF_FFFF),
+                                                               st.integers(0, 0x2_0000)),
+       body=st.binary(max_size=300), well_formed_head=st.booleans())
+def test_any_reply_is_a_result_or_one_vhost_user_error(which: int, head: tuple[int, int, int], body: bytes,
+                                                        well_formed_head: bool) -> None:
+    request, call = REQUESTS[which]
+    code, flags, size = head
+    if well_formed_head:  # right request and flags, so the size and payload checks are reached
+        code, flags, size = request, vu.VERSION | vu.FLAG_REPLY, len(body)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client = VhostUserClient(ours, "fuzz")
+        client.protocol_features = 1 << vu.PROTOCOL_F_REPLY_ACK
+        ours.settimeout(0.05)
+        theirs.sendall(struct.pack("<III", code, flags, size) + body)
+        theirs.shutdown(socket.SHUT_WR)
+        try:
+            call(client)
+        except VhostUserError as e:
+            assert str(e).startswith("fuzz: ") and "\n" not in str(e)
+    finally:
+        ours.close()
+        theirs.close()
