@@ -87,7 +87,11 @@ REPLY_TIMEOUT = 5.0
 
 
 class VhostUserError(PyhvError):
-    """The back end broke the protocol, went away, or refused a request."""
+    """The back end broke the protocol, went away, or refused a request: ``name: detail``."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name}: {detail}")
+        self.detail = detail
 
 
 class MemRegion(NamedTuple):
@@ -130,7 +134,7 @@ class VhostUserClient:
                 sock.close()
                 retry = isinstance(e, (ConnectionRefusedError, FileNotFoundError)) and time.monotonic() < deadline
                 if not retry:
-                    raise VhostUserError(f"{name}: cannot connect to {path}: {e.strerror or e}") from None
+                    raise VhostUserError(name, f"cannot connect to {path}: {e.strerror or e}") from None
             time.sleep(0.01)
 
     def fileno(self) -> int:
@@ -143,11 +147,11 @@ class VhostUserClient:
 
     def _fail(self, what: str) -> VhostUserError:
         self.broken = self.broken or what
-        return VhostUserError(f"{self.name}: {what}")
+        return VhostUserError(self.name, what)
 
     def _send(self, request: int, payload: bytes = b"", fds: Sequence[int] = (), need_reply: bool = False) -> None:
         if self.broken is not None:
-            raise VhostUserError(f"{self.name}: {self.broken}")
+            raise VhostUserError(self.name, self.broken)
         flags = VERSION | (FLAG_NEED_REPLY if need_reply else 0)
         message = HEADER.pack(request, flags, len(payload)) + payload
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
@@ -202,7 +206,7 @@ class VhostUserClient:
         if ack:
             status = self._u64_reply(request)
             if status != 0:
-                raise VhostUserError(f"{self.name}: {NAMES.get(request, request)} refused (status {status})")
+                raise VhostUserError(self.name, f"{NAMES.get(request, request)} refused (status {status})")
 
     # --- requests ----------------------------------------------------------------------
 
@@ -333,7 +337,7 @@ class VhostUserBackend:
         if self.protocol_features >> PROTOCOL_F_MQ & 1:
             queues = client.get_queue_num()
             if queues < num_queues:
-                raise VhostUserError(f"{self.name}: the back end serves {queues} queues, the device needs {num_queues}")
+                raise VhostUserError(self.name, f"the back end serves {queues} queues, the device needs {num_queues}")
 
     @classmethod
     def open(

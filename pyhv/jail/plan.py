@@ -50,10 +50,15 @@ def plan(d: Description, root: str, index: int, first_id: int = 100000, count: i
     mounts: list[Mount] = [Mount(d.payload.kernel, _inside(d.payload.kernel), True)]
     if d.payload.initrd:
         mounts.append(Mount(d.payload.initrd, _inside(d.payload.initrd), True))
-    mounts += [Mount(x.path, _inside(x.path), x.readonly) for x in d.disks]
+    mounts += [Mount(x.path, _inside(x.path), x.readonly) for x in d.disks if x.path]
+    mounts += [Mount(x.base, _inside(x.base), True) for x in d.disks if x.base]  # shared bases: never written
+    # unix sockets are reached through their folders (vsock's PATH_PORT, vhost-user back ends'),
+    # a shared directory as itself
+    folders = [os.path.dirname(x.vhost_user) for x in d.disks if x.vhost_user]
+    folders += [os.path.dirname(f.socket) for f in d.fs if f.socket] + [f.path for f in d.fs if f.path]
     if d.vsock is not None:
-        folder = os.path.dirname(d.vsock.uds)
-        mounts.append(Mount(folder, _inside(folder), False))
+        folders.append(os.path.dirname(d.vsock.uds))
+    mounts += [Mount(folder, _inside(folder), False) for folder in dict.fromkeys(folders)]
     for m in mounts:
         if not os.path.isabs(m.source):
             raise JailError(f"{m.source!r} is not an absolute path")

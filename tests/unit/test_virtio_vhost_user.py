@@ -39,7 +39,7 @@ class ScriptedBackend:
 
     def start(self, features: int, queues: Any) -> None:
         if self.fail_start:
-            raise VhostUserError(self.fail_start)
+            raise VhostUserError("fake", self.fail_start)
         self.started.append((features, list(queues)))
 
     def stop(self) -> dict[int, int]:

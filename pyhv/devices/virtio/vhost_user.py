@@ -97,7 +97,7 @@ class VhostUser(VirtioDevice):
         try:
             self.backend.start(self.driver_features, rings)
         except (PyhvError, OSError) as e:  # the back end's VhostUserError is a PyhvError
-            self.fail(f"back end: {e}")
+            self.fail(f"back end: {getattr(e, 'detail', e)}")
 
     def _device_reset(self) -> None:
         try:
@@ -119,6 +119,6 @@ class VhostUser(VirtioDevice):
             reason = self.backend.idle_check()
             if reason is None:
                 return True
-            self.fail(f"back end: {reason}")
+            self.fail(reason)
             return False
 
