@@ -6,7 +6,7 @@ buffers.  KVM turns that into an interrupt by itself through an irqfd
 address and data the guest wrote into the queue's MSI-X table entry.  So the
 route must follow the guest: when it reprograms the entry, the route changes;
 when the entry, the function or MSI-X as a whole is masked or disabled (or
-the queue has no vector), the irqfd is detached and the I/O thread reads the
+the queue has no vector, or the driver turned bus mastering off), the irqfd is detached and the I/O thread reads the
 eventfd instead, handing each signal to the transport, which keeps it pending
 in the PBA as the MSI-X rules say.  Unmasking attaches the irqfd again (KVM
 fires at once if the eventfd was signalled meanwhile) and the table delivers

@@ -234,3 +234,19 @@ def test_a_vector_beyond_the_table_is_no_vector() -> None:
     t._common_write(0x1A, 2, t.msix.vectors)  # queue_msix_vector one past the table
 
     assert t.queue_vectors[1] == 0xFFFF and t.msi_target(1) is None
+
+
+def test_clearing_bus_mastering_detaches_the_irqfd() -> None:
+    t, _ = transport_with_vectors()
+    vm, io = FakeVm(), FakeIo()
+    call = CallVector(GsiRoutes(vm), io, lambda: t.msi_target(1), lambda: t.device.interrupt(1))  # type: ignore[arg-type]
+    t.on_interrupt_change = call.sync
+    t.queue_vectors[1] = 2
+    program_vector(t, 2, 0xFEE0_0000, 0x4041, masked=False)
+    t.msix.set_control(enabled=True, function_masked=False)
+    attached = call.fd in vm.irqfds
+
+    t.config.write(0x04, 2, 0x2)  # memory decoding only: the device may not write MSIs
+
+    assert attached and call.fd not in vm.irqfds and call.fd in io.watched
+    call.close()

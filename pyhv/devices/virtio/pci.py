@@ -130,6 +130,7 @@ class VirtioPci(PciDevice):
         #: vector, the MSI-X table, the device status): irqfd routes follow it
         self.on_interrupt_change: Callable[[], None] | None = None
         self.msix.on_change = self._interrupt_changed
+        config.on_command = self._interrupt_changed  # bus mastering gates MSI writes
 
     # --- interrupts -------------------------------------------------------------
 
