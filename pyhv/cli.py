@@ -39,6 +39,8 @@ RUN_OPTIONS = [
     Option("--vsock", "virtio-vsock: cid=N,uds=PATH (host side: Firecracker's unix-socket convention)", "SPEC"),
     Option("--fw-cfg", "a fw_cfg file: name=NAME,file=PATH or name=NAME,string=TEXT (repeatable; "
            "names under opt/)", "SPEC", repeat=True),
+    Option("--fs", "virtio-fs: tag=TAG,socket=PATH (a vhost-user back end) or tag=TAG,path=DIR (pyhv runs "
+           "virtiofsd on DIR) (repeatable)", "SPEC", repeat=True),
     Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
     Option("--transport", "how virtio devices attach: pci (default) or mmio (virtio-mmio windows, "

@@ -235,6 +235,21 @@ static void parse_option(struct options *o, const char *tok, size_t len)
             fail("bad value for probe.size: ", val, val_len);
         o->size = v;
         o->have_size = 1;
+    } else if (mem_eq(key, key_len, "probe.path")) {
+        if (val_len == 0 || val_len > 255)
+            fail("bad value for probe.path: ", val, val_len);
+        o->path = val;
+        o->path_len = val_len;
+    } else if (mem_eq(key, key_len, "probe.out")) {
+        if (val_len == 0 || val_len > 255)
+            fail("bad value for probe.out: ", val, val_len);
+        o->out = val;
+        o->out_len = val_len;
+    } else if (mem_eq(key, key_len, "probe.text")) {
+        if (val_len > 4000)
+            fail("bad value for probe.text: ", val, val_len);
+        o->text = val;
+        o->text_len = val_len;
     } else if (mem_eq(key, key_len, "probe.conns")) {
         if (!parse_u64(val, val_len, 0, &v) || v < 1 || v > 16)
             fail("bad value for probe.conns: ", val, val_len);
@@ -631,6 +646,8 @@ void user_main(uint32_t kind, uint64_t info)
         test_blk(&o);
     if (mem_eq(o.test, o.test_len, "blkflush"))
         test_blkflush(&o);
+    if (mem_eq(o.test, o.test_len, "blksum"))
+        test_blksum(&o);
     if (mem_eq(o.test, o.test_len, "blkbench"))
         test_blkbench(&o);
     if (mem_eq(o.test, o.test_len, "hostile"))
@@ -665,5 +682,9 @@ void user_main(uint32_t kind, uint64_t info)
         test_fwcfg(&o);
     if (mem_eq(o.test, o.test_len, "mptable"))
         test_mptable(&o);
+    if (mem_eq(o.test, o.test_len, "fs"))
+        test_fs(&o);
+    if (mem_eq(o.test, o.test_len, "fsbench"))
+        test_fsbench(&o);
     fail("unknown test ", o.test, o.test_len);
 }

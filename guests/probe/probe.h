@@ -451,6 +451,12 @@ struct options {
     int have_size;
     uint64_t conns;             /* probe.conns: vsockclient connections */
     unsigned dev;               /* probe.dev: which device of its kind (blkswap) */
+    const char *path;           /* probe.path: fs reads this file */
+    size_t path_len;
+    const char *out;            /* probe.out: fs writes this file ... */
+    size_t out_len;
+    const char *text;           /* probe.text: ... with this content */
+    size_t text_len;
     uint32_t boot_kind;         /* how the probe was entered */
     uint64_t boot_info;         /* zero page or hvm_start_info */
     uint64_t cmdline;           /* where the command line is (0: none) */
@@ -585,9 +591,12 @@ NORETURN void test_blksnap(const struct options *o);
 NORETURN void test_blkswap(const struct options *o);
 NORETURN void test_kbd(const struct options *o);
 NORETURN void test_fwcfg(const struct options *o);
+NORETURN void test_fs(const struct options *o);
+NORETURN void test_fsbench(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);
 NORETURN void test_blkflush(const struct options *o);
+NORETURN void test_blksum(const struct options *o);
 NORETURN void test_hostile(const struct options *o);
 
 #endif /* __ASSEMBLER__ */

@@ -23,7 +23,7 @@ from ..devices.legacy import acpi_pm, debug_exit, debugcon, fw_cfg, i8042, port8
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
-from ..model import FW_CFG_DATA_MAX, Description, debug_exit_status, default_mac, parse_mac
+from ..model import FW_CFG_DATA_MAX, Description, debug_exit_status, default_mac, parse_mac, vhost_user_devices
 from ..vcpu import Stop, StopKind, VcpuThread
 
 from .devices import Devices
@@ -61,6 +61,8 @@ def build(
     after a guest reset (``Rtc.nvram``).  vCPU N's thread is named ``vcpu_prefix``
     + N (``vcpuN``, what pyhvd's dispatcher looks for, unless the front end says
     otherwise)."""
+    if restore is not None and vhost_user_devices(config):
+        raise UsageError(f"cannot restore: {vhost_user_devices(config)[0]} is a vhost-user device (not restorable yet)")
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
@@ -70,7 +72,11 @@ def build(
         io = IoThread()  # devices and backends register readiness with it as they are made
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
-        memory = restore.take_memory() if restore is not None else GuestMemory(config.memory)
+        if restore is None:
+            # vhost-user back ends map guest RAM themselves: it must be shared memory they can get a descriptor for
+            memory = GuestMemory(config.memory, memfd=bool(vhost_user_devices(config)))
+        else:
+            memory = restore.take_memory()
         # devices are made before the VM; interrupts only flow once it exists
         def deliver(address: int, data: int) -> None:
             assert vm is not None
@@ -226,8 +232,11 @@ def _virtio_devices(
         from ..backends.block import RawDisk, check_distinct
         from ..devices.virtio.blk import Blk
 
-        check_distinct([d.path for d in config.disks])
-        for disk_config in config.disks:
+        check_distinct([d.path for d in config.disks if d.path])
+        for index, disk_config in enumerate(config.disks):
+            if disk_config.base or disk_config.vhost_user:
+                place(_vhost_user_blk(index, disk_config, memory, backends))  # on PCI: the model says so
+                continue
             disk = RawDisk(disk_config.path, readonly=disk_config.readonly, direct=disk_config.cache == "none")
             backends.append(disk)
             blk = Blk(memory, disk, serial=disk_config.serial)
@@ -264,6 +273,73 @@ def _virtio_devices(
             raise UsageError(f"vsock.uds {config.vsock.uds}: cannot listen: {e.strerror}") from None
         backends.append(host)
         place(Vsock(memory, config.vsock.cid, host, io))
+    for index, fs_config in enumerate(config.fs):
+        place(_virtio_fs(index, fs_config, memory, backends))
+
+
+def _virtio_fs(index: int, fs_config: Any, memory: GuestMemory, backends: list[Closeable]) -> Any:
+    """virtio-fs on a vhost-user back end: one at ``socket``, or a virtiofsd of our own on ``path``.
+    Two queues: hiprio and one request queue (virtio 1.2, 5.11.2); the config space is the tag."""
+    from ..devices.virtio.vhost_user import FS_DEVICE_ID, fs_config as config_space
+
+    key = f"fs[{index}]"
+    socket, wait = fs_config.socket, 0.0
+    if fs_config.path:
+        from ..backends.daemons import START_TIMEOUT, virtiofsd
+
+        daemon = virtiofsd(fs_config.path, f"{key}.path")
+        backends.append(daemon)
+        socket, wait = daemon.socket, START_TIMEOUT
+    name = f"virtio-fs {fs_config.tag!r}"
+    return _vhost_user(key, socket, wait, memory, backends, FS_DEVICE_ID, name, 2, lambda _: config_space(fs_config.tag, 1), 0)
+
+
+#: virtio-blk features a vhost-user-blk back end may offer the driver (virtio 1.2, 5.2.3):
+#: SIZE_MAX, SEG_MAX, GEOMETRY, RO, BLK_SIZE, FLUSH, TOPOLOGY, DISCARD, WRITE_ZEROES.
+#: Not MQ (the device has one queue) and not CONFIG_WCE (config writes are not forwarded).
+VHOST_USER_BLK_FEATURES = sum(1 << bit for bit in (1, 2, 4, 5, 6, 9, 10, 13, 14))
+BLK_CONFIG_SIZE = 60  # struct virtio_blk_config up to write_zeroes_may_unmap and padding
+
+
+def _vhost_user_blk(index: int, disk: Any, memory: GuestMemory, backends: list[Closeable]) -> Any:
+    """vhost-user-blk: a back end at ``vhost_user``, or a qemu-storage-daemon of our own serving
+    the qcow2 overlay ``path`` over ``base``.  The config space is the back end's (GET_CONFIG)."""
+    key = f"disks[{index}]"
+    socket, wait = disk.vhost_user, 0.0
+    if disk.base:
+        from ..backends.daemons import START_TIMEOUT, storage_daemon
+
+        daemon = storage_daemon(disk.path, disk.base, disk.readonly, disk.cache == "none", key)
+        backends.append(daemon)
+        socket, wait = daemon.socket, START_TIMEOUT
+
+    def config(backend: Any) -> bytes:
+        if not backend.has_config:
+            raise UsageError(f"{key}: the back end at {socket} does not offer its configuration (protocol feature CONFIG)")
+        return bytes(backend.get_config(BLK_CONFIG_SIZE))
+
+    return _vhost_user(key, socket, wait, memory, backends, 2, f"vhost-user-blk {key}", 1, config,
+                       VHOST_USER_BLK_FEATURES)
+
+
+def _vhost_user(
+    key: str, socket: str, wait: float, memory: GuestMemory, backends: list[Closeable], device_id: int, name: str,
+    queues: int, config: Any, allowed: int,
+) -> Any:
+    """A vhost-user device: connect (and hand over the memfd regions), check the back end, make the device."""
+    from ..backends.vhost_user import MemRegion, QueueLayout, VhostUserBackend, VhostUserError
+    from ..devices.virtio.vhost_user import VhostUser
+
+    regions = [MemRegion(r.gpa, r.size, r.host_addr, r.fd) for r in memory.regions]
+    try:
+        backend = VhostUserBackend.open(socket, name, regions, queues, memory.host_address, wait)
+        backends.append(backend)
+        if not backend.features >> 32 & 1:  # VIRTIO_F_VERSION_1: pyhv's transport is modern only
+            raise UsageError(f"{key}: the back end at {socket} does not offer VIRTIO_F_VERSION_1")
+        space = config(backend)
+    except VhostUserError as e:
+        raise UsageError(f"{key}: {e}") from None
+    return VhostUser(memory, backend, device_id, name, queues, space, allowed, QueueLayout)
 
 
 def _acpi_devices() -> list[bytes]:
