@@ -38,6 +38,7 @@ RUN_OPTIONS = [
            "names under opt/)", "SPEC", repeat=True),
     Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
+    Option("--no-vmgenid", "no VM Generation ID device (by default the guest gets one, new at boot and restore)"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST"),
     Option("--on-reboot", "what a guest reboot does (default restart)", "ACTION", None, ("destroy", "restart")),
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", None, ("destroy", "restart")),

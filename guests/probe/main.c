@@ -592,5 +592,7 @@ void user_main(uint32_t kind, uint64_t info)
         test_blksnap(&o);
     if (mem_eq(o.test, o.test_len, "fwcfg"))
         test_fwcfg(&o);
+    if (mem_eq(o.test, o.test_len, "vmgenid"))
+        test_vmgenid(&o);
     fail("unknown test ", o.test, o.test_len);
 }

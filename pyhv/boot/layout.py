@@ -13,6 +13,8 @@ places that no supported kernel format asks for::
     0x0000_b000  four page directories, 2 MiB pages, identity map 0..4 GiB
     0x0002_0000  kernel command line (CMDLINE_MAX bytes including the NUL)
     0x0009_fc00  EBDA / BIOS area, reserved in the memory map up to 1 MiB
+    0x000d_f000  VM Generation ID: 16 bytes (devices/vmgenid.py)
+    0x000e_0000  ACPI tables (boot/acpi.py)
     0x0010_0000  kernels, then the initrd near the top of low RAM
 
 Low RAM is ``[0, min(mem, LOW_RAM_LIMIT))``; the MMIO hole follows up to
@@ -61,6 +63,9 @@ EBDA_START = 0x9FC00
 HIGH_MEMORY_START = 0x100000
 #: nothing of a kernel image may be loaded below this address
 LOW_RESERVED_END = HIGH_MEMORY_START
+
+#: the VM Generation ID's 16 bytes: a page of the reserved BIOS area, below the ACPI tables
+VMGENID_ADDR = 0xDF000
 
 #: default load address of the protected-mode part of a bzImage
 BZIMAGE_LOAD_ADDR = 0x100000

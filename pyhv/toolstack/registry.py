@@ -132,6 +132,42 @@ class Registry:
         """A domain from a snapshot file, checked here before anything starts;
         with ``verify`` the domain process also checks every memory CRC before
         the guest runs (reading the whole file)."""
+        description = self._saved(path)
+        try:
+            if name or not description.name:
+                description = description._replace(name=model.check_name(name or _file_stem(path)))
+        except model.DescriptionError as e:
+            raise Refused(str(e), 400) from None
+        return self.start(self.admit(description), paused, restore=path, verify=verify)
+
+    def clone(self, path: str, count: int, prefix: str = "", paused: bool = False,
+              verify: bool = False) -> list[DomainRecord]:
+        """``count`` domains from one snapshot file, named ``PREFIX-1`` ... (the
+        prefix: the saved domain's name), each with its own NICs' TAPs and MACs,
+        vsock socket and CID (:func:`pyhv.model.clone`) and, being restored, its
+        own VM generation ID.  Their memory is the one file, mapped copy-on-write.
+        All start or none: if one is refused, those already started are destroyed.
+        ``verify`` checks the file's CRCs once, in the first clone."""
+        if not 1 <= count <= model.MAX_CLONES:
+            raise Refused(f"clones: must be an integer between 1 and {model.MAX_CLONES}", 400)
+        saved = self._saved(path)
+        try:
+            descriptions = [model.clone(saved, i, prefix or saved.name or _file_stem(path))
+                            for i in range(1, count + 1)]
+        except model.DescriptionError as e:
+            raise Refused(str(e), 400) from None
+        started: list[DomainRecord] = []
+        try:
+            for i, description in enumerate(descriptions):
+                started.append(self.start(self.admit(description), paused, restore=path, verify=verify and i == 0))
+        except BaseException:
+            for record in started:
+                self.destroy(record)
+            raise
+        return started
+
+    def _saved(self, path: str) -> Description:
+        """The description a snapshot file holds, the file checked; Refused(400) if it is no good."""
         from ..vmm.snapshot import Snapshot
 
         if not os.path.isabs(path):
@@ -141,17 +177,9 @@ class Registry:
         except PyhvError as e:
             raise Refused(str(e), 400) from None
         try:
-            description = snapshot.description
+            return snapshot.description
         finally:
             snapshot.close()
-        try:
-            if name or not description.name:
-                description = description._replace(
-                    name=model.check_name(name or os.path.splitext(os.path.basename(path))[0])
-                )
-        except model.DescriptionError as e:
-            raise Refused(str(e), 400) from None
-        return self.start(self.admit(description), paused, restore=path, verify=verify)
 
     def _spawn(
         self, domid: int, description: Description | None, paused: bool, extra: dict[str, Any],
@@ -373,6 +401,11 @@ class Registry:
         if self._migration_server is not None:
             self._migration_server.close()
         self._monitor.close()
+
+
+def _file_stem(path: str) -> str:
+    """A snapshot file's name without its directory and extension: a restored domain's default name."""
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _os_problem(e: OSError) -> str:

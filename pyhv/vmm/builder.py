@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
+from ..devices import vmgenid
 from ..devices.bus import MmioBus, PioBus
 from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, reset_ports, rtc, uart
 from ..errors import UsageError
@@ -33,6 +34,9 @@ class RestoreSource(Protocol):
     description: Description
     state: dict[str, Any]  # checked by snapshot.check_state
     vcpu_states: list[Any]
+    #: True: the machine runs again from a saved point (a snapshot), so it gets a
+    #: new VM generation ID; False: the same machine moved (live migration)
+    new_generation: bool
 
     def take_memory(self) -> GuestMemory: ...
 
@@ -68,9 +72,11 @@ def build(
         _virtio_devices(config, memory, wiring, deliver, backends, io, taps or {})
         firmware_config = _fw_cfg(config, memory)
         entry = None
+        if config.vmgenid and (restore is None or restore.new_generation):
+            vmgenid.new_generation(memory)  # before any vCPU runs
         if restore is None:
             pci_devices, pci_tables = wiring.acpi()
-            tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
+            tables = acpi.build_tables(list(range(config.vcpus)), _acpi_devices(config) + pci_devices, pci_tables)
             tables.write(memory)
             entry = load_kernel(
                 memory,
@@ -226,10 +232,11 @@ def _virtio_devices(
         wiring.add(VirtioPci(Vsock(memory, config.vsock.cid, host, io), deliver))
 
 
-def _acpi_devices() -> list[bytes]:
+def _acpi_devices(config: Description) -> list[bytes]:
     """AML for the DSDT's \\_SB scope: the legacy devices the guest should find."""
     return [acpi.com_device("COM1", 1, uart.COM1_BASE, uart.COM1_IRQ), acpi.rtc_device(rtc.INDEX_PORT, rtc.RTC_IRQ),
-            acpi.fw_cfg_device(fw_cfg.ACPI_HID, fw_cfg.PORT_BASE, fw_cfg.ACPI_IO_LENGTH)]
+            acpi.fw_cfg_device(fw_cfg.ACPI_HID, fw_cfg.PORT_BASE, fw_cfg.ACPI_IO_LENGTH)] + (
+            [vmgenid.acpi_device()] if config.vmgenid else [])
 
 
 def _fw_cfg(config: Description, memory: GuestMemory) -> fw_cfg.FwCfg:
@@ -238,6 +245,8 @@ def _fw_cfg(config: Description, memory: GuestMemory) -> fw_cfg.FwCfg:
     from ..boot.layout import e820_map
 
     files = [(fw_cfg.E820_FILE, fw_cfg.e820_file(e820_map(memory.ram_ranges()))), (fw_cfg.BOOTORDER_FILE, b"")]
+    if config.vmgenid:
+        files.append((vmgenid.FW_CFG_FILE, vmgenid.fw_cfg_file()))
     for i, entry in enumerate(config.fw_cfg):
         if not entry.name.startswith("opt/"):  # QEMU warns too: firmware may use such a name
             print(f"pyhv: warning: fw_cfg[{i}].name {entry.name!r}: names outside opt/ may clash", file=sys.stderr)
