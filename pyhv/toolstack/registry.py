@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import model
@@ -33,6 +34,9 @@ from .record import DomainRecord, Refused
 from .store import DomainStore
 
 __all__ = ["DomainRecord", "Refused", "Registry"]
+
+#: clone processes started at once (each starts Python and maps the snapshot)
+CLONE_STARTS = 4
 
 
 class Registry:
@@ -147,7 +151,8 @@ class Registry:
         vsock socket and CID (:func:`pyhv.model.clone`) and, being restored, its
         own VM generation ID.  Their memory is the one file, mapped copy-on-write.
         All start or none: if one is refused, those already started are destroyed.
-        ``verify`` checks the file's CRCs once, in the first clone."""
+        ``verify`` checks the file's CRCs once, in the first clone, before the
+        others start (:data:`CLONE_STARTS` at a time)."""
         if not 1 <= count <= model.MAX_CLONES:
             raise Refused(f"clones: must be an integer between 1 and {model.MAX_CLONES}", 400)
         saved = self._saved(path)
@@ -156,15 +161,43 @@ class Registry:
                             for i in range(1, count + 1)]
         except model.DescriptionError as e:
             raise Refused(str(e), 400) from None
-        started: list[DomainRecord] = []
+        admitted: list[Description] = []
         try:
-            for i, description in enumerate(descriptions):
-                started.append(self.start(self.admit(description), paused, restore=path, verify=verify and i == 0))
-        except BaseException:
+            for description in descriptions:
+                admitted.append(self.admit(description))
+        except Refused:
+            with self.lock:
+                self._starting.difference_update(d.name for d in admitted)
+            raise
+        started: list[DomainRecord] = []
+        if verify:  # once, in the first clone, before any runs; the others map the same checked file
+            try:
+                started.append(self.start(admitted.pop(0), paused, restore=path, verify=True))
+            except BaseException:
+                with self.lock:
+                    self._starting.difference_update(d.name for d in admitted)
+                raise
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def start(description: Description) -> None:
+            try:
+                record = self.start(description, paused, restore=path)
+            except BaseException as e:  # noqa: BLE001 - reported below, after the others
+                with lock:
+                    errors.append(e)
+                return
+            with lock:
+                started.append(record)
+
+        # A few at a time: each clone is a process that starts Python and maps the file.
+        with ThreadPoolExecutor(max_workers=CLONE_STARTS, thread_name_prefix="clone") as pool:
+            list(pool.map(start, admitted))
+        if errors:
             for record in started:
                 self.destroy(record)
-            raise
-        return started
+            raise errors[0]
+        return sorted(started, key=lambda r: int(r.name.rsplit("-", 1)[1]))
 
     def _saved(self, path: str) -> Description:
         """The description a snapshot file holds, the file checked; Refused(400) if it is no good."""

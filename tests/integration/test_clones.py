@@ -55,8 +55,9 @@ def test_each_boot_has_its_own_generation_id_and_it_holds_while_the_guest_runs(d
 def test_without_vmgenid_the_guest_finds_no_device(daemon: Daemon) -> None:
     d = daemon
     assert d.pyhv("create", str(d.config("n1", "vmgenid", vmgenid=False))).returncode == 0
+    log = d.wait_for("n1", "probe: result=")
 
-    assert "probe: result=fail" in d.wait_for("n1", "no 8-byte fw_cfg file etc/vmgenid_addr")
+    assert "no 8-byte fw_cfg file etc/vmgenid_addr" in log and "probe: result=fail" in log, log
 
 
 def test_three_clones_go_on_from_the_saved_count_each_with_its_own_generation_id(
@@ -107,3 +108,20 @@ def test_clones_of_a_domain_with_a_writable_disk_are_refused_in_one_line(daemon:
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "disks[0].path: a writable disk cannot be shared by clones" in r.stderr
     assert d.domains() == {}
+
+
+def test_clones_are_all_or_none_when_one_name_is_taken(daemon: Daemon) -> None:
+    d = daemon
+    assert d.pyhv("create", str(d.config("c-2", "ticker"))).returncode == 0
+    assert d.pyhv("create", str(d.config("c", "vmgenid"))).returncode == 0
+    _lines(d, "c", 1)
+    snap = d.snapshots / "c.snap"
+    assert d.pyhv("save", "c", str(snap)).returncode == 0
+
+    r = d.pyhv("restore", "--clone", "3", str(snap))
+
+    assert r.returncode == 1 and "a domain named 'c-2' already exists" in r.stderr, r.stderr
+    assert sorted(d.domains()) == ["c-2"]
+    r = d.pyhv("restore", "--clone", "2", "--name", "d", "--verify", str(snap))
+    assert r.returncode == 0 and r.stdout.count(" cloned from ") == 2, r.stdout + r.stderr
+    assert all(_lines(d, name, 1) for name in ("d-1", "d-2"))
