@@ -125,3 +125,30 @@ def test_clones_are_all_or_none_when_one_name_is_taken(daemon: Daemon) -> None:
     r = d.pyhv("restore", "--clone", "2", "--name", "d", "--verify", str(snap))
     assert r.returncode == 0 and r.stdout.count(" cloned from ") == 2, r.stdout + r.stderr
     assert all(_lines(d, name, 1) for name in ("d-1", "d-2"))
+
+
+@pytest.mark.parametrize("count, message", [
+    ("0", "clones: must be an integer between 1 and 1000"),
+    ("1001", "clones: must be an integer between 1 and 1000"),
+    ("two", "--clone 'two': expected a number of domains"),
+])
+def test_a_bad_clone_count_is_refused_in_one_line(daemon: Daemon, count: str, message: str) -> None:
+    r = daemon.pyhv("restore", "--clone", count, str(daemon.snapshots / "none.snap"))
+
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"pyhv: {message}"], r.stderr
+
+
+def test_clone_api_refuses_a_snapshot_outside_the_snapshot_directory(daemon: Daemon) -> None:
+    status, body = _post(daemon, "/clone", {"path": "/etc/passwd", "count": 2})
+
+    assert status == 403 and "outside the snapshot directory" in body["error"], body
+    assert daemon.domains() == {}
+
+
+def _post(d: Daemon, path: str, body: dict[str, object]) -> tuple[int, dict[str, str]]:
+    from pyhv.toolstack.client import ApiError
+
+    try:
+        return 201, d.client.post(path, body)
+    except ApiError as e:
+        return e.http_status, {"error": str(e)}
