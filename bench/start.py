@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from density import memory_kib
+from density import memory_kib, wait_logs
 from exits import PROBE_ELF, REPO
 from snapshot import Hmp, qemu, stop
 
@@ -69,20 +69,8 @@ def env() -> dict[str, str]:
 
 
 def wait_text(paths: list[Path], text: str, deadline: float) -> float:
-    """Poll until every file holds ``text``; the time the last one did."""
-    pending = set(paths)
-    while pending:
-        for p in list(pending):
-            try:
-                if text in p.read_text(errors="replace"):
-                    pending.discard(p)
-            except FileNotFoundError:
-                pass
-        if pending and time.monotonic() > deadline:
-            raise RuntimeError(f"{len(pending)} guests never printed {text!r} (e.g. {sorted(pending)[0]})")
-        if pending:
-            time.sleep(0.001)
-    return time.monotonic()
+    """Poll (every millisecond) until every file holds ``text``; the time the last one did."""
+    return wait_logs(paths, deadline, text, 0.001)
 
 
 def timed_process(argv: list[str], log: Path, text: str, timeout: float = 60.0) -> float:
