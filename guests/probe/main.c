@@ -686,5 +686,7 @@ void user_main(uint32_t kind, uint64_t info)
         test_fs(&o);
     if (mem_eq(o.test, o.test_len, "fsbench"))
         test_fsbench(&o);
+    if (mem_eq(o.test, o.test_len, "vmgenid"))
+        test_vmgenid(&o);
     fail("unknown test ", o.test, o.test_len);
 }

@@ -26,6 +26,7 @@ The plain form is the TOML/JSON schema::
     transport = "pci"        # how virtio devices are attached: pci (virtio-pci, MSI-X) | mmio
                              # (virtio-mmio windows, announced as virtio_mmio.device= on the command line;
                              # at most 15 devices)
+    vmgenid = true           # VM Generation ID (default on): a new one at boot and at every restore
 
     [[disks]]
     path = "/var/lib/pyhv/web1.img"
@@ -98,6 +99,7 @@ VSOCK_UDS_MAX = 90
 VSOCK_CID_MIN = 3  # 0-2 are reserved (hypervisor, local, host)
 VSOCK_CID_MAX = 0xFFFF_FFFE  # 0xffffffff is VMADDR_CID_ANY
 NAME_MAX = 64
+MAX_CLONES = 1000  # domains one restore request may make from one snapshot
 PATH_MAX = 4095  # bytes of a host file name (PATH_MAX less the terminating NUL)
 SCHED_WEIGHT_MAX = 65535
 SCHED_WARP_MAX_MS = 10_000
@@ -258,6 +260,7 @@ class Description(NamedTuple):
     serial: str = "stdio"
     debug_exit: str = "off"  # one of DEBUG_EXIT_MAPPINGS
     transport: str = "pci"
+    vmgenid: bool = True
     lifecycle: Lifecycle = Lifecycle()
     sched: Sched = Sched()
 
@@ -265,8 +268,8 @@ class Description(NamedTuple):
 #: the plain form's top-level keys, in the order :func:`to_plain` writes them
 TOP_KEYS = (
     "name", "kernel", "initrd", "cmdline", "boot", "firmware", "memory", "maxmem", "vcpus", "on_poweroff",
-    "on_reboot", "on_crash", "serial", "debug_exit", "balloon", "rng", "transport", "disks", "nics", "vsock",
-    "fw_cfg", "fs", "sched",
+    "on_reboot", "on_crash", "serial", "debug_exit", "balloon", "rng", "vmgenid", "transport", "disks", "nics",
+    "vsock", "fw_cfg", "fs", "sched",
 )
 DISK_KEYS = tuple(Disk._fields)
 NIC_KEYS = tuple(Nic._fields)
@@ -324,6 +327,7 @@ def from_plain(data: Any) -> Description:
         serial=check_serial(_str(data, "serial", ()) or "stdio", ("serial",)),
         debug_exit=_debug_exit(data.get("debug_exit", "off")),
         transport=transport,
+        vmgenid=_bool(data, "vmgenid", True, ()),
         lifecycle=Lifecycle(
             on_poweroff=_choice(data, "on_poweroff", ON_POWEROFF, Lifecycle._field_defaults["on_poweroff"], ()),
             on_reboot=_choice(data, "on_reboot", ON_REBOOT, Lifecycle._field_defaults["on_reboot"], ()),
@@ -537,6 +541,7 @@ def to_plain(d: Description) -> dict[str, Any]:
         "debug_exit": d.debug_exit,
         "balloon": d.balloon,
         "rng": d.rng,
+        "vmgenid": d.vmgenid,
         "transport": d.transport,
         "disks": [{"vhost_user": x.vhost_user} if x.vhost_user else
                   {**{k: v for k, v in x._asdict().items() if k not in ("base", "vhost_user") or v},
@@ -557,6 +562,37 @@ def to_plain(d: Description) -> dict[str, Any]:
     else:
         del plain["firmware"]
     return plain
+
+
+def clone(d: Description, index: int, prefix: str) -> Description:
+    """The description of clone ``index`` (1, 2, ...) of a domain saved as ``d``:
+    named ``PREFIX-INDEX``, each NIC on TAP ``TAP-INDEX`` with a random locally
+    administered MAC, vsock on ``UDS-INDEX`` with CID ``cid + index``.  Clones
+    share the snapshot's memory file, so they cannot share a writable disk."""
+    import os
+
+    name = check_name(f"{prefix}-{index}")
+    for i, disk in enumerate(d.disks):
+        if not disk.readonly:
+            raise DescriptionError(("disks", i, "path"), "a writable disk cannot be shared by clones "
+                                   "(make it read-only, or give each clone its own image)")
+    nics = []
+    for i, nic in enumerate(d.nics):
+        tap = f"{nic.tap}-{index}"
+        if len(tap) > IFNAME_MAX:
+            raise DescriptionError(("nics", i, "tap"), f"{tap}: a clone's interface name is at most {IFNAME_MAX} characters")
+        mac = bytearray(os.urandom(6))
+        mac[0] = mac[0] & 0xFC | 0x02  # unicast, locally administered
+        nics.append(nic._replace(tap=tap, mac=":".join(f"{b:02x}" for b in mac)))
+    vsock = d.vsock
+    if vsock is not None:
+        uds, cid = f"{vsock.uds}-{index}", vsock.cid + index
+        if len(uds.encode()) > VSOCK_UDS_MAX:
+            raise DescriptionError(("vsock", "uds"), f"{uds}: a clone's socket path is longer than {VSOCK_UDS_MAX} bytes")
+        if cid > VSOCK_CID_MAX:
+            raise DescriptionError(("vsock", "cid"), f"clone {index} would have CID {cid}, above {VSOCK_CID_MAX}")
+        vsock = Vsock(cid, uds)
+    return d._replace(name=name, nics=tuple(nics), vsock=vsock)
 
 
 def paths(d: Description) -> list[tuple[str, str]]:
@@ -768,6 +804,8 @@ def json_schema() -> dict[str, Any]:
             "rng": {"type": "boolean"},
             "transport": {"type": "string", "enum": list(TRANSPORTS),
                           "description": "pci: virtio-pci devices; mmio: virtio-mmio windows named on the command line"},
+            "vmgenid": {"type": "boolean", "default": True,
+                        "description": "a VM Generation ID device: a new GUID at boot and at every restore"},
             "disks": {"type": "array", "maxItems": MAX_DISKS, "items": {
                 "type": "object", "additionalProperties": False,
                 "oneOf": [{"required": ["path"]}, {"required": ["vhost_user"]}],

@@ -28,7 +28,7 @@ OPTION_OF = {
     "maxmem": "--maxmem", "vcpus": "--vcpus", "on_poweroff": "--on-poweroff", "on_reboot": "--on-reboot",
     "on_crash": "--on-crash", "serial": "--serial", "debug_exit": "--debug-exit", "balloon": "--balloon",
     "rng": "--rng", "disks": "--disk", "nics": "--net", "vsock": "--vsock", "name": "--name",
-    "fw_cfg": "--fw-cfg", "transport": "--transport", "fs": "--fs",
+    "fw_cfg": "--fw-cfg", "transport": "--transport", "fs": "--fs", "vmgenid": "--no-vmgenid",
 }
 
 
@@ -166,6 +166,9 @@ def plain_from_options(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
         if values.get(key):
             out[key] = True
             given[key] = OPTION_OF[key]
+    if values.get("no_vmgenid"):
+        out["vmgenid"] = False
+        given["vmgenid"] = OPTION_OF["vmgenid"]
     if values.get("disk"):
         out["disks"] = [disk(spec) for spec in values["disk"]]
         given.update({f"disks[{i}]": f"--disk {spec!r}" for i, spec in enumerate(values["disk"])})

@@ -16,6 +16,7 @@ from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
 from ..boot.layout import MPTABLE_ADDR
 from ..boot.mptable import mptable
+from ..devices import vmgenid
 from ..devices.bus import MmioBus, PioBus
 from ..devices.virtio.device import VirtioDevice
 from ..devices.virtio.pci import VirtioPci
@@ -39,6 +40,9 @@ class RestoreSource(Protocol):
     description: Description
     state: dict[str, Any]  # checked by snapshot.check_state
     vcpu_states: list[Any]
+    #: True: the machine runs again from a saved point (a snapshot), so it gets a
+    #: new VM generation ID; False: the same machine moved (live migration)
+    new_generation: bool
 
     def take_memory(self) -> GuestMemory: ...
 
@@ -95,11 +99,13 @@ def build(
         _virtio_devices(config, memory, place, backends, io, taps or {})
         pci_devices, pci_tables = wiring.acpi()
         apic_ids = list(range(config.vcpus))
-        acpi_inputs = (apic_ids, _acpi_devices() + pci_devices, pci_tables)
+        acpi_inputs = (apic_ids, _acpi_devices(config) + pci_devices, pci_tables)
         # the guest finds MMIO devices on its command line; the description keeps the user's
         cmdline = " ".join(part for part in (config.payload.cmdline, mmio_wiring.cmdline()) if part)
         firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), cmdline, fresh=restore is None)
         entry = None
+        if _has_vmgenid(config) and (restore is None or restore.new_generation):
+            vmgenid.new_generation(memory)  # before any vCPU runs
         if config.payload.firmware:
             _firmware(config.payload.firmware, memory, fresh=restore is None)
         elif restore is None:
@@ -342,10 +348,17 @@ def _vhost_user(
     return VhostUser(memory, backend, device_id, name, queues, space, allowed, QueueLayout)
 
 
-def _acpi_devices() -> list[bytes]:
+def _acpi_devices(config: Description) -> list[bytes]:
     """AML for the DSDT's \\_SB scope: the legacy devices the guest should find."""
     return [acpi.com_device("COM1", 1, uart.COM1_BASE, uart.COM1_IRQ), acpi.rtc_device(rtc.INDEX_PORT, rtc.RTC_IRQ),
-            acpi.fw_cfg_device(fw_cfg.ACPI_HID, fw_cfg.PORT_BASE, fw_cfg.ACPI_IO_LENGTH)]
+            acpi.fw_cfg_device(fw_cfg.ACPI_HID, fw_cfg.PORT_BASE, fw_cfg.ACPI_IO_LENGTH)] + (
+            [vmgenid.acpi_device()] if _has_vmgenid(config) else [])
+
+
+def _has_vmgenid(config: Description) -> bool:
+    """The VM Generation ID's page is below 1 MiB, which firmware uses as it likes:
+    pyhv places one only when it loads the kernel itself."""
+    return config.vmgenid and not config.payload.firmware
 
 
 def _firmware(path: str, memory: GuestMemory, fresh: bool) -> None:
@@ -375,6 +388,8 @@ def _fw_cfg(
     files = [(fw_cfg.E820_FILE, fw_cfg.e820_file(e820_map(ram))), (fw_cfg.BOOTORDER_FILE, b""),
              (fw_cfg.ACPI_TABLES_FILE, tables.tables), (fw_cfg.ACPI_RSDP_FILE, tables.rsdp),
              (fw_cfg.TABLE_LOADER_FILE, tables.loader)]
+    if _has_vmgenid(config):
+        files.append((vmgenid.FW_CFG_FILE, vmgenid.fw_cfg_file()))
     for i, entry in enumerate(config.fw_cfg):
         if not entry.name.startswith("opt/"):  # QEMU warns too: firmware may use such a name
             print(f"pyhv: warning: fw_cfg[{i}].name {entry.name!r}: names outside opt/ may clash", file=sys.stderr)
