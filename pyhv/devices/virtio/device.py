@@ -42,6 +42,9 @@ STATUS_FAILED = 0x80
 #: what ``interrupt`` is called with for a configuration change
 CONFIG_INTERRUPT = -1
 
+#: completions :meth:`VirtioDevice._drain` writes before publishing them with one ``used.idx`` store
+USED_BATCH = 32
+
 TRANSPORT_FEATURES = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_INDIRECT_DESC) | (1 << VIRTIO_F_EVENT_IDX)
 
 
@@ -168,13 +171,25 @@ class VirtioDevice:
         from a guest costs a VM exit, and the device is already looking.  After
         turning kicks back on, the queue is checked once more, so a chain added
         in between is not left waiting for a kick that never comes.
+
+        Completions are published in batches (:meth:`SplitQueue.push_used` with
+        ``publish=False``): one ``used.idx`` store per :data:`USED_BATCH`
+        chains and at the end, so the driver gets its buffers back while a long
+        burst is still being served, and the caller's one
+        :meth:`SplitQueue.should_notify` covers the whole drain.
         """
         used = False
         queue.set_notification(False)
         while True:
+            batch = 0
             while (chain := queue.pop()) is not None:
-                queue.push_used(chain, serve(chain))
+                queue.push_used(chain, serve(chain), publish=False)
                 used = True
+                batch += 1
+                if batch == USED_BATCH:
+                    queue.publish_used()
+                    batch = 0
+            queue.publish_used()
             queue.set_notification(True)
             if not queue.has_available():
                 return used

@@ -40,6 +40,8 @@ MTU = 1500
 #: the largest frame (with its header) pyhv moves without offloads
 MAX_FRAME = VNET_HDR_SIZE + 14 + 4 + MTU + 64
 HDR_NUM_BUFFERS = 10
+#: the header's offload fields (flags .. csum_offset) as two words: (0, 0) without offloads
+_HDR_OFFLOAD = struct.Struct("<QH")
 
 
 class Net(VirtioDevice):
@@ -96,16 +98,18 @@ class Net(VirtioDevice):
         if not VNET_HDR_SIZE < length <= MAX_FRAME:
             self._drop_tx(f"frame of {length} bytes")
             return 0
-        first = chain.readable[0]
-        if first.length >= HDR_NUM_BUFFERS:  # the usual layout: the header starts its own buffer
-            header = self.mem.view(first.addr, HDR_NUM_BUFFERS)
+        if len(chain.readable) == 1:  # the usual layout: header and frame in one buffer
+            # the buffer lies in RAM (checked at pop) and is `length` bytes long
+            views = [self.mem.view(chain.readable[0].addr, length)]
+            header = views[0]
         else:
-            header = memoryview(chain.read_all(self.mem, VNET_HDR_SIZE))
-        if any(header[:HDR_NUM_BUFFERS]):  # flags, gso_type, hdr_len, gso_size, csum_*
+            views = buffer_views(self.mem, chain.readable, 0, length)
+            header = views[0] if len(views[0]) >= HDR_NUM_BUFFERS else memoryview(chain.read_all(self.mem, VNET_HDR_SIZE))
+        if _HDR_OFFLOAD.unpack_from(header) != (0, 0):  # flags, gso_type, hdr_len, gso_size, csum_*
             self._drop_tx("offload header fields set but no offload was negotiated")
             return 0
         try:
-            self.backend.send(buffer_views(self.mem, chain.readable, 0, length))
+            self.backend.send(views)
         except BlockingIOError:
             self.tx_dropped += 1  # the backend's queue is full: the network drops, as a wire would
             return 0
@@ -147,8 +151,10 @@ class Net(VirtioDevice):
             chain = queue.pop()
             if chain is None:
                 return used
-            room = chain.writable_len()
-            views = buffer_views(self.mem, chain.writable, 0, room)
+            if len(chain.writable) == 1:  # one buffer: in RAM (checked at pop), `length` bytes
+                views = [self.mem.view(chain.writable[0].addr, chain.writable[0].length)]
+            else:
+                views = buffer_views(self.mem, chain.writable, 0, chain.writable_len())
             try:
                 n = self.backend.recv_into(views)
             except BlockingIOError:
@@ -158,7 +164,7 @@ class Net(VirtioDevice):
                 n = 0
             if n < VNET_HDR_SIZE:
                 self.rx_dropped += 1
-                queue.push_used(chain, 0)
+                queue.push_used(chain, 0, publish=False)
             else:
                 # one buffer per frame (no MRG_RXBUF): num_buffers = 1
                 if len(views[0]) >= VNET_HDR_SIZE:
@@ -167,5 +173,5 @@ class Net(VirtioDevice):
                     chain.write_at(self.mem, HDR_NUM_BUFFERS, b"\x01\x00")
                 self.rx_frames += 1
                 self.rx_bytes += n - VNET_HDR_SIZE
-                queue.push_used(chain, n)
+                queue.push_used(chain, n, publish=False)
             used = True
