@@ -44,6 +44,8 @@ class ScriptedFrames:
         self.incoming: deque[bytes | OSError] = deque()
         self.sent: list[bytes] = []
         self.send_error: OSError | None = None
+        self.can = 0  # the OFFLOAD_* bits offloads() reports
+        self.offload: list[int] = []  # every set_offload() call
 
     def fileno(self) -> int:
         return self.fd
@@ -65,6 +67,12 @@ class ScriptedFrames:
         if self.send_error is not None:
             raise self.send_error
         self.sent.append(b"".join(bytes(v) for v in views))
+
+    def offloads(self) -> int:
+        return self.can
+
+    def set_offload(self, flags: int) -> None:
+        self.offload.append(flags)
 
 
 class ScriptedStream:

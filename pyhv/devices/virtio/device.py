@@ -74,6 +74,11 @@ class VirtioDevice:
     def offered_features(self) -> int:
         return self.device_features() | TRANSPORT_FEATURES
 
+    def accepts_features(self, features: int) -> bool:
+        """Whether a choice of offered features is consistent (a device whose
+        features depend on each other says no to one without the other)."""
+        return True
+
     @property
     def negotiated(self) -> int:
         return self.driver_features if self.status & STATUS_FEATURES_OK else 0
@@ -95,7 +100,11 @@ class VirtioDevice:
                 return
             if value & STATUS_FEATURES_OK and not self.status & STATUS_FEATURES_OK:
                 wanted = self.driver_features
-                if wanted & ~self.offered_features() or not wanted >> VIRTIO_F_VERSION_1 & 1:
+                if (
+                    wanted & ~self.offered_features()
+                    or not wanted >> VIRTIO_F_VERSION_1 & 1
+                    or not self.accepts_features(wanted)
+                ):
                     value &= ~STATUS_FEATURES_OK  # refused: the driver reads it back and gives up
             if value & STATUS_DRIVER_OK and not self.status & STATUS_DRIVER_OK:
                 if not value & STATUS_FEATURES_OK:
@@ -249,7 +258,7 @@ class VirtioDevice:
         queues = st["queues"]
         if not isinstance(queues, list) or len(queues) != len(self.queues):
             raise DeviceStateError(f"{what} state: expected {len(self.queues)} queues")
-        if status & STATUS_FEATURES_OK and features & ~self.offered_features():
+        if status & STATUS_FEATURES_OK and (features & ~self.offered_features() or not self.accepts_features(features)):
             raise DeviceStateError(f"{what} state: driver features {features:#x} were never offered")
         for i, (q, qs) in enumerate(zip(self.queues, queues, strict=True)):
             try:

@@ -214,7 +214,7 @@ class DescriptorChain:
             raise QueueError(f"reading chain {self.head}: {e}") from None
         return bytes(out)
 
-    def write_at(self, mem: GuestRam, offset: int, data: bytes) -> int:
+    def write_at(self, mem: GuestRam, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` into the writable buffers from byte ``offset`` on.
 
         Writes stop at the end of the last writable buffer; the result is the
@@ -425,10 +425,13 @@ class SplitQueue:
         except MemoryAccessError as e:
             raise QueueError(str(e)) from None
 
-    def unpop(self) -> None:
-        """Give back the chain just popped: the device could not use it yet
-        (virtio-net had no frame for a receive buffer); the next pop returns it again."""
-        self.last_avail_idx = (self.last_avail_idx - 1) & 0xFFFF
+    def unpop(self, count: int = 1) -> None:
+        """Give back the ``count`` chains just popped: the device could not use
+        them yet (virtio-net had no frame for a receive buffer); the next pops
+        return them again."""
+        if not 0 <= count <= self.size:
+            raise ValueError(f"cannot give back {count} chains of a queue of {self.size}")
+        self.last_avail_idx = (self.last_avail_idx - count) & 0xFFFF
         if self._active and self.event_idx and self._notify:
             self._store16(self._avail_event, self.last_avail_idx)
 
