@@ -107,6 +107,7 @@ class Runtime:
         running), or is booted afresh; any later one (a restart) boots afresh."""
         from .builder import build
 
+        nvram = None  # the CMOS clock's battery-backed bytes, kept across restarts as on a PC
         try:
             while True:
                 wanted = self._wanted
@@ -118,7 +119,8 @@ class Runtime:
                 else:
                     try:
                         taps = {i: os.dup(fd) for i, fd in self.taps.items()}
-                        machine = build(self.description, console=self.console, restore=snapshot, taps=taps)
+                        machine = build(self.description, console=self.console, restore=snapshot, taps=taps,
+                                        nvram=nvram)
                     except PyhvError as e:
                         if not self._ready({"ok": False, "error": str(e)}):
                             _say(f"{self._who()}{e}")  # a restart failed: nobody is waiting to hear it
@@ -137,6 +139,7 @@ class Runtime:
                     return self._preserve(machine, stop)
                 if self._on_machine_end is not None:
                     self._on_machine_end(machine)
+                nvram = machine.nvram()
                 machine.close()
                 with self._lock:
                     self.machine = None
