@@ -93,7 +93,13 @@ class HostStream(Protocol):
         Raises BlockingIOError when nothing is waiting."""
         ...
 
-    def send(self, data: bytes | bytearray) -> int:
+    def recv_into(self, views: Sequence[memoryview]) -> int:
+        """:meth:`recv` scattered into ``views`` (one read); the bytes read, 0
+        once the host closed its end or failed.  Raises BlockingIOError when
+        nothing is waiting."""
+        ...
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
         """Write what the host takes now and return how much that was.  Raises
         BlockingIOError when it takes nothing (wait for writable), OSError
         when the host end is gone."""
