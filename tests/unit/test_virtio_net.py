@@ -20,6 +20,7 @@ from pyhv.devices.virtio import mmio as m
 from pyhv.backends.interfaces import OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO
 from pyhv.devices.virtio import net as n
 from pyhv.devices.virtio.net import MAX_FRAME, MAX_GSO_FRAME, RX, TX, Net
+from pyhv.devices.virtio.queue import VIRTQ_USED_F_NO_NOTIFY
 from pyhv.errors import UsageError
 from pyhv.model import Nic, default_mac, nic_from_plain, options
 
@@ -168,6 +169,29 @@ def test_backend_readable_after_a_device_failure_reads_nothing(rig: Rig) -> None
     rig.frames.incoming.append(HEADER + FRAME)
     rig.dev.backend_readable()
     assert rig.frames.incoming and rig.rx.used_idx() == 0
+
+
+def test_receive_queue_asks_for_no_kicks_while_it_has_buffers_and_for_kicks_when_they_run_out(rig: Rig) -> None:
+    rig.rx.add_chain(writable=[2048])
+    rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    flags_with_buffers = rig.rx.used_flags()
+    rig.frames.incoming.extend([HEADER + FRAME, HEADER + FRAME])
+    rig.dev.backend_readable()
+    assert (flags_with_buffers, rig.rx.used_flags(), rig.rx.used_idx()) == (VIRTQ_USED_F_NO_NOTIFY, 0, 2)
+
+
+def test_a_reply_waiting_in_the_backend_when_the_guest_transmits_comes_in_with_the_pass(rig: Rig) -> None:
+    head = rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.frames.incoming.append(HEADER + FRAME)  # the host answered while taking the frame
+    rig.tx.add_chain(readable=[HEADER + FRAME])
+    rig.kick(TX)
+    assert (rig.frames.sent, rig.rx.used_idx(), rig.rx.used_elem(0)) == (
+        [HEADER + FRAME],
+        1,
+        (head, VNET_HDR_SIZE + len(FRAME)),
+    )
 
 
 def test_config_space_holds_the_mac_and_link_up(rig: Rig) -> None:

@@ -113,6 +113,7 @@ class Net(VirtioDevice):
         self.mac = mac
         self.name = f"virtio-net({backend.name})"
         self._watching = False
+        self._rx_kicks = True  # whether the receive queue asks the driver for kicks
         self._max_tx = MAX_FRAME  # with HOST_TSO/UFO: MAX_GSO_FRAME
         self._mergeable = False
         self._bounce = bytearray(MAX_GSO_FRAME)  # the part of a merged frame beyond its first buffer
@@ -147,6 +148,7 @@ class Net(VirtioDevice):
         return self.mac + struct.pack("<HHH", VIRTIO_NET_S_LINK_UP, 1, MTU)
 
     def _device_activate(self) -> None:
+        self._rx_kicks = True  # as every queue starts (and is restored) asking for them
         features = self.driver_features
         gso = any(features >> bit & 1 for bit in _GSO_FEATURE.values())
         self._max_tx = MAX_GSO_FRAME if gso else MAX_FRAME
@@ -157,6 +159,7 @@ class Net(VirtioDevice):
 
     def _device_reset(self) -> None:
         self._set_watch(False)
+        self._rx_kicks = True
         self._max_tx, self._mergeable = MAX_FRAME, False
         self._set_offload(0)
 
@@ -177,6 +180,15 @@ class Net(VirtioDevice):
         if on != self._watching:
             self._watching = on
             self.io.watch(self.backend.fileno(), self.backend_readable if on else None, None)
+
+    def notify(self, index: int) -> None:
+        """After a transmit pass, look at the backend once: a reply the host made
+        while taking the frames (an ARP or ICMP answer from the host's own
+        stack) is in the TAP already, and comes in without waiting for the
+        I/O thread to see the backend readable."""
+        super().notify(index)
+        if index == TX and self._watching:
+            self.backend_readable()
 
     def _device_process(self, index: int, queue: SplitQueue) -> bool:
         if index == TX:
@@ -268,12 +280,21 @@ class Net(VirtioDevice):
 
     def _receive(self, queue: SplitQueue) -> bool:
         used = False
+        if self._rx_kicks:  # buffers to fill and the backend watched: the guest need not kick
+            self._rx_kicks = False
+            queue.set_notification(False)
         while True:
-            if not queue.has_available():
-                self._set_watch(False)  # nowhere to put a frame: wait for the guest's kick
-                return used
             chain = queue.pop()
             if chain is None:
+                # out of buffers: ask for a kick, then look once more (a buffer
+                # posted before the request was visible brought no kick)
+                self._rx_kicks = True
+                queue.set_notification(True)
+                if queue.has_available():
+                    self._rx_kicks = False
+                    queue.set_notification(False)
+                    continue
+                self._set_watch(False)  # nowhere to put a frame: wait for the guest's kick
                 return used
             room = chain.writable_len()
             if len(chain.writable) == 1:  # one buffer: in RAM (checked at pop), `room` bytes
