@@ -333,6 +333,25 @@ def test_random_transmit_headers_never_escape_the_device(fields: bytes, length: 
     assert rig.tx.used_idx() == 1 and rig.dev.tx_frames + rig.dev.tx_dropped == 1 and not rig.dev.status & 0x40
 
 
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.lists(st.integers(1, 5000), min_size=1, max_size=3), min_size=1, max_size=16),
+    st.lists(st.integers(0, MAX_GSO_FRAME + 100), min_size=1, max_size=6),
+    st.booleans(),
+)
+def test_random_receive_buffers_and_frame_sizes_never_escape_the_device(
+    chains: list[list[int]], sizes: list[int], mergeable: bool
+) -> None:
+    rig = Rig(features=GUEST_GSO if mergeable else 1 << 32, can=ALL_OFFLOADS)
+    for writable in chains:
+        rig.rx.add_chain(writable=writable)
+    rig.kick(RX)
+    rig.frames.incoming.extend(bytes(n) for n in sizes)
+    rig.dev.backend_readable()
+    assert rig.rx.used_idx() <= len(chains) and not rig.dev.status & 0x40
+    assert rig.dev.rx_frames + rig.dev.rx_dropped + len(rig.frames.incoming) == len(sizes)
+
+
 # --- the TAP's frame calls -----------------------------------------------------------
 
 
