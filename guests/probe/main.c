@@ -145,7 +145,7 @@ static int parse_ipv4(const char *s, size_t len, uint32_t *out)
     return 1;
 }
 
-/* probe.features=NAME[,NAME...]: eventidx, indirect, none. */
+/* probe.features=NAME[,NAME...]: eventidx, indirect, offload, none. */
 static void parse_features(struct options *o, const char *val, size_t val_len)
 {
     size_t i = 0;
@@ -160,6 +160,8 @@ static void parse_features(struct options *o, const char *val, size_t val_len)
             o->features |= FEAT_EVENT_IDX;
         else if (mem_eq(val + start, i - start, "indirect"))
             o->features |= FEAT_INDIRECT;
+        else if (mem_eq(val + start, i - start, "offload"))
+            o->features |= FEAT_OFFLOAD;
         else if (!mem_eq(val + start, i - start, "none"))
             fail("bad value for probe.features: ", val, val_len);
         i++;

@@ -428,6 +428,7 @@ NORETURN void exception_handler(struct trap_frame *f);
 /* main.c (ring 3) */
 #define FEAT_EVENT_IDX  1               /* probe.features=eventidx */
 #define FEAT_INDIRECT   2               /* probe.features=indirect */
+#define FEAT_OFFLOAD    4               /* probe.features=offload (virtio-net) */
 struct options {
     const char *test;
     size_t test_len;
