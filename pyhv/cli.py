@@ -30,7 +30,8 @@ RUN_OPTIONS = [
     Option("--memory", "guest memory (default 256M)", "SIZE"),
     Option("--vcpus", "number of virtual CPUs (default 1)", "N"),
     Option("--boot", "boot protocol (default: from the image)", "PROTO", None, ("auto", "linux", "pvh", "multiboot")),
-    Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
+    Option("--debug-exit", "isa-debug-exit port at 0xf4: a guest write of V ends pyhv with status V & 0xff "
+           "(=pyhv, the default) or (V << 1) | 1 as QEMU does (=qemu)", "[=pyhv|qemu]", bare="pyhv"),
     Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none] (repeatable)", "SPEC", repeat=True),
     Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
     Option("--vsock", "virtio-vsock: cid=N,uds=PATH (host side: Firecracker's unix-socket convention)", "SPEC"),
@@ -88,7 +89,7 @@ def usage(command: str | None = None) -> str:
     text, options = COMMANDS[command]
     lines = [f"usage: pyhv {command} [OPTIONS]", "", text, "", "options:"]
     for o in options:
-        head = f"{o.name} {o.metavar}".strip()
+        head = f"{o.name}{o.metavar}" if o.bare else f"{o.name} {o.metavar}".strip()
         choices = f" ({'|'.join(o.choices)})" if o.choices else ""
         lines.append(f"  {head:22s} {o.help}{choices}")
     return "\n".join(lines)

@@ -485,6 +485,67 @@ static NORETURN void test_reboot_cf9(void)
     fail("reboot through port 0xcf9 did not happen", "", 0);
 }
 
+/*
+ * The CMOS shutdown status byte (register 0x0F) across a reset.  On a PC it
+ * lives in battery-backed CMOS RAM: the BIOS reads it at the reset vector to
+ * tell a cold boot from a warm one.  First boot: it reads 0 (or anything but
+ * probe.n), so write probe.n (default 0x0a) there and reset through
+ * probe.port (0xcf9, the default, or 0x92).  After the reset the byte reads
+ * back as written, and the workload passes.
+ */
+#define CMOS_INDEX 0x70
+#define CMOS_DATA 0x71
+#define CMOS_SHUTDOWN_STATUS 0x0f
+
+static uint8_t cmos_read(uint8_t reg)
+{
+    port_outb(CMOS_INDEX, reg);
+    return port_inb(CMOS_DATA);
+}
+
+static NORETURN void test_cmos(const struct options *o)
+{
+    uint8_t want = o->have_n ? (uint8_t)o->n : 0x0a;
+    uint64_t via = o->have_port ? o->port : 0xcf9;
+    uint8_t now = cmos_read(CMOS_SHUTDOWN_STATUS);
+
+    if ((o->have_n && (o->n < 1 || o->n > 0xff)) || (via != 0xcf9 && via != 0x92))
+        fail("probe.test=cmos takes probe.n=1..255 and probe.port=0xcf9|0x92", "", 0);
+    line_begin("cmos");
+    kv_hex("shutdown", now);
+    kv_str("boot", now == want ? "after_reset" : "first");
+    line_end();
+    if (now == want)
+        pass();
+    port_outb(CMOS_INDEX, CMOS_SHUTDOWN_STATUS);
+    port_outb(CMOS_DATA, want);
+    line_begin("cmos");
+    kv_hex("wrote", want);
+    kv_hex("read", cmos_read(CMOS_SHUTDOWN_STATUS));
+    kv_str("via", via == 0x92 ? "porta" : "cf9");
+    line_end();
+    if (via == 0x92) {
+        port_outb(0x92, port_inb(0x92) | 0x01);
+    } else {
+        port_outb(0xcf9, 0x02);
+        port_outb(0xcf9, 0x06);
+    }
+    tsc_delay_us(2000000);
+    fail("reset did not happen", "", 0);
+}
+
+/* Write probe.n to the debug-exit port as the exit status (the VMM maps it). */
+static NORETURN void test_exit(const struct options *o)
+{
+    uint32_t value = o->have_n ? (uint32_t)o->n : 0;
+
+    line_begin("exit");
+    kv_hex("value", value);
+    line_end();
+    print_result(1);
+    probe_exit(value);
+}
+
 static NORETURN void test_fault(void)
 {
     /* hlt at CPL 3 raises #GP(0). */
@@ -546,6 +607,10 @@ void user_main(uint32_t kind, uint64_t info)
         test_reboot_porta();
     if (mem_eq(o.test, o.test_len, "reboot-cf9"))
         test_reboot_cf9();
+    if (mem_eq(o.test, o.test_len, "cmos"))
+        test_cmos(&o);
+    if (mem_eq(o.test, o.test_len, "exit"))
+        test_exit(&o);
     if (mem_eq(o.test, o.test_len, "acpi"))
         test_acpi(kind, info);
     if (mem_eq(o.test, o.test_len, "poweroff"))

@@ -7,7 +7,7 @@ places that no supported kernel format asks for::
     0x0000_6000  PVH hvm_start_info or Multiboot information, with their
                  module list, memory map and strings (one page)
     0x0000_7000  Linux zero page (struct boot_params, one page)
-    0x0000_8ff0  initial stack pointer (stack grows down from here)
+    0x0000_8ff0  initial stack pointer (stack grows down from here, one page)
     0x0000_9000  PML4
     0x0000_a000  PDPT
     0x0000_b000  four page directories, 2 MiB pages, identity map 0..4 GiB
@@ -17,6 +17,10 @@ places that no supported kernel format asks for::
     0x000f_0000  MP floating pointer and configuration table (mptable.py)
     0x000f_fff0  the reset-vector stub (acpi.py)
     0x0010_0000  kernels, then the initrd near the top of low RAM
+
+Between these areas a kernel may load below 1 MiB too (Multiboot kernels
+do): :data:`PYHV_LOW_AREAS` lists what pyhv writes, and a loader refuses only
+segments that overlap one of them.
 
 Low RAM is ``[0, min(mem, LOW_RAM_LIMIT))``; the MMIO hole follows up to
 4 GiB and any remaining RAM starts at ``HIGH_RAM_START``.
@@ -66,6 +70,26 @@ MPTABLE_ADDR = 0xF0000
 HIGH_MEMORY_START = 0x100000
 #: nothing of a kernel image may be loaded below this address
 LOW_RESERVED_END = HIGH_MEMORY_START
+
+
+class LowArea(NamedTuple):
+    """Memory below 1 MiB that pyhv itself writes while building the boot state."""
+
+    name: str
+    start: int
+    end: int  # exclusive
+
+
+#: pyhv's own areas in the first MiB, in address order (see the module's map)
+PYHV_LOW_AREAS = (
+    LowArea("boot GDT", GDT_ADDR, GDT_ADDR + BOOT_GDT_SIZE),
+    LowArea("boot information", BOOT_INFO_ADDR, BOOT_INFO_END),
+    LowArea("zero page", ZERO_PAGE_ADDR, ZERO_PAGE_ADDR + PAGE_SIZE),
+    LowArea("boot stack", BOOT_STACK_TOP & ~(PAGE_SIZE - 1), (BOOT_STACK_TOP & ~(PAGE_SIZE - 1)) + PAGE_SIZE),
+    LowArea("boot page tables", PML4_ADDR, PAGE_TABLES_END),
+    LowArea("command line", CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_MAX),
+    LowArea("BIOS area (EBDA, ACPI tables, reset vector)", EBDA_START, HIGH_MEMORY_START),
+)
 
 #: default load address of the protected-mode part of a bzImage
 BZIMAGE_LOAD_ADDR = 0x100000

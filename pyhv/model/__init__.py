@@ -18,7 +18,8 @@ The plain form is the TOML/JSON schema::
     on_reboot = "restart"    # destroy | restart
     on_crash = "destroy"     # destroy | restart | preserve
     serial = "stdio"         # stdio | none | file:PATH (domains under pyhvd: their console log)
-    debug_exit = false       # isa-debug-exit at 0xf4: the guest's value ends the domain with a status
+    debug_exit = "off"       # isa-debug-exit at 0xf4: a guest write of V ends the domain with a status:
+                             # "pyhv" (or true): V & 0xff; "qemu": (V << 1) | 1 as QEMU's; "off" (or false)
     balloon = true
     rng = true
     transport = "pci"        # how virtio devices are attached: pci (virtio-pci, MSI-X) | mmio
@@ -97,6 +98,7 @@ BOOT_PROTOCOLS = ("auto", "linux", "pvh", "multiboot")
 ON_POWEROFF = ("destroy", "restart")
 ON_REBOOT = ("destroy", "restart")
 ON_CRASH = ("destroy", "restart", "preserve")
+DEBUG_EXIT_MAPPINGS = ("off", "pyhv", "qemu")
 DISK_CACHE = ("writeback", "none")
 #: the machine's one virtio transport: every virtio device sits on PCI, or every one on an MMIO window
 TRANSPORTS = ("pci", "mmio")
@@ -196,7 +198,7 @@ class Description(NamedTuple):
     rng: bool = False
     balloon: bool = False
     serial: str = "stdio"
-    debug_exit: bool = False
+    debug_exit: str = "off"  # one of DEBUG_EXIT_MAPPINGS
     transport: str = "pci"
     lifecycle: Lifecycle = Lifecycle()
     sched: Sched = Sched()
@@ -259,7 +261,7 @@ def from_plain(data: Any) -> Description:
         rng=rng,
         balloon=balloon,
         serial=check_serial(_str(data, "serial", ()) or "stdio", ("serial",)),
-        debug_exit=_bool(data, "debug_exit", False, ()),
+        debug_exit=_debug_exit(data.get("debug_exit", "off")),
         transport=transport,
         lifecycle=Lifecycle(
             on_poweroff=_choice(data, "on_poweroff", ON_POWEROFF, Lifecycle._field_defaults["on_poweroff"], ()),
@@ -333,6 +335,23 @@ def sched_from_plain(s: Any, at: tuple[str | int, ...]) -> Sched:
         warp_limit_ms=_int(s, "warp_limit_ms", 2000, 0, SCHED_LIMIT_MAX_MS, at),
         unwarp_ms=_int(s, "unwarp_ms", 1000, 0, SCHED_LIMIT_MAX_MS, at),
     )
+
+
+def _debug_exit(value: Any) -> str:
+    """``true`` and ``false`` are ``"pyhv"`` and ``"off"`` (the key was a boolean first)."""
+    if isinstance(value, bool):
+        return "pyhv" if value else "off"
+    if not isinstance(value, str) or value not in DEBUG_EXIT_MAPPINGS:
+        raise DescriptionError(("debug_exit",), f"must be one of {', '.join(DEBUG_EXIT_MAPPINGS)} (or true, false)")
+    return value
+
+
+def debug_exit_status(mapping: str, value: int) -> int:
+    """The exit status a guest's write of ``value`` to debug-exit asks for under ``mapping``:
+    pyhv's own (the value's low byte: a write of 0 looks like a power-off, 1 like a
+    crash) or QEMU's ``(value << 1) | 1`` (odd, never 0; only a write of 0 gives a
+    crash's 1), both as an 8-bit process status."""
+    return ((value << 1) | 1) & 0xFF if mapping == "qemu" else value & 0xFF
 
 
 def check_name(name: str, at: tuple[str | int, ...] = ("name",)) -> str:
@@ -566,7 +585,9 @@ def json_schema() -> dict[str, Any]:
             "on_reboot": {"type": "string", "enum": list(ON_REBOOT)},
             "on_crash": {"type": "string", "enum": list(ON_CRASH)},
             "serial": {"type": "string", "description": "stdio, none or file:PATH (pyhvd: the console log)"},
-            "debug_exit": {"type": "boolean"},
+            "debug_exit": {"oneOf": [{"type": "string", "enum": list(DEBUG_EXIT_MAPPINGS)}, {"type": "boolean"}],
+                           "description": "pyhv: a write of V ends with status V & 0xff; qemu: (V << 1) | 1; "
+                                          "true is pyhv, false is off"},
             "balloon": {"type": "boolean"},
             "rng": {"type": "boolean"},
             "transport": {"type": "string", "enum": list(TRANSPORTS),

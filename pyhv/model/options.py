@@ -110,7 +110,10 @@ def plain_from_options(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
     if values.get("vcpus") is not None:
         out["vcpus"] = _number(values["vcpus"])
         given["vcpus"] = f"--vcpus {values['vcpus']!r}"
-    for key in ("debug_exit", "balloon", "rng"):
+    if values.get("debug_exit") is not None:  # the bare flag is "pyhv"; the value is the model's to check
+        out["debug_exit"] = values["debug_exit"]
+        given["debug_exit"] = f"--debug-exit={values['debug_exit']}"
+    for key in ("balloon", "rng"):
         if values.get(key):
             out[key] = True
             given[key] = OPTION_OF[key]

@@ -22,7 +22,7 @@ from ..devices.legacy import acpi_pm, debug_exit, fw_cfg, i8042, port80, reset_p
 from ..errors import UsageError
 from ..kvm import Kvm
 from ..memory import GuestMemory
-from ..model import FW_CFG_DATA_MAX, Description, default_mac, parse_mac
+from ..model import FW_CFG_DATA_MAX, Description, debug_exit_status, default_mac, parse_mac
 from ..vcpu import Stop, StopKind, VcpuThread
 
 from .devices import Devices
@@ -44,7 +44,8 @@ class RestoreSource(Protocol):
 
 def build(
     config: Description, kvm: Kvm | None = None, console: Console | None = None,
-    restore: RestoreSource | None = None, taps: Mapping[int, int] | None = None, vcpu_prefix: str = "vcpu",
+    restore: RestoreSource | None = None, taps: Mapping[int, int] | None = None,
+    nvram: tuple[float, bytes] | None = None, vcpu_prefix: str = "vcpu",
 ) -> Machine:
     """Create a machine ready to start; on any error release what was made.
 
@@ -54,9 +55,11 @@ def build(
     ``description``): memory comes from it instead of a kernel, and devices, vCPUs,
     interrupt controllers and the clock take its state before anything runs.
     ``taps`` hands over open TAP descriptors (NIC index -> fd), which the
-    machine then owns and closes; other NICs open their TAP by name.  vCPU N's
-    thread is named ``vcpu_prefix`` + N (``vcpuN``, what pyhvd's dispatcher looks
-    for, unless the front end says otherwise)."""
+    machine then owns and closes; other NICs open their TAP by name.  ``nvram``
+    is the CMOS clock's battery-backed part of the machine this one replaces
+    after a guest reset (``Rtc.nvram``).  vCPU N's thread is named ``vcpu_prefix``
+    + N (``vcpuN``, what pyhvd's dispatcher looks for, unless the front end says
+    otherwise)."""
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
@@ -83,14 +86,15 @@ def build(
                 wiring.add(VirtioPci(device, deliver))
 
         _virtio_devices(config, memory, place, backends, io, taps or {})
-        firmware_config = _fw_cfg(config, memory)
+        pci_devices, pci_tables = wiring.acpi()
+        apic_ids = list(range(config.vcpus))
+        acpi_inputs = (apic_ids, _acpi_devices() + pci_devices, pci_tables)
+        # the guest finds MMIO devices on its command line; the description keeps the user's
+        cmdline = " ".join(part for part in (config.payload.cmdline, mmio_wiring.cmdline()) if part)
+        firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), cmdline, fresh=restore is None)
         entry = None
         if restore is None:
-            # the guest finds MMIO devices on its command line; the description keeps the user's
-            cmdline = " ".join(part for part in (config.payload.cmdline, mmio_wiring.cmdline()) if part)
-            pci_devices, pci_tables = wiring.acpi()
-            apic_ids = list(range(config.vcpus))
-            tables = acpi.build_tables(apic_ids, _acpi_devices() + pci_devices, pci_tables)
+            tables = acpi.build_tables(*acpi_inputs)
             tables.write(memory)
             # the same CPUs and lines for a guest booted with acpi=off; the MMIO devices' lines are level
             memory.write(MPTABLE_ADDR, mptable(apic_ids, [gsi for _, gsi, _ in mmio_wiring.windows()]))
@@ -137,16 +141,16 @@ def build(
         for port, register, name in pm.ports():
             pio.insert(port, 1, register, name)
         ram = memory.ram_ranges()
-        clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]))
+        clock = rtc.Rtc(mem_below_4g=ram[0][1], mem_above_4g=sum(size for _, size in ram[1:]), nvram=nvram)
         pio.insert(rtc.INDEX_PORT, 1, clock.index_port, "rtc-index")
         pio.insert(rtc.DATA_PORT, 1, clock.data_port, "rtc-data")
         pio.insert(fw_cfg.PORT_BASE, fw_cfg.PORT_LENGTH, firmware_config.ports, "fw_cfg")
         pio.insert(fw_cfg.DMA_BASE, fw_cfg.DMA_LENGTH, firmware_config.dma, "fw_cfg-dma")
         dbg = None
-        if config.debug_exit:
-            dbg = debug_exit.DebugExit(
-                lambda value: stop(StopKind.DEBUG_EXIT, value & 0xFF, f"guest wrote {value:#x} to debug-exit")
-            )
+        if config.debug_exit != "off":
+            dbg = debug_exit.DebugExit(lambda value: stop(
+                StopKind.DEBUG_EXIT, debug_exit_status(config.debug_exit, value), f"guest wrote {value:#x} to debug-exit"
+            ))
             pio.insert(debug_exit.DEFAULT_BASE, debug_exit.LENGTH, dbg, "debug-exit")
         devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, mmio=mmio_wiring,
                           debug_exit=dbg, fw_cfg=firmware_config)
@@ -255,18 +259,33 @@ def _acpi_devices() -> list[bytes]:
             acpi.fw_cfg_device(fw_cfg.ACPI_HID, fw_cfg.PORT_BASE, fw_cfg.ACPI_IO_LENGTH)]
 
 
-def _fw_cfg(config: Description, memory: GuestMemory) -> fw_cfg.FwCfg:
+def _fw_cfg(
+    config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, cmdline: str, fresh: bool
+) -> fw_cfg.FwCfg:
     """fw_cfg with the machine's facts and files: the e820 map the guest gets, an empty
-    boot order, and the description's entries (host files read now)."""
-    from ..boot.layout import e820_map
+    boot order, the ACPI tables with QEMU's linker/loader commands, the kernel items a
+    firmware's Linux loader reads (on a ``fresh`` boot: a restored machine gets the
+    command line only, so the kernel file need not be there any more), and the
+    description's entries (host files read now)."""
+    from ..boot.firmware import KernelItems, kernel_items
+    from ..boot.layout import CMDLINE_ADDR, e820_map
 
-    files = [(fw_cfg.E820_FILE, fw_cfg.e820_file(e820_map(memory.ram_ranges()))), (fw_cfg.BOOTORDER_FILE, b"")]
+    ram = memory.ram_ranges()
+    files = [(fw_cfg.E820_FILE, fw_cfg.e820_file(e820_map(ram))), (fw_cfg.BOOTORDER_FILE, b""),
+             (fw_cfg.ACPI_TABLES_FILE, tables.tables), (fw_cfg.ACPI_RSDP_FILE, tables.rsdp),
+             (fw_cfg.TABLE_LOADER_FILE, tables.loader)]
     for i, entry in enumerate(config.fw_cfg):
         if not entry.name.startswith("opt/"):  # QEMU warns too: firmware may use such a name
             print(f"pyhv: warning: fw_cfg[{i}].name {entry.name!r}: names outside opt/ may clash", file=sys.stderr)
         data = _read_fw_cfg_file(f"fw_cfg[{i}].file", entry.file) if entry.file else entry.string.encode()
         files.append((entry.name, data))
-    return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files)
+    payload = config.payload
+    if fresh:
+        kernel = kernel_items(payload.kernel, payload.initrd or None, cmdline, ram[0][1])
+    else:
+        kernel = KernelItems(cmdline=(CMDLINE_ADDR, cmdline.encode("utf-8", "surrogateescape") + b"\0"))
+    return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files,
+                        kernel=kernel._asdict())
 
 
 def _read_fw_cfg_file(key: str, path: str) -> bytes:

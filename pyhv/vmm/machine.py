@@ -72,6 +72,11 @@ class Machine:
     def progress(self) -> ProgressCodes:
         return self.devices.progress
 
+    def nvram(self) -> tuple[float, bytes]:
+        """What survives a reset on a PC: the CMOS clock's battery-backed part (``Rtc.nvram``),
+        which the runtime hands to the machine it builds next."""
+        return self.devices.rtc.nvram()
+
     # --- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:

@@ -108,6 +108,7 @@ class Runtime:
         running), or is booted afresh; any later one (a restart) boots afresh."""
         from .builder import build
 
+        nvram = None  # the CMOS clock's battery-backed bytes, kept across restarts as on a PC
         try:
             while True:
                 wanted = self._wanted
@@ -120,7 +121,7 @@ class Runtime:
                     try:
                         taps = {i: os.dup(fd) for i, fd in self.taps.items()}
                         machine = build(self.description, console=self.console, restore=snapshot, taps=taps,
-                                        vcpu_prefix=self.vcpu_prefix)
+                                        nvram=nvram, vcpu_prefix=self.vcpu_prefix)
                     except PyhvError as e:
                         if not self._ready({"ok": False, "error": str(e)}):
                             _say(f"{self._who()}{e}")  # a restart failed: nobody is waiting to hear it
@@ -139,6 +140,7 @@ class Runtime:
                     return self._preserve(machine, stop)
                 if self._on_machine_end is not None:
                     self._on_machine_end(machine)
+                nvram = machine.nvram()
                 machine.close()
                 with self._lock:
                     self.machine = None

@@ -163,6 +163,9 @@ CASES: list[tuple[list[str], str]] = [
      'kernel = "/k"\non_reboot = "destroy"\non_poweroff = "restart"\non_crash = "preserve"'),
     (["--kernel", "/k", "--serial", "file:/tmp/log", "--debug-exit"],
      'kernel = "/k"\nserial = "file:/tmp/log"\ndebug_exit = true'),
+    (["--kernel", "/k", "--debug-exit=pyhv"], 'kernel = "/k"\ndebug_exit = "pyhv"'),
+    (["--kernel", "/k", "--debug-exit=qemu"], 'kernel = "/k"\ndebug_exit = "qemu"'),
+    (["--kernel", "/k", "--debug-exit=off"], 'kernel = "/k"\ndebug_exit = false'),
     (["--kernel", "/k", "--disk", "/a.img,ro,serial=s1", "--disk", "/b.img,cache=none"],
      'kernel = "/k"\n[[disks]]\npath = "/a.img"\nreadonly = true\nserial = "s1"\n'
      '[[disks]]\npath = "/b.img"\ncache = "none"'),
@@ -197,6 +200,7 @@ CASES: list[tuple[list[str], str]] = [
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,string=1", "--fw-cfg", "name=opt/a,string=2"],
      'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nstring = "1"\n[[fw_cfg]]\nname = "opt/a"\nstring = "2"'),
     (["--kernel", "/k", "--vsock", "cid=2,uds=/v"], 'kernel = "/k"\n[vsock]\ncid = 2\nuds = "/v"'),
+    (["--kernel", "/k", "--debug-exit=isa"], 'kernel = "/k"\ndebug_exit = "isa"'),
     (["--kernel", "/k", "--vsock", "cid=3,uds=/" + "v" * 100], 'kernel = "/k"\n[vsock]\ncid = 3\nuds = "/' + "v" * 100 + '"'),
 ]
 
@@ -219,7 +223,8 @@ def test_every_syntax_gives_the_same_description_or_the_same_error(argv: list[st
     if isinstance(from_cli, tuple) and from_cli[0] == "error":
         with pytest.raises(UsageError) as cli_error:
             options.describe(plain, given)
-        assert cli_error.value.args[0].startswith(argv[-2]) and from_cli[2] in str(cli_error.value)
+        carrier = argv[-1] if argv[-1].startswith("--") else argv[-2]  # --option=VALUE or --option VALUE
+        assert cli_error.value.args[0].startswith(carrier) and from_cli[2] in str(cli_error.value)
         with pytest.raises(SnapshotError) as snap_error:
             description_from_state(tomllib.loads(toml))
         assert str(snap_error.value) == f"description: {model.key_name(from_cli[1])}: {from_cli[2]}"
@@ -299,6 +304,14 @@ def test_fw_cfg_limits_are_the_devices() -> None:
     assert set(fw_cfg.OWN_FILES) <= {*model.FW_CFG_OWN_NAMES, "etc/e820"}
 
 
+@pytest.mark.parametrize("mapping,value,status", [
+    ("pyhv", 0, 0), ("pyhv", 1, 1), ("pyhv", 0x1FF, 0xFF), ("qemu", 0, 1), ("qemu", 1, 3), ("qemu", 0x21, 0x43),
+    ("qemu", 0x80, 1),
+])
+def test_debug_exit_status_is_the_low_byte_or_qemus_mapping(mapping: str, value: int, status: int) -> None:
+    assert model.debug_exit_status(mapping, value) == status
+
+
 def test_disk_serial_limit_is_the_devices() -> None:
     from pyhv.devices.virtio.blk import VIRTIO_BLK_ID_BYTES
 
@@ -315,6 +328,7 @@ def descriptions(draw: Any) -> dict[str, Any]:
     plain["memory"] = draw(st.integers(16, 4096))
     plain["vcpus"] = draw(st.integers(1, 255))
     plain["on_crash"] = draw(st.sampled_from(model.ON_CRASH))
+    plain["debug_exit"] = draw(st.sampled_from((*model.DEBUG_EXIT_MAPPINGS, True, False)))
     disks = draw(st.lists(paths, max_size=4, unique=True))
     plain["disks"] = [{"path": p, "readonly": draw(st.booleans()), "cache": draw(st.sampled_from(model.DISK_CACHE)),
                        "serial": draw(st.text("abc123-", max_size=20))} for p in disks]

@@ -52,6 +52,9 @@ class FakeMachine:
     def set_balloon_target(self, size: int) -> None:
         self.targets.append(size)
 
+    def nvram(self) -> tuple[float, bytes]:
+        return 0.0, bytes(128)
+
     def pause(self, timeout: float = 5.0) -> None:
         self.state = "paused"
 
@@ -151,6 +154,36 @@ def test_a_destroy_that_arrives_while_the_guest_reboots_ends_the_domain(monkeypa
     monkeypatch.setattr(builder, "build", build)
     ending = runtime.run()
     assert (ending.reason, ending.status, len(built)) == ("destroy", 143, 1)
+
+
+def test_the_next_machine_after_a_reset_gets_the_cmos_of_the_one_that_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyhv.vmm import builder
+
+    runtime = Runtime(from_plain({"kernel": "/k"}), console=None)
+    given: list[Any] = []
+
+    class Resetting(FakeMachine):
+        state = "created"
+
+        def start(self) -> None:
+            self.state = "running"
+
+        def wait(self, timeout: float) -> Stop:
+            return Stop(StopKind.RESET if len(given) == 1 else StopKind.POWEROFF, 0, "words")
+
+        def nvram(self) -> tuple[float, bytes]:
+            return 1.5, bytes([len(given)]) * 128
+
+        def close(self) -> None:
+            pass
+
+    def build(*args: Any, nvram: Any = None, **kwargs: Any) -> FakeMachine:
+        given.append(nvram)
+        return Resetting()
+
+    monkeypatch.setattr(builder, "build", build)
+    ending = runtime.run()
+    assert (ending.reason, given) == ("poweroff", [None, (1.5, bytes([1]) * 128)])
 
 
 def test_the_repl_runs_typed_code_over_the_control_socket_and_close_does_not_wait_for_it(tmp_path: Path) -> None:
