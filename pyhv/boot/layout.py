@@ -92,7 +92,7 @@ PYHV_LOW_AREAS = (
     LowArea("boot stack", BOOT_STACK_TOP & ~(PAGE_SIZE - 1), (BOOT_STACK_TOP & ~(PAGE_SIZE - 1)) + PAGE_SIZE),
     LowArea("boot page tables", PML4_ADDR, PAGE_TABLES_END),
     LowArea("command line", CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_MAX),
-    LowArea("BIOS area (EBDA, VM Generation ID, ACPI tables, reset vector)", EBDA_START, HIGH_MEMORY_START),
+    LowArea("BIOS area (EBDA, VM Generation ID, ACPI tables, MP table, reset vector)", EBDA_START, HIGH_MEMORY_START),
 )
 
 #: default load address of the protected-mode part of a bzImage
