@@ -38,11 +38,18 @@ def test_plan_refuses_out_of_range_and_relative_root():
         plan(desc(), "j", 0)
 
 
-def test_plan_binds_vhost_user_bases_sockets_and_shared_directories():
-    d = desc(disks=[{"path": "/img/o.qcow2", "base": "/img/base.img"}, {"vhost_user": "/run/blk/s.sock"}],
-             fs=[{"tag": "a", "path": "/srv/share"}, {"tag": "b", "socket": "/run/vfs/b.sock"}])
+def test_plan_binds_the_folders_of_vhost_user_sockets():
+    d = desc(disks=[{"vhost_user": "/run/blk/s.sock"}], fs=[{"tag": "b", "socket": "/run/vfs/b.sock"}])
 
     p = plan(d, "/run/pyhv/jail/web", 0)
 
-    assert [(m.source, m.readonly) for m in p.mounts][1:] == [
-        ("/img/o.qcow2", False), ("/img/base.img", True), ("/run/blk", False), ("/run/vfs", False), ("/srv/share", False)]
+    assert [(m.source, m.readonly) for m in p.mounts] == [("/run/blk", True), ("/run/vfs", True)]
+
+
+@pytest.mark.parametrize("extra", [{"fs": [{"tag": "a", "path": "/srv/share"}]},
+                                   {"disks": [{"path": "/img/o.qcow2", "base": "/img/base.img"}]}])
+def test_plan_refuses_back_ends_the_jail_would_have_to_start(extra):
+    d = desc(**extra)
+
+    with pytest.raises(JailError, match="cannot start its own back end"):
+        plan(d, "/run/pyhv/jail/web", 0)
