@@ -19,6 +19,7 @@ The plain form is the TOML/JSON schema::
     on_crash = "destroy"     # destroy | restart | preserve
     serial = "stdio"         # stdio | none | file:PATH (domains under pyhvd: their console log)
     debug_exit = false       # isa-debug-exit at 0xf4: the guest's value ends the domain with a status
+    jail = true              # pyhvd confines the domain's VMM (README: Confinement); false opts out
     balloon = true
     rng = true
 
@@ -190,6 +191,7 @@ class Description(NamedTuple):
     balloon: bool = False
     serial: str = "stdio"
     debug_exit: bool = False
+    jail: bool = True
     lifecycle: Lifecycle = Lifecycle()
     sched: Sched = Sched()
 
@@ -197,7 +199,7 @@ class Description(NamedTuple):
 #: the plain form's top-level keys, in the order :func:`to_plain` writes them
 TOP_KEYS = (
     "name", "kernel", "initrd", "cmdline", "boot", "memory", "maxmem", "vcpus", "on_poweroff", "on_reboot",
-    "on_crash", "serial", "debug_exit", "balloon", "rng", "disks", "nics", "vsock", "fw_cfg", "sched",
+    "on_crash", "serial", "debug_exit", "jail", "balloon", "rng", "disks", "nics", "vsock", "fw_cfg", "sched",
 )
 DISK_KEYS = tuple(Disk._fields)
 NIC_KEYS = tuple(Nic._fields)
@@ -246,6 +248,7 @@ def from_plain(data: Any) -> Description:
         balloon=_bool(data, "balloon", False, ()),
         serial=check_serial(_str(data, "serial", ()) or "stdio", ("serial",)),
         debug_exit=_bool(data, "debug_exit", False, ()),
+        jail=_bool(data, "jail", True, ()),
         lifecycle=Lifecycle(
             on_poweroff=_choice(data, "on_poweroff", ON_POWEROFF, Lifecycle._field_defaults["on_poweroff"], ()),
             on_reboot=_choice(data, "on_reboot", ON_REBOOT, Lifecycle._field_defaults["on_reboot"], ()),
@@ -354,6 +357,7 @@ def to_plain(d: Description) -> dict[str, Any]:
         "on_crash": d.lifecycle.on_crash,
         "serial": d.serial,
         "debug_exit": d.debug_exit,
+        "jail": d.jail,
         "balloon": d.balloon,
         "rng": d.rng,
         "disks": [x._asdict() for x in d.disks],
@@ -551,6 +555,7 @@ def json_schema() -> dict[str, Any]:
             "on_crash": {"type": "string", "enum": list(ON_CRASH)},
             "serial": {"type": "string", "description": "stdio, none or file:PATH (pyhvd: the console log)"},
             "debug_exit": {"type": "boolean"},
+            "jail": {"type": "boolean", "description": "pyhvd confines the domain's VMM (default true)"},
             "balloon": {"type": "boolean"},
             "rng": {"type": "boolean"},
             "disks": {"type": "array", "maxItems": MAX_DISKS, "items": {
