@@ -130,7 +130,10 @@ class Machine:
             raise PyhvError(f"vCPU {index} is running: pause the machine first")
         return read_state(v.vcpu)
 
-    def save(self, path: str, sync: bool = True, description: Description | None = None, force: bool = False) -> Any:
+    def save(
+        self, path: str, sync: bool = True, description: Description | None = None, force: bool = False,
+        into: int | None = None,
+    ) -> Any:
         """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py);
         an existing ``path`` is replaced only with ``force`` and only if it is a
         pyhv snapshot.
@@ -142,7 +145,7 @@ class Machine:
 
         self._refuse_vhost_user("save", SnapshotError)
         with self.quiesced():
-            return save(self, path, sync, description, force)
+            return save(self, path, sync, description, force, into)
 
     def migrate(self, address: tuple[str, int], key: bytes, **options: Any) -> Any:
         """Live-migrate to ``pyhv run --incoming`` at ``address``; see vmm/migrate.py."""

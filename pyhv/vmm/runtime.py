@@ -95,6 +95,7 @@ class Runtime:
         self._wake = threading.Event()
         self._paused_wanted = paused
         self.gdb: Any = None  # the GDB stub (debug/gdbstub.py) while one listens
+        self.confined = False  # in a jail (pyhv/jail/): no network, no host paths
 
     @property
     def name(self) -> str:
@@ -378,7 +379,9 @@ class Runtime:
         """Save the whole domain to ``path``; then ``destroy`` it (the default,
         as xl does), let it ``continue``, or leave it ``pause``d.  A save that
         fails leaves the domain as it was.  An existing ``path`` is replaced
-        only with ``force`` and only if it is a pyhv snapshot."""
+        only with ``force`` and only if it is a pyhv snapshot.  With a descriptor
+        passed along (``fd``, pyhvd's temporary for a confined domain) the
+        snapshot is written through it and ``path`` is only its name."""
         path, then, force = request.get("path"), request.get("then", "destroy"), request.get("force", False)
         if not isinstance(path, str) or not os.path.isabs(path):
             raise PyhvError("save: path must be an absolute file name")
@@ -393,8 +396,10 @@ class Runtime:
             machine.pause(OP_TIMEOUT)
             with self._lock:
                 self.state = "paused"
+        fd = request.get("fd")
         try:
-            info = machine.save(path, description=self.description, force=force)
+            info = machine.save(path, description=self.description, force=force,
+                                into=os.dup(fd) if isinstance(fd, int) else None)
         except BaseException:
             if then != "continue" and was_running:
                 machine.resume()
@@ -421,9 +426,18 @@ class Runtime:
             raise PyhvError("migrate: the key must be hex") from None
         from .migrate import HandoverUnknown
 
+        fd = request.get("fd")  # connected by pyhvd: a confined domain has no network
+        if self.confined and not isinstance(fd, int):
+            raise PyhvError(f"migrate: domain {self.name} is confined and has no network: "
+                            "its connection must come with the request")
         machine = self._running_machine()
+        connection = None
+        if isinstance(fd, int):
+            import socket
+
+            connection = socket.socket(fileno=os.dup(fd))
         try:
-            stats = machine.migrate((host, port), secret, description=self.description)
+            stats = machine.migrate((host, port), secret, description=self.description, connection=connection)
         except HandoverUnknown as e:
             self.stop(StopKind.MIGRATED, 1, str(e))
             _say(f"{self._who()}{e}")
@@ -438,6 +452,8 @@ class Runtime:
         against whichever machine runs; where it listens."""
         from ..debug.gdbstub import Server
 
+        if self.confined:
+            raise PyhvError(f"gdb: domain {self.name} is confined: the stub cannot listen outside its jail")
         with self._lock:
             if self.gdb is not None:
                 raise PyhvError(f"a GDB stub already listens on {self.gdb.remote}")

@@ -28,7 +28,7 @@ def test_plan_binds_the_vsock_folder_read_only_and_hands_its_socket():
 def test_plan_hands_fw_cfg_files_and_bounds_tasks_by_vcpus():
     p = plan(desc(vcpus=4, fw_cfg=[{"name": "opt/a", "file": "/etc/a"}, {"name": "opt/b", "string": "x"}]), "/j", 0)
     assert HostFile("/etc/a", False, False) in p.files
-    assert dict(p.rlimits)["NPROC"] == 4 + 64
+    assert dict(p.rlimits)["NPROC"] == 4 + 128
 
 
 def test_plan_refuses_out_of_range_and_relative_root():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,7 +62,7 @@ class FakeMachine:
     def resume(self) -> None:
         self.state = "running"
 
-    def save(self, path: str, description: Any = None, force: bool = False) -> Any:
+    def save(self, path: str, description: Any = None, force: bool = False, into: int | None = None) -> Any:
         raise PyhvError(f"cannot create {path}.tmp: No such file or directory")
 
 
@@ -101,6 +102,28 @@ def test_a_failed_save_leaves_the_domain_running_as_before() -> None:
     with pytest.raises(PyhvError, match="No such file"):
         runtime.handle({"op": "save", "path": "/nonexistent/dir/snap", "then": "pause"})
     assert (machine.state, runtime.state) == ("running", "running")
+
+
+def test_a_descriptor_passed_with_a_request_reaches_the_handler_and_json_cannot_forge_one(tmp_path: Path) -> None:
+    path = str(tmp_path / "control")
+    seen: list[object] = []
+
+    def handler(request: dict[str, Any]) -> dict[str, Any]:
+        fd = request.get("fd")
+        seen.append(os.read(fd, 5) if isinstance(fd, int) else fd)
+        return {}
+
+    server = control.Server(path, handler)
+    r, w = os.pipe()
+    try:
+        os.write(w, b"hello")
+        control.call(path, {"op": "save"}, fds=(r,))
+        control.call(path, {"op": "save", "fd": 0})
+    finally:
+        server.close()
+        os.close(r)
+        os.close(w)
+    assert seen == [b"hello", None]
 
 
 def test_mem_max_changes_the_description_the_domain_travels_with() -> None:
