@@ -22,6 +22,9 @@ The plain form is the TOML/JSON schema::
                              # "pyhv" (or true): V & 0xff; "qemu": (V << 1) | 1 as QEMU's; "off" (or false)
     balloon = true
     rng = true
+    transport = "pci"        # how virtio devices are attached: pci (virtio-pci, MSI-X) | mmio
+                             # (virtio-mmio windows, announced as virtio_mmio.device= on the command line;
+                             # at most 15 devices)
 
     [[disks]]
     path = "/var/lib/pyhv/web1.img"
@@ -109,6 +112,10 @@ ON_REBOOT = ("destroy", "restart")
 ON_CRASH = ("destroy", "restart", "preserve")
 DEBUG_EXIT_MAPPINGS = ("off", "pyhv", "qemu")
 DISK_CACHE = ("writeback", "none")
+#: the machine's one virtio transport: every virtio device sits on PCI, or every one on an MMIO window
+TRANSPORTS = ("pci", "mmio")
+#: virtio devices on the mmio transport: one IOAPIC line each, and 15 lines are free (vmm/mmio.py)
+MAX_MMIO_DEVICES = 15
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (NAME_MAX - 1)
 _MAC = r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}"  # patterns compiled on first use (re's cache): start-up pays nothing
@@ -222,6 +229,7 @@ class Description(NamedTuple):
     balloon: bool = False
     serial: str = "stdio"
     debug_exit: str = "off"  # one of DEBUG_EXIT_MAPPINGS
+    transport: str = "pci"
     lifecycle: Lifecycle = Lifecycle()
     sched: Sched = Sched()
 
@@ -229,7 +237,7 @@ class Description(NamedTuple):
 #: the plain form's top-level keys, in the order :func:`to_plain` writes them
 TOP_KEYS = (
     "name", "kernel", "initrd", "cmdline", "boot", "memory", "maxmem", "vcpus", "on_poweroff", "on_reboot",
-    "on_crash", "serial", "debug_exit", "balloon", "rng", "disks", "nics", "vsock", "fw_cfg", "fs", "sched",
+    "on_crash", "serial", "debug_exit", "balloon", "rng", "transport", "disks", "nics", "vsock", "fw_cfg", "fs", "sched",
 )
 DISK_KEYS = tuple(Disk._fields)
 NIC_KEYS = tuple(Nic._fields)
@@ -262,6 +270,17 @@ def from_plain(data: Any) -> Description:
     _unique([e.name for e in fw_cfg], "fw_cfg", "name", "the same name as")
     fs = tuple(fs_from_plain(f, ("fs", i)) for i, f in enumerate(_array(data, "fs", MAX_FS)))
     _unique([f.tag for f in fs], "fs", "tag", "the same tag as")
+    rng, balloon = _bool(data, "rng", False, ()), _bool(data, "balloon", False, ())
+    transport = _choice(data, "transport", TRANSPORTS, Description._field_defaults["transport"], ())
+    virtio = len(disks) + len(nics) + rng + balloon + (vsock is not None)
+    if transport == "mmio" and virtio > MAX_MMIO_DEVICES:
+        raise DescriptionError(("transport",), f"mmio: {virtio} virtio devices, at most {MAX_MMIO_DEVICES} "
+                                               "(one interrupt line each)")
+    vhost_user = [f"disks[{i}]" for i, x in enumerate(disks) if x.base or x.vhost_user] + [
+        f"fs[{i}]" for i in range(len(fs))]
+    if transport == "mmio" and vhost_user:
+        # a back end's completions reach the guest as MSI-X messages through irqfds: PCI only
+        raise DescriptionError(("transport",), f"mmio: {vhost_user[0]} is a vhost-user device, which needs pci")
     return Description(
         payload=Payload(
             kernel=_path(data, "kernel", (), required=True),
@@ -278,10 +297,11 @@ def from_plain(data: Any) -> Description:
         vsock=vsock,
         fw_cfg=fw_cfg,
         fs=fs,
-        rng=_bool(data, "rng", False, ()),
-        balloon=_bool(data, "balloon", False, ()),
+        rng=rng,
+        balloon=balloon,
         serial=check_serial(_str(data, "serial", ()) or "stdio", ("serial",)),
         debug_exit=_debug_exit(data.get("debug_exit", "off")),
+        transport=transport,
         lifecycle=Lifecycle(
             on_poweroff=_choice(data, "on_poweroff", ON_POWEROFF, Lifecycle._field_defaults["on_poweroff"], ()),
             on_reboot=_choice(data, "on_reboot", ON_REBOOT, Lifecycle._field_defaults["on_reboot"], ()),
@@ -447,6 +467,7 @@ def to_plain(d: Description) -> dict[str, Any]:
         "debug_exit": d.debug_exit,
         "balloon": d.balloon,
         "rng": d.rng,
+        "transport": d.transport,
         "disks": [{"vhost_user": x.vhost_user} if x.vhost_user else
                   {k: v for k, v in x._asdict().items() if k not in ("base", "vhost_user") or v} for x in d.disks],
         "nics": [x._asdict() for x in d.nics],
@@ -656,6 +677,8 @@ def json_schema() -> dict[str, Any]:
                                           "true is pyhv, false is off"},
             "balloon": {"type": "boolean"},
             "rng": {"type": "boolean"},
+            "transport": {"type": "string", "enum": list(TRANSPORTS),
+                          "description": "pci: virtio-pci devices; mmio: virtio-mmio windows named on the command line"},
             "disks": {"type": "array", "maxItems": MAX_DISKS, "items": {
                 "type": "object", "additionalProperties": False,
                 "oneOf": [{"required": ["path"]}, {"required": ["vhost_user"]}],

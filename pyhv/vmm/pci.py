@@ -8,6 +8,7 @@ hang on its notification slots.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -57,10 +58,10 @@ class PciWiring:
             slot = self.root.slot_of(transport)
             external = getattr(transport.device, "backend_serves_queues", False)
             for q in range(len(transport.device.queues)):
-                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                self._notify_fds[(slot, q)] = fd
-                if not external:
-                    io.add_eventfd(fd, _notifier(transport, q))
+                if external:
+                    self._notify_fds[(slot, q)] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the back end reads it
+                else:
+                    self._notify_fds[(slot, q)] = io.new_eventfd(functools.partial(transport.device.notify, q))
             if external:
                 self._hand_to_backend(transport, slot, vm, io)
             self._hang_ioeventfds(transport, slot)
@@ -135,19 +136,10 @@ class PciWiring:
         self._notify_fds.clear()
 
 
-def _notifier(transport: VirtioPci, queue: int) -> Any:
-    def kick() -> None:
-        transport.device.notify(queue)
-
-    return kick
-
 
 def _target(transport: VirtioPci, queue: int) -> Any:
-    return lambda: transport.msi_target(queue)
+    return functools.partial(transport.msi_target, queue)
 
 
 def _relay(transport: VirtioPci, queue: int) -> Any:
-    def relay() -> None:
-        transport.device.interrupt(queue)
-
-    return relay
+    return functools.partial(transport.device.interrupt, queue)

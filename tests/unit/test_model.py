@@ -176,7 +176,13 @@ CASES: list[tuple[list[str], str]] = [
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,file=/etc/a,b", "--fw-cfg", "name=opt/b,string=x=1,y=2"],
      'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nfile = "/etc/a,b"\n[[fw_cfg]]\nname = "opt/b"\nstring = "x=1,y=2"'),
     (["--kernel", "/k", "--fw-cfg", "name=opt/empty,string="], 'kernel = "/k"\n[[fw_cfg]]\nname = "opt/empty"\nstring = ""'),
+    (["--kernel", "/k", "--transport", "mmio", "--rng", "--disk", "/a.img"],
+     'kernel = "/k"\ntransport = "mmio"\nrng = true\n[[disks]]\npath = "/a.img"'),
+    (["--kernel", "/k", "--transport", "pci"], 'kernel = "/k"\ntransport = "pci"'),
     # the same mistakes
+    (["--kernel", "/k", "--transport", "isa"], 'kernel = "/k"\ntransport = "isa"'),
+    (["--kernel", "/k", "--rng", "--balloon", *[a for i in range(14) for a in ("--disk", f"/d{i}")], "--transport", "mmio"],
+     'kernel = "/k"\ntransport = "mmio"\nrng = true\nballoon = true\n' + "".join(f'[[disks]]\npath = "/d{i}"\n' for i in range(14))),
     (["--kernel", "/k", "--vcpus", "0"], 'kernel = "/k"\nvcpus = 0'),
     (["--kernel", "/k", "--memory", "8M"], 'kernel = "/k"\nmemory = "8M"'),
     (["--kernel", "/k", "--serial", "tcp:1"], 'kernel = "/k"\nserial = "tcp:1"'),
@@ -391,3 +397,10 @@ def test_a_machine_with_a_vhost_user_device_names_it() -> None:
 def test_a_lone_surrogate_is_refused_in_one_line() -> None:
     with pytest.raises(DescriptionError, match="fw_cfg\\[0\\].string: must be valid Unicode"):
         from_plain(json.loads('{"kernel": "/k", "fw_cfg": [{"name": "opt/a", "string": "\\ud800"}]}'))
+
+
+def test_vhost_user_devices_need_the_pci_transport() -> None:
+    with pytest.raises(DescriptionError) as e:
+        from_plain({**MINIMAL, "transport": "mmio", "disks": [{"vhost_user": "/s"}], "fs": [{"tag": "t", "path": "/d"}]})
+
+    assert (e.value.path, e.value.message) == (("transport",), "mmio: disks[0] is a vhost-user device, which needs pci")
