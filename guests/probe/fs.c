@@ -347,7 +347,7 @@ static int fs_round(struct fs *f, const struct options *o)
 NORETURN void test_fs(const struct options *o)
 {
     static struct fs f;
-    const char *err = pci_init(o, 1);
+    const char *err = virtio_init(o, 1);
     uint64_t rounds = o->have_n && o->n ? o->n : 1, round;
     int ok = 1;
 
@@ -388,7 +388,7 @@ NORETURN void test_fs(const struct options *o)
 NORETURN void test_fsbench(const struct options *o)
 {
     static struct fs f;
-    const char *err = pci_init(o, 0), *src;
+    const char *err = virtio_init(o, 0), *src;
     uint64_t want = (o->have_mb ? o->mb : 64) << 20, n = o->have_n && o->n ? o->n : 1000;
     uint64_t hz, nodeid = 0, size = 0, fh = 0, bytes = 0, t0, seq_cycles, small_cycles, i;
     uint8_t *a;

@@ -11,6 +11,7 @@ The plain form is the TOML/JSON schema::
 
     name = "web1"
     kernel = "guests/build/probe.elf"   # initrd, cmdline, boot = auto|linux|pvh|multiboot
+    # firmware = "/usr/share/seabios/bios.bin"  # instead of a kernel: a BIOS ROM run from the reset vector
     memory = "256M"          # or an integer number of MiB
     maxmem = "512M"          # the most mem-set may give it (default: memory)
     vcpus = 2
@@ -25,12 +26,16 @@ The plain form is the TOML/JSON schema::
     transport = "pci"        # how virtio devices are attached: pci (virtio-pci, MSI-X) | mmio
                              # (virtio-mmio windows, announced as virtio_mmio.device= on the command line;
                              # at most 15 devices)
+    vmgenid = true           # VM Generation ID (default on): a new one at boot and at every restore
 
     [[disks]]
     path = "/var/lib/pyhv/web1.img"
     readonly = false
     serial = "web1-root"     # at most 20 bytes: what the guest reads with GET_ID
     cache = "writeback"      # writeback (host page cache) | none (O_DIRECT)
+    rate_limit = { ops = { size = 1000, refill_ms = 1000 }, bandwidth = { size = 52428800, refill_ms = 1000 } }
+                             # token buckets (Firecracker's): size tokens (requests, bytes) refilled
+                             # every refill_ms; burst = N extra tokens once; either bucket may be left out
 
     [[disks]]                # copy-on-write: a qcow2 overlay over a shared raw base image,
     path = "/var/lib/pyhv/web1-data.qcow2"   # created if missing, served by qemu-storage-daemon
@@ -40,6 +45,7 @@ The plain form is the TOML/JSON schema::
     tap = "web1-0"
     mac = "52:54:00:12:34:56"
     bridge = "br0"
+    rx_rate_limit = { bandwidth = { size = 12500000, refill_ms = 1000, burst = 0 } }   # and tx_rate_limit
 
     [[fw_cfg]]               # QEMU's fw_cfg: files the guest's firmware or OS reads by name
     name = "opt/org.example/role"   # at most 55 printable ASCII bytes; opt/ is the users' space
@@ -93,6 +99,7 @@ VSOCK_UDS_MAX = 90
 VSOCK_CID_MIN = 3  # 0-2 are reserved (hypervisor, local, host)
 VSOCK_CID_MAX = 0xFFFF_FFFE  # 0xffffffff is VMADDR_CID_ANY
 NAME_MAX = 64
+MAX_CLONES = 1000  # domains one restore request may make from one snapshot
 PATH_MAX = 4095  # bytes of a host file name (PATH_MAX less the terminating NUL)
 SCHED_WEIGHT_MAX = 65535
 SCHED_WARP_MAX_MS = 10_000
@@ -103,6 +110,8 @@ UNIX_PATH_MAX = 107  # sun_path[108] with its NUL
 MAX_FW_CFG = 16  # user entries (QEMU has 32 file slots; pyhv's own files take some)
 FW_CFG_NAME_MAX = 55  # name[56] in fw_cfg's directory, with its NUL
 FW_CFG_DATA_MAX = 16 * MiB  # each entry's bytes, a file's or a string's
+BUCKET_SIZE_MAX = 1 << 62  # tokens in a rate limiter's bucket (requests or bytes)
+BUCKET_REFILL_MAX_MS = 3_600_000
 #: fw_cfg files pyhv itself provides: a user entry may not take their names
 FW_CFG_OWN_NAMES = ("bootorder", "etc/e820")
 
@@ -142,12 +151,30 @@ def key_name(path: tuple[str | int, ...]) -> str:
 
 
 class Payload(NamedTuple):
-    """What boots: a kernel image, its initrd and command line, and how to enter it."""
+    """What boots: a kernel image, its initrd and command line, and how to enter it;
+    or (``firmware``, then ``kernel`` is empty) a BIOS ROM the vCPU runs from the reset vector."""
 
     kernel: str
     initrd: str = ""
     cmdline: str = ""
     boot: str = "auto"
+    firmware: str = ""
+
+
+class Bucket(NamedTuple):
+    """A token bucket: ``size`` tokens, refilled at ``size`` per ``refill_ms``
+    milliseconds, and ``burst`` tokens more once, at the start."""
+
+    size: int
+    refill_ms: int
+    burst: int = 0
+
+
+class RateLimit(NamedTuple):
+    """A queue's limits: ``bandwidth`` in bytes, ``ops`` in requests (or frames)."""
+
+    bandwidth: Bucket | None = None
+    ops: Bucket | None = None
 
 
 class Disk(NamedTuple):
@@ -161,6 +188,7 @@ class Disk(NamedTuple):
     readonly: bool = False
     serial: str = ""
     cache: str = "writeback"
+    rate_limit: RateLimit | None = None
     base: str = ""
     vhost_user: str = ""
 
@@ -169,6 +197,8 @@ class Nic(NamedTuple):
     tap: str
     mac: str = ""  # empty: derived from the TAP name
     bridge: str = ""
+    rx_rate_limit: RateLimit | None = None  # frames to the guest
+    tx_rate_limit: RateLimit | None = None  # frames from the guest
 
 
 class Vsock(NamedTuple):
@@ -230,14 +260,16 @@ class Description(NamedTuple):
     serial: str = "stdio"
     debug_exit: str = "off"  # one of DEBUG_EXIT_MAPPINGS
     transport: str = "pci"
+    vmgenid: bool = True
     lifecycle: Lifecycle = Lifecycle()
     sched: Sched = Sched()
 
 
 #: the plain form's top-level keys, in the order :func:`to_plain` writes them
 TOP_KEYS = (
-    "name", "kernel", "initrd", "cmdline", "boot", "memory", "maxmem", "vcpus", "on_poweroff", "on_reboot",
-    "on_crash", "serial", "debug_exit", "balloon", "rng", "transport", "disks", "nics", "vsock", "fw_cfg", "fs", "sched",
+    "name", "kernel", "initrd", "cmdline", "boot", "firmware", "memory", "maxmem", "vcpus", "on_poweroff",
+    "on_reboot", "on_crash", "serial", "debug_exit", "balloon", "rng", "vmgenid", "transport", "disks", "nics",
+    "vsock", "fw_cfg", "fs", "sched",
 )
 DISK_KEYS = tuple(Disk._fields)
 NIC_KEYS = tuple(Nic._fields)
@@ -273,21 +305,14 @@ def from_plain(data: Any) -> Description:
     rng, balloon = _bool(data, "rng", False, ()), _bool(data, "balloon", False, ())
     transport = _choice(data, "transport", TRANSPORTS, Description._field_defaults["transport"], ())
     virtio = len(disks) + len(nics) + rng + balloon + (vsock is not None)
+    if transport == "mmio" and (fs or any(x.vhost_user or x.base for x in disks)):
+        raise DescriptionError(("transport",), "mmio: vhost-user devices (fs, disks with base or vhost_user) "
+                                               "are on PCI only")
     if transport == "mmio" and virtio > MAX_MMIO_DEVICES:
         raise DescriptionError(("transport",), f"mmio: {virtio} virtio devices, at most {MAX_MMIO_DEVICES} "
                                                "(one interrupt line each)")
-    vhost_user = [f"disks[{i}]" for i, x in enumerate(disks) if x.base or x.vhost_user] + [
-        f"fs[{i}]" for i in range(len(fs))]
-    if transport == "mmio" and vhost_user:
-        # a back end's completions reach the guest as MSI-X messages through irqfds: PCI only
-        raise DescriptionError(("transport",), f"mmio: {vhost_user[0]} is a vhost-user device, which needs pci")
     return Description(
-        payload=Payload(
-            kernel=_path(data, "kernel", (), required=True),
-            initrd=_path(data, "initrd", ()),
-            cmdline=_str(data, "cmdline", ()),
-            boot=_choice(data, "boot", BOOT_PROTOCOLS, Payload._field_defaults["boot"], ()),
-        ),
+        payload=payload_from_plain(data),
         name=name,
         memory=memory,
         maxmem=maxmem,
@@ -302,12 +327,29 @@ def from_plain(data: Any) -> Description:
         serial=check_serial(_str(data, "serial", ()) or "stdio", ("serial",)),
         debug_exit=_debug_exit(data.get("debug_exit", "off")),
         transport=transport,
+        vmgenid=_bool(data, "vmgenid", True, ()),
         lifecycle=Lifecycle(
             on_poweroff=_choice(data, "on_poweroff", ON_POWEROFF, Lifecycle._field_defaults["on_poweroff"], ()),
             on_reboot=_choice(data, "on_reboot", ON_REBOOT, Lifecycle._field_defaults["on_reboot"], ()),
             on_crash=_choice(data, "on_crash", ON_CRASH, Lifecycle._field_defaults["on_crash"], ()),
         ),
         sched=sched_from_plain(data.get("sched", {}), ("sched",)),
+    )
+
+
+def payload_from_plain(data: dict[str, Any]) -> Payload:
+    """A kernel (with initrd, command line, protocol), or a firmware ROM and nothing of those."""
+    firmware = _path(data, "firmware", ())
+    if firmware:
+        extra = [key for key in ("kernel", "initrd", "cmdline", "boot") if data.get(key)]
+        if extra:  # QEMU would hand a kernel to SeaBIOS's linuxboot option ROM, which pyhv does not have
+            raise DescriptionError((extra[0],), "not with firmware: the firmware boots from its own devices")
+        return Payload(kernel="", firmware=firmware)
+    return Payload(
+        kernel=_path(data, "kernel", (), required=True),
+        initrd=_path(data, "initrd", ()),
+        cmdline=_str(data, "cmdline", ()),
+        boot=_choice(data, "boot", BOOT_PROTOCOLS, Payload._field_defaults["boot"], ()),
     )
 
 
@@ -319,7 +361,7 @@ def disk_from_plain(d: Any, at: tuple[str | int, ...]) -> Disk:
     socket = _path(d, "vhost_user", at)
     if socket:
         # the back end is all of the disk: its image, its read-only state, its GET_ID answer
-        for key in ("path", "base", "readonly", "serial", "cache"):
+        for key in ("path", "base", "readonly", "serial", "cache", "rate_limit"):
             if key in d:
                 raise DescriptionError((*at, key), "not with vhost_user (the back end decides)")
         if len(socket.encode()) > UNIX_PATH_MAX:
@@ -331,6 +373,8 @@ def disk_from_plain(d: Any, at: tuple[str | int, ...]) -> Disk:
     base = _path(d, "base", at)
     if base and serial:
         raise DescriptionError((*at, "serial"), "not with base (qemu-storage-daemon answers GET_ID)")
+    if base and d.get("rate_limit") is not None:
+        raise DescriptionError((*at, "rate_limit"), "not with base (qemu-storage-daemon serves the queue)")
     if base == path:
         raise DescriptionError((*at, "base"), "the overlay (path) cannot be its own base")
     return Disk(
@@ -338,6 +382,7 @@ def disk_from_plain(d: Any, at: tuple[str | int, ...]) -> Disk:
         readonly=_bool(d, "readonly", False, at),
         serial=serial,
         cache=_choice(d, "cache", DISK_CACHE, Disk._field_defaults["cache"], at),
+        rate_limit=rate_limit_from_plain(d, "rate_limit", at),
         base=base,
     )
 
@@ -353,7 +398,35 @@ def nic_from_plain(n: Any, at: tuple[str | int, ...]) -> Nic:
     bridge = _str(n, "bridge", at)
     if len(bridge) > IFNAME_MAX:
         raise DescriptionError((*at, "bridge"), f"interface names are 1-{IFNAME_MAX} characters")
-    return Nic(tap, mac, bridge)
+    return Nic(tap, mac, bridge, rate_limit_from_plain(n, "rx_rate_limit", at),
+               rate_limit_from_plain(n, "tx_rate_limit", at))
+
+
+def rate_limit_from_plain(data: dict[str, Any], key: str, at: tuple[str | int, ...]) -> RateLimit | None:
+    """``{bandwidth = BUCKET, ops = BUCKET}`` (either may be absent or null) under ``key``; None if no limit."""
+    value = data.get(key)
+    if value is None:
+        return None
+    where = (*at, key)
+    _table(value, RateLimit._fields, where)
+    buckets = {}
+    for name in RateLimit._fields:
+        b = value.get(name)
+        if b is None:
+            continue
+        _table(b, Bucket._fields, (*where, name))
+        if "size" not in b or "refill_ms" not in b:
+            raise DescriptionError((*where, name), "a bucket needs size and refill_ms")
+        buckets[name] = Bucket(_int(b, "size", 0, 1, BUCKET_SIZE_MAX, (*where, name)),
+                               _int(b, "refill_ms", 0, 1, BUCKET_REFILL_MAX_MS, (*where, name)),
+                               _int(b, "burst", 0, 0, BUCKET_SIZE_MAX, (*where, name)))
+    return RateLimit(**buckets) if buckets else None
+
+
+def rate_limit_to_plain(limit: RateLimit | None) -> dict[str, Any] | None:
+    if limit is None:
+        return None
+    return {name: b._asdict() for name, b in limit._asdict().items() if b is not None}
 
 
 def vsock_from_plain(v: Any, at: tuple[str | int, ...]) -> Vsock:
@@ -457,6 +530,7 @@ def to_plain(d: Description) -> dict[str, Any]:
         "initrd": d.payload.initrd,
         "cmdline": d.payload.cmdline,
         "boot": d.payload.boot,
+        "firmware": d.payload.firmware,
         "memory": format_size(d.memory),
         "maxmem": format_size(d.maxmem),
         "vcpus": d.vcpus,
@@ -467,10 +541,13 @@ def to_plain(d: Description) -> dict[str, Any]:
         "debug_exit": d.debug_exit,
         "balloon": d.balloon,
         "rng": d.rng,
+        "vmgenid": d.vmgenid,
         "transport": d.transport,
         "disks": [{"vhost_user": x.vhost_user} if x.vhost_user else
-                  {k: v for k, v in x._asdict().items() if k not in ("base", "vhost_user") or v} for x in d.disks],
-        "nics": [x._asdict() for x in d.nics],
+                  {**{k: v for k, v in x._asdict().items() if k not in ("base", "vhost_user") or v},
+                   "rate_limit": rate_limit_to_plain(x.rate_limit)} for x in d.disks],
+        "nics": [{**x._asdict(), "rx_rate_limit": rate_limit_to_plain(x.rx_rate_limit),
+                  "tx_rate_limit": rate_limit_to_plain(x.tx_rate_limit)} for x in d.nics],
         "vsock": None if d.vsock is None else d.vsock._asdict(),
         "fw_cfg": [{"name": e.name, "file": e.file} if e.file else {"name": e.name, "string": e.string}
                    for e in d.fw_cfg],
@@ -479,12 +556,48 @@ def to_plain(d: Description) -> dict[str, Any]:
     }
     if not d.name:
         del plain["name"]
+    if d.payload.firmware:
+        for key in ("kernel", "initrd", "cmdline", "boot"):
+            del plain[key]
+    else:
+        del plain["firmware"]
     return plain
+
+
+def clone(d: Description, index: int, prefix: str) -> Description:
+    """The description of clone ``index`` (1, 2, ...) of a domain saved as ``d``:
+    named ``PREFIX-INDEX``, each NIC on TAP ``TAP-INDEX`` with a random locally
+    administered MAC, vsock on ``UDS-INDEX`` with CID ``cid + index``.  Clones
+    share the snapshot's memory file, so they cannot share a writable disk."""
+    import os
+
+    name = check_name(f"{prefix}-{index}")
+    for i, disk in enumerate(d.disks):
+        if not disk.readonly:
+            raise DescriptionError(("disks", i, "path"), "a writable disk cannot be shared by clones "
+                                   "(make it read-only, or give each clone its own image)")
+    nics = []
+    for i, nic in enumerate(d.nics):
+        tap = f"{nic.tap}-{index}"
+        if len(tap) > IFNAME_MAX:
+            raise DescriptionError(("nics", i, "tap"), f"{tap}: a clone's interface name is at most {IFNAME_MAX} characters")
+        mac = bytearray(os.urandom(6))
+        mac[0] = mac[0] & 0xFC | 0x02  # unicast, locally administered
+        nics.append(nic._replace(tap=tap, mac=":".join(f"{b:02x}" for b in mac)))
+    vsock = d.vsock
+    if vsock is not None:
+        uds, cid = f"{vsock.uds}-{index}", vsock.cid + index
+        if len(uds.encode()) > VSOCK_UDS_MAX:
+            raise DescriptionError(("vsock", "uds"), f"{uds}: a clone's socket path is longer than {VSOCK_UDS_MAX} bytes")
+        if cid > VSOCK_CID_MAX:
+            raise DescriptionError(("vsock", "cid"), f"clone {index} would have CID {cid}, above {VSOCK_CID_MAX}")
+        vsock = Vsock(cid, uds)
+    return d._replace(name=name, nics=tuple(nics), vsock=vsock)
 
 
 def paths(d: Description) -> list[tuple[str, str]]:
     """Every host file the description names, with its key: (key, path)."""
-    out = [("kernel", d.payload.kernel)]
+    out = [("firmware", d.payload.firmware)] if d.payload.firmware else [("kernel", d.payload.kernel)]
     if d.payload.initrd:
         out.append(("initrd", d.payload.initrd))
     out += [(f"disks[{i}].{key}", value) for i, x in enumerate(d.disks)
@@ -504,7 +617,8 @@ def with_absolute_paths(d: Description, base: str) -> Description:
     def fix(path: str) -> str:
         return os.path.normpath(os.path.join(base, path)) if path else path
 
-    payload = d.payload._replace(kernel=fix(d.payload.kernel), initrd=fix(d.payload.initrd))
+    payload = d.payload._replace(kernel=fix(d.payload.kernel), initrd=fix(d.payload.initrd),
+                                 firmware=fix(d.payload.firmware))
     return d._replace(
         payload=payload,
         disks=tuple(x._replace(path=fix(x.path), base=fix(x.base), vhost_user=fix(x.vhost_user)) for x in d.disks),
@@ -654,14 +768,25 @@ def json_schema() -> dict[str, Any]:
             "description": 'a size such as "256M" or "2G", or an integer number of MiB'}
     ifname = {"type": "string", "minLength": 1, "maxLength": IFNAME_MAX}
     ms = {"type": "integer", "minimum": 0, "maximum": SCHED_LIMIT_MAX_MS}
+    bucket = {"type": "object", "nullable": True, "additionalProperties": False, "required": ["size", "refill_ms"],
+              "properties": {"size": {"type": "integer", "minimum": 1, "maximum": BUCKET_SIZE_MAX},
+                             "refill_ms": {"type": "integer", "minimum": 1, "maximum": BUCKET_REFILL_MAX_MS},
+                             "burst": {"type": "integer", "minimum": 0, "maximum": BUCKET_SIZE_MAX}}}
+    limit = {"type": "object", "nullable": True, "additionalProperties": False,
+             "properties": {"bandwidth": bucket, "ops": bucket},
+             "description": "token buckets: bandwidth in bytes, ops in requests (frames for a NIC)"}
     return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["name", "kernel"],
+        "required": ["name"],
+        "oneOf": [{"required": ["kernel"]}, {"required": ["firmware"]}],
         "properties": {
             "name": {"type": "string", "pattern": f"^(?![0-9]+$)[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$",
                      "description": "not all digits (those are domain ids)"},
-            "kernel": {"type": "string", "description": "absolute path of a bzImage, ELF, PVH or Multiboot kernel"},
+            "kernel": {"type": "string", "description": "absolute path of a bzImage, ELF, PVH or Multiboot kernel "
+                                                        "(or, instead, firmware)"},
+            "firmware": {"type": "string", "description": "absolute path of a BIOS ROM image (SeaBIOS's bios.bin) "
+                                                          "run from the reset vector, instead of a kernel"},
             "initrd": {"type": "string"},
             "cmdline": {"type": "string"},
             "boot": {"type": "string", "enum": list(BOOT_PROTOCOLS)},
@@ -679,13 +804,15 @@ def json_schema() -> dict[str, Any]:
             "rng": {"type": "boolean"},
             "transport": {"type": "string", "enum": list(TRANSPORTS),
                           "description": "pci: virtio-pci devices; mmio: virtio-mmio windows named on the command line"},
+            "vmgenid": {"type": "boolean", "default": True,
+                        "description": "a VM Generation ID device: a new GUID at boot and at every restore"},
             "disks": {"type": "array", "maxItems": MAX_DISKS, "items": {
                 "type": "object", "additionalProperties": False,
                 "oneOf": [{"required": ["path"]}, {"required": ["vhost_user"]}],
                 "properties": {"path": {"type": "string", "description": "the raw image, or with base the qcow2 overlay"},
                                "readonly": {"type": "boolean"},
                                "serial": {"type": "string", "maxLength": DISK_SERIAL_MAX},
-                               "cache": {"type": "string", "enum": list(DISK_CACHE)},
+                               "cache": {"type": "string", "enum": list(DISK_CACHE)}, "rate_limit": limit,
                                "base": {"type": "string", "description":
                                         "a raw base image shared read-only: path is a qcow2 overlay over it, "
                                         "served by qemu-storage-daemon (created if missing)"},
@@ -693,7 +820,8 @@ def json_schema() -> dict[str, Any]:
                                               "description": "a vhost-user-blk back end's socket (without path)"}}}},
             "nics": {"type": "array", "maxItems": MAX_NICS, "items": {
                 "type": "object", "additionalProperties": False, "required": ["tap"],
-                "properties": {"tap": ifname, "mac": {"type": "string"}, "bridge": ifname}}},
+                "properties": {"tap": ifname, "mac": {"type": "string"}, "bridge": ifname,
+                               "rx_rate_limit": limit, "tx_rate_limit": limit}}},
             "vsock": {"type": "object", "nullable": True, "additionalProperties": False, "required": ["uds"],
                       "properties": {"cid": {"type": "integer", "minimum": VSOCK_CID_MIN, "maximum": VSOCK_CID_MAX},
                                      "uds": {"type": "string", "maxLength": VSOCK_UDS_MAX}}},

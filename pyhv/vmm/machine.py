@@ -195,6 +195,29 @@ class Machine:
             raise PyhvError(f"balloon target {size} bytes: must be between 0 and the guest's memory")
         self.balloon.set_target(size >> 12)
 
+    def ctrl_alt_del(self) -> int:
+        """Press Ctrl-Alt-Del on the i8042 keyboard (a guest's own reboot); the bytes queued."""
+        return self.devices.i8042.ctrl_alt_del()
+
+    def swap_disk(self, index: int, path: str) -> int:
+        """Put the image at ``path`` behind virtio-blk disk ``index`` (the
+        description's order) while the guest runs; its size in sectors.  The new
+        image is opened, checked and locked as at boot before anything changes;
+        the old one is closed once no request uses it."""
+        from ..backends.block import RawDisk, check_distinct
+        from ..devices.virtio.blk import Blk
+
+        disks = [d for _, d in self.devices.of_type(Blk)]
+        if not 0 <= index < len(disks):
+            raise PyhvError(f"no disk {index} (the machine has {len(disks)})")
+        blk = disks[index]
+        check_distinct([d.disk.path for d in disks if d is not blk] + [path])
+        new = RawDisk(path, readonly=blk.disk.readonly, direct=blk.disk.direct)
+        old = blk.swap_disk(new)
+        self.backends[next(i for i, b in enumerate(self.backends) if b is old)] = new
+        old.close()
+        return new.sectors
+
     def wait(self, timeout: float | None = None) -> Stop | None:
         """Wait until every vCPU has stopped; the reason, or None on timeout."""
         if not self._stopped.wait(timeout):

@@ -58,8 +58,8 @@ class PciWiring:
             slot = self.root.slot_of(transport)
             external = getattr(transport.device, "backend_serves_queues", False)
             for q in range(len(transport.device.queues)):
-                if external:
-                    self._notify_fds[(slot, q)] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the back end reads it
+                if external:  # the back end reads the kick itself
+                    self._notify_fds[(slot, q)] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                 else:
                     self._notify_fds[(slot, q)] = io.new_eventfd(functools.partial(transport.device.notify, q))
             if external:
@@ -136,10 +136,12 @@ class PciWiring:
         self._notify_fds.clear()
 
 
-
 def _target(transport: VirtioPci, queue: int) -> Any:
-    return functools.partial(transport.msi_target, queue)
+    return lambda: transport.msi_target(queue)
 
 
 def _relay(transport: VirtioPci, queue: int) -> Any:
-    return functools.partial(transport.device.interrupt, queue)
+    def relay() -> None:
+        transport.device.interrupt(queue)
+
+    return relay
