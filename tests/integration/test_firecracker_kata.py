@@ -23,7 +23,7 @@ import pytest
 
 from ..conftest import PROBE, ROOT
 from ..fcapi import call
-from .fc_process import Firecracker
+from .fc_process import RESULT, Firecracker
 from .probe import Run
 from .test_firecracker_api import image, word
 
@@ -113,7 +113,7 @@ def test_kata_boots_with_a_config_file_and_hotplugs_into_a_placeholder_drive(tmp
         vm.wait_for(r"blkswap state=waiting")
 
         plug = call(vm.sock, "PATCH", "/drives/drive_0", {"drive_id": "drive_0", "path_on_host": container})
-        vm.wait_for(r"probe: result=")
+        vm.wait_for(RESULT)
         unplug = call(vm.sock, "PATCH", "/drives/drive_0",
                       {"drive_id": "drive_0", "path_on_host": str(tmp_path / "drive_0")})
         drives = call(vm.sock, "GET", "/vm/config")[1]["drives"]
