@@ -18,7 +18,7 @@ from ..devices.legacy.port80 import ProgressCodes
 from ..errors import PyhvError
 from ..kvm import Kvm, Vm
 from ..memory import GuestMemory
-from ..model import Description
+from ..model import Description, vhost_user_devices
 from ..vcpu import Stop, StopKind, VcpuThread
 from ..vcpu.thread import install_kick_handler
 
@@ -138,16 +138,25 @@ class Machine:
         A running machine is paused for the save (vCPUs and device work) and
         runs on afterwards; a paused or stopped one stays as it is.  Returns a
         SaveInfo (sizes, time)."""
-        from .snapshot import save
+        from .snapshot import SnapshotError, save
 
+        self._refuse_vhost_user("save", SnapshotError)
         with self.quiesced():
             return save(self, path, sync, description, force)
 
     def migrate(self, address: tuple[str, int], key: bytes, **options: Any) -> Any:
         """Live-migrate to ``pyhv run --incoming`` at ``address``; see vmm/migrate.py."""
-        from .migrate import migrate
+        from .migrate import MigrationError, migrate
 
+        self._refuse_vhost_user("migrate", MigrationError)
         return migrate(self, address, key, **options)
+
+    def _refuse_vhost_user(self, what: str, error: type[PyhvError]) -> None:
+        """A vhost-user device's queues and in-flight requests live in its back end,
+        which pyhv cannot save or move yet: such a machine is refused, in one line."""
+        devices = vhost_user_devices(self.description)
+        if devices:
+            raise error(f"cannot {what}: {devices[0]} is a vhost-user device (its state lives in its back end)")
 
     def quiesced(self) -> Any:
         """A context in which no vCPU runs and no device works (I/O thread held)."""
@@ -243,7 +252,7 @@ class Machine:
         if any(v.state in (VcpuThread.RUNNING, VcpuThread.PAUSED) for v in self.vcpus):
             self.stop()
         self.io.close()
-        self.devices.pci.close()
+        self.devices.close()
         for backend in self.backends:
             backend.close()
         for v in self.vcpus:

@@ -58,12 +58,18 @@ def probe_lines(vm: Firecracker, state: str) -> list[dict[str, str]]:
     return [f for f in Run(0, vm.text(), "").lines() if "blkswap" in f and f.get("state") == state]
 
 
-def test_patch_drive_swaps_the_file_under_the_running_guest(tmp_path: pathlib.Path, vms: list[Firecracker]) -> None:
+@pytest.mark.parametrize("options,irq", [
+    ((), "ioapic"),  # virtio-MMIO, Firecracker's transport: InterruptStatus bit 1 on the device's line
+    (("--enable-pci",), "msix"),  # virtio-PCI: the MSI-X configuration vector
+])
+def test_patch_drive_swaps_the_file_under_the_running_guest(
+    tmp_path: pathlib.Path, vms: list[Firecracker], options: tuple[str, ...], irq: str,
+) -> None:
     old = image(tmp_path / "old.img", 2048, b"OLDOLDOL")
     new = image(tmp_path / "new.img", 6144, b"NEWNEWNE", b"LASTLAST")
-    vm = Firecracker(tmp_path, "swap")
+    vm = Firecracker(tmp_path, "swap", *options)
     vms.append(vm)
-    boot(vm, "probe.test=blkswap probe.irq=msix",
+    boot(vm, f"probe.test=blkswap probe.irq={irq}",
          [{"drive_id": "scratch", "path_on_host": old, "is_root_device": False, "is_read_only": False}])
     vm.wait_for(r"blkswap state=waiting")
 
@@ -102,7 +108,7 @@ def test_bad_patches_are_refused_in_one_line_and_change_nothing(tmp_path: pathli
     vms.append(vm)
     status, reply = call(vm.sock, "PATCH", "/drives/scratch", {"drive_id": "scratch", "path_on_host": old})
     assert (status, reply) == (400, {"fault_message": "drives: not supported before the microVM has started"})
-    boot(vm, "probe.test=blkswap probe.irq=msix probe.n=600",
+    boot(vm, "probe.test=blkswap probe.irq=ioapic probe.n=600",
          [{"drive_id": "scratch", "path_on_host": old, "is_root_device": False, "is_read_only": False},
           {"drive_id": "ro", "path_on_host": ro, "is_root_device": False, "is_read_only": True}])
     vm.wait_for(r"blkswap state=waiting")

@@ -69,7 +69,7 @@ def kata_config(tmp: pathlib.Path, rootfs: str, tap: str) -> dict[str, Any]:
                              "path_on_host": str(path)})
     return {
         "boot-source": {"kernel_image_path": str(PROBE),
-                        "boot_args": f"probe.test=blkswap probe.dev=1 probe.irq=msix {KATA_PARAMS}"},
+                        "boot_args": f"probe.test=blkswap probe.dev=1 probe.irq=ioapic {KATA_PARAMS}"},
         "drives": [{"drive_id": "rootfs", "is_read_only": True, "is_root_device": False, "path_on_host": rootfs},
                    *placeholders],
         "logger": {"level": "Error", "log_path": str(tmp / "logs.fifo")},

@@ -13,7 +13,7 @@ import pytest
 from pyhv.backends.block import RawDisk
 from pyhv.devices.virtio import blk as b
 from pyhv.devices.virtio import mmio as m
-from pyhv.devices.virtio.device import STATUS_DEVICE_NEEDS_RESET, VirtioDevice
+from pyhv.devices.virtio.device import STATUS_DEVICE_NEEDS_RESET, USED_BATCH, VirtioDevice
 from pyhv.devices.virtio.queue import VIRTIO_F_VERSION_1
 from pyhv.devices.virtio.rng import Rng
 
@@ -209,6 +209,21 @@ def test_rng_fills_the_buffer(ram: FakeGuestRam) -> None:
     transport.write(m.NOTIFY_OFFSET, 4, 0)
     a, *_ = struct.unpack("<QIHH", ram.read(driver.desc_addr + 16 * head, 16))
     assert driver.used_elem(0) == (head, 64) and ram.read(a, 64) == b"\x5a" * 64
+
+
+def test_a_drain_longer_than_one_batch_publishes_every_chain_and_interrupts_once(ram: FakeGuestRam) -> None:
+    dev = Rng(ram, entropy=lambda n: b"\x5a" * n)
+    transport = m.VirtioMmio(dev, Line())
+    driver = FakeDriver(ram, size=64)
+    _bring_up(transport, driver)
+    interrupts: list[int] = []
+    dev.interrupt = interrupts.append
+    for _ in range(USED_BATCH + 8):
+        driver.add_chain(writable=[16])
+
+    transport.write(m.NOTIFY_OFFSET, 4, 0)
+
+    assert (driver.used_idx(), interrupts) == (USED_BATCH + 8, [0])
 
 
 def test_disk_image_that_is_not_whole_sectors_is_refused(tmp_path: Path) -> None:

@@ -43,6 +43,9 @@ STATUS_FAILED = 0x80
 #: what ``interrupt`` is called with for a configuration change
 CONFIG_INTERRUPT = -1
 
+#: completions :meth:`VirtioDevice._drain` writes before publishing them with one ``used.idx`` store
+USED_BATCH = 32
+
 TRANSPORT_FEATURES = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_INDIRECT_DESC) | (1 << VIRTIO_F_EVENT_IDX)
 
 
@@ -75,6 +78,11 @@ class VirtioDevice:
     def offered_features(self) -> int:
         return self.device_features() | TRANSPORT_FEATURES
 
+    def accepts_features(self, features: int) -> bool:
+        """Whether a choice of offered features is consistent (a device whose
+        features depend on each other says no to one without the other)."""
+        return True
+
     @property
     def negotiated(self) -> int:
         return self.driver_features if self.status & STATUS_FEATURES_OK else 0
@@ -96,7 +104,11 @@ class VirtioDevice:
                 return
             if value & STATUS_FEATURES_OK and not self.status & STATUS_FEATURES_OK:
                 wanted = self.driver_features
-                if wanted & ~self.offered_features() or not wanted >> VIRTIO_F_VERSION_1 & 1:
+                if (
+                    wanted & ~self.offered_features()
+                    or not wanted >> VIRTIO_F_VERSION_1 & 1
+                    or not self.accepts_features(wanted)
+                ):
                     value &= ~STATUS_FEATURES_OK  # refused: the driver reads it back and gives up
             if value & STATUS_DRIVER_OK and not self.status & STATUS_DRIVER_OK:
                 if not value & STATUS_FEATURES_OK:
@@ -223,18 +235,31 @@ class VirtioDevice:
         from a guest costs a VM exit, and the device is already looking.  After
         turning kicks back on, the queue is checked once more, so a chain added
         in between is not left waiting for a kick that never comes.
+
+        Completions are published in batches (:meth:`SplitQueue.push_used` with
+        ``publish=False``): one ``used.idx`` store per :data:`USED_BATCH`
+        chains and at the end, so the driver gets its buffers back while a long
+        burst is still being served, and the caller's one
+        :meth:`SplitQueue.should_notify` covers the whole drain.
         """
         used = False
         limited = cost is not None and index in self.limiters
         queue.set_notification(False)
         while True:
+            batch = 0
             while (chain := queue.pop()) is not None:
                 if limited and not self._admit(index, 1, cost(chain)):  # type: ignore[misc]
                     queue.unpop()
+                    queue.publish_used()
                     queue.set_notification(True)
                     return used
-                queue.push_used(chain, serve(chain))
+                queue.push_used(chain, serve(chain), publish=False)
                 used = True
+                batch += 1
+                if batch == USED_BATCH:
+                    queue.publish_used()
+                    batch = 0
+            queue.publish_used()
             queue.set_notification(True)
             if not queue.has_available():
                 return used
@@ -294,7 +319,7 @@ class VirtioDevice:
         queues = st["queues"]
         if not isinstance(queues, list) or len(queues) != len(self.queues):
             raise DeviceStateError(f"{what} state: expected {len(self.queues)} queues")
-        if status & STATUS_FEATURES_OK and features & ~self.offered_features():
+        if status & STATUS_FEATURES_OK and (features & ~self.offered_features() or not self.accepts_features(features)):
             raise DeviceStateError(f"{what} state: driver features {features:#x} were never offered")
         for i, (q, qs) in enumerate(zip(self.queues, queues, strict=True)):
             try:
