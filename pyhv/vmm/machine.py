@@ -202,6 +202,21 @@ class Machine:
         """Press Ctrl-Alt-Del on the i8042 keyboard (a guest's own reboot); the bytes queued."""
         return self.devices.i8042.ctrl_alt_del()
 
+    def set_rate_limit(self, queue: str, index: int, limit: Any) -> None:
+        """A new rate limit (a :class:`pyhv.model.RateLimit`, or None) for disk
+        ``index`` (``queue`` "disk") or one direction of NIC ``index`` ("rx", "tx"),
+        in force from the next request on."""
+        from ..devices.ratelimit import RateLimiter
+        from ..devices.virtio.blk import Blk
+        from ..devices.virtio.net import RX, TX, Net
+
+        kind: type[Any] = Blk if queue == "disk" else Net
+        found = [d for _, d in self.devices.of_type(kind)]
+        if not 0 <= index < len(found):
+            raise PyhvError(f"no {'disk' if queue == 'disk' else 'NIC'} {index} (the machine has {len(found)})")
+        which = {"disk": 0, "rx": RX, "tx": TX}[queue]
+        found[index].limit(which, RateLimiter.of(limit), self.io.call_later)
+
     def swap_disk(self, index: int, path: str) -> int:
         """Put the image at ``path`` behind virtio-blk disk ``index`` (the
         description's order) while the guest runs; its size in sectors.  The new

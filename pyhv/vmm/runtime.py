@@ -341,6 +341,32 @@ class Runtime:
         self.description = description
         return {"index": index, "path": description.disks[index].path, "sectors": sectors}
 
+    def op_rate_limit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A new rate limit (``limit``: the description's plain form, or null for
+        none) on a disk (``index`` or ``serial``) or on one direction of a NIC
+        (``nic``: its index, ``direction``: rx or tx), in force at once and kept
+        in the description."""
+        limit = request.get("limit")
+        plain = to_plain(self.description)
+        if "nic" in request:
+            nic, direction = request.get("nic"), request.get("direction")
+            if not isinstance(nic, int) or isinstance(nic, bool) or not 0 <= nic < len(self.description.nics):
+                raise PyhvError(f"rate-limit: no NIC {str(nic)[:20]} (the domain has {len(self.description.nics)})")
+            if direction not in ("rx", "tx"):
+                raise PyhvError("rate-limit: direction must be rx or tx")
+            plain["nics"][nic][f"{direction}_rate_limit"] = limit
+            description = from_plain(plain)
+            queue, index = str(direction), nic
+            new = getattr(description.nics[nic], f"{direction}_rate_limit")
+        else:
+            index = self._disk_index(request, "rate-limit")
+            plain["disks"][index]["rate_limit"] = limit
+            description = from_plain(plain)
+            queue, new = "disk", description.disks[index].rate_limit
+        self._running_machine().set_rate_limit(queue, index, new)
+        self.description = description
+        return {}
+
     def _disk_index(self, request: dict[str, Any], op: str) -> int:
         """The disk a request names by ``index`` or by ``serial`` (exactly one)."""
         index, serial = request.get("index"), request.get("serial")
@@ -520,6 +546,7 @@ OPS: dict[str, Callable[[Runtime, dict[str, Any]], Any]] = {
     "mem-max": Runtime.op_mem_max,
     "vcpu-pin": Runtime.op_vcpu_pin,
     "disk-swap": Runtime.op_disk_swap,
+    "rate-limit": Runtime.op_rate_limit,
     "ctrl-alt-del": Runtime.op_ctrl_alt_del,
     "metrics": Runtime.op_metrics,
     "save": Runtime.op_save,

@@ -320,3 +320,29 @@ def test_bad_disk_swaps_are_refused_in_one_line(request_: dict[str, Any], messag
 def test_ctrl_alt_del_presses_the_keys_on_the_running_machine() -> None:
     machine = DiskMachine()
     assert (runtime_with_disks(machine).handle({"op": "ctrl-alt-del"}), machine.presses) == ({"bytes": 11}, 1)
+
+
+class LimitMachine(FakeMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[tuple[str, int, Any]] = []
+
+    def set_rate_limit(self, queue: str, index: int, limit: Any) -> None:
+        self.limits.append((queue, index, limit))
+
+
+def test_rate_limit_requests_reach_the_machine_and_the_description() -> None:
+    machine = LimitMachine()
+    runtime = Runtime(from_plain({"kernel": "/k", "disks": [{"path": "/a.img"}], "nics": [{"tap": "t0"}]}), console=None)
+    runtime.machine, runtime.state = machine, "running"
+    runtime.handle({"op": "rate-limit", "index": 0, "limit": {"ops": {"size": 5, "refill_ms": 10}}})
+    runtime.handle({"op": "rate-limit", "nic": 0, "direction": "tx", "limit": {"bandwidth": {"size": 9, "refill_ms": 1}}})
+    with pytest.raises(PyhvError, match="direction must be rx or tx"):
+        runtime.handle({"op": "rate-limit", "nic": 0, "direction": "up", "limit": None})
+    with pytest.raises(PyhvError, match="refill_ms"):
+        runtime.handle({"op": "rate-limit", "index": 0, "limit": {"ops": {"size": 5, "refill_ms": 0}}})
+    d = runtime.description
+    assert [(q, i, str(lim)) for q, i, lim in machine.limits] == [
+        ("disk", 0, str(d.disks[0].rate_limit)), ("tx", 0, str(d.nics[0].tx_rate_limit))]
+    assert (d.disks[0].rate_limit.ops.size if d.disks[0].rate_limit and d.disks[0].rate_limit.ops else None,
+            d.nics[0].rx_rate_limit) == (5, None)
