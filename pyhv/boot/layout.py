@@ -14,7 +14,9 @@ places that no supported kernel format asks for::
     0x0002_0000  kernel command line (CMDLINE_MAX bytes including the NUL)
     0x0009_fc00  EBDA / BIOS area, reserved in the memory map up to 1 MiB
     0x000d_f000  VM Generation ID: 16 bytes (devices/vmgenid.py)
-    0x000e_0000  ACPI tables (boot/acpi.py)
+    0x000e_0000  ACPI tables (acpi.py)
+    0x000f_0000  MP floating pointer and configuration table (mptable.py)
+    0x000f_fff0  the reset-vector stub (acpi.py)
     0x0010_0000  kernels, then the initrd near the top of low RAM
 
 Between these areas a kernel may load below 1 MiB too (Multiboot kernels
@@ -63,6 +65,8 @@ CMDLINE_MAX = 0x10000
 
 #: end of conventional memory the guest may use (639 KiB)
 EBDA_START = 0x9FC00
+#: the MP tables, in the BIOS ROM area a guest scans for them (0xF0000-0xFFFFF)
+MPTABLE_ADDR = 0xF0000
 #: start of "high" memory: the BIOS area below it is reserved
 HIGH_MEMORY_START = 0x100000
 #: nothing of a kernel image may be loaded below this address
@@ -88,7 +92,7 @@ PYHV_LOW_AREAS = (
     LowArea("boot stack", BOOT_STACK_TOP & ~(PAGE_SIZE - 1), (BOOT_STACK_TOP & ~(PAGE_SIZE - 1)) + PAGE_SIZE),
     LowArea("boot page tables", PML4_ADDR, PAGE_TABLES_END),
     LowArea("command line", CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_MAX),
-    LowArea("BIOS area (EBDA, VM Generation ID, ACPI tables, reset vector)", EBDA_START, HIGH_MEMORY_START),
+    LowArea("BIOS area (EBDA, VM Generation ID, ACPI tables, MP table, reset vector)", EBDA_START, HIGH_MEMORY_START),
 )
 
 #: default load address of the protected-mode part of a bzImage
