@@ -57,7 +57,7 @@ def build(
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
     backends: list[Closeable] = []  # what the machine closes
-    wiring = PciWiring()
+    wiring = PciWiring(firmware=bool(config.payload.firmware))
     try:
         io = IoThread()  # devices and backends register readiness with it as they are made
         # Images are checked and loaded before /dev/kvm is touched: bad input
