@@ -41,6 +41,8 @@ RUN_OPTIONS = [
            "names under opt/)", "SPEC", repeat=True),
     Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
+    Option("--transport", "how virtio devices attach: pci (default) or mmio (virtio-mmio windows, "
+           "added to the command line as virtio_mmio.device=)", "KIND"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST"),
     Option("--on-reboot", "what a guest reboot does (default restart)", "ACTION", None, ("destroy", "restart")),
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", None, ("destroy", "restart")),

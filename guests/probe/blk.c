@@ -355,7 +355,7 @@ static int blk_sync(struct blk *b, uint32_t type, uint64_t sector, uint32_t len)
 static struct blk *blk_attach(const struct options *o)
 {
     static struct blk b;
-    const char *err = pci_init(o, 1);
+    const char *err = virtio_init(o, 1);
 
     if (err)
         fail(err, "", 0);
@@ -826,7 +826,7 @@ NORETURN void test_blkbench(const struct options *o)
     kv_dec("n", n);
     kv_dec("tsc_hz", hz);
     kv_str("tsc_source", src);
-    kv_str("irq", b->v.msix ? "msix" : "poll");
+    kv_str("irq", virtio_irq_name(&b->v));
     line_end();
     if (!ok)
         fail("a blkbench request failed", "", 0);
@@ -922,7 +922,7 @@ static int hostile_build(struct blk *b, unsigned kind, uint8_t **status_byte)
     barrier();
     q->avail[1] = 1;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    mmio_write16(q->notify_addr, q->index);
+    vq_notify(q);
     return 1;
 }
 

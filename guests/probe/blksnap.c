@@ -53,7 +53,7 @@ NORETURN void test_blksnap(const struct options *o)
     uint32_t i;
     int st = BS_S_OK;
 
-    if ((err = pci_init(o, 0)) != NULL || (err = virtio_find(&v, VIRTIO_ID_BLK)) != NULL)
+    if ((err = virtio_init(o, 0)) != NULL || (err = virtio_find(&v, VIRTIO_ID_BLK)) != NULL)
         fail(err, "", 0);
     if ((err = virtio_start(&v, virtio_want(o), o->msix, 16)) != NULL)
         fail(err, "", 0);

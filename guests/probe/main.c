@@ -8,7 +8,6 @@
 #define HVM_START_MAGIC     0x336ec578
 #define HVM_CMDLINE_PADDR   24          /* hvm_start_info.cmdline_paddr */
 #define CMDLINE_MAX         4096
-#define MAPPED_LIMIT        0x100000000ULL  /* identity map covers 0..4 GiB */
 
 static size_t bounded_strlen_max(const char *s);
 
@@ -85,11 +84,8 @@ static int is_space(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-/*
- * Parse an unsigned number: decimal, or hex with a 0x prefix when
- * allow_hex is set.  Returns 0 on syntax error or overflow.
- */
-static int parse_u64(const char *s, size_t len, int allow_hex, uint64_t *out)
+/* Declared in probe.h. */
+int parse_u64(const char *s, size_t len, int allow_hex, uint64_t *out)
 {
     uint64_t v = 0;
     unsigned base = 10;
@@ -204,9 +200,11 @@ static void parse_option(struct options *o, const char *tok, size_t len)
         o->ring = (unsigned)v;
     } else if (mem_eq(key, key_len, "probe.irq")) {
         if (mem_eq(val, val_len, "poll"))
-            o->msix = 0;
+            o->msix = IRQ_POLL;
         else if (mem_eq(val, val_len, "msix"))
-            o->msix = 1;
+            o->msix = IRQ_MSIX;
+        else if (mem_eq(val, val_len, "ioapic"))
+            o->msix = IRQ_IOAPIC;
         else
             fail("bad value for probe.irq: ", val, val_len);
     } else if (mem_eq(key, key_len, "probe.qd")) {
@@ -657,5 +655,7 @@ void user_main(uint32_t kind, uint64_t info)
         test_blksnap(&o);
     if (mem_eq(o.test, o.test_len, "fwcfg"))
         test_fwcfg(&o);
+    if (mem_eq(o.test, o.test_len, "mptable"))
+        test_mptable(&o);
     fail("unknown test ", o.test, o.test_len);
 }

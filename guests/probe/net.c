@@ -492,7 +492,7 @@ static const char *net_link(struct net *n)
 static struct net *net_attach(const struct options *o, int mode)
 {
     struct net *n = &net_dev;
-    const char *err = pci_init(o, 0);
+    const char *err = virtio_init(o, 0);
 
     if (err)
         fail(err, "", 0);

@@ -35,7 +35,6 @@
 #define CMD_INTX_DISABLE    0x0400
 #define STATUS_CAP_LIST     0x0010
 
-#define MAPPED_LIMIT        0x100000000ULL
 
 struct pci_dev pci_devs[PCI_MAX_DEVS];
 unsigned pci_ndevs;

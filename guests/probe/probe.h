@@ -18,6 +18,9 @@
 /* Most CPUs the probe brings up (GDT slots and per-CPU areas). */
 #define MAX_CPUS    64
 
+/* The probe's identity map covers 0..4 GiB (entry.S). */
+#define MAPPED_LIMIT 0x100000000ULL
+
 /* How the probe was entered. */
 #define BOOT_ELF64  0
 #define BOOT_PVH    1
@@ -107,6 +110,9 @@
  * table entry i (0 = configuration change, 1 + q = queue q).  The ring-0
  * handler counts each in irq_count[i] and sends an EOI.
  */
+#define IRQ_POLL          0       /* probe.irq=poll */
+#define IRQ_MSIX          1       /* probe.irq=msix: virtio-PCI */
+#define IRQ_IOAPIC        2       /* probe.irq=ioapic: virtio-MMIO, one IOAPIC line per device */
 #define IRQ_VECTOR_BASE   0x50
 #define IRQ_VECTORS       4
 
@@ -431,7 +437,7 @@ struct options {
     int have_port;
     uint64_t addr;
     unsigned ring;              /* pio/mmio: loop in ring 3 or ring 0 */
-    int msix;                   /* probe.irq=msix (else poll) */
+    int msix;                   /* probe.irq: IRQ_POLL, IRQ_MSIX or IRQ_IOAPIC (nonzero: interrupts) */
     uint64_t qd;                /* probe.qd: requests in flight */
     int have_qd;
     uint64_t mb;                /* probe.mb: MiB for blkbench */
@@ -450,6 +456,9 @@ struct options {
     uint64_t cmdline_len;
 };
 NORETURN void user_main(uint32_t kind, uint64_t info);
+/* An unsigned number: decimal, or hex with a 0x prefix when allow_hex is
+ * set.  Returns 0 on a syntax error or overflow. */
+int parse_u64(const char *s, size_t len, int allow_hex, uint64_t *out);
 void print_result(int pass);
 NORETURN void fail(const char *msg, const char *arg, size_t arg_len);
 NORETURN void pass(void);
@@ -568,6 +577,8 @@ NORETURN void test_vsockclient(const struct options *o);
 NORETURN void test_balloon(const struct options *o);
 NORETURN void test_ticker(const struct options *o);
 NORETURN void test_memsum(const struct options *o);
+/* mptable.c (ring 3) */
+NORETURN void test_mptable(const struct options *o);
 NORETURN void test_blksnap(const struct options *o);
 NORETURN void test_fwcfg(const struct options *o);
 NORETURN void test_blk(const struct options *o);

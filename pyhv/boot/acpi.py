@@ -19,15 +19,20 @@ from typing import NamedTuple
 
 from . import aml
 from ._types import GuestRam
+from .layout import MPTABLE_ADDR
 
 ACPI_BASE = 0xE0000
-ACPI_LIMIT = 0x100000
+#: the tables stop below the MP table (mptable.py)
+ACPI_LIMIT = MPTABLE_ADDR
 OEM_ID = b"PYHV  "
 OEM_TABLE_ID = b"PYHVVMM "
 CREATOR_ID = b"PYHV"
 
 LAPIC_ADDR = 0xFEE0_0000
 IOAPIC_ADDR = 0xFEC0_0000
+IOAPIC_ID = 0
+#: the IOAPIC pin of ISA IRQ 0 (the PIT), as on PCs: an interrupt source override
+PIT_GSI = 2
 
 #: I/O ports of the ACPI power-management registers (see devices/legacy/acpi_pm.py)
 SLEEP_CONTROL_PORT = 0x3C0
@@ -92,8 +97,8 @@ def madt(apic_ids: list[int]) -> bytes:
     body = bytearray(struct.pack("<II", LAPIC_ADDR, MADT_PCAT_COMPAT))
     for uid, apic_id in enumerate(apic_ids):
         body += struct.pack("<BBBBI", 0, 8, uid, apic_id, 1)  # Processor Local APIC, enabled
-    body += struct.pack("<BBBBII", 1, 12, 0, 0, IOAPIC_ADDR, 0)  # I/O APIC id 0, GSI base 0
-    body += struct.pack("<BBBBIH", 2, 10, 0, 0, 2, 0)  # ISA IRQ0 (PIT) -> GSI 2
+    body += struct.pack("<BBBBII", 1, 12, IOAPIC_ID, 0, IOAPIC_ADDR, 0)  # I/O APIC, GSI base 0
+    body += struct.pack("<BBBBIH", 2, 10, 0, 0, PIT_GSI, 0)  # ISA IRQ0 (PIT) -> GSI 2
     body += struct.pack("<BBBHB", 4, 6, 0xFF, 0, 1)  # LAPIC NMI on LINT1, all processors
     return sdt(b"APIC", 5, bytes(body))
 
@@ -210,7 +215,7 @@ def build_tables(
     out = AcpiTables(rsdp_addr=base)
     layout = _layout(apic_ids, devices, extra or [], base + 64)  # RSDP is 36 bytes; tables 16-byte aligned
     if layout.end > ACPI_LIMIT:
-        raise ValueError("ACPI tables do not fit below 1 MiB")
+        raise ValueError("ACPI tables do not fit below the MP table")
     for addr, signature, blob in layout.tables:
         out.blobs[addr] = blob
         out.tables[signature] = addr

@@ -13,6 +13,9 @@ places that no supported kernel format asks for::
     0x0000_b000  four page directories, 2 MiB pages, identity map 0..4 GiB
     0x0002_0000  kernel command line (CMDLINE_MAX bytes including the NUL)
     0x0009_fc00  EBDA / BIOS area, reserved in the memory map up to 1 MiB
+    0x000e_0000  ACPI tables (acpi.py)
+    0x000f_0000  MP floating pointer and configuration table (mptable.py)
+    0x000f_fff0  the reset-vector stub (acpi.py)
     0x0010_0000  kernels, then the initrd near the top of low RAM
 
 Between these areas a kernel may load below 1 MiB too (Multiboot kernels
@@ -61,6 +64,8 @@ CMDLINE_MAX = 0x10000
 
 #: end of conventional memory the guest may use (639 KiB)
 EBDA_START = 0x9FC00
+#: the MP tables, in the BIOS ROM area a guest scans for them (0xF0000-0xFFFFF)
+MPTABLE_ADDR = 0xF0000
 #: start of "high" memory: the BIOS area below it is reserved
 HIGH_MEMORY_START = 0x100000
 #: nothing of a kernel image may be loaded below this address

@@ -22,7 +22,8 @@ from ..model import MIN_MEMORY, MiB, Description, DescriptionError, check_name, 
 #: the Firecracker release whose API this front end follows
 FIRECRACKER_VERSION = "1.10.1"
 DEFAULT_ID = "anonymous-instance"
-#: Firecracker's default boot arguments without ``pci=off``: pyhv's devices are on PCI
+#: Firecracker's default boot arguments without ``pci=off``: pyhv's machine has a PCI root
+#: whichever transport its virtio devices use
 DEFAULT_BOOT_ARGS = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 MAX_VCPUS = 32  # Firecracker's limit (the swagger's MachineConfiguration.vcpu_count)
 ID_MAX = 64
@@ -260,9 +261,11 @@ def cmdline(cfg: FcConfig) -> str:
     return str(args)
 
 
-def to_plain(cfg: FcConfig, instance_id: str = DEFAULT_ID, kernel: str | None = None) -> dict[str, Any]:
+def to_plain(cfg: FcConfig, instance_id: str = DEFAULT_ID, kernel: str | None = None,
+             transport: str = "mmio") -> dict[str, Any]:
     """The model's plain form of this configuration (``kernel`` stands in for a
-    boot source not given yet, when a request is checked before one is)."""
+    boot source not given yet, when a request is checked before one is).  Devices
+    are virtio-MMIO, as Firecracker's are, unless ``transport`` (``--enable-pci``) says pci."""
     boot = cfg.boot_source or {}
     try:
         name = check_name(instance_id)
@@ -280,6 +283,7 @@ def to_plain(cfg: FcConfig, instance_id: str = DEFAULT_ID, kernel: str | None = 
         "serial": "stdio",
         "balloon": cfg.balloon is not None,
         "rng": cfg.entropy is not None,
+        "transport": transport,
         "disks": [{"path": d["path_on_host"], "readonly": d["is_read_only"], "serial": d["drive_id"][:20],
                    "cache": "writeback"} for d in ordered_drives(cfg)],
         "nics": [{"tap": n["host_dev_name"], "mac": n.get("guest_mac", "")} for n in cfg.nics],
@@ -317,12 +321,12 @@ def field_name(cfg: FcConfig, path: tuple[str | int, ...]) -> str:
     return _TOP_FIELDS.get(head, head)
 
 
-def describe(cfg: FcConfig, instance_id: str = DEFAULT_ID) -> Description:
+def describe(cfg: FcConfig, instance_id: str = DEFAULT_ID, transport: str = "mmio") -> Description:
     """The machine description for InstanceStart: every value checked by the model."""
     if cfg.boot_source is None:
         raise Fault("InstanceStart: no boot source (PUT /boot-source first)")
     try:
-        return from_plain(to_plain(cfg, instance_id))
+        return from_plain(to_plain(cfg, instance_id, transport=transport))
     except DescriptionError as e:
         raise Fault(f"{field_name(cfg, e.path)}: {e.message}") from None
 

@@ -31,6 +31,8 @@ from .log import Log
 
 #: how long InstanceStart or a snapshot load waits for the machine to run
 START_TIMEOUT = 120.0
+#: vCPU thread names, as Firecracker's (``fc_vcpu 0``, ...): tools such as Kata find them so
+VCPU_THREAD_PREFIX = "fc_vcpu "
 
 Reply = tuple[int, Any]
 NO_CONTENT: Reply = (204, None)
@@ -47,9 +49,10 @@ class Start(NamedTuple):
 
 
 class Microvm:
-    def __init__(self, instance_id: str, log: Log) -> None:
+    def __init__(self, instance_id: str, log: Log, transport: str = "mmio") -> None:
         self.id = instance_id
         self.log = log
+        self.transport = transport  # of the virtio devices: mmio as Firecracker's, pci with --enable-pci
         self.config = fc.FcConfig()
         self.runtime: Any = None  # set by the main thread once a machine is being run
         self.booted = False
@@ -146,10 +149,11 @@ class Microvm:
     def _boot_source(self, body: Any) -> fc.FcConfig:
         new = fc.put_boot_source(self.config, body)
         assert new.boot_source is not None
-        if " pci=off" in f" {new.boot_source.get('boot_args', '')}" and not self._pci_warned:
+        pci_off = " pci=off" in f" {new.boot_source.get('boot_args', '')}"
+        if pci_off and self.transport == "pci" and not self._pci_warned:
             self._pci_warned = True
-            self.log.warn("boot_args has pci=off: a Linux guest will not find pyhv's devices, which are "
-                          "virtio-PCI (virtio-MMIO is not offered yet)")
+            self.log.warn("boot_args has pci=off: with --enable-pci a Linux guest will not find pyhv's devices, "
+                          "which are then virtio-PCI")
         return new
 
     def get_balloon(self, body: Any) -> Reply:
@@ -203,7 +207,7 @@ class Microvm:
         if action == "InstanceStart":
             if self.booted:
                 raise Fault("InstanceStart: the microVM has already started")
-            description = fc.describe(self.config, self.id)
+            description = fc.describe(self.config, self.id, self.transport)
             self._start(description, None, paused=False)
             if self.config.balloon is not None and self.config.balloon["amount_mib"]:
                 self._ask("mem-set", bytes=fc.balloon_target(self.config.balloon["amount_mib"],
@@ -315,7 +319,8 @@ class Microvm:
                 start.reply.append(reply)
                 start.done.set()
 
-            runtime = Runtime(start.description, console, paused=start.paused, on_ready=ready)
+            runtime = Runtime(start.description, console, paused=start.paused, on_ready=ready,
+                              vcpu_prefix=VCPU_THREAD_PREFIX)
             self.runtime = runtime
             if self._stopping:
                 runtime.stop(StopKind.DESTROY, 128 + self._stopping[0])

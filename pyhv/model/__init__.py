@@ -23,6 +23,9 @@ The plain form is the TOML/JSON schema::
                              # "pyhv" (or true): V & 0xff; "qemu": (V << 1) | 1 as QEMU's; "off" (or false)
     balloon = true
     rng = true
+    transport = "pci"        # how virtio devices are attached: pci (virtio-pci, MSI-X) | mmio
+                             # (virtio-mmio windows, announced as virtio_mmio.device= on the command line;
+                             # at most 15 devices)
 
     [[disks]]
     path = "/var/lib/pyhv/web1.img"
@@ -98,6 +101,10 @@ ON_REBOOT = ("destroy", "restart")
 ON_CRASH = ("destroy", "restart", "preserve")
 DEBUG_EXIT_MAPPINGS = ("off", "pyhv", "qemu")
 DISK_CACHE = ("writeback", "none")
+#: the machine's one virtio transport: every virtio device sits on PCI, or every one on an MMIO window
+TRANSPORTS = ("pci", "mmio")
+#: virtio devices on the mmio transport: one IOAPIC line each, and 15 lines are free (vmm/mmio.py)
+MAX_MMIO_DEVICES = 15
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (NAME_MAX - 1)
 _MAC = r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}"  # patterns compiled on first use (re's cache): start-up pays nothing
@@ -195,6 +202,7 @@ class Description(NamedTuple):
     balloon: bool = False
     serial: str = "stdio"
     debug_exit: str = "off"  # one of DEBUG_EXIT_MAPPINGS
+    transport: str = "pci"
     lifecycle: Lifecycle = Lifecycle()
     sched: Sched = Sched()
 
@@ -202,7 +210,7 @@ class Description(NamedTuple):
 #: the plain form's top-level keys, in the order :func:`to_plain` writes them
 TOP_KEYS = (
     "name", "kernel", "initrd", "cmdline", "boot", "firmware", "memory", "maxmem", "vcpus", "on_poweroff", "on_reboot",
-    "on_crash", "serial", "debug_exit", "balloon", "rng", "disks", "nics", "vsock", "fw_cfg", "sched",
+    "on_crash", "serial", "debug_exit", "balloon", "rng", "transport", "disks", "nics", "vsock", "fw_cfg", "sched",
 )
 DISK_KEYS = tuple(Disk._fields)
 NIC_KEYS = tuple(Nic._fields)
@@ -232,6 +240,12 @@ def from_plain(data: Any) -> Description:
     vsock = vsock_from_plain(data["vsock"], ("vsock",)) if data.get("vsock") is not None else None
     fw_cfg = tuple(fw_cfg_from_plain(e, ("fw_cfg", i)) for i, e in enumerate(_array(data, "fw_cfg", MAX_FW_CFG)))
     _unique([e.name for e in fw_cfg], "fw_cfg", "name", "the same name as")
+    rng, balloon = _bool(data, "rng", False, ()), _bool(data, "balloon", False, ())
+    transport = _choice(data, "transport", TRANSPORTS, Description._field_defaults["transport"], ())
+    virtio = len(disks) + len(nics) + rng + balloon + (vsock is not None)
+    if transport == "mmio" and virtio > MAX_MMIO_DEVICES:
+        raise DescriptionError(("transport",), f"mmio: {virtio} virtio devices, at most {MAX_MMIO_DEVICES} "
+                                               "(one interrupt line each)")
     return Description(
         payload=payload_from_plain(data),
         name=name,
@@ -242,10 +256,11 @@ def from_plain(data: Any) -> Description:
         nics=nics,
         vsock=vsock,
         fw_cfg=fw_cfg,
-        rng=_bool(data, "rng", False, ()),
-        balloon=_bool(data, "balloon", False, ()),
+        rng=rng,
+        balloon=balloon,
         serial=check_serial(_str(data, "serial", ()) or "stdio", ("serial",)),
         debug_exit=_debug_exit(data.get("debug_exit", "off")),
+        transport=transport,
         lifecycle=Lifecycle(
             on_poweroff=_choice(data, "on_poweroff", ON_POWEROFF, Lifecycle._field_defaults["on_poweroff"], ()),
             on_reboot=_choice(data, "on_reboot", ON_REBOOT, Lifecycle._field_defaults["on_reboot"], ()),
@@ -390,6 +405,7 @@ def to_plain(d: Description) -> dict[str, Any]:
         "debug_exit": d.debug_exit,
         "balloon": d.balloon,
         "rng": d.rng,
+        "transport": d.transport,
         "disks": [x._asdict() for x in d.disks],
         "nics": [x._asdict() for x in d.nics],
         "vsock": None if d.vsock is None else d.vsock._asdict(),
@@ -599,6 +615,8 @@ def json_schema() -> dict[str, Any]:
                                           "true is pyhv, false is off"},
             "balloon": {"type": "boolean"},
             "rng": {"type": "boolean"},
+            "transport": {"type": "string", "enum": list(TRANSPORTS),
+                          "description": "pci: virtio-pci devices; mmio: virtio-mmio windows named on the command line"},
             "disks": {"type": "array", "maxItems": MAX_DISKS, "items": {
                 "type": "object", "additionalProperties": False, "required": ["path"],
                 "properties": {"path": {"type": "string"}, "readonly": {"type": "boolean"},

@@ -26,7 +26,7 @@ OPTION_OF = {
     "maxmem": "--maxmem", "vcpus": "--vcpus", "on_poweroff": "--on-poweroff", "on_reboot": "--on-reboot",
     "on_crash": "--on-crash", "serial": "--serial", "debug_exit": "--debug-exit", "balloon": "--balloon",
     "rng": "--rng", "disks": "--disk", "nics": "--net", "vsock": "--vsock", "name": "--name",
-    "fw_cfg": "--fw-cfg",
+    "fw_cfg": "--fw-cfg", "transport": "--transport",
 }
 
 
@@ -101,8 +101,8 @@ def plain_from_options(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
     out: dict[str, Any] = {}
     given: dict[str, str] = {}
     fds: dict[int, int] = {}
-    for key in ("kernel", "firmware", "initrd", "cmdline", "boot", "memory", "maxmem", "serial", "on_poweroff", "on_reboot",
-                "on_crash", "name"):
+    for key in ("kernel", "firmware", "initrd", "cmdline", "boot", "memory", "maxmem", "serial", "on_poweroff",
+                "on_reboot", "on_crash", "name", "transport"):
         value = values.get(key)
         if value is not None:
             out[key] = value

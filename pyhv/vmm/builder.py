@@ -8,12 +8,16 @@ afterwards costs milliseconds per slot.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..backends.console import Console, open_console
 from ..boot import acpi, load_kernel
+from ..boot.layout import MPTABLE_ADDR
+from ..boot.mptable import mptable
 from ..devices.bus import MmioBus, PioBus
+from ..devices.virtio.device import VirtioDevice
+from ..devices.virtio.pci import VirtioPci
 from ..devices.legacy import acpi_pm, debug_exit, debugcon, fw_cfg, i8042, port80, reset_ports, rtc, uart
 from ..errors import UsageError
 from ..kvm import Kvm
@@ -25,6 +29,7 @@ from .devices import Devices
 from .cpu import apply_entry_state, setup_cpuid, setup_msrs, supported_entries
 from .iothread import IoThread
 from .machine import Closeable, Machine
+from .mmio import MmioWiring
 from .pci import PciWiring
 
 class RestoreSource(Protocol):
@@ -40,7 +45,7 @@ class RestoreSource(Protocol):
 def build(
     config: Description, kvm: Kvm | None = None, console: Console | None = None,
     restore: RestoreSource | None = None, taps: Mapping[int, int] | None = None,
-    nvram: tuple[float, bytes] | None = None,
+    nvram: tuple[float, bytes] | None = None, vcpu_prefix: str = "vcpu",
 ) -> Machine:
     """Create a machine ready to start; on any error release what was made.
 
@@ -52,37 +57,54 @@ def build(
     ``taps`` hands over open TAP descriptors (NIC index -> fd), which the
     machine then owns and closes; other NICs open their TAP by name.  ``nvram``
     is the CMOS clock's battery-backed part of the machine this one replaces
-    after a guest reset (``Rtc.nvram``)."""
+    after a guest reset (``Rtc.nvram``).  vCPU N's thread is named ``vcpu_prefix``
+    + N (``vcpuN``, what pyhvd's dispatcher looks for, unless the front end says
+    otherwise)."""
     owns_console = console is None
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
     backends: list[Closeable] = []  # what the machine closes
-    wiring = PciWiring(firmware=bool(config.payload.firmware))
+    wiring, mmio_wiring = PciWiring(firmware=bool(config.payload.firmware)), MmioWiring()
     try:
         io = IoThread()  # devices and backends register readiness with it as they are made
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
         memory = restore.take_memory() if restore is not None else GuestMemory(config.memory)
+        # devices are made before the VM; interrupts only flow once it exists
         def deliver(address: int, data: int) -> None:
-            # devices are made before the VM; interrupts only flow once it exists
             assert vm is not None
             vm.signal_msi(address, data)
 
-        _virtio_devices(config, memory, wiring, deliver, backends, io, taps or {})
+        def irq_line(gsi: int, level: bool) -> None:
+            assert vm is not None
+            vm.irq_line(gsi, int(level))
+
+        def place(device: VirtioDevice) -> None:  # the description's one transport for every device
+            if config.transport == "mmio":
+                mmio_wiring.add(device, irq_line)
+            else:
+                wiring.add(VirtioPci(device, deliver))
+
+        _virtio_devices(config, memory, place, backends, io, taps or {})
         pci_devices, pci_tables = wiring.acpi()
-        acpi_inputs = (list(range(config.vcpus)), _acpi_devices() + pci_devices, pci_tables)
-        firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), fresh=restore is None)
+        apic_ids = list(range(config.vcpus))
+        acpi_inputs = (apic_ids, _acpi_devices() + pci_devices, pci_tables)
+        # the guest finds MMIO devices on its command line; the description keeps the user's
+        cmdline = " ".join(part for part in (config.payload.cmdline, mmio_wiring.cmdline()) if part)
+        firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), cmdline, fresh=restore is None)
         entry = None
         if config.payload.firmware:
             _firmware(config.payload.firmware, memory, fresh=restore is None)
         elif restore is None:
             tables = acpi.build_tables(*acpi_inputs)
             tables.write(memory)
+            # the same CPUs and lines for a guest booted with acpi=off; the MMIO devices' lines are level
+            memory.write(MPTABLE_ADDR, mptable(apic_ids, [gsi for _, gsi, _ in mmio_wiring.windows()]))
             entry = load_kernel(
                 memory,
                 config.payload.kernel,
                 config.payload.initrd or None,
-                config.payload.cmdline,
+                cmdline,
                 protocol=config.payload.boot,
                 rsdp=tables.rsdp_addr,
             )
@@ -96,6 +118,7 @@ def build(
         pio, mmio = PioBus(), MmioBus()
         progress = port80.ProgressCodes()
         wiring.attach(vm, pio, mmio, io)
+        mmio_wiring.attach(vm, mmio, io)
 
         def stop(kind: StopKind, status: int, detail: str) -> None:
             # the legacy devices' outputs stop the machine made below (they fire only once it runs)
@@ -134,8 +157,8 @@ def build(
                 StopKind.DEBUG_EXIT, debug_exit_status(config.debug_exit, value), f"guest wrote {value:#x} to debug-exit"
             ))
             pio.insert(debug_exit.DEFAULT_BASE, debug_exit.LENGTH, dbg, "debug-exit")
-        devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, debug_exit=dbg,
-                          fw_cfg=firmware_config)
+        devices = Devices(com1=com1, i8042=kbc, rtc=clock, progress=progress, acpi_pm=pm, pci=wiring, mmio=mmio_wiring,
+                          debug_exit=dbg, fw_cfg=firmware_config)
         machine = Machine(config, kvm, vm, memory, pio, mmio, console, devices, io, backends, owns_console)
 
         supported = supported_entries(kvm.supported_cpuid())
@@ -146,7 +169,7 @@ def build(
                 setup_msrs(vcpu)
                 if index == 0:
                     apply_entry_state(vcpu, entry)
-            machine.vcpus.append(VcpuThread(vcpu, pio, mmio, machine._vcpu_stopped))
+            machine.vcpus.append(VcpuThread(vcpu, pio, mmio, machine._vcpu_stopped, vcpu_prefix))
         if restore is not None:
             from .snapshot import apply_vm_state
 
@@ -163,6 +186,7 @@ def build(
             machine.close()
         else:
             wiring.close()
+            mmio_wiring.close()
             for resource in (io, *backends, memory, vm, kvm, console if owns_console else None):
                 if resource is not None:
                     resource.close()
@@ -185,17 +209,16 @@ def restore(path: str, serial: str | None = None, console: Console | None = None
 
 
 def _virtio_devices(
-    config: Description, memory: GuestMemory, wiring: PciWiring, deliver: Any, backends: list[Closeable],
+    config: Description, memory: GuestMemory, place: Callable[[VirtioDevice], None], backends: list[Closeable],
     io: IoThread, taps: Mapping[int, int],
 ) -> None:
-    """Open the backends and put the configured virtio devices on PCI.
+    """Open the backends and make the configured virtio devices, each handed to
+    ``place`` (which puts it on the machine's transport), in a fixed order.
 
     Devices and backends that wait on file descriptors get ``io``.  Each
     device's module is imported only when the machine has one: the domain's
     start-up pays for what it uses.
     """
-    from ..devices.virtio.pci import VirtioPci
-
     if config.disks:
         from ..backends.block import RawDisk, check_distinct
         from ..devices.virtio.blk import Blk
@@ -204,7 +227,7 @@ def _virtio_devices(
         for disk_config in config.disks:
             disk = RawDisk(disk_config.path, readonly=disk_config.readonly, direct=disk_config.cache == "none")
             backends.append(disk)
-            wiring.add(VirtioPci(Blk(memory, disk, serial=disk_config.serial), deliver))
+            place(Blk(memory, disk, serial=disk_config.serial))
     if config.nics:
         from ..backends.tap import Tap
         from ..devices.virtio.net import Net
@@ -214,15 +237,15 @@ def _virtio_devices(
             tap = Tap(net_config.tap, fd=fd, bridge=net_config.bridge if fd is None else "")
             backends.append(tap)
             mac = parse_mac(net_config.mac) if net_config.mac else default_mac(net_config.tap)
-            wiring.add(VirtioPci(Net(memory, tap, mac, io), deliver))
+            place(Net(memory, tap, mac, io))
     if config.rng:
         from ..devices.virtio.rng import Rng
 
-        wiring.add(VirtioPci(Rng(memory), deliver))
+        place(Rng(memory))
     if config.balloon:
         from ..devices.virtio.balloon import Balloon
 
-        wiring.add(VirtioPci(Balloon(memory), deliver))
+        place(Balloon(memory))
     if config.vsock is not None:
         from ..backends.vsock_uds import VsockUds
         from ..devices.virtio.vsock import Vsock
@@ -232,7 +255,7 @@ def _virtio_devices(
         except OSError as e:
             raise UsageError(f"vsock.uds {config.vsock.uds}: cannot listen: {e.strerror}") from None
         backends.append(host)
-        wiring.add(VirtioPci(Vsock(memory, config.vsock.cid, host, io), deliver))
+        place(Vsock(memory, config.vsock.cid, host, io))
 
 
 def _acpi_devices() -> list[bytes]:
@@ -253,7 +276,9 @@ def _firmware(path: str, memory: GuestMemory, fresh: bool) -> None:
         memory.write(image.low_addr, image.low)
 
 
-def _fw_cfg(config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, fresh: bool) -> fw_cfg.FwCfg:
+def _fw_cfg(
+    config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, cmdline: str, fresh: bool
+) -> fw_cfg.FwCfg:
     """fw_cfg with the machine's facts and files: the e820 map the guest gets, an empty
     boot order, the ACPI tables with QEMU's linker/loader commands, the kernel items a
     firmware's Linux loader reads (on a ``fresh`` boot: a restored machine gets the
@@ -275,9 +300,9 @@ def _fw_cfg(config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, 
     if payload.firmware:
         kernel = None  # the firmware boots from its own devices
     elif fresh:
-        kernel = kernel_items(payload.kernel, payload.initrd or None, payload.cmdline, ram[0][1])
+        kernel = kernel_items(payload.kernel, payload.initrd or None, cmdline, ram[0][1])
     else:
-        kernel = KernelItems(cmdline=(CMDLINE_ADDR, payload.cmdline.encode("utf-8", "surrogateescape") + b"\0"))
+        kernel = KernelItems(cmdline=(CMDLINE_ADDR, cmdline.encode("utf-8", "surrogateescape") + b"\0"))
     return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files,
                         kernel=kernel._asdict() if kernel else None)
 

@@ -40,6 +40,13 @@ class IoThread:
             self._eventfds.add(fd)
         self._epoll.register(fd, select.EPOLLIN)
 
+    def new_eventfd(self, callback: Callable[[], None]) -> int:
+        """A new non-blocking eventfd whose signals call ``callback()`` (see :meth:`add_eventfd`);
+        the caller owns it and closes it after the thread."""
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.add_eventfd(fd, callback)
+        return fd
+
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback()`` while ``fd`` is readable (the callback reads it)."""
         with self._lock:

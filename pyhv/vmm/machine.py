@@ -205,7 +205,7 @@ class Machine:
         if any(v.state in (VcpuThread.RUNNING, VcpuThread.PAUSED) for v in self.vcpus):
             self.stop()
         self.io.close()
-        self.devices.pci.close()
+        self.devices.close()
         for backend in self.backends:
             backend.close()
         for v in self.vcpus:

@@ -8,6 +8,7 @@ hang on its notification slots.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -59,9 +60,7 @@ class PciWiring:
         for transport in self.transports:
             slot = self.root.slot_of(transport)
             for q in range(len(transport.device.queues)):
-                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                self._notify_fds[(slot, q)] = fd
-                io.add_eventfd(fd, _notifier(transport, q))
+                self._notify_fds[(slot, q)] = io.new_eventfd(functools.partial(transport.device.notify, q))
             self._hang_ioeventfds(transport, slot)
 
     def _hang_ioeventfds(self, transport: VirtioPci, slot: int, deassign: bool = False) -> None:
@@ -100,9 +99,3 @@ class PciWiring:
             os.close(fd)
         self._notify_fds.clear()
 
-
-def _notifier(transport: VirtioPci, queue: int) -> Any:
-    def kick() -> None:
-        transport.device.notify(queue)
-
-    return kick

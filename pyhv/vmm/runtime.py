@@ -76,9 +76,10 @@ class Runtime:
     def __init__(
         self, description: Description, console: Any, *, taps: dict[int, int] | None = None,
         paused: bool = False, domid: int = 0, on_ready: Callable[[dict[str, Any]], None] | None = None,
-        on_machine_end: Callable[[Any], None] | None = None,
+        on_machine_end: Callable[[Any], None] | None = None, vcpu_prefix: str = "vcpu",
     ) -> None:
         self.description = description
+        self.vcpu_prefix = vcpu_prefix  # vCPU threads are named this + their index
         self.console = console
         self.taps = dict(taps or {})
         self.id = domid
@@ -120,7 +121,7 @@ class Runtime:
                     try:
                         taps = {i: os.dup(fd) for i, fd in self.taps.items()}
                         machine = build(self.description, console=self.console, restore=snapshot, taps=taps,
-                                        nvram=nvram)
+                                        nvram=nvram, vcpu_prefix=self.vcpu_prefix)
                     except PyhvError as e:
                         if not self._ready({"ok": False, "error": str(e)}):
                             _say(f"{self._who()}{e}")  # a restart failed: nobody is waiting to hear it
@@ -444,11 +445,11 @@ class Runtime:
         from ..devices.virtio.net import Net
 
         out["vcpu"] = vcpu_info(machine)
-        for slot, disk in machine.devices.of_type(Blk):
-            out["disks"].append({"device": f"pci{slot}", "read_bytes": disk.bytes_read, "write_bytes": disk.bytes_written})
-        for slot, nic in machine.devices.of_type(Net):
+        for place, disk in machine.devices.of_type(Blk):
+            out["disks"].append({"device": place, "read_bytes": disk.bytes_read, "write_bytes": disk.bytes_written})
+        for place, nic in machine.devices.of_type(Net):
             out["nics"].append({
-                "device": f"pci{slot}", "rx_bytes": nic.rx_bytes, "tx_bytes": nic.tx_bytes,
+                "device": place, "rx_bytes": nic.rx_bytes, "tx_bytes": nic.tx_bytes,
                 "rx_frames": nic.rx_frames, "tx_frames": nic.tx_frames,
                 "rx_dropped": nic.rx_dropped, "tx_dropped": nic.tx_dropped,
             })

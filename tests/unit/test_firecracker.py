@@ -58,7 +58,7 @@ def test_configuration_translates_into_the_plain_form(files: dict[str, str]) -> 
         "name": "vm-1", "kernel": files["vmlinux"], "initrd": files["initrd"],
         "cmdline": "console=ttyS0 root=/dev/vda rw", "memory": 256, "vcpus": 2,
         "on_poweroff": "destroy", "on_reboot": "destroy", "on_crash": "destroy", "serial": "stdio",
-        "balloon": True, "rng": True,
+        "balloon": True, "rng": True, "transport": "mmio",
         "disks": [{"path": files["root.img"], "readonly": False, "serial": "rootfs", "cache": "writeback"},
                   {"path": files["data.img"], "readonly": True, "serial": "data", "cache": "writeback"}],
         "nics": [{"tap": "tap0", "mac": "06:00:ac:10:00:02"}],
@@ -70,6 +70,24 @@ def test_describe_gives_the_model_description(files: dict[str, str]) -> None:
     d = fc.describe(_configured(files), "vm-1")
     assert (d.memory, d.vcpus, d.disks[0].path, d.nics[0].tap, d.lifecycle.on_reboot) == (
         256 * MiB, 2, files["root.img"], "tap0", "destroy")
+
+
+def test_devices_are_virtio_mmio_as_firecracker_s_unless_pci_is_enabled(files: dict[str, str]) -> None:
+    assert fc.describe(_configured(files)).transport == "mmio"
+    assert fc.describe(_configured(files), transport="pci").transport == "pci"
+
+
+@pytest.mark.parametrize("transport,warned", [("mmio", False), ("pci", True)])
+def test_pci_off_in_boot_args_is_a_problem_only_with_pci_enabled(
+    tmp_path: pathlib.Path, files: dict[str, str], transport: str, warned: bool
+) -> None:
+    log = Log("test-vm")
+    log.configure(log_path=str(tmp_path / "log"))
+    vm = Microvm("test-vm", log, transport)
+
+    status, _ = vm.handle("PUT", "/boot-source", {"kernel_image_path": files["vmlinux"], "boot_args": "pci=off"})
+
+    assert (status, "pci=off" in (tmp_path / "log").read_text()) == (204, warned)
 
 
 def test_root_drive_with_partuuid_and_read_only_adds_that_root(files: dict[str, str]) -> None:

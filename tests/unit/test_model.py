@@ -178,7 +178,13 @@ CASES: list[tuple[list[str], str]] = [
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,file=/etc/a,b", "--fw-cfg", "name=opt/b,string=x=1,y=2"],
      'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nfile = "/etc/a,b"\n[[fw_cfg]]\nname = "opt/b"\nstring = "x=1,y=2"'),
     (["--kernel", "/k", "--fw-cfg", "name=opt/empty,string="], 'kernel = "/k"\n[[fw_cfg]]\nname = "opt/empty"\nstring = ""'),
+    (["--kernel", "/k", "--transport", "mmio", "--rng", "--disk", "/a.img"],
+     'kernel = "/k"\ntransport = "mmio"\nrng = true\n[[disks]]\npath = "/a.img"'),
+    (["--kernel", "/k", "--transport", "pci"], 'kernel = "/k"\ntransport = "pci"'),
     # the same mistakes
+    (["--kernel", "/k", "--transport", "isa"], 'kernel = "/k"\ntransport = "isa"'),
+    (["--kernel", "/k", "--rng", "--balloon", *[a for i in range(14) for a in ("--disk", f"/d{i}")], "--transport", "mmio"],
+     'kernel = "/k"\ntransport = "mmio"\nrng = true\nballoon = true\n' + "".join(f'[[disks]]\npath = "/d{i}"\n' for i in range(14))),
     (["--kernel", "/k", "--vcpus", "0"], 'kernel = "/k"\nvcpus = 0'),
     (["--kernel", "/k", "--memory", "8M"], 'kernel = "/k"\nmemory = "8M"'),
     (["--kernel", "/k", "--serial", "tcp:1"], 'kernel = "/k"\nserial = "tcp:1"'),
