@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 
+from .._sys.files import handed
 from .interfaces import OnConnect, Readiness
 
 CONNECT_LINE_MAX = 64
@@ -42,7 +44,15 @@ class UdsStream:
         except OSError:
             return b""  # a reset is an end of stream to the reader
 
-    def send(self, data: bytes | bytearray) -> int:
+    def recv_into(self, views: Sequence[memoryview]) -> int:
+        try:
+            return self.sock.recvmsg_into(views)[0]
+        except BlockingIOError:
+            raise
+        except OSError:
+            return 0  # a reset is an end of stream to the reader
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
         return self.sock.send(data)
 
     def confirm(self, host_port: int) -> None:
@@ -73,17 +83,11 @@ class VsockUds:
         self._on_connect: OnConnect | None = None
         self._handshakes: dict[int, tuple[socket.socket, bytearray]] = {}  # fd -> socket, line so far
         self._streams: set[UdsStream] = set()
-        try:
-            os.unlink(uds)
-        except FileNotFoundError:
-            pass
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(uds)
-            listener.listen(LISTEN_BACKLOG)
-        except BaseException:
-            listener.close()
-            raise
+        fd = handed(uds)  # a confined process gets the socket bound before (pyhv/jail/)
+        if fd is not None:
+            listener = socket.socket(fileno=fd)
+        else:
+            listener = bind_listener(uds)
         listener.setblocking(False)
         self._listener: socket.socket | None = listener
 
@@ -169,6 +173,22 @@ class VsockUds:
                 os.unlink(self.uds)
             except OSError:
                 pass
+
+
+def bind_listener(uds: str) -> socket.socket:
+    """A socket listening on ``uds`` (a stale file there replaced).  Raises OSError."""
+    try:
+        os.unlink(uds)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(uds)
+        listener.listen(LISTEN_BACKLOG)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def parse_connect(line: bytes) -> int | None:
