@@ -50,7 +50,7 @@ class RestoreSource(Protocol):
 def build(
     config: Description, kvm: Kvm | None = None, console: Console | None = None,
     restore: RestoreSource | None = None, taps: Mapping[int, int] | None = None,
-    nvram: tuple[float, bytes] | None = None, vcpu_prefix: str = "vcpu",
+    nvram: tuple[float, bytes] | None = None, vcpu_prefix: str = "vcpu", warm: GuestMemory | None = None,
 ) -> Machine:
     """Create a machine ready to start; on any error release what was made.
 
@@ -62,7 +62,8 @@ def build(
     ``taps`` hands over open TAP descriptors (NIC index -> fd), which the
     machine then owns and closes; other NICs open their TAP by name.  ``nvram``
     is the CMOS clock's battery-backed part of the machine this one replaces
-    after a guest reset (``Rtc.nvram``).  vCPU N's thread is named ``vcpu_prefix``
+    after a guest reset (``Rtc.nvram``), and ``warm`` its RAM when it ran firmware
+    (``Machine.keep_memory``): a reset keeps RAM on a PC; the machine owns it now.  vCPU N's thread is named ``vcpu_prefix``
     + N (``vcpuN``, what pyhvd's dispatcher looks for, unless the front end says
     otherwise)."""
     if restore is not None and vhost_user_devices(config):
@@ -71,16 +72,18 @@ def build(
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
     backends: list[Closeable] = []  # what the machine closes
-    wiring, mmio_wiring = PciWiring(), MmioWiring()
+    wiring, mmio_wiring = PciWiring(firmware=bool(config.payload.firmware)), MmioWiring()
     try:
         io = IoThread()  # devices and backends register readiness with it as they are made
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
-        if restore is None:
+        if restore is not None:
+            memory = restore.take_memory()
+        elif warm is not None:  # a firmware machine's RAM, kept over a guest reset
+            memory = warm
+        else:
             # vhost-user back ends map guest RAM themselves: it must be shared memory they can get a descriptor for
             memory = GuestMemory(config.memory, memfd=bool(vhost_user_devices(config)))
-        else:
-            memory = restore.take_memory()
         # devices are made before the VM; interrupts only flow once it exists
         def deliver(address: int, data: int) -> None:
             assert vm is not None
@@ -107,7 +110,7 @@ def build(
         if _has_vmgenid(config) and (restore is None or restore.new_generation):
             vmgenid.new_generation(memory)  # before any vCPU runs
         if config.payload.firmware:
-            _firmware(config.payload.firmware, memory, fresh=restore is None)
+            _firmware(config.payload.firmware, memory, fresh=restore is None and warm is None)
         elif restore is None:
             tables = acpi.build_tables(*acpi_inputs)
             tables.write(memory)
@@ -363,12 +366,14 @@ def _has_vmgenid(config: Description) -> bool:
 
 def _firmware(path: str, memory: GuestMemory, fresh: bool) -> None:
     """A BIOS ROM at the top of the first 4 GiB and (on a ``fresh`` boot; a restored
-    machine has it in its RAM) its last 128 KiB below 1 MiB; the boot vCPU starts at
-    the reset vector, where KVM's reset state has it (boot/firmware.py)."""
+    machine, or one whose RAM was kept over a reset, has it in its RAM, as shadow RAM
+    keeps it on a PC) its last 128 KiB below 1 MiB; the boot vCPU starts at the reset
+    vector, where KVM's reset state has it (boot/firmware.py)."""
     from ..boot.firmware import read_firmware
 
     image = read_firmware(path)
-    memory.add_rom(image.rom_addr, image.rom)
+    if not memory.roms:  # RAM kept over a reset keeps its ROM too
+        memory.add_rom(image.rom_addr, image.rom)
     if fresh:
         memory.write(image.low_addr, image.low)
 

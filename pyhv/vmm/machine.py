@@ -60,6 +60,7 @@ class Machine:
         self.backends = backends  # disk images, TAPs, sockets: closed with the machine
         self.owns_console = owns_console
         self.vcpus: list[VcpuThread] = []
+        self._memory_kept = False
         self._stop: Stop | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -71,6 +72,12 @@ class Machine:
     @property
     def progress(self) -> ProgressCodes:
         return self.devices.progress
+
+    def keep_memory(self) -> GuestMemory:
+        """The guest RAM, which :meth:`close` then leaves mapped for the caller (a warm
+        reset: the next machine is built on it)."""
+        self._memory_kept = True
+        return self.memory
 
     def nvram(self) -> tuple[float, bytes]:
         """What survives a reset on a PC: the CMOS clock's battery-backed part (``Rtc.nvram``),
@@ -261,7 +268,8 @@ class Machine:
         for v in self.vcpus:
             v.vcpu.close()
         self.vm.close()
-        self.memory.close()
+        if not self._memory_kept:
+            self.memory.close()
         self.kvm.close()
         if self.owns_console:
             self.console.close()

@@ -110,6 +110,7 @@ class Runtime:
         from .builder import build
 
         nvram = None  # the CMOS clock's battery-backed bytes, kept across restarts as on a PC
+        ram = None  # a firmware machine's RAM, kept across a guest reset as on a PC
         try:
             while True:
                 wanted = self._wanted
@@ -122,7 +123,8 @@ class Runtime:
                     try:
                         taps = {i: os.dup(fd) for i, fd in self.taps.items()}
                         machine = build(self.description, console=self.console, restore=snapshot, taps=taps,
-                                        nvram=nvram, vcpu_prefix=self.vcpu_prefix)
+                                        nvram=nvram, vcpu_prefix=self.vcpu_prefix, warm=ram)
+                        ram = None  # the machine owns it now (build closes it on failure)
                     except PyhvError as e:
                         if not self._ready({"ok": False, "error": str(e)}):
                             _say(f"{self._who()}{e}")  # a restart failed: nobody is waiting to hear it
@@ -142,6 +144,10 @@ class Runtime:
                 if self._on_machine_end is not None:
                     self._on_machine_end(machine)
                 nvram = machine.nvram()
+                if action is Action.RESTART and stop.kind is StopKind.RESET and self.description.payload.firmware:
+                    # A reset line keeps RAM on a PC, and firmware relies on it: SeaBIOS finds itself
+                    # already set up and resumes as the CMOS shutdown status byte says
+                    ram = machine.keep_memory()
                 machine.close()
                 with self._lock:
                     self.machine = None
@@ -154,6 +160,8 @@ class Runtime:
                         self._wanted = None
                 _say(f"{self._who()}{_what(stop)}; restarting ({_policy(stop)})")
         finally:
+            if ram is not None:  # kept for a machine that was never built
+                ram.close()
             for fd in self.taps.values():
                 os.close(fd)
             self.taps.clear()

@@ -179,10 +179,10 @@ def test_a_destroy_that_arrives_while_the_guest_reboots_ends_the_domain(monkeypa
     assert (ending.reason, ending.status, len(built)) == ("destroy", 143, 1)
 
 
-def test_the_next_machine_after_a_reset_gets_the_cmos_of_the_one_that_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+def _reset_then_power_off(monkeypatch: pytest.MonkeyPatch, plain: dict[str, str], keyword: str) -> list[Any]:
+    """Run a domain whose first machine resets and second powers off; what each build got as ``keyword``."""
     from pyhv.vmm import builder
 
-    runtime = Runtime(from_plain({"kernel": "/k"}), console=None)
     given: list[Any] = []
 
     class Resetting(FakeMachine):
@@ -197,16 +197,31 @@ def test_the_next_machine_after_a_reset_gets_the_cmos_of_the_one_that_reset(monk
         def nvram(self) -> tuple[float, bytes]:
             return 1.5, bytes([len(given)]) * 128
 
+        def keep_memory(self) -> str:
+            return "the RAM of the machine that reset"
+
         def close(self) -> None:
             pass
 
-    def build(*args: Any, nvram: Any = None, **kwargs: Any) -> FakeMachine:
-        given.append(nvram)
+    def build(*args: Any, **kwargs: Any) -> FakeMachine:
+        given.append(kwargs.get(keyword))
         return Resetting()
 
     monkeypatch.setattr(builder, "build", build)
-    ending = runtime.run()
-    assert (ending.reason, given) == ("poweroff", [None, (1.5, bytes([1]) * 128)])
+    assert Runtime(from_plain(plain), console=None).run().reason == "poweroff"
+    return given
+
+
+def test_the_next_machine_after_a_reset_gets_the_cmos_of_the_one_that_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _reset_then_power_off(monkeypatch, {"kernel": "/k"}, "nvram") == [None, (1.5, bytes([1]) * 128)]
+
+
+@pytest.mark.parametrize("plain,kept", [({"firmware": "/bios.bin"}, True), ({"kernel": "/k"}, False)])
+def test_a_firmware_machine_keeps_its_ram_over_a_guest_reset_and_a_kernel_boot_does_not(
+    monkeypatch: pytest.MonkeyPatch, plain: dict[str, str], kept: bool
+) -> None:
+    given = _reset_then_power_off(monkeypatch, plain, "warm")
+    assert given == [None, "the RAM of the machine that reset" if kept else None]
 
 
 def test_the_repl_runs_typed_code_over_the_control_socket_and_close_does_not_wait_for_it(tmp_path: Path) -> None:
