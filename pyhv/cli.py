@@ -25,6 +25,8 @@ RUN_OPTIONS = [
     Option("--kernel", "bzImage, ELF (vmlinux, PVH) or Multiboot kernel (required without --config)", "K"),
     Option("--config", "boot the domain a TOML file describes (schema: pyhv/model/__init__.py); "
            "options given as well override its values", "FILE"),
+    Option("--firmware", "a BIOS ROM (SeaBIOS's bios.bin) run from the reset vector instead of a kernel; "
+           "its debug port 0x402 and COM1 go to --serial", "FILE"),
     Option("--initrd", "initial ramdisk", "I"),
     Option("--cmdline", "kernel command line", "C"),
     Option("--memory", "guest memory (default 256M)", "SIZE"),
@@ -32,15 +34,18 @@ RUN_OPTIONS = [
     Option("--boot", "boot protocol (default: from the image)", "PROTO", None, ("auto", "linux", "pvh", "multiboot")),
     Option("--debug-exit", "isa-debug-exit port at 0xf4: a guest write of V ends pyhv with status V & 0xff "
            "(=pyhv, the default) or (V << 1) | 1 as QEMU does (=qemu)", "[=pyhv|qemu]", bare="pyhv"),
-    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none] (repeatable)", "SPEC", repeat=True),
-    Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
+    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none][,ops=LIMIT][,bw=LIMIT] (repeatable)", "SPEC", repeat=True),
+    Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR][,rx-ops|rx-bw|tx-ops|tx-bw=LIMIT] (repeatable; created if missing)", "SPEC", repeat=True),
     Option("--vsock", "virtio-vsock: cid=N,uds=PATH (host side: Firecracker's unix-socket convention)", "SPEC"),
     Option("--fw-cfg", "a fw_cfg file: name=NAME,file=PATH or name=NAME,string=TEXT (repeatable; "
            "names under opt/)", "SPEC", repeat=True),
+    Option("--fs", "virtio-fs: tag=TAG,socket=PATH (a vhost-user back end) or tag=TAG,path=DIR (pyhv runs "
+           "virtiofsd on DIR) (repeatable)", "SPEC", repeat=True),
     Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
     Option("--transport", "how virtio devices attach: pci (default) or mmio (virtio-mmio windows, "
            "added to the command line as virtio_mmio.device=)", "KIND"),
+    Option("--no-vmgenid", "no VM Generation ID device (by default the guest gets one, new at boot and restore)"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST"),
     Option("--on-reboot", "what a guest reboot does (default restart)", "ACTION", None, ("destroy", "restart")),
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", None, ("destroy", "restart")),
@@ -50,6 +55,9 @@ RUN_OPTIONS = [
     Option("--control", "a unix socket taking JSON requests while the guest runs (docs: pyhv/vmm/control.py)", "PATH"),
     Option("--gdb", "serve the GDB remote protocol on unix:PATH or tcp:HOST:PORT; ,wait holds the guest "
            "until GDB attaches (docs/INTROSPECTION.md)", "ADDR"),
+    Option("--jail", "confine the VMM: its own namespaces and root directory, an unprivileged uid, no "
+           "capabilities (README: Confinement)"),
+    Option("--jail-report", "with --jail (implied): print what the confined VMM can still reach, then run"),
     Option("--restore", "boot the machine a snapshot file holds, where it was saved (no --kernel/--config)", "FILE"),
     Option("--verify", "with --restore: read all of the snapshot's memory and check its CRCs before running"),
     Option("--snapshot-on-signal", "on SIGUSR2, save the running machine to FILE and carry on", "FILE"),
@@ -59,7 +67,7 @@ RUN_OPTIONS = [
 
 #: what may go with --restore or --incoming: the machine itself comes from elsewhere
 RESTORE_OPTIONS = {"restore", "verify", "incoming", "migration_key", "snapshot_on_signal", "serial", "progress",
-                   "control", "gdb"}
+                   "control", "gdb", "jail", "jail_report"}
 
 IMAGE_BUILD_OPTIONS = [
     Option("--dir", "where the images go (default $XDG_CACHE_HOME/pyhv/images/default)", "DIR"),
@@ -120,8 +128,8 @@ def describe_run(args: SimpleNamespace) -> tuple[Description, dict[int, int]]:
         data = files.load_mapping(args.config)
         data.update(plain)
         plain = data
-    elif "kernel" not in plain:
-        raise UsageError("--kernel is required (or --config FILE)")
+    elif "kernel" not in plain and "firmware" not in plain:
+        raise UsageError("--kernel is required (or --firmware FILE, or --config FILE)")
     return options.describe(plain, given, args.config or ""), taps
 
 
@@ -155,6 +163,8 @@ def _run_incoming(args: SimpleNamespace) -> int:
     from .vmm import migrate
 
     _only_restore_options(args, "--incoming takes the machine from the migration stream")
+    if args.jail or args.jail_report:
+        raise UsageError("--jail cannot go with --incoming: a confined VMM has no network to receive on")
     if args.verify:
         raise UsageError("--verify goes with --restore")
     host, port = parse_host_port(args.incoming, "--incoming")
@@ -205,13 +215,24 @@ def _run_domain(
     from .vcpu import StopKind
     from .vmm.runtime import Runtime
 
-    if console is None:
-        try:
+    taps = dict(taps or {})
+    control_sock = None
+    try:
+        if console is None:
             console = open_console(description.serial)
-        except BaseException:
-            if snapshot is not None:
-                snapshot.close()
-            raise
+        if args.jail or args.jail_report:
+            status, control_sock = _enter_jail(description, args, console, snapshot, taps)
+            if status is not None:  # the supervisor: the confined child ran the domain
+                console.close()
+                if snapshot is not None:
+                    snapshot.close()
+                return status
+    except BaseException:
+        if snapshot is not None:
+            snapshot.close()
+        if console is not None:
+            console.close()
+        raise
     save_to = args.snapshot_on_signal
 
     def progress(machine: Any) -> None:
@@ -249,7 +270,7 @@ def _run_domain(
     old: dict[int, Any] = {}
     try:
         if args.control:
-            server = _control_server(args.control, runtime)
+            server = _control_server(args.control, runtime, control_sock)
         if args.gdb:
             where = runtime.start_gdb(args.gdb)
             print(f"pyhv: gdb: listening on {where}" + (" (the guest waits for it)" if gdb_wait else ""),
@@ -272,17 +293,68 @@ def _run_domain(
     return ending.status
 
 
-def _control_server(path: str, runtime: Any) -> Any:
+def _control_server(path: str, runtime: Any, sock: Any = None) -> Any:
+    from .vmm.control import Server
+
+    return Server(path, runtime.handle, sock=sock if sock is not None else _listen_control(path))
+
+
+def _listen_control(path: str) -> Any:
     import os
 
-    from .vmm.control import Server
+    from .backends.unixsock import listen_unix
 
     if os.path.isdir(path):
         raise UsageError(f"--control {path}: is a directory")
     try:
-        return Server(path, runtime.handle)
+        return listen_unix(path, 64)
     except OSError as e:
         raise UsageError(f"--control {path}: cannot listen: {e.strerror or e}") from None
+
+
+def _enter_jail(
+    description: Description, args: SimpleNamespace, console: Console, snapshot: Any, taps: dict[int, int],
+) -> tuple[int | None, Any]:
+    """``--jail``: open what the domain needs from the host, then confine
+    (pyhv/jail/enter.py).  In the supervisor: (the confined child's exit
+    status, None); in the confined child: (None, the control socket, if any)."""
+    import os
+
+    from .jail import enter, plan
+
+    if args.gdb:
+        raise UsageError("--gdb cannot go with --jail: the stub would listen outside the jail")
+    if os.geteuid() != 0:
+        raise UsageError("--jail needs root (it makes namespaces, device nodes and drops to another uid)")
+    jail_id = f"run-{os.getpid()}"
+    root = os.path.join(enter.jail_dir(os.environ.get("PYHV_RUN_DIR", "/run/pyhv"), jail_id), "root")
+    try:
+        p = plan.plan(description, root, os.getpid() % plan.DEFAULT_COUNT)
+    except plan.JailError as e:
+        raise UsageError(f"--jail: {e}") from None
+    hand = enter.hand_over(p)
+    if args.snapshot_on_signal:  # written in place through this descriptor (vmm/snapshot.py)
+        from .vmm.snapshot import open_target
+
+        enter.hand(args.snapshot_on_signal, open_target(args.snapshot_on_signal))
+    if description.nics:
+        from .backends.tap import Tap
+
+        for i, nic in enumerate(description.nics):  # made here: a confined VMM may not make TAPs
+            if i not in taps:
+                taps[i] = Tap(nic.tap, bridge=nic.bridge).fd
+                hand.append(taps[i])
+    control_sock = _listen_control(args.control) if args.control else None
+    keep = console.fds() + list(taps.values()) + ([snapshot.fd] if snapshot is not None else [])
+    if control_sock is not None:
+        hand.append(control_sock.fileno())
+    cleanup = list(p.sockets) + ([args.control] if args.control else [])
+    status = enter.enter(p, jail_id, keep, hand, cleanup)
+    if status is not None and args.snapshot_on_signal:
+        enter.remove_if_empty(args.snapshot_on_signal)  # made for a save that never came
+    if status is None and args.jail_report:
+        print(enter.report(), file=sys.stderr, flush=True)
+    return status, control_sock
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,6 +85,43 @@ static uint64_t fw_read_le(uint16_t key, unsigned n)
 }
 
 /*
+ * The file called name in fw_cfg's directory (read through the ports, nothing
+ * printed): 1 and its selector and size if there is one, else 0.
+ */
+int fw_cfg_find(const char *name, uint16_t *select, uint32_t *size)
+{
+    uint8_t entry[64];
+    uint32_t count, i;
+    int found = 0;
+
+    fw_select(KEY_FILE_DIR);
+    fw_read(&count, 4);
+    count = be32(count);
+    for (i = 0; i < count; i++) {
+        const char *n = (const char *)entry + 8, *w = name;
+
+        fw_read(entry, sizeof(entry));
+        while (*w && *w == *n && n < (const char *)entry + sizeof(entry) - 1) {
+            w++;
+            n++;
+        }
+        if (!found && !*w && !*n) {
+            *size = be32(*(uint32_t *)entry);
+            *select = __builtin_bswap16(*(uint16_t *)(entry + 4));
+            found = 1;
+        }
+    }
+    return found;
+}
+
+/* The first n bytes of the item at select (zeros past its end). */
+void fw_cfg_read(uint16_t select, void *buf, uint64_t n)
+{
+    fw_select(select);
+    fw_read(buf, n);
+}
+
+/*
  * One DMA request with the descriptor at desc_addr (which may be anywhere:
  * the hostile cases put it outside RAM).  Returns the control word the
  * device wrote back, or ~0 if the descriptor is not where ring 3 can read it.

@@ -237,10 +237,29 @@ static void parse_option(struct options *o, const char *tok, size_t len)
             fail("bad value for probe.size: ", val, val_len);
         o->size = v;
         o->have_size = 1;
+    } else if (mem_eq(key, key_len, "probe.path")) {
+        if (val_len == 0 || val_len > 255)
+            fail("bad value for probe.path: ", val, val_len);
+        o->path = val;
+        o->path_len = val_len;
+    } else if (mem_eq(key, key_len, "probe.out")) {
+        if (val_len == 0 || val_len > 255)
+            fail("bad value for probe.out: ", val, val_len);
+        o->out = val;
+        o->out_len = val_len;
+    } else if (mem_eq(key, key_len, "probe.text")) {
+        if (val_len > 4000)
+            fail("bad value for probe.text: ", val, val_len);
+        o->text = val;
+        o->text_len = val_len;
     } else if (mem_eq(key, key_len, "probe.conns")) {
         if (!parse_u64(val, val_len, 0, &v) || v < 1 || v > 16)
             fail("bad value for probe.conns: ", val, val_len);
         o->conns = v;
+    } else if (mem_eq(key, key_len, "probe.dev")) {
+        if (!parse_u64(val, val_len, 0, &v) || v > 31)
+            fail("bad value for probe.dev: ", val, val_len);
+        o->dev = (unsigned)v;
     } else {
         fail("unknown option ", key, key_len);
     }
@@ -629,6 +648,8 @@ void user_main(uint32_t kind, uint64_t info)
         test_blk(&o);
     if (mem_eq(o.test, o.test_len, "blkflush"))
         test_blkflush(&o);
+    if (mem_eq(o.test, o.test_len, "blksum"))
+        test_blksum(&o);
     if (mem_eq(o.test, o.test_len, "blkbench"))
         test_blkbench(&o);
     if (mem_eq(o.test, o.test_len, "hostile"))
@@ -655,9 +676,19 @@ void user_main(uint32_t kind, uint64_t info)
         test_memsum(&o);
     if (mem_eq(o.test, o.test_len, "blksnap"))
         test_blksnap(&o);
+    if (mem_eq(o.test, o.test_len, "blkswap"))
+        test_blkswap(&o);
+    if (mem_eq(o.test, o.test_len, "kbd"))
+        test_kbd(&o);
     if (mem_eq(o.test, o.test_len, "fwcfg"))
         test_fwcfg(&o);
     if (mem_eq(o.test, o.test_len, "mptable"))
         test_mptable(&o);
+    if (mem_eq(o.test, o.test_len, "fs"))
+        test_fs(&o);
+    if (mem_eq(o.test, o.test_len, "fsbench"))
+        test_fsbench(&o);
+    if (mem_eq(o.test, o.test_len, "vmgenid"))
+        test_vmgenid(&o);
     fail("unknown test ", o.test, o.test_len);
 }

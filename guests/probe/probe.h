@@ -451,6 +451,13 @@ struct options {
     uint64_t size;              /* probe.size: bytes per frame or message */
     int have_size;
     uint64_t conns;             /* probe.conns: vsockclient connections */
+    unsigned dev;               /* probe.dev: which device of its kind (blkswap) */
+    const char *path;           /* probe.path: fs reads this file */
+    size_t path_len;
+    const char *out;            /* probe.out: fs writes this file ... */
+    size_t out_len;
+    const char *text;           /* probe.text: ... with this content */
+    size_t text_len;
     uint32_t boot_kind;         /* how the probe was entered */
     uint64_t boot_info;         /* zero page or hvm_start_info */
     uint64_t cmdline;           /* where the command line is (0: none) */
@@ -557,6 +564,7 @@ void pci_write16(const struct pci_dev *d, unsigned off, uint16_t v);
 /* Next capability with this ID after offset 'after' (0: from the start). */
 unsigned pci_find_cap(const struct pci_dev *d, uint8_t id, unsigned after);
 struct pci_dev *pci_find(uint16_t vendor, uint16_t device);
+struct pci_dev *pci_find_nth(uint16_t vendor, uint16_t device, unsigned nth);
 /* Memory decoding and bus mastering on, INTx off. */
 void pci_enable(const struct pci_dev *d);
 void pci_put_bdf(const struct pci_dev *d);
@@ -581,10 +589,18 @@ NORETURN void test_memsum(const struct options *o);
 /* mptable.c (ring 3) */
 NORETURN void test_mptable(const struct options *o);
 NORETURN void test_blksnap(const struct options *o);
+NORETURN void test_blkswap(const struct options *o);
+NORETURN void test_kbd(const struct options *o);
 NORETURN void test_fwcfg(const struct options *o);
+NORETURN void test_fs(const struct options *o);
+NORETURN void test_fsbench(const struct options *o);
+int fw_cfg_find(const char *name, uint16_t *select, uint32_t *size);
+void fw_cfg_read(uint16_t select, void *buf, uint64_t n);
+NORETURN void test_vmgenid(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);
 NORETURN void test_blkflush(const struct options *o);
+NORETURN void test_blksum(const struct options *o);
 NORETURN void test_hostile(const struct options *o);
 
 #endif /* __ASSEMBLER__ */

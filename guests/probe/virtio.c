@@ -91,8 +91,11 @@ struct virtio_ops {
     uint8_t (*status)(struct virtio *v);
     void (*set_status)(struct virtio *v, uint8_t s);
     uint8_t (*generation)(struct virtio *v);
-    uint32_t (*features)(struct virtio *v, unsigned word);
-    void (*set_features)(struct virtio *v, unsigned word, uint32_t f);
+    /* 32-bit register access, and where the feature registers are:
+     * device features select / word, driver features select / word */
+    uint32_t (*r32)(struct virtio *v, unsigned off);
+    void (*w32)(struct virtio *v, unsigned off, uint32_t x);
+    unsigned df_sel, df, gf_sel, gf;
     /* Interrupts set up (MSI-X) or turned off, before the queues. */
     const char *(*irqs)(struct virtio *v);
     /* Select queue qi: its maximum size, 0 if it is not available. */
@@ -225,7 +228,12 @@ static const struct virtio_ops mmio_ops;
 
 static const char *pci_find_virtio(struct virtio *v, uint16_t device_id)
 {
-    struct pci_dev *d = pci_find(VIRTIO_VENDOR, device_id);
+    return virtio_find_nth(v, device_id, 0);
+}
+
+const char *virtio_find_nth(struct virtio *v, uint16_t device_id, unsigned nth)
+{
+    struct pci_dev *d = pci_find_nth(VIRTIO_VENDOR, device_id, nth);
     unsigned cap = 0;
 
     if (!d)
@@ -312,18 +320,6 @@ static uint8_t pci_status(struct virtio *v) { return cc_r8(v, CC_STATUS); }
 static void pci_set_status(struct virtio *v, uint8_t s) { cc_w8(v, CC_STATUS, s); }
 static uint8_t pci_generation(struct virtio *v) { return cc_r8(v, CC_CFG_GENERATION); }
 
-static uint32_t pci_features(struct virtio *v, unsigned word)
-{
-    cc_w32(v, CC_DFSELECT, word);
-    return cc_r32(v, CC_DF);
-}
-
-static void pci_set_features(struct virtio *v, unsigned word, uint32_t f)
-{
-    cc_w32(v, CC_GFSELECT, word);
-    cc_w32(v, CC_GF, f);
-}
-
 static const char *pci_irqs(struct virtio *v)
 {
     if (v->msix == IRQ_IOAPIC)
@@ -390,7 +386,7 @@ static void pci_print_regs(const struct virtio *v)
 }
 
 static const struct virtio_ops pci_ops = {
-    pci_status, pci_set_status, pci_generation, pci_features, pci_set_features,
+    pci_status, pci_set_status, pci_generation, cc_r32, cc_w32, CC_DFSELECT, CC_DF, CC_GFSELECT, CC_GF,
     pci_irqs, pci_queue_max, pci_queue_enable, pci_print_where, pci_print_regs,
 };
 
@@ -532,18 +528,6 @@ static uint8_t mm_status(struct virtio *v) { return (uint8_t)mm_r(v, MM_STATUS);
 static void mm_set_status(struct virtio *v, uint8_t s) { mm_w(v, MM_STATUS, s); }
 static uint8_t mm_generation(struct virtio *v) { return (uint8_t)mm_r(v, MM_CFG_GEN); }
 
-static uint32_t mm_features(struct virtio *v, unsigned word)
-{
-    mm_w(v, MM_DF_SEL, word);
-    return mm_r(v, MM_DF);
-}
-
-static void mm_set_features(struct virtio *v, unsigned word, uint32_t f)
-{
-    mm_w(v, MM_GF_SEL, word);
-    mm_w(v, MM_GF, f);
-}
-
 /*
  * probe.irq=ioapic: the device's line, as the command line names it, goes
  * to vector IRQ_VECTOR_BASE + MM_IRQ_SLOT on this CPU, edge-triggered and
@@ -617,7 +601,7 @@ static void mm_print_regs(const struct virtio *v)
 }
 
 static const struct virtio_ops mmio_ops = {
-    mm_status, mm_set_status, mm_generation, mm_features, mm_set_features,
+    mm_status, mm_set_status, mm_generation, mm_r, mm_w, MM_DF_SEL, MM_DF, MM_GF_SEL, MM_GF,
     mm_irqs, mm_queue_max, mm_queue_enable, mm_print_where, mm_print_regs,
 };
 
@@ -699,6 +683,18 @@ static const char *setup_queue(struct virtio *v, unsigned qi, unsigned max_qsize
     return err;
 }
 
+static uint32_t device_features(struct virtio *v, unsigned word)
+{
+    v->ops->w32(v, v->ops->df_sel, word);
+    return v->ops->r32(v, v->ops->df);
+}
+
+static void driver_features(struct virtio *v, unsigned word, uint32_t f)
+{
+    v->ops->w32(v, v->ops->gf_sel, word);
+    v->ops->w32(v, v->ops->gf, f);
+}
+
 const char *virtio_negotiate(struct virtio *v, uint64_t want, int msix)
 {
     uint8_t s;
@@ -709,15 +705,15 @@ const char *virtio_negotiate(struct virtio *v, uint64_t want, int msix)
         return "device_status did not read 0 after reset";
     virtio_set_status(v, VS_ACKNOWLEDGE);
     virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER);
-    v->dev_features = v->ops->features(v, 0);
-    v->dev_features |= (uint64_t)v->ops->features(v, 1) << 32;
+    v->dev_features = device_features(v, 0);
+    v->dev_features |= (uint64_t)device_features(v, 1) << 32;
     if (!(v->dev_features & VF_VERSION_1)) {
         virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FAILED);
         return "the device does not offer VIRTIO_F_VERSION_1";
     }
     v->features = v->dev_features & (want | VF_VERSION_1);
-    v->ops->set_features(v, 0, (uint32_t)v->features);
-    v->ops->set_features(v, 1, (uint32_t)(v->features >> 32));
+    driver_features(v, 0, (uint32_t)v->features);
+    driver_features(v, 1, (uint32_t)(v->features >> 32));
     virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FEATURES_OK);
     s = virtio_status(v);
     if (!(s & VS_FEATURES_OK)) {

@@ -110,6 +110,8 @@ const char *virtio_init(const struct options *o, int verbose);
  * bus; on MMIO check each window's magic and version (2) and match the
  * device type.  NULL or an error message. */
 const char *virtio_find(struct virtio *v, uint16_t device_id);
+/* The same for the nth device of that kind (0: the first). */
+const char *virtio_find_nth(struct virtio *v, uint16_t device_id, unsigned nth);
 /* Reset, negotiate VERSION_1 plus (want & offered), set up queue 0 with
  * at most max_qsize entries, MSI-X or polling, DRIVER_OK. */
 const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max_qsize);

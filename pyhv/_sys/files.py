@@ -74,3 +74,37 @@ def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
         except OSError:
             pass
         raise
+
+
+# --- descriptors handed over to a confined process -----------------------------------
+#
+# A confined domain process (pyhv/jail/) sees none of the host's files: before
+# it is confined, whoever starts it opens the images the description names
+# (kernel, initrd, disks, fw_cfg files) and the unix sockets it listens on,
+# and records each descriptor here under the name it was opened by.  The
+# builder keeps asking for names; :func:`open_handed` answers with a fresh
+# duplicate (so every machine of a restarting domain gets its own, and closes
+# it) and only opens the name itself when nothing was handed over.
+
+#: (path, O_DIRECT?) -> descriptor opened before the process was confined
+HANDED: dict[tuple[str, bool], int] = {}
+
+
+def open_handed(path: str, flags: int, mode: int = 0o666) -> int:
+    """A descriptor for ``path``: a duplicate of the one handed over (read from its
+    start), else ``os.open(path, flags, mode)``.  Raises OSError."""
+    fd = HANDED.get((path, bool(flags & os.O_DIRECT)))
+    if fd is None:
+        return os.open(path, flags, mode)
+    new = os.dup(fd)
+    try:
+        os.lseek(new, 0, os.SEEK_SET)
+    except OSError:
+        pass  # a socket: no position
+    return new
+
+
+def handed(path: str) -> int | None:
+    """A duplicate of the descriptor handed over for ``path`` (a socket), or None."""
+    fd = HANDED.get((path, False))
+    return None if fd is None else os.dup(fd)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from .._sys import libc
 from .._sys import lock as _lock
+from .._sys.files import HANDED, open_handed
 from ..errors import ImageError
 
 SECTOR_SIZE = 512
@@ -41,14 +42,17 @@ class RawDisk:
         if fd is None:
             flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
             try:
-                fd = os.open(path, flags)
+                fd = open_handed(path, flags)
             except OSError as e:
                 raise ImageError(path, f"cannot open disk image: {e.strerror}") from None
         self.fd = fd
         if direct:
             try:
                 mode = os.O_RDONLY if readonly else os.O_RDWR
-                self._direct_fd = os.open(f"/proc/self/fd/{fd}", mode | os.O_DIRECT | os.O_CLOEXEC)
+                flags = mode | os.O_DIRECT | os.O_CLOEXEC
+                # a confined process has no /proc/self/fd: its O_DIRECT descriptor was handed over
+                handed = (path, True) in HANDED
+                self._direct_fd = open_handed(path, flags) if handed else os.open(f"/proc/self/fd/{fd}", flags)
             except OSError as e:
                 os.close(fd)
                 raise ImageError(path, f"cache=none: cannot open the image with O_DIRECT: {e.strerror}") from None

@@ -44,6 +44,10 @@ class Console:
     def close(self) -> None:
         pass
 
+    def fds(self) -> list[int]:
+        """The descriptors it uses (a confined process keeps them open)."""
+        return []
+
 
 class NullConsole(Console):
     def write(self, data: bytes) -> None:
@@ -82,6 +86,9 @@ class FdConsole(Console):
                 self.broken = True  # reader went away: drop output, keep the guest running
                 return
             view = view[n:]
+
+    def fds(self) -> list[int]:
+        return [self.fd]
 
     def close(self) -> None:
         if self.owned and self.fd >= 0:
@@ -137,6 +144,9 @@ class StdioConsole(FdConsole):
             data = data[n:]
             if data:
                 time.sleep(0.002)  # receive FIFO full: let the guest drain it
+
+    def fds(self) -> list[int]:
+        return [self.fd, self.in_fd]
 
     def close(self) -> None:
         if self._saved is not None:
@@ -248,6 +258,9 @@ class LogConsole(Console):
                 if self._client is conn:
                     self._client = None
             conn.close()
+
+    def fds(self) -> list[int]:
+        return [self.log_fd, self.listener.fileno()]
 
     def close(self) -> None:
         from .unixsock import close_listener

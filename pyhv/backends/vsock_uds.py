@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import Sequence
 
+from .._sys.files import handed
 from .interfaces import OnConnect, Readiness
 
 CONNECT_LINE_MAX = 64
@@ -82,17 +83,11 @@ class VsockUds:
         self._on_connect: OnConnect | None = None
         self._handshakes: dict[int, tuple[socket.socket, bytearray]] = {}  # fd -> socket, line so far
         self._streams: set[UdsStream] = set()
-        try:
-            os.unlink(uds)
-        except FileNotFoundError:
-            pass
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(uds)
-            listener.listen(LISTEN_BACKLOG)
-        except BaseException:
-            listener.close()
-            raise
+        fd = handed(uds)  # a confined process gets the socket bound before (pyhv/jail/)
+        if fd is not None:
+            listener = socket.socket(fileno=fd)
+        else:
+            listener = bind_listener(uds)
         listener.setblocking(False)
         self._listener: socket.socket | None = listener
 
@@ -178,6 +173,22 @@ class VsockUds:
                 os.unlink(self.uds)
             except OSError:
                 pass
+
+
+def bind_listener(uds: str) -> socket.socket:
+    """A socket listening on ``uds`` (a stale file there replaced).  Raises OSError."""
+    try:
+        os.unlink(uds)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(uds)
+        listener.listen(LISTEN_BACKLOG)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def parse_connect(line: bytes) -> int | None:

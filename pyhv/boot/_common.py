@@ -16,6 +16,7 @@ from pyhv.boot.layout import (
     PYHV_LOW_AREAS,
     align_down,
 )
+from pyhv._sys.files import open_handed
 from pyhv.errors import ImageError
 
 _READ_CHUNK = 1 << 22
@@ -24,7 +25,7 @@ _READ_CHUNK = 1 << 22
 def read_image(path: str) -> bytes:
     """The whole content of the regular file *path*; any failure is an ImageError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_handed(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise ImageError(path, f"cannot open: {err.strerror or err}") from None
     except ValueError:  # a NUL character in the path

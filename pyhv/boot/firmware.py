@@ -1,4 +1,4 @@
-"""What a firmware's own Linux loader reads from fw_cfg: QEMU's kernel items.
+"""Firmware: the fw_cfg kernel items a firmware's Linux loader reads, and BIOS ROM images.
 
 With ``-kernel``, QEMU does not load a bzImage itself when firmware runs: it
 hands the pieces to the firmware through fw_cfg (``hw/i386/x86.c``,
@@ -80,3 +80,39 @@ def kernel_items(kernel: str, initrd: str | None, cmdline: str, below_4g: int) -
         kernel=(KERNEL_ADDR, data[header.protected_mode_offset :]),
         initrd=ramdisk,
     )
+
+
+# --- a BIOS ROM run from the reset vector ------------------------------------------------------
+#
+# On a PC the firmware's flash sits at the top of the first 4 GiB, where the
+# reset vector (0xFFFFFFF0, CS base 0xFFFF0000) is, and its last 128 KiB also
+# appear below 1 MiB at 0xE0000-0xFFFFF (the "isa-bios" of QEMU's pc.c), where
+# real-mode code and the tables an OS scans for live.  SeaBIOS starts in the
+# high copy, then runs from the low one; pyhv makes the low one RAM holding
+# the copy (as after SeaBIOS unlocked shadow RAM), so the firmware can write
+# there.  QEMU's rule for the image: a whole number of 64 KiB.
+
+ROM_GRANULE = 64 << 10
+ROM_MAX = 16 << 20
+ISA_BIOS_SIZE = 128 << 10
+ISA_BIOS_END = 0x100000
+FOUR_GIB = 1 << 32
+
+
+class FirmwareImage(NamedTuple):
+    """Where the ROM goes and what is copied below 1 MiB."""
+
+    rom_addr: int
+    rom: bytes
+    low_addr: int
+    low: bytes
+
+
+def read_firmware(path: str) -> FirmwareImage:
+    """The ROM in ``path``, checked: a whole number of 64 KiB, at most 16 MiB."""
+    rom = read_image(path)
+    if not rom or len(rom) % ROM_GRANULE or len(rom) > ROM_MAX:
+        raise ImageError(path, f"a firmware image is a whole number of 64 KiB, at most {ROM_MAX >> 20} MiB "
+                               f"(this one is {len(rom)} bytes)")
+    low = rom[-ISA_BIOS_SIZE:]
+    return FirmwareImage(FOUR_GIB - len(rom), rom, ISA_BIOS_END - len(low), low)

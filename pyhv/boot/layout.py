@@ -13,6 +13,7 @@ places that no supported kernel format asks for::
     0x0000_b000  four page directories, 2 MiB pages, identity map 0..4 GiB
     0x0002_0000  kernel command line (CMDLINE_MAX bytes including the NUL)
     0x0009_fc00  EBDA / BIOS area, reserved in the memory map up to 1 MiB
+    0x000d_f000  VM Generation ID: 16 bytes (devices/vmgenid.py)
     0x000e_0000  ACPI tables (acpi.py)
     0x000f_0000  MP floating pointer and configuration table (mptable.py)
     0x000f_fff0  the reset-vector stub (acpi.py)
@@ -71,6 +72,9 @@ HIGH_MEMORY_START = 0x100000
 #: nothing of a kernel image may be loaded below this address
 LOW_RESERVED_END = HIGH_MEMORY_START
 
+#: the VM Generation ID's 16 bytes: a page of the reserved BIOS area, below the ACPI tables
+VMGENID_ADDR = 0xDF000
+
 
 class LowArea(NamedTuple):
     """Memory below 1 MiB that pyhv itself writes while building the boot state."""
@@ -88,7 +92,7 @@ PYHV_LOW_AREAS = (
     LowArea("boot stack", BOOT_STACK_TOP & ~(PAGE_SIZE - 1), (BOOT_STACK_TOP & ~(PAGE_SIZE - 1)) + PAGE_SIZE),
     LowArea("boot page tables", PML4_ADDR, PAGE_TABLES_END),
     LowArea("command line", CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_MAX),
-    LowArea("BIOS area (EBDA, ACPI tables, reset vector)", EBDA_START, HIGH_MEMORY_START),
+    LowArea("BIOS area (EBDA, VM Generation ID, ACPI tables, MP table, reset vector)", EBDA_START, HIGH_MEMORY_START),
 )
 
 #: default load address of the protected-mode part of a bzImage

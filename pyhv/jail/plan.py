@@ -1,9 +1,13 @@
 """What a domain's jail holds, worked out from its description alone.
 
-:func:`plan` names every bind mount (read-only where the guest may not write),
-device node and resource limit the jailed process needs, and picks its uid/gid
-from a range.  It reads no files and changes nothing; carrying a plan out is a
-separate, privileged step.
+:func:`plan` names every host file handed over as an open descriptor (the
+kernel, the initrd and fw_cfg files read-only; disks as described, with an
+O_DIRECT descriptor for ``cache=none``), every unix socket bound before the
+jail (vsock), every bind mount (the vsock socket's directory, read-only: the
+process connects to ``uds_PORT`` there but creates nothing), device node and
+resource limit the jailed process needs, and picks its uid/gid from a range.
+It reads no files and changes nothing; :mod:`pyhv.jail.enter` carries a plan
+out.
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ class Mount(NamedTuple):
     readonly: bool
 
 
+class HostFile(NamedTuple):
+    path: str  # the name the builder asks for (as the description gives it)
+    writable: bool
+    direct: bool  # an O_DIRECT descriptor as well (cache=none)
+
+
 class Plan(NamedTuple):
     root: str
     uid: int
     gid: int
+    files: tuple[HostFile, ...]
+    sockets: tuple[str, ...]  # unix sockets the domain listens on, bound before it is confined
     mounts: tuple[Mount, ...]
     devices: tuple[tuple[str, int, int], ...]
     rlimits: tuple[tuple[str, int], ...]
@@ -40,22 +52,41 @@ def _inside(path: str) -> str:
     return os.path.normpath(path).lstrip("/")
 
 
-def plan(d: Description, root: str, index: int, first_id: int = 100000, count: int = 65536,
+#: the uid/gid range domains take by default: [DEFAULT_FIRST_ID, DEFAULT_FIRST_ID + DEFAULT_COUNT)
+DEFAULT_FIRST_ID = 100000
+DEFAULT_COUNT = 65536
+
+
+def plan(d: Description, root: str, index: int, first_id: int = DEFAULT_FIRST_ID, count: int = DEFAULT_COUNT,
          nofile: int = 1024, fsize: int = 1 << 40) -> Plan:
     """The jail for domain number ``index`` under ``root``; ids come from [first_id, first_id+count)."""
     if not os.path.isabs(root):
         raise JailError(f"jail root {root!r} is not an absolute path")
     if first_id <= 0 or not 0 <= index < count:
         raise JailError(f"domain number {index} is outside the id range {first_id}+{count}")
-    mounts: list[Mount] = [Mount(d.payload.kernel, _inside(d.payload.kernel), True)]
+    files = [HostFile(d.payload.firmware or d.payload.kernel, False, False)]
     if d.payload.initrd:
-        mounts.append(Mount(d.payload.initrd, _inside(d.payload.initrd), True))
-    mounts += [Mount(x.path, _inside(x.path), x.readonly) for x in d.disks]
+        files.append(HostFile(d.payload.initrd, False, False))
+    files += [HostFile(x.file, False, False) for x in d.fw_cfg if x.file]
+    files += [HostFile(x.path, not x.readonly, x.cache == "none") for x in d.disks if x.path]
+    mounts: list[Mount] = []
+    sockets: tuple[str, ...] = ()
+    # back ends pyhv would start itself (virtiofsd, qemu-storage-daemon) cannot be
+    # started from inside a jail, which may not execute anything
+    for key, value in [(f"fs[{i}].path", f.path) for i, f in enumerate(d.fs)] + [
+            (f"disks[{i}].base", x.base) for i, x in enumerate(d.disks)]:
+        if value:
+            raise JailError(f"{key}: a confined domain cannot start its own back end; "
+                            "give the socket of one started outside, or run without the jail")
+    # vhost-user back ends' unix sockets are reached through their folders
+    folders = [os.path.dirname(os.path.abspath(x.vhost_user)) for x in d.disks if x.vhost_user]
+    folders += [os.path.dirname(os.path.abspath(f.socket)) for f in d.fs if f.socket]
     if d.vsock is not None:
-        folder = os.path.dirname(d.vsock.uds)
-        mounts.append(Mount(folder, _inside(folder), False))
-    for m in mounts:
-        if not os.path.isabs(m.source):
-            raise JailError(f"{m.source!r} is not an absolute path")
-    return Plan(root, first_id + index, first_id + index, tuple(mounts), DEVICES,
-                (("NOFILE", nofile), ("FSIZE", fsize), ("NPROC", 1)))
+        folders.append(os.path.dirname(os.path.abspath(d.vsock.uds)))
+        sockets = (d.vsock.uds,)
+    mounts += [Mount(folder, _inside(folder), True) for folder in dict.fromkeys(folders)]
+    # NPROC counts the tasks of the (per-domain) uid: vCPU threads, the io thread,
+    # control and console threads, with room for requests in flight
+    nproc = d.vcpus + 64
+    return Plan(root, first_id + index, first_id + index, tuple(files), sockets, tuple(mounts), DEVICES,
+                (("NOFILE", nofile), ("FSIZE", fsize), ("NPROC", nproc)))

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 KICK_SIGNAL = signal.SIGUSR1
 
+#: called first on each vCPU thread ("vcpu") and I/O thread ("io") with its kind:
+#: a confined process narrows those threads' seccomp filters here (pyhv/jail/policy.py)
+on_thread_start: Callable[[str], None] | None = None
+
 _PIO_FMT = {1: "<B", 2: "<H", 4: "<I"}
 _EXIT = h.KVM_RUN_OFF_EXIT
 _REASON = struct.Struct("<I")  # kvm_run.exit_reason
@@ -141,6 +145,8 @@ class VcpuThread:
         set_thread_name(self.name)      # how a host scheduler finds vCPU threads
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         try:
+            if on_thread_start is not None:
+                on_thread_start("vcpu")
             stop = self._loop()
         except PyhvError as e:
             stop = Stop(StopKind.ERROR, 1, f"vcpu{self.vcpu.index}: {e}")

@@ -45,13 +45,17 @@ class Stream(NamedTuple):
 class Server:
     """Serve ``handler(request) -> reply fields`` on a unix socket, one thread per request."""
 
-    def __init__(self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any] | Stream]) -> None:
+    def __init__(
+        self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any] | Stream],
+        sock: socket.socket | None = None,
+    ) -> None:
+        """``sock``: already listening on ``path`` (bound before the process was confined)."""
         self.path = path
         self.handler = handler
         self._busy = 0  # requests being answered
         self._idle = threading.Condition()
         self._streams: set[socket.socket] = set()  # connections handed to a Stream
-        self.sock = listen_unix(path, 64)
+        self.sock = sock if sock is not None else listen_unix(path, 64)
         serve_connections(self.sock, self._serve, "control")
 
     def _serve(self, conn: socket.socket) -> None:

@@ -11,10 +11,13 @@ once and the loop goes on (a device should have failed itself already).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import select
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -26,6 +29,8 @@ class IoThread:
         self._eventfds: set[int] = set()
         self._lock = threading.Lock()
         self._pending: list[Callable[[], None]] = []
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []  # a heap: (when, order, fn)
+        self._timer_ids = itertools.count()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake, select.EPOLLIN)
         self._stopping = False
@@ -86,6 +91,13 @@ class IoThread:
         except (FileNotFoundError, ValueError, OSError):
             pass
 
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread ``delay`` seconds from now (from any thread):
+        a rate-limited queue resumes this way, without a sleep on the thread."""
+        with self._lock:
+            heapq.heappush(self._timers, (time.monotonic() + max(delay, 0.0), next(self._timer_ids), fn))
+        os.eventfd_write(self._wake, 1)
+
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the I/O thread (from any thread)."""
         with self._lock:
@@ -134,9 +146,13 @@ class IoThread:
         os.close(self._wake)
 
     def _run(self) -> None:
+        from ..vcpu import thread
+
+        if thread.on_thread_start is not None:
+            thread.on_thread_start("io")
         while not self._stopping:
             try:
-                events = self._epoll.poll()
+                events = self._epoll.poll(self._run_timers())
             except InterruptedError:
                 continue
             for fd, mask in events:
@@ -161,6 +177,21 @@ class IoThread:
                 if is_eventfd:
                     self._drain(fd)
                 self._call(fd, handler)
+
+    def _run_timers(self) -> float:
+        """Run the timers that are due; seconds until the next one (-1: none)."""
+        while True:
+            with self._lock:
+                if not self._timers:
+                    return -1
+                when, _, fn = self._timers[0]
+                left = when - time.monotonic()
+                if left > 0:
+                    return left
+                heapq.heappop(self._timers)
+            if self._stopping:
+                return -1
+            self._call(id(fn), fn)
 
     @staticmethod
     def _drain(fd: int) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..errors import PyhvError
-from ..model import MIN_MEMORY, Description, Lifecycle
+from ..model import MIN_MEMORY, Description, Lifecycle, from_plain, to_plain
 from ..vcpu import Stop, StopKind
 from ..vcpu.state import HOST_KINDS
 
@@ -318,6 +318,43 @@ class Runtime:
         self.description = self.description._replace(maxmem=value)
         return {}
 
+    def op_ctrl_alt_del(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Ctrl-Alt-Del on the guest's keyboard: the guest decides what it means
+        (Linux reboots), unlike ``reboot``, which resets the machine from outside."""
+        return {"bytes": self._running_machine().ctrl_alt_del()}
+
+    def op_disk_swap(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Swap the image behind a disk (``index`` in the description, or
+        ``serial``) for the file at ``path`` while the guest runs; the guest
+        sees the new capacity through a configuration change.  The description
+        names the new file from now on (a later snapshot or restart uses it)."""
+        path = request.get("path")
+        if not isinstance(path, str) or not path:
+            raise PyhvError("disk-swap: path must be a file name")
+        index = self._disk_index(request, "disk-swap")
+        plain = to_plain(self.description)
+        plain["disks"][index]["path"] = os.path.abspath(path)
+        description = from_plain(plain)
+        machine = self._running_machine()
+        sectors = machine.swap_disk(index, description.disks[index].path)
+        self.description = description
+        return {"index": index, "path": description.disks[index].path, "sectors": sectors}
+
+    def _disk_index(self, request: dict[str, Any], op: str) -> int:
+        """The disk a request names by ``index`` or by ``serial`` (exactly one)."""
+        index, serial = request.get("index"), request.get("serial")
+        disks = self.description.disks
+        if (index is None) == (serial is None):
+            raise PyhvError(f"{op}: give the disk's index or its serial")
+        if serial is not None:
+            found = [i for i, d in enumerate(disks) if isinstance(serial, str) and serial and d.serial == serial]
+            if len(found) != 1:
+                raise PyhvError(f"{op}: no disk has the serial {str(serial)[:40]!r}")
+            return found[0]
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(disks):
+            raise PyhvError(f"{op}: no disk {str(index)[:20]} (the domain has {len(disks)})")
+        return index
+
     def op_vcpu_pin(self, request: dict[str, Any]) -> dict[str, Any]:
         machine = self._running_machine()
         index, cpus = request.get("vcpu"), request.get("cpus")
@@ -466,6 +503,8 @@ OPS: dict[str, Callable[[Runtime, dict[str, Any]], Any]] = {
     "mem-set": Runtime.op_mem_set,
     "mem-max": Runtime.op_mem_max,
     "vcpu-pin": Runtime.op_vcpu_pin,
+    "disk-swap": Runtime.op_disk_swap,
+    "ctrl-alt-del": Runtime.op_ctrl_alt_del,
     "metrics": Runtime.op_metrics,
     "save": Runtime.op_save,
     "migrate": Runtime.op_migrate,

@@ -25,6 +25,12 @@ checked before a vCPU is created: size, magic, version, the checksum, and
 every value of the state (a snapshot is untrusted input).  The memory CRCs are
 checked on request (:meth:`Snapshot.verify_memory`), since that reads it all.
 
+A confined VMM (pyhv/jail/) sees no directory to make a temporary in: it
+writes in place through a descriptor opened for ``PATH`` before it was
+confined (``pyhv run --jail --snapshot-on-signal PATH``), emptied first and
+given its header last, so a save cut short is refused by restore.  Any other
+path is refused there in one line.
+
 A save writes to a new temporary file in the target's directory (created
 O_EXCL|O_NOFOLLOW, so it can be nobody else's file) and, once complete (and,
 by default, on disk), links it into place only if ``PATH`` does not exist: a
@@ -47,6 +53,7 @@ import zlib
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._sys import kvm_h as h
+from .._sys.files import handed
 from ..errors import PyhvError
 from ..memory import PAGE_SIZE, GuestMemory, Region, x86_ram_layout
 from ..model import Description, DescriptionError, check_serial, from_plain, to_plain
@@ -241,17 +248,25 @@ def save(
     scheduling changed since it was built) and is kept instead of the machine's.
     An existing ``path`` is refused unless ``force`` and it is a pyhv snapshot."""
     t0 = time.perf_counter()
-    _check_target(path, force)
+    fd = handed(path)  # a confined VMM writes through the descriptor opened for it before (pyhv/jail/)
+    tmp = None
+    if fd is None:
+        _check_target(path, force)
     state = capture(machine)
     if description is not None:
         state["description"] = to_plain(description)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise SnapshotError(f"cannot create {tmp}: {e.strerror}") from None
+    if fd is None:
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise SnapshotError(f"cannot create {tmp}: {e.strerror}") from None
     try:
         mem_len = machine.memory.size
+        # In place (handed over), the file is emptied first and the header that
+        # makes it a snapshot is written last: a save cut short leaves no file
+        # a restore would take.
+        os.ftruncate(fd, 0)
         os.ftruncate(fd, MEMORY_OFFSET + mem_len)
         extents, written = write_memory(machine.memory, fd)
         state["memory"] = {"extents": extents}
@@ -262,16 +277,29 @@ def save(
         if sync:
             os.fsync(fd)
         st = os.fstat(fd)
-        _put_in_place(tmp, path, force)
+        if tmp is not None:
+            _put_in_place(tmp, path, force)
     except OSError as e:
-        _unlink(tmp)
+        if tmp is not None:
+            _unlink(tmp)
         raise SnapshotError(f"cannot write snapshot {path}: {e.strerror}") from None
     except BaseException:
-        _unlink(tmp)
+        if tmp is not None:
+            _unlink(tmp)
         raise
     finally:
         os.close(fd)
     return SaveInfo(path, st.st_size, st.st_blocks * 512, written, time.perf_counter() - t0)
+
+
+def open_target(path: str) -> int:
+    """A descriptor a confined VMM saves ``path`` through (see the module's words):
+    ``path`` is made, or must be an earlier pyhv snapshot.  Raises SnapshotError."""
+    _check_target(path, True)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise SnapshotError(f"cannot save to {path}: {e.strerror}") from None
 
 
 def _check_target(path: str, force: bool) -> None:
@@ -335,6 +363,9 @@ def _unlink(path: str) -> None:
 class Snapshot:
     """An opened, checked snapshot file: its description and state, and the
     file that guest memory is mapped from."""
+
+    #: a machine restored from a file runs again from a saved point: a new VM generation ID
+    new_generation = True
 
     def __init__(self, path: str, serial: str | None = None) -> None:
         self.path = path

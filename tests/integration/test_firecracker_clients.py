@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import threading
@@ -23,51 +22,13 @@ from typing import Any
 import pytest
 
 from ..conftest import PROBE, ROOT
+from .fc_process import Firecracker
 from .probe import Run
 
 pytestmark = pytest.mark.kvm
 
 CLIENTS = {"hysn-firecracker-python": "hysn", "firecracker-python": "plain"}
 DRIVER = pathlib.Path(__file__).with_name("fc_client.py")
-
-
-class Firecracker:
-    """One ``python -m pyhv firecracker --api-sock S`` process; its stdout (the guest's
-    console) goes to a file."""
-
-    def __init__(self, tmp: pathlib.Path, name: str) -> None:
-        self.sock = str(tmp / f"{name}.sock")
-        self.console = tmp / f"{name}.console"
-        self.errors = tmp / f"{name}.stderr"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        with open(self.console, "w") as out, open(self.errors, "w") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pyhv", "firecracker", "--api-sock", self.sock, "--id", name],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-            )
-        deadline = time.monotonic() + 10
-        while not os.path.exists(self.sock) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def text(self) -> str:
-        return self.console.read_text()
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.text()
-            if re.search(pattern, text):
-                return text
-            time.sleep(0.02)
-        raise AssertionError(f"{pattern!r} not seen in {timeout}s:\n{self.text()}\nstderr:\n{self.errors.read_text()}")
-
-    def ticks(self) -> list[int]:
-        return [int(f["n"]) for f in Run(0, self.text(), "").lines() if "n" in f and "ms" in f]
-
-    def close(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        return self.process.wait(timeout=30)
 
 
 def client(name: str, sock: str, *steps: list[Any]) -> list[dict[str, Any]]:
@@ -125,7 +86,7 @@ def test_client_errors_carry_the_fault_message(tmp_path: pathlib.Path, vms: list
     assert [a.get("error") for a in answers[:3]] == [
         "API fault: machine-config.vcpu_count: must be between 1 and 32",
         "API fault: vm: not supported before the microVM has started",
-        "API fault: GET /mmds: not supported by pyhv's Firecracker front end",
+        "API fault: MMDS: not supported by pyhv's Firecracker front end",
     ]
     assert answers[3]["json"]["vcpu_count"] == 1
 

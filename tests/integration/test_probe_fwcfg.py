@@ -40,8 +40,9 @@ def test_probe_reads_cpus_directory_and_user_files_and_survives_hostile_dma(
     assert (head["nb_cpus"], head["max_cpus"], head["ram_size"]) == ("2", "2", str(128 << 20))
     files = {f["file"]: f for f in run.lines() if "file" in f}
     assert sorted(files) == ["bootorder", "etc/acpi/rsdp", "etc/acpi/tables", "etc/e820", "etc/table-loader",
-                             "opt/org.pyhv/blob", "opt/s"]
+                             "etc/vmgenid_addr", "opt/org.pyhv/blob", "opt/s"]
     assert files["opt/org.pyhv/blob"]["size"] == str(len(data)) and files["bootorder"]["size"] == "0"
+    assert files["etc/vmgenid_addr"]["size"] == "8"
     reads = {f["read"]: f for f in run.lines() if "read" in f}
     assert reads["opt/org.pyhv/blob"]["text"] == _escaped(data) and reads["opt/s"]["text"] == "a,b=c"
     assert all(f["dma_match"] == "1" and f["control"] == "0x0" for f in reads.values())

@@ -113,3 +113,15 @@ def test_rtc_shutdown_status_byte_is_carried_by_save_and_restore() -> None:
     new = rtc.Rtc(clock=lambda: FIXED)
     new.set_state(old.state())
     assert _read(new, rtc.SHUTDOWN_STATUS) == 0x05
+
+
+def test_rtc_holds_the_memory_sizes_and_cpu_count_where_qemu_puts_them() -> None:
+    clock = rtc.Rtc(mem_below_4g=256 << 20, mem_above_4g=1 << 30, cpus=4)
+    words = {reg: _read(clock, reg) | _read(clock, reg + 1) << 8 for reg in (0x15, 0x17, 0x30, 0x34)}
+    assert words == {0x15: 640, 0x17: 0xFFFF, 0x30: 0xFFFF, 0x34: (256 - 16) << 4}
+    assert [_read(clock, reg) for reg in (0x5B, 0x5C, 0x5D, 0x5F)] == [0x00, 0x40, 0x00, 3]
+
+
+def test_rtc_extended_memory_of_a_small_guest_is_its_kib_above_1mib() -> None:
+    clock = rtc.Rtc(mem_below_4g=32 << 20)
+    assert (_read(clock, 0x30) | _read(clock, 0x31) << 8, _read(clock, 0x5F)) == (31 * 1024, 0)

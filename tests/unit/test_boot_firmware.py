@@ -76,3 +76,24 @@ def test_fw_cfg_serves_the_kernel_items_read_only() -> None:
     ram.scribble(0x1000, f.DESCRIPTOR.pack(f.KEY_CMDLINE_DATA << 16 | f.DMA_CTL_SELECT | f.DMA_CTL_WRITE, 4, 0x2000))
     dev.write_dma(0, 8, int.from_bytes((0x1000).to_bytes(8, "big"), "little"))
     assert (struct.unpack(">I", ram.read(0x1000, 4))[0], read(f.KEY_CMDLINE_DATA, 4)) == (f.DMA_CTL_ERROR, b"x=1\0")
+
+
+@pytest.mark.parametrize("size,rom_addr,low_addr", [(0x10000, 0xFFFF0000, 0xF0000), (0x20000, 0xFFFE0000, 0xE0000),
+                                                    (0x40000, 0xFFFC0000, 0xE0000)])
+def test_rom_sits_below_4gib_and_its_last_128k_below_1mib(tmp_path: Path, size: int, rom_addr: int,
+                                                        low_addr: int) -> None:
+    rom = bytes(i & 0xFF for i in range(size))
+    (tmp_path / "bios").write_bytes(rom)
+
+    image = firmware.read_firmware(str(tmp_path / "bios"))
+
+    assert (image.rom_addr, image.rom, image.low_addr) == (rom_addr, rom, low_addr)
+    assert image.low == rom[-(0x100000 - low_addr):]
+
+
+@pytest.mark.parametrize("size", [0, 0x1000, 0x10001, 17 * MiB])
+def test_rom_that_is_not_whole_64k_blocks_or_too_large_is_refused(tmp_path: Path, size: int) -> None:
+    (tmp_path / "bios").write_bytes(bytes(size))
+
+    with pytest.raises(ImageError, match=f"whole number of 64 KiB, at most 16 MiB \\(this one is {size} bytes\\)"):
+        firmware.read_firmware(str(tmp_path / "bios"))

@@ -1,6 +1,6 @@
 import pytest
 
-from pyhv.jail.plan import JailError, plan
+from pyhv.jail.plan import HostFile, JailError, Mount, plan
 from pyhv.model import from_plain
 
 
@@ -8,14 +8,27 @@ def desc(**extra):
     return from_plain({"kernel": "/k/vmlinuz", **extra})
 
 
-def test_plan_binds_kernel_ro_and_disks_as_described():
-    d = desc(initrd="/k/initrd", disks=[{"path": "/img/a.img"}, {"path": "/img/b.img", "readonly": True}])
+def test_plan_hands_kernel_initrd_ro_and_disks_as_described():
+    d = desc(initrd="/k/initrd", disks=[{"path": "/img/a.img"}, {"path": "/img/b.img", "readonly": True,
+                                                                  "cache": "none"}])
     p = plan(d, "/run/pyhv/jail/web", 3)
-    assert [(m.source, m.target, m.readonly) for m in p.mounts] == [
-        ("/k/vmlinuz", "k/vmlinuz", True), ("/k/initrd", "k/initrd", True),
-        ("/img/a.img", "img/a.img", False), ("/img/b.img", "img/b.img", True)]
+    assert p.files == (HostFile("/k/vmlinuz", False, False), HostFile("/k/initrd", False, False),
+                       HostFile("/img/a.img", True, False), HostFile("/img/b.img", False, True))
     assert (p.uid, p.gid) == (100003, 100003)
     assert [x[0] for x in p.devices] == ["dev/kvm", "dev/net/tun", "dev/urandom"]
+    assert p.mounts == () and p.sockets == ()
+
+
+def test_plan_binds_the_vsock_folder_read_only_and_hands_its_socket():
+    p = plan(desc(vsock={"cid": 3, "uds": "/srv/vm/v.sock"}), "/j", 0)
+    assert p.mounts == (Mount("/srv/vm", "srv/vm", True),)
+    assert p.sockets == ("/srv/vm/v.sock",)
+
+
+def test_plan_hands_fw_cfg_files_and_bounds_tasks_by_vcpus():
+    p = plan(desc(vcpus=4, fw_cfg=[{"name": "opt/a", "file": "/etc/a"}, {"name": "opt/b", "string": "x"}]), "/j", 0)
+    assert HostFile("/etc/a", False, False) in p.files
+    assert dict(p.rlimits)["NPROC"] == 4 + 64
 
 
 def test_plan_refuses_out_of_range_and_relative_root():
@@ -23,3 +36,13 @@ def test_plan_refuses_out_of_range_and_relative_root():
         plan(desc(), "/j", 5, count=5)
     with pytest.raises(JailError):
         plan(desc(), "j", 0)
+
+
+def test_plan_binds_vhost_user_bases_sockets_and_shared_directories():
+    d = desc(disks=[{"path": "/img/o.qcow2", "base": "/img/base.img"}, {"vhost_user": "/run/blk/s.sock"}],
+             fs=[{"tag": "a", "path": "/srv/share"}, {"tag": "b", "socket": "/run/vfs/b.sock"}])
+
+    p = plan(d, "/run/pyhv/jail/web", 0)
+
+    assert [(m.source, m.readonly) for m in p.mounts][1:] == [
+        ("/img/o.qcow2", False), ("/img/base.img", True), ("/run/blk", False), ("/run/vfs", False), ("/srv/share", False)]

@@ -27,8 +27,32 @@ def test_documented_example_parses() -> None:
     example = textwrap.dedent(doc.split("The plain form is the TOML/JSON schema::", 1)[1].split("A problem is")[0])
     d = from_plain(tomllib.loads(example))
     assert (d.name, d.vcpus, d.maxmem, d.lifecycle.on_crash, d.sched.weight) == ("web1", 2, 512 * MiB, "destroy", 256)
-    assert d.disks[0] == Disk("/var/lib/pyhv/web1.img", False, "web1-root", "writeback")
+    assert d.disks[0] == Disk("/var/lib/pyhv/web1.img", False, "web1-root", "writeback",
+                              model.RateLimit(model.Bucket(52428800, 1000), model.Bucket(1000, 1000)))
     assert d.nics[0].bridge == "br0" and d.vsock == model.Vsock(3, "/run/pyhv/web1.vsock")
+    assert (d.nics[0].rx_rate_limit, d.nics[0].tx_rate_limit) == (model.RateLimit(model.Bucket(12500000, 1000)), None)
+
+
+@pytest.mark.parametrize("limit,message", [
+    ({"ops": {"size": 0, "refill_ms": 1000}}, "disks[0].rate_limit.ops.size: must be an integer between 1 and"),
+    ({"ops": {"size": 10}}, "disks[0].rate_limit.ops: a bucket needs size and refill_ms"),
+    ({"bandwidth": {"size": 10, "refill_ms": 0}}, "disks[0].rate_limit.bandwidth.refill_ms: must be an integer"),
+    ({"ops": {"size": 10, "refill_ms": 5, "burst": -1}}, "disks[0].rate_limit.ops.burst: must be an integer"),
+    ({"iops": {"size": 10, "refill_ms": 5}}, "disks[0].rate_limit.iops: unknown key (known: bandwidth, ops)"),
+    ({"ops": {"size": 10, "refill_ms": 5, "rate": 1}}, "disks[0].rate_limit.ops.rate: unknown key"),
+])
+def test_bad_rate_limits_name_the_key(limit: Any, message: str) -> None:
+    with pytest.raises(DescriptionError) as e:
+        from_plain({**MINIMAL, "disks": [{"path": "/x.img", "rate_limit": limit}]})
+    assert str(e.value).startswith(message)
+
+
+def test_rate_limits_round_trip_through_the_plain_form() -> None:
+    limit = {"ops": {"size": 100, "refill_ms": 1000, "burst": 50}}
+    d = from_plain({**MINIMAL, "disks": [{"path": "/x.img", "rate_limit": limit}],
+                    "nics": [{"tap": "t0", "tx_rate_limit": {"bandwidth": {"size": 1000, "refill_ms": 10}}}]})
+    plain = to_plain(d)
+    assert (plain["disks"][0]["rate_limit"], from_plain(plain)) == (limit, d)
 
 
 def test_minimal_description_gets_one_set_of_defaults() -> None:
@@ -163,6 +187,8 @@ CASES: list[tuple[list[str], str]] = [
      'kernel = "/k"\non_reboot = "destroy"\non_poweroff = "restart"\non_crash = "preserve"'),
     (["--kernel", "/k", "--serial", "file:/tmp/log", "--debug-exit"],
      'kernel = "/k"\nserial = "file:/tmp/log"\ndebug_exit = true'),
+    (["--firmware", "/usr/share/seabios/bios.bin", "--memory", "128M"],
+     'firmware = "/usr/share/seabios/bios.bin"\nmemory = "128M"'),
     (["--kernel", "/k", "--debug-exit=pyhv"], 'kernel = "/k"\ndebug_exit = "pyhv"'),
     (["--kernel", "/k", "--debug-exit=qemu"], 'kernel = "/k"\ndebug_exit = "qemu"'),
     (["--kernel", "/k", "--debug-exit=off"], 'kernel = "/k"\ndebug_exit = false'),
@@ -199,8 +225,25 @@ CASES: list[tuple[list[str], str]] = [
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,file="], 'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nfile = ""'),
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,string=1", "--fw-cfg", "name=opt/a,string=2"],
      'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nstring = "1"\n[[fw_cfg]]\nname = "opt/a"\nstring = "2"'),
+    (["--kernel", "/k", "--disk", "base=/b,overlay=/o,ro,cache=none"],
+     'kernel = "/k"\n[[disks]]\npath = "/o"\nbase = "/b"\nreadonly = true\ncache = "none"'),
+    (["--kernel", "/k", "--disk", "vhost-user=/s"], 'kernel = "/k"\n[[disks]]\nvhost_user = "/s"'),
+    (["--kernel", "/k", "--disk", "vhost-user=/s,ro"], 'kernel = "/k"\n[[disks]]\nvhost_user = "/s"\nreadonly = true'),
+    (["--kernel", "/k", "--disk", "vhost-user=/s,overlay=/o"], 'kernel = "/k"\n[[disks]]\nvhost_user = "/s"\npath = "/o"'),
+    (["--kernel", "/k", "--disk", "base=/o,overlay=/o"], 'kernel = "/k"\n[[disks]]\npath = "/o"\nbase = "/o"'),
+    (["--kernel", "/k", "--disk", "base=/b,overlay=/o,serial=x"], 'kernel = "/k"\n[[disks]]\npath = "/o"\nbase = "/b"\nserial = "x"'),
+    (["--kernel", "/k", "--disk", "base=/b"], 'kernel = "/k"\n[[disks]]\nbase = "/b"'),
+    (["--kernel", "/k", "--fs", "tag=t,path=/srv"], 'kernel = "/k"\n[[fs]]\ntag = "t"\npath = "/srv"'),
+    (["--kernel", "/k", "--fs", "tag=t,socket=/s"], 'kernel = "/k"\n[[fs]]\ntag = "t"\nsocket = "/s"'),
+    (["--kernel", "/k", "--fs", "tag=t,socket=/s,path=/d"], 'kernel = "/k"\n[[fs]]\ntag = "t"\nsocket = "/s"\npath = "/d"'),
+    (["--kernel", "/k", "--fs", "tag=" + "t" * 37 + ",path=/d"], 'kernel = "/k"\n[[fs]]\ntag = "' + "t" * 37 + '"\npath = "/d"'),
+    (["--kernel", "/k", "--fs", "tag=t,socket=/" + "s" * 107], 'kernel = "/k"\n[[fs]]\ntag = "t"\nsocket = "/' + "s" * 107 + '"'),
+    (["--kernel", "/k", "--fs", "tag=t,path=/a", "--fs", "tag=t,path=/b"],
+     'kernel = "/k"\n[[fs]]\ntag = "t"\npath = "/a"\n[[fs]]\ntag = "t"\npath = "/b"'),
     (["--kernel", "/k", "--vsock", "cid=2,uds=/v"], 'kernel = "/k"\n[vsock]\ncid = 2\nuds = "/v"'),
     (["--kernel", "/k", "--debug-exit=isa"], 'kernel = "/k"\ndebug_exit = "isa"'),
+    (["--firmware", "/f", "--kernel", "/k"], 'firmware = "/f"\nkernel = "/k"'),
+    (["--firmware", "/f", "--cmdline", "x"], 'firmware = "/f"\ncmdline = "x"'),
     (["--kernel", "/k", "--vsock", "cid=3,uds=/" + "v" * 100], 'kernel = "/k"\n[vsock]\ncid = 3\nuds = "/' + "v" * 100 + '"'),
 ]
 
@@ -259,6 +302,9 @@ def test_json_schema_uses_the_models_limits() -> None:
     assert set(schema["properties"]) == set(model.TOP_KEYS)
     assert set(disk) == set(model.DISK_KEYS) and disk["serial"]["maxLength"] == model.DISK_SERIAL_MAX
     assert disk["cache"]["enum"] == list(model.DISK_CACHE)
+    assert set(disk) == set(model.DISK_KEYS)
+    fs = schema["properties"]["fs"]["items"]["properties"]
+    assert set(fs) == set(model.FS_KEYS) and fs["tag"]["maxLength"] == model.FS_TAG_MAX
     entry = schema["properties"]["fw_cfg"]["items"]
     assert set(entry["properties"]) == set(model.FW_CFG_KEYS) and entry["properties"]["name"]["maxLength"] == 55
 
@@ -329,6 +375,8 @@ def descriptions(draw: Any) -> dict[str, Any]:
     plain["vcpus"] = draw(st.integers(1, 255))
     plain["on_crash"] = draw(st.sampled_from(model.ON_CRASH))
     plain["debug_exit"] = draw(st.sampled_from((*model.DEBUG_EXIT_MAPPINGS, True, False)))
+    if draw(st.booleans()):
+        plain["firmware"] = plain.pop("kernel")
     disks = draw(st.lists(paths, max_size=4, unique=True))
     plain["disks"] = [{"path": p, "readonly": draw(st.booleans()), "cache": draw(st.sampled_from(model.DISK_CACHE)),
                        "serial": draw(st.text("abc123-", max_size=20))} for p in disks]
@@ -336,7 +384,7 @@ def descriptions(draw: Any) -> dict[str, Any]:
     if draw(st.booleans()):
         plain["vsock"] = {"cid": draw(st.integers(3, 0xFFFF_FFFE)), "uds": draw(paths)}
     fw_names = draw(st.lists(st.from_regex(r"opt/[ -~]{1,51}", fullmatch=True), max_size=3, unique=True))
-    plain["fw_cfg"] = [{"name": n, "file": draw(paths)} if draw(st.booleans()) else {"name": n, "string": draw(st.text(st.characters(blacklist_characters="\0")))}
+    plain["fw_cfg"] = [{"name": n, "file": draw(paths)} if draw(st.booleans()) else {"name": n, "string": draw(st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",))))}
                        for n in fw_names]
     plain["sched"] = {"weight": draw(st.integers(1, 65535))}
     return plain
@@ -347,3 +395,61 @@ def descriptions(draw: Any) -> dict[str, Any]:
 def test_plain_form_round_trips(plain: dict[str, Any]) -> None:
     d = from_plain(plain)
     assert from_plain(json.loads(json.dumps(to_plain(d)))) == d
+
+
+def test_firmware_replaces_the_kernel_in_the_plain_form_and_the_paths() -> None:
+    d = from_plain({"firmware": "/usr/share/seabios/bios.bin"})
+    assert d.payload == model.Payload(kernel="", firmware="/usr/share/seabios/bios.bin")
+    assert "kernel" not in to_plain(d) and model.paths(d)[0] == ("firmware", "/usr/share/seabios/bios.bin")
+
+
+def test_neither_kernel_nor_firmware_is_refused() -> None:
+    with pytest.raises(DescriptionError, match="kernel"):
+        from_plain({"memory": "64M"})
+
+
+def test_disk_and_net_options_carry_rate_limits() -> None:
+    d = options.disk("/x.img,ops=100/1000+20,bw=1048576/500")
+    nic, _ = options.net("tap=t0,rx-bw=1000/10,tx-ops=5/100")
+    assert d["rate_limit"] == {"ops": {"size": 100, "refill_ms": 1000, "burst": 20},
+                               "bandwidth": {"size": 1048576, "refill_ms": 500, "burst": 0}}
+    assert (nic["rx_rate_limit"], nic["tx_rate_limit"]) == (
+        {"bandwidth": {"size": 1000, "refill_ms": 10, "burst": 0}}, {"ops": {"size": 5, "refill_ms": 100, "burst": 0}})
+
+
+@pytest.mark.parametrize("spec", ["/x.img,ops=100", "/x.img,ops=a/b", "/x.img,ops=1/2,ops=3/4", "/x.img,bw=1/2+"])
+def test_bad_rate_limit_options_are_usage_errors(spec: str) -> None:
+    with pytest.raises(UsageError, match="expected SIZE/REFILL_MS"):
+        options.disk(spec)
+
+
+@pytest.mark.parametrize("entry,key,message", [
+    ({"tag": "t"}, ("fs", 0), "exactly one of socket (a running back end) and path (a directory to share)"),
+    ({"tag": "", "path": "/d"}, ("fs", 0, "tag"), "1-36 printable bytes"),
+    ({"tag": "a\nb", "path": "/d"}, ("fs", 0, "tag"), "1-36 printable bytes"),
+    ({"path": "/d"}, ("fs", 0, "tag"), "required"),
+    ({"tag": "t", "dir": "/d"}, ("fs", 0, "dir"), "unknown key (known: path, socket, tag)"),
+])
+def test_bad_fs_entry_names_the_key(entry: dict[str, object], key: tuple[object, ...], message: str) -> None:
+    with pytest.raises(DescriptionError) as e:
+        from_plain({**MINIMAL, "fs": [entry]})
+    assert (e.value.path, e.value.message) == (key, message)
+
+
+def test_bad_fs_option_syntax_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="expected tag=TAG,socket=PATH or tag=TAG,path=DIR"):
+        options.fs("tag=t,dir=/d")
+
+
+def test_a_machine_with_a_vhost_user_device_names_it() -> None:
+    d = from_plain({**MINIMAL, "fs": [{"tag": "share", "path": "/srv"}]})
+
+    assert model.vhost_user_devices(d) == ["fs[0] (virtio-fs 'share')"]
+    assert model.vhost_user_devices(from_plain(MINIMAL)) == []
+    cow = from_plain({**MINIMAL, "disks": [{"path": "/raw"}, {"path": "/o.qcow2", "base": "/b"}, {"vhost_user": "/s"}]})
+    assert model.vhost_user_devices(cow) == ["disks[1] (vhost-user-blk)", "disks[2] (vhost-user-blk)"]
+
+
+def test_a_lone_surrogate_is_refused_in_one_line() -> None:
+    with pytest.raises(DescriptionError, match="fw_cfg\\[0\\].string: must be valid Unicode"):
+        from_plain(json.loads('{"kernel": "/k", "fw_cfg": [{"name": "opt/a", "string": "\\ud800"}]}'))

@@ -230,3 +230,70 @@ def test_a_gdb_socket_never_replaces_a_file_that_is_not_a_socket(tmp_path: Path)
     with pytest.raises(PyhvError, match="cannot listen"):
         runtime.handle({"op": "gdb", "listen": f"unix:{precious}"})
     assert precious.read_text() == "data"
+
+
+class DiskMachine(FakeMachine):
+    """A machine whose disks can be swapped (or refuse to be) and whose keyboard is pressed."""
+
+    def __init__(self, refuse: str = "") -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.swaps: list[tuple[int, str]] = []
+        self.presses = 0
+
+    def swap_disk(self, index: int, path: str) -> int:
+        if self.refuse:
+            raise PyhvError(self.refuse)
+        self.swaps.append((index, path))
+        return 2048
+
+    def ctrl_alt_del(self) -> int:
+        self.presses += 1
+        return 11
+
+
+def runtime_with_disks(machine: FakeMachine) -> Runtime:
+    runtime = Runtime(from_plain({"kernel": "/k", "disks": [{"path": "/a.img", "serial": "root"},
+                                                            {"path": "/b.img", "serial": "data", "readonly": True,
+                                                             "rate_limit": {"ops": {"size": 5, "refill_ms": 10}}}]}),
+                      console=None)
+    runtime.machine, runtime.state = machine, "running"
+    return runtime
+
+
+def test_disk_swap_by_serial_swaps_that_disk_and_the_description_names_the_new_file() -> None:
+    machine = DiskMachine()
+    runtime = runtime_with_disks(machine)
+    reply = runtime.handle({"op": "disk-swap", "serial": "data", "path": "/c.img"})
+    disk = runtime.description.disks[1]
+    assert (reply, machine.swaps) == ({"index": 1, "path": "/c.img", "sectors": 2048}, [(1, "/c.img")])
+    assert (disk.path, disk.serial, disk.readonly, disk.rate_limit is not None) == ("/c.img", "data", True, True)
+
+
+def test_a_refused_disk_swap_leaves_the_description_as_it_was() -> None:
+    runtime = runtime_with_disks(DiskMachine(refuse="/c.img: disk image is in use"))
+    with pytest.raises(PyhvError, match="in use"):
+        runtime.handle({"op": "disk-swap", "index": 0, "path": "/c.img"})
+    assert [d.path for d in runtime.description.disks] == ["/a.img", "/b.img"]
+
+
+@pytest.mark.parametrize("request_,message", [
+    ({"op": "disk-swap", "path": "/c.img"}, "give the disk's index or its serial"),
+    ({"op": "disk-swap", "index": 0, "serial": "root", "path": "/c.img"}, "give the disk's index or its serial"),
+    ({"op": "disk-swap", "serial": "nonesuch", "path": "/c.img"}, "no disk has the serial 'nonesuch'"),
+    ({"op": "disk-swap", "index": 2, "path": "/c.img"}, "no disk 2 (the domain has 2)"),
+    ({"op": "disk-swap", "index": True, "path": "/c.img"}, "no disk True"),
+    ({"op": "disk-swap", "index": 0}, "path must be a file name"),
+    ({"op": "disk-swap", "index": 0, "path": "/b.img"}, "the same image as"),
+    ({"op": "disk-swap", "index": 0, "path": "/" + "x" * 5000}, "at most 4095"),
+])
+def test_bad_disk_swaps_are_refused_in_one_line(request_: dict[str, Any], message: str) -> None:
+    machine = DiskMachine()
+    with pytest.raises(PyhvError) as e:
+        runtime_with_disks(machine).handle(request_)
+    assert (message in str(e.value), "\n" in str(e.value), machine.swaps) == (True, False, [])
+
+
+def test_ctrl_alt_del_presses_the_keys_on_the_running_machine() -> None:
+    machine = DiskMachine()
+    assert (runtime_with_disks(machine).handle({"op": "ctrl-alt-del"}), machine.presses) == ({"bytes": 11}, 1)

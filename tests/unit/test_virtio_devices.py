@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,3 +241,35 @@ def test_missing_disk_image_is_an_image_error(tmp_path: Path) -> None:
 
     with pytest.raises(ImageError, match="cannot open"):
         RawDisk(os.path.join(tmp_path, "nope.img"))
+
+
+def test_blk_over_its_ops_limit_stops_until_the_bucket_refills(ram: FakeGuestRam, image: str) -> None:
+    from pyhv.devices.ratelimit import RateLimiter, TokenBucket
+
+    now = [0.0]
+    timers: list[tuple[float, Any]] = []
+    dev, transport, driver, _ = _blk(ram, image)
+    dev.limit(0, RateLimiter(ops=TokenBucket(2, 1000, clock=lambda: now[0])), lambda delay, fn: timers.append((delay, fn)))
+    for sector in range(3):
+        _request(driver, b.VIRTIO_BLK_T_IN, sector, in_len=512)
+    transport.write(m.NOTIFY_OFFSET, 4, 0)
+    transport.write(m.NOTIFY_OFFSET, 4, 0)  # a kick while throttled changes nothing
+    served_at_once, delays = driver.used_idx(), [round(d, 3) for d, _ in timers]
+    now[0] += 0.5
+    timers[0][1]()
+    assert (served_at_once, delays, driver.used_idx()) == (2, [0.5], 3)
+
+
+def test_blk_swap_disk_shows_the_new_capacity_after_a_configuration_change(
+    ram: FakeGuestRam, image: str, tmp_path: Path,
+) -> None:
+    bigger = tmp_path / "bigger.img"
+    bigger.write_bytes(b"\0" * (2 * MiB))
+    dev, transport, _, _ = _blk(ram, image)
+    generation = transport.read(m.CONFIG_GENERATION, 4)
+    old = dev.swap_disk(RawDisk(str(bigger)))
+    old.close()
+    assert (transport.read(m.CONFIG_GENERATION, 4) != generation, transport.read(m.INTERRUPT_STATUS, 4) & 2,
+            transport.read(m.CONFIG, 4)) == (True, 2, 2 * MiB // 512)
+    with pytest.raises(ValueError):
+        dev.swap_disk(RawDisk(image, readonly=True))

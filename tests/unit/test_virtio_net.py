@@ -410,9 +410,58 @@ def test_net_spec_with_a_handed_over_fd_parses() -> None:
     nic, fd = parse_net(f"fd={r},mac=52:54:00:00:00:09")
     os.close(r)
     os.close(w)
-    assert (fd, nic) == (r, (f"fd{r}", "52:54:00:00:00:09", ""))
+    assert (fd, nic) == (r, Nic(f"fd{r}", "52:54:00:00:00:09", ""))
 
 
 def test_net_spec_with_a_closed_fd_is_refused() -> None:
     with pytest.raises(UsageError, match="not open"):
         parse_net("fd=987")
+
+
+class Timers:
+    """A fake clock and the I/O thread's call_later: callbacks run when told to."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.due: list[tuple[float, object]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, fn: object) -> None:
+        self.due.append((delay, fn))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due, self.due = self.due, []
+        for _, fn in due:
+            fn()  # type: ignore[operator]
+
+
+def test_transmit_over_its_ops_limit_waits_for_the_bucket(rig: Rig) -> None:
+    from pyhv.devices.ratelimit import RateLimiter, TokenBucket
+
+    t = Timers()
+    rig.dev.limit(TX, RateLimiter(ops=TokenBucket(2, 100, clock=t.clock)), t.call_later)
+    for _ in range(3):
+        rig.tx.add_chain(readable=[HEADER, FRAME])
+    rig.kick(TX)
+    at_once, delays = len(rig.frames.sent), [round(d, 3) for d, _ in t.due]
+    t.advance(0.05)
+    assert (at_once, delays, len(rig.frames.sent), rig.tx.used_idx()) == (2, [0.05], 3, 3)
+
+
+def test_receive_over_its_bandwidth_limit_stops_watching_until_the_bucket_refills(rig: Rig) -> None:
+    from pyhv.devices.ratelimit import RateLimiter, TokenBucket
+
+    t = Timers()
+    rig.dev.limit(RX, RateLimiter(bandwidth=TokenBucket(len(FRAME), 1000, clock=t.clock)), t.call_later)
+    for _ in range(4):
+        rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.frames.incoming.extend([HEADER + FRAME, HEADER + FRAME])
+    rig.io.run()
+    first, watching = rig.rx.used_idx(), bool(rig.io.readers)
+    t.advance(1.0)
+    rig.io.run()
+    assert (first, watching, rig.rx.used_idx(), rig.dev.rx_frames) == (1, False, 2, 2)

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..ratelimit import RateLimiter
 from .queue import (
     DescriptorChain,
     VIRTIO_F_EVENT_IDX,
@@ -64,6 +65,9 @@ class VirtioDevice:
         self.config_generation = 0
         self.failure: str | None = None
         self._reported = False
+        self.limiters: dict[int, RateLimiter] = {}  # queue index -> its rate limiter
+        self._call_later: Callable[[float, Callable[[], None]], None] = lambda delay, fn: None
+        self._throttled: set[int] = set()  # queues waiting for their limiter's bucket
 
     # --- features -------------------------------------------------------------
 
@@ -130,6 +134,7 @@ class VirtioDevice:
             self.status = 0
             self.driver_features = 0
             self.failure = None
+            self._throttled.clear()
             for q in self.queues:
                 q.reset()
             self._device_reset()
@@ -143,7 +148,15 @@ class VirtioDevice:
                 self._reported = True
                 print(f"pyhv: {self.name}: {reason}; device needs reset", file=sys.stderr)
         if self.status & STATUS_DRIVER_OK:
-            self.config_generation += 1
+            self.config_changed()
+
+    def config_changed(self) -> None:
+        """The configuration space changed (virtio 1.2, 2.5.1 and 4.1.4.3): a new
+        generation, and a configuration-change interrupt if the driver is running."""
+        with self.lock:
+            self.config_generation = (self.config_generation + 1) & 0xFF
+            running = bool(self.status & STATUS_DRIVER_OK)
+        if running:
             self.interrupt(CONFIG_INTERRUPT)
 
     # --- queues -----------------------------------------------------------------
@@ -173,8 +186,45 @@ class VirtioDevice:
         if signal:
             self.interrupt(index)
 
-    def _drain(self, queue: SplitQueue, serve: Callable[[DescriptorChain], int]) -> bool:
-        """Serve every available chain with ``serve`` (returns bytes written).
+    # --- rate limiting ---------------------------------------------------------------
+
+    def limit(self, index: int, limiter: RateLimiter | None,
+              call_later: Callable[[float, Callable[[], None]], None]) -> None:
+        """Serve queue ``index`` within ``limiter``'s buckets (None: no limit); a
+        queue over its limit waits for ``call_later`` (the I/O thread's timer)."""
+        if limiter is None:
+            self.limiters.pop(index, None)
+        else:
+            self.limiters[index] = limiter
+        self._call_later = call_later
+
+    def _admit(self, index: int, ops: int, nbytes: int, take: bool = True) -> bool:
+        """Whether queue ``index`` may serve a request of ``ops`` and ``nbytes`` now
+        (the tokens are taken, unless ``take`` is false: the caller charges what it
+        moved afterwards).  If not, the queue stops being served until its
+        limiter's bucket has refilled, when the I/O thread serves it again."""
+        limiter = self.limiters.get(index)
+        if limiter is None:
+            return True
+        if index in self._throttled:
+            return False
+        wait = limiter.wait(ops, nbytes, take)
+        if wait <= 0.0:
+            return True
+        self._throttled.add(index)
+        self._call_later(wait, lambda: self._refilled(index))
+        return False
+
+    def _refilled(self, index: int) -> None:
+        with self.lock:
+            self._throttled.discard(index)
+        self.notify(index)
+
+    def _drain(self, queue: SplitQueue, serve: Callable[[DescriptorChain], int],
+               index: int = -1, cost: Callable[[DescriptorChain], int] | None = None) -> bool:
+        """Serve every available chain with ``serve`` (returns bytes written); with
+        a rate limiter on queue ``index``, only while it admits each chain (one
+        op and ``cost(chain)`` bytes).
 
         While serving, the driver is told not to kick (2.7.7 / 2.7.10): a kick
         from a guest costs a VM exit, and the device is already looking.  After
@@ -188,10 +238,16 @@ class VirtioDevice:
         :meth:`SplitQueue.should_notify` covers the whole drain.
         """
         used = False
+        limited = cost is not None and index in self.limiters
         queue.set_notification(False)
         while True:
             batch = 0
             while (chain := queue.pop()) is not None:
+                if limited and not self._admit(index, 1, cost(chain)):  # type: ignore[misc]
+                    queue.unpop()
+                    queue.publish_used()
+                    queue.set_notification(True)
+                    return used
                 queue.push_used(chain, serve(chain), publish=False)
                 used = True
                 batch += 1

@@ -200,7 +200,7 @@ class Net(VirtioDevice):
     # --- guest -> backend ----------------------------------------------------------
 
     def _transmit(self, queue: SplitQueue) -> bool:
-        return self._drain(queue, self._send_frame)
+        return self._drain(queue, self._send_frame, TX, lambda chain: max(0, chain.readable_len() - VNET_HDR_SIZE))
 
     def _send_frame(self, chain: DescriptorChain) -> int:
         """Send one guest frame to the backend, or drop it; nothing is written back."""
@@ -284,6 +284,9 @@ class Net(VirtioDevice):
             self._rx_kicks = False
             queue.set_notification(False)
         while True:
+            if not self._admit(RX, 1, 1, take=False):  # charged once the frame is in: its size is known then
+                self._set_watch(False)  # the limiter's timer serves the queue again
+                return used
             chain = queue.pop()
             if chain is None:
                 # out of buffers: ask for a kick, then look once more (a buffer
@@ -323,6 +326,8 @@ class Net(VirtioDevice):
                 continue
             self.rx_frames += 1
             self.rx_bytes += n - VNET_HDR_SIZE
+            if RX in self.limiters:
+                self.limiters[RX].charge(1, n - VNET_HDR_SIZE)
 
     def _set_num_buffers(self, chain: DescriptorChain, first: memoryview, count: int) -> None:
         value = count.to_bytes(2, "little")
