@@ -105,7 +105,7 @@ def build(
         acpi_inputs = (apic_ids, _acpi_devices(config) + pci_devices, pci_tables)
         # the guest finds MMIO devices on its command line; the description keeps the user's
         cmdline = " ".join(part for part in (config.payload.cmdline, mmio_wiring.cmdline()) if part)
-        firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), cmdline, fresh=restore is None)
+        firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), cmdline)
         entry = None
         if _has_vmgenid(config) and (restore is None or restore.new_generation):
             vmgenid.new_generation(memory)  # before any vCPU runs
@@ -379,14 +379,19 @@ def _firmware(path: str, memory: GuestMemory, fresh: bool) -> None:
 
 
 def _fw_cfg(
-    config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, cmdline: str, fresh: bool
+    config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, cmdline: str
 ) -> fw_cfg.FwCfg:
     """fw_cfg with the machine's facts and files: the e820 map the guest gets, an empty
-    boot order, the ACPI tables with QEMU's linker/loader commands, the kernel items a
-    firmware's Linux loader reads (on a ``fresh`` boot: a restored machine gets the
-    command line only, so the kernel file need not be there any more), and the
-    description's entries (host files read now)."""
-    from ..boot.firmware import KernelItems, kernel_items
+    boot order, the ACPI tables with QEMU's linker/loader commands, the command line
+    the guest boots with (FW_CFG_CMDLINE_*), and the description's entries (host files
+    read now).
+
+    QEMU also gives the kernel, its setup code and the initrd (``boot/firmware.py``
+    builds those items) because its firmware loads them; pyhv loads the kernel
+    itself and ``--firmware`` boots from the guest's disks, so nothing here reads
+    them, and reading the images twice would cost every boot their size in time
+    and memory."""
+    from ..boot.firmware import KernelItems
     from ..boot.layout import CMDLINE_ADDR, e820_map
 
     ram = memory.ram_ranges()
@@ -400,12 +405,8 @@ def _fw_cfg(
             print(f"pyhv: warning: fw_cfg[{i}].name {entry.name!r}: names outside opt/ may clash", file=sys.stderr)
         data = _read_fw_cfg_file(f"fw_cfg[{i}].file", entry.file) if entry.file else entry.string.encode()
         files.append((entry.name, data))
-    payload = config.payload
-    if payload.firmware:
-        kernel = None  # the firmware boots from its own devices
-    elif fresh:
-        kernel = kernel_items(payload.kernel, payload.initrd or None, cmdline, ram[0][1])
-    else:
+    kernel = None
+    if not config.payload.firmware:
         kernel = KernelItems(cmdline=(CMDLINE_ADDR, cmdline.encode("utf-8", "surrogateescape") + b"\0"))
     return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files,
                         kernel=kernel._asdict() if kernel else None)
