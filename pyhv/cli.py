@@ -250,6 +250,7 @@ def _run_domain(
 
     gdb_wait = bool(args.gdb) and args.gdb.endswith(",wait")
     runtime = Runtime(description, console, taps=taps, on_ready=ready, on_machine_end=progress, paused=gdb_wait)
+    runtime.confined = bool(args.jail or args.jail_report)
 
     def on_signal(signum: int, frame: object) -> None:
         runtime.stop(StopKind.DESTROY, 128 + signum, f"stopped by {signal.Signals(signum).name}")
@@ -329,7 +330,7 @@ def _enter_jail(
     jail_id = f"run-{os.getpid()}"
     root = os.path.join(enter.jail_dir(os.environ.get("PYHV_RUN_DIR", "/run/pyhv"), jail_id), "root")
     try:
-        p = plan.plan(description, root, os.getpid() % plan.DEFAULT_COUNT)
+        p = plan.plan(description, root, os.getpid() % plan.DEFAULT_COUNT, plan.RUN_FIRST_ID)
     except plan.JailError as e:
         raise UsageError(f"--jail: {e}") from None
     hand = enter.hand_over(p)
@@ -350,8 +351,11 @@ def _enter_jail(
         hand.append(control_sock.fileno())
     cleanup = list(p.sockets) + ([args.control] if args.control else [])
     status = enter.enter(p, jail_id, keep, hand, cleanup)
-    if status is not None and args.snapshot_on_signal:
-        enter.remove_if_empty(args.snapshot_on_signal)  # made for a save that never came
+    if status is not None:  # the supervisor closed what it handed to the child
+        if control_sock is not None:
+            control_sock.detach()
+        if args.snapshot_on_signal:
+            enter.remove_if_empty(args.snapshot_on_signal)  # made for a save that never came
     if status is None and args.jail_report:
         print(enter.report(), file=sys.stderr, flush=True)
     return status, control_sock

@@ -135,3 +135,9 @@ def syscall(nr: int, *args: int) -> int:
     result = _libc.syscall(nr, *[ctypes.c_long(a) for a in args])
     _check(result, "syscall", str(nr))
     return int(result)
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Join the namespace ``fd`` refers to (e.g. a network namespace under /var/run/netns)."""
+    _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+    _check(_libc.setns(fd, nstype), "setns")

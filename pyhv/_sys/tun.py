@@ -52,11 +52,14 @@ def set_offload(fd: int, flags: int) -> None:
 
 
 def set_link_up(name: str) -> None:
-    """SIOCSIFFLAGS |= IFF_UP on an AF_INET datagram socket (no netlink needed)."""
+    """SIOCSIFFLAGS |= IFF_UP, unless it is up already (which needs no privilege:
+    a confined front end may use a TAP set up for it).  Interface ioctls work on
+    any socket; an AF_UNIX one is what a confined process may make."""
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         req = bytearray(_IFREQ.pack(name.encode(), 0))
         fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req, True)
-        flags = _IFREQ.unpack(bytes(req))[1] | IFF_UP
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, bytearray(_IFREQ.pack(name.encode(), flags)))
+        flags = _IFREQ.unpack(bytes(req))[1]
+        if not flags & IFF_UP:
+            fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, bytearray(_IFREQ.pack(name.encode(), flags | IFF_UP)))

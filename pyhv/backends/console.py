@@ -180,7 +180,7 @@ class LogConsole(Console):
     symbolic link: one planted at ``log_path`` is a UsageError naming it."""
 
     def __init__(self, log_path: str, sock_path: str, max_log: int = 8 << 20) -> None:
-        from .unixsock import listen_unix, serve_connections
+        from .unixsock import listen_unix
 
         self.log_path = log_path
         self.sock_path = sock_path
@@ -194,7 +194,7 @@ class LogConsole(Console):
         self._client: socket.socket | None = None
         self._sink: Callable[[bytes], int] = len
         self.listener = listen_unix(sock_path, 4)
-        serve_connections(self.listener, self._attach, "console")
+        self._serving = False  # clients are accepted once a machine takes input (after any confinement)
 
     def _open_log(self) -> int:
         return open_nofollow(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -217,14 +217,25 @@ class LogConsole(Console):
                 pass  # a slow or vanished client misses output
 
     def _rotate(self) -> None:
-        os.replace(self.log_path, self.log_path + ".1")  # replaces a link at PATH.1, never follows it
+        try:
+            os.replace(self.log_path, self.log_path + ".1")  # replaces a link at PATH.1, never follows it
+        except OSError:
+            # a confined VMM sees no log directory: the log starts again in place
+            os.ftruncate(self.log_fd, 0)
+            self.log_size = 0
+            return
         os.close(self.log_fd)
         self.log_fd = -1
         self.log_fd = self._open_log()
         self.log_size = 0
 
     def start_input(self, sink: Callable[[bytes], int], on_escape: Callable[[], None]) -> None:
+        from .unixsock import serve_connections
+
         self._sink = sink
+        if not self._serving:
+            self._serving = True
+            serve_connections(self.listener, self._attach, "console")
 
     def _attach(self, conn: socket.socket) -> None:
         with self._lock:

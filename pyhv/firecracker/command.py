@@ -22,8 +22,8 @@ from .log import Log
 #: options pyhv takes and cannot honour yet: each is logged once when given
 NOT_HONOURED = {
     "boot_timer": "--boot-timer: pyhv has no boot-timer device; boot times are not logged",
-    "seccomp_filter": "--seccomp-filter: pyhv installs no seccomp filters; the filter file is not used",
-    "no_seccomp": "--no-seccomp: pyhv installs no seccomp filters (nothing to turn off)",
+    "seccomp_filter": "--seccomp-filter: pyhv's own filter goes on under the jailer; the filter file is not used",
+    "no_seccomp": "--no-seccomp: pyhv filters only under the jailer, which leaves its filter off for this",
     "mmds_size_limit": "--mmds-size-limit: pyhv has no MMDS",
     "start_time_us": "--start-time-us: jailer timing is not used",
     "start_time_cpu_us": "--start-time-cpu-us: jailer timing is not used",
@@ -43,7 +43,7 @@ OPTIONS = [
     Option("--http-api-max-payload-size", "the largest request body, in bytes (default 51200)", "N"),
     Option("--enable-pci", "virtio devices on PCI (default: virtio-MMIO, named on the guest's command line)"),
     Option("--boot-timer", "accepted; not honoured"),
-    Option("--no-seccomp", "accepted (pyhv installs no seccomp filters)"),
+    Option("--no-seccomp", "under pyhv's jailer: no seccomp filter; else accepted"),
     Option("--seccomp-filter", "accepted; not honoured", "FILE"),
     Option("--mmds-size-limit", "accepted; not honoured", "N"),
     Option("--start-time-us", "accepted; not used", "N"),

@@ -1,5 +1,9 @@
-"""Confinement of a domain process: the pure plan of its jail (:mod:`pyhv.jail.plan`).
+"""Confinement of a domain process (README: Confinement).
 
-The privileged steps that carry a plan out are not written yet; nothing here
-touches the host.
+- :mod:`.plan`: the pure plan of a domain's jail from its description;
+- :mod:`.enter`: carrying it out (descriptors handed over, a PID namespace and a
+  fork, namespaces, pivot_root, ids, capabilities, seccomp), the supervisor;
+- :mod:`.policy`: the seccomp policy, per thread kind;
+- :mod:`.jailer`: Firecracker's jailer command line over the same steps;
+- :mod:`.breakout`: break-out attempts for the tests (PYHV_TEST_BREAKOUT only).
 """

@@ -46,16 +46,16 @@ from .plan import Plan
 
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "cgroup")
 
-#: modules the VMM imports lazily (start-up time): imported before the jail hides the source
+#: the packages whose modules the VMM may import lazily (start-up time): every module in
+#: them is imported before the jail hides the source, so a module added there later
+#: is never missing inside a jail
+PRELOAD_PACKAGES = ("pyhv.vmm", "pyhv.vcpu", "pyhv.kvm", "pyhv.devices", "pyhv.backends", "pyhv.boot",
+                    "pyhv.debug", "pyhv.model", "pyhv.jail")
+#: single modules and the standard library's lazily imported ones
 PRELOAD = (
-    "pyhv.vmm.builder", "pyhv.vmm.machine", "pyhv.vmm.runtime", "pyhv.vmm.snapshot", "pyhv.vmm.control",
-    "pyhv.vmm.devices", "pyhv.vmm.iothread", "pyhv.vmm.pci", "pyhv.vmm.cpu", "pyhv.vmm.migrate",
-    "pyhv.vcpu.cpustate", "pyhv.vcpu.registers", "pyhv.vcpu.report", "pyhv.kvm.exits", "pyhv.kvm.vm",
-    "pyhv.kvm.vcpu", "pyhv.paging", "pyhv.devices.state", "pyhv.devices.virtio.pci", "pyhv.devices.virtio.blk",
-    "pyhv.devices.virtio.net", "pyhv.devices.virtio.rng", "pyhv.devices.virtio.balloon",
-    "pyhv.devices.virtio.vsock", "pyhv.backends.block", "pyhv.backends.tap", "pyhv.backends.vsock_uds",
-    "pyhv.backends.unixsock", "pyhv.boot.layout", "pyhv.debug.repl", "pyhv.debug.gdbstub",
+    "pyhv.paging", "pyhv.memory",
     "calendar", "contextlib", "select", "stat", "tempfile", "json", "socket", "resource", "encodings.idna",
+    "binascii", "traceback", "linecache",
 )
 
 
@@ -69,6 +69,12 @@ def jail_dir(run_dir: str, jail_id: str) -> str:
 
 
 def preload() -> None:
+    import pkgutil
+
+    for package in PRELOAD_PACKAGES:
+        path = importlib.import_module(package).__path__
+        for info in pkgutil.walk_packages(path, package + "."):
+            importlib.import_module(info.name)
     for name in PRELOAD:
         importlib.import_module(name)
     privs.load_libraries()
@@ -165,7 +171,7 @@ def enter(plan: Plan, jail_id: str, keep: list[int], hand: list[int], cleanup: l
         raise JailFailed(f"cannot make the jail's PID namespace: {e.strerror or e}") from None
     if pid == 0:
         try:
-            _confine(plan, jail_id, keep + hand)
+            confine(plan, jail_id, keep + hand)
         except OSError as e:
             raise JailFailed(f"cannot confine the domain: {e}") from None
         if breakout:
@@ -253,20 +259,37 @@ def _remove(home: str) -> None:
     os.rmdir(home)
 
 
-def _confine(plan: Plan, jail_id: str, keep: list[int]) -> None:
+def confine(
+    plan: Plan, jail_id: str, keep: list[int], netns: int | None = None, jailer: bool = False, filtered: bool = True,
+) -> None:
+    """Confine the calling process (single-threaded) as the plan says.  Its
+    network namespace is a new one, or the one ``netns`` refers to (the
+    ``jailer``'s ``--netns``).  ``jailer``: Firecracker's jailer layout, whose
+    root the user fills (kernel, disks, owned by the jail's uid) and in which
+    the front end makes its API socket, so it stays writable; its ``/run`` is
+    made for the socket."""
     import resource
 
-    privs.set_parent_death_signal(signal.SIGKILL)  # the supervisor gone (killed): so is the domain
-    privs.unshare(privs.CLONE_NEWNS | privs.CLONE_NEWIPC | privs.CLONE_NEWUTS | privs.CLONE_NEWNET
-                  | privs.CLONE_NEWCGROUP)
+    flags = privs.CLONE_NEWNS | privs.CLONE_NEWIPC | privs.CLONE_NEWUTS | privs.CLONE_NEWCGROUP
+    if netns is None:
+        flags |= privs.CLONE_NEWNET
+    else:
+        privs.setns(netns, privs.CLONE_NEWNET)
+    privs.unshare(flags)
     privs.mount(None, "/", None, privs.MS_REC | privs.MS_PRIVATE)
     root = plan.root
     privs.mount(root, root, None, privs.MS_BIND)
     for path, major, minor in plan.devices:
         node = os.path.join(root, path)
         os.makedirs(os.path.dirname(node), mode=0o755, exist_ok=True)
+        if os.path.lexists(node):
+            os.unlink(node)  # a jailer root used before
         os.mknod(node, 0o600 | 0o020000, os.makedev(major, minor))  # S_IFCHR
         os.chown(node, plan.uid, plan.gid)
+    if jailer:
+        run = os.path.join(root, "run")
+        os.makedirs(run, mode=0o755, exist_ok=True)
+        os.chown(run, plan.uid, plan.gid)
     hidden = privs.MS_NOSUID | privs.MS_NODEV | privs.MS_NOEXEC
     for m in plan.mounts:
         target = os.path.join(root, m.target)
@@ -279,13 +302,14 @@ def _confine(plan: Plan, jail_id: str, keep: list[int]) -> None:
         privs.mount(None, target, None,
                     privs.MS_BIND | privs.MS_REMOUNT | hidden | (privs.MS_RDONLY if m.readonly else 0))
     proc = os.path.join(root, "proc")
-    os.mkdir(proc, 0o555)
+    os.makedirs(proc, 0o555, exist_ok=True)
     privs.mount("proc", proc, "proc", hidden, "subset=pid")
     os.chdir(root)
     privs.pivot_root(".", ".")
     privs.umount2(".", privs.MNT_DETACH)
     os.chdir("/")
-    privs.mount(None, "/", None, privs.MS_BIND | privs.MS_REMOUNT | privs.MS_RDONLY | privs.MS_NOSUID)
+    privs.mount(None, "/", None,
+                privs.MS_BIND | privs.MS_REMOUNT | privs.MS_NOSUID | (0 if jailer else privs.MS_RDONLY))
     privs.sethostname(f"pyhv-{jail_id}"[:64])
     wanted = {0, 1, 2, *keep, *files.HANDED.values()}
     for name in os.listdir("/proc/self/fd"):
@@ -302,9 +326,15 @@ def _confine(plan: Plan, jail_id: str, keep: list[int]) -> None:
     os.setresgid(plan.gid, plan.gid, plan.gid)
     privs.drop_bounding_set()  # needs CAP_SETPCAP: before the uid changes
     os.setresuid(plan.uid, plan.uid, plan.uid)  # from 0: the permitted and effective sets empty
+    # the supervisor gone (killed): so is the domain.  Set after the ids change, which clears it.
+    # Not under the jailer, whose parent leaves (--new-pid-ns) or which is the process itself
+    if not jailer:
+        privs.set_parent_death_signal(signal.SIGKILL)
     privs.clear_capabilities()
     privs.set_no_new_privs()
-    SECCOMP.append(policy.install_baseline(os.getpid()))  # last: every thread made from now on has it
+    if not filtered:
+        return
+    SECCOMP.append(policy.install_baseline(os.getpid(), jailer))  # last: every thread made from now on has it
     from ..vcpu import thread
 
     thread.on_thread_start = policy.narrow

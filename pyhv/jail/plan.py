@@ -52,9 +52,12 @@ def _inside(path: str) -> str:
     return os.path.normpath(path).lstrip("/")
 
 
-#: the uid/gid range domains take by default: [DEFAULT_FIRST_ID, DEFAULT_FIRST_ID + DEFAULT_COUNT)
+#: the uid/gid range pyhvd's domains take by default: [DEFAULT_FIRST_ID, DEFAULT_FIRST_ID + DEFAULT_COUNT)
 DEFAULT_FIRST_ID = 100000
 DEFAULT_COUNT = 65536
+#: ``pyhv run --jail`` takes RUN_FIRST_ID + (pid mod DEFAULT_COUNT): apart from pyhvd's, since
+#: domains sharing a uid share its task limit
+RUN_FIRST_ID = DEFAULT_FIRST_ID + DEFAULT_COUNT
 
 
 def plan(d: Description, root: str, index: int, first_id: int = DEFAULT_FIRST_ID, count: int = DEFAULT_COUNT,
@@ -87,6 +90,6 @@ def plan(d: Description, root: str, index: int, first_id: int = DEFAULT_FIRST_ID
     mounts += [Mount(folder, _inside(folder), True) for folder in dict.fromkeys(folders)]
     # NPROC counts the tasks of the (per-domain) uid: vCPU threads, the io thread,
     # control and console threads, with room for requests in flight
-    nproc = d.vcpus + 64
+    nproc = d.vcpus + 128
     return Plan(root, first_id + index, first_id + index, tuple(files), sockets, tuple(mounts), DEVICES,
                 (("NOFILE", nofile), ("FSIZE", fsize), ("NPROC", nproc)))

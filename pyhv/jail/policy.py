@@ -80,13 +80,20 @@ def ioctl_requests() -> list[int]:
     return kvm + list(OTHER_IOCTLS)
 
 
-def baseline(pid: int, action: int = seccomp.SCMP_ACT_KILL_PROCESS) -> seccomp.Filter:
-    """The process-wide filter of a confined VMM whose pid (in its namespace) is ``pid``."""
+#: what the jailer's Firecracker front end opens itself, by name, inside its root (Firecracker's model:
+#: the TAP, created beforehand and owned by the jail's uid): TUNSETIFF, TUNSETVNETHDRSZ, and the
+#: interface flags (read, and set only where the TAP is down, which then fails without CAP_NET_ADMIN)
+JAILER_IOCTLS = (tun.TUNSETIFF, tun.TUNSETVNETHDRSZ, tun.SIOCGIFFLAGS, tun.SIOCSIFFLAGS)
+
+
+def baseline(pid: int, jailer: bool = False, action: int = seccomp.SCMP_ACT_KILL_PROCESS) -> seccomp.Filter:
+    """The process-wide filter of a confined VMM whose pid (in its namespace) is
+    ``pid``; the ``jailer``'s front end may also open TAPs by name."""
     f = seccomp.Filter(action)
     allow = seccomp.SCMP_ACT_ALLOW
     for name in PLAIN:
         f.add(allow, name)
-    for request in dict.fromkeys(ioctl_requests()):
+    for request in dict.fromkeys(ioctl_requests() + list(JAILER_IOCTLS if jailer else ())):
         f.add(allow, "ioctl", Arg(1, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, request))
     for name in ("socket", "socketpair"):
         f.add(allow, name, Arg(0, SCMP_CMP_EQ, socket.AF_UNIX))
@@ -109,8 +116,8 @@ def narrowing(kind: str) -> seccomp.Filter:
     return f
 
 
-def install_baseline(pid: int) -> Summary:
-    f = baseline(pid)
+def install_baseline(pid: int, jailer: bool = False) -> Summary:
+    f = baseline(pid, jailer)
     try:
         summary = Summary(f.rules, f.program_length(), len(set(ioctl_requests())))
         f.load()

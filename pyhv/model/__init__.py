@@ -21,6 +21,7 @@ The plain form is the TOML/JSON schema::
     serial = "stdio"         # stdio | none | file:PATH (domains under pyhvd: their console log)
     debug_exit = "off"       # isa-debug-exit at 0xf4: a guest write of V ends the domain with a status:
                              # "pyhv" (or true): V & 0xff; "qemu": (V << 1) | 1 as QEMU's; "off" (or false)
+    jail = true              # pyhvd confines the domain's VMM (README: Confinement); false opts out
     balloon = true
     rng = true
     transport = "pci"        # how virtio devices are attached: pci (virtio-pci, MSI-X) | mmio
@@ -261,6 +262,7 @@ class Description(NamedTuple):
     debug_exit: str = "off"  # one of DEBUG_EXIT_MAPPINGS
     transport: str = "pci"
     vmgenid: bool = True
+    jail: bool = True
     lifecycle: Lifecycle = Lifecycle()
     sched: Sched = Sched()
 
@@ -268,8 +270,8 @@ class Description(NamedTuple):
 #: the plain form's top-level keys, in the order :func:`to_plain` writes them
 TOP_KEYS = (
     "name", "kernel", "initrd", "cmdline", "boot", "firmware", "memory", "maxmem", "vcpus", "on_poweroff",
-    "on_reboot", "on_crash", "serial", "debug_exit", "balloon", "rng", "vmgenid", "transport", "disks", "nics",
-    "vsock", "fw_cfg", "fs", "sched",
+    "on_reboot", "on_crash", "serial", "debug_exit", "jail", "balloon", "rng", "vmgenid", "transport", "disks",
+    "nics", "vsock", "fw_cfg", "fs", "sched",
 )
 DISK_KEYS = tuple(Disk._fields)
 NIC_KEYS = tuple(Nic._fields)
@@ -328,6 +330,7 @@ def from_plain(data: Any) -> Description:
         debug_exit=_debug_exit(data.get("debug_exit", "off")),
         transport=transport,
         vmgenid=_bool(data, "vmgenid", True, ()),
+        jail=_bool(data, "jail", True, ()),
         lifecycle=Lifecycle(
             on_poweroff=_choice(data, "on_poweroff", ON_POWEROFF, Lifecycle._field_defaults["on_poweroff"], ()),
             on_reboot=_choice(data, "on_reboot", ON_REBOOT, Lifecycle._field_defaults["on_reboot"], ()),
@@ -539,6 +542,7 @@ def to_plain(d: Description) -> dict[str, Any]:
         "on_crash": d.lifecycle.on_crash,
         "serial": d.serial,
         "debug_exit": d.debug_exit,
+        "jail": d.jail,
         "balloon": d.balloon,
         "rng": d.rng,
         "vmgenid": d.vmgenid,
@@ -797,9 +801,6 @@ def json_schema() -> dict[str, Any]:
             "on_reboot": {"type": "string", "enum": list(ON_REBOOT)},
             "on_crash": {"type": "string", "enum": list(ON_CRASH)},
             "serial": {"type": "string", "description": "stdio, none or file:PATH (pyhvd: the console log)"},
-            "debug_exit": {"oneOf": [{"type": "string", "enum": list(DEBUG_EXIT_MAPPINGS)}, {"type": "boolean"}],
-                           "description": "pyhv: a write of V ends with status V & 0xff; qemu: (V << 1) | 1; "
-                                          "true is pyhv, false is off"},
             "balloon": {"type": "boolean"},
             "rng": {"type": "boolean"},
             "transport": {"type": "string", "enum": list(TRANSPORTS),

@@ -191,7 +191,7 @@ class Api:
         if not isinstance(force, bool):
             raise Refused("force: must be true or false", 400)
         path = self._snapshot_path(body["path"])
-        return 200, record.call("save", timeout=600, path=path, then=then, force=force)
+        return 200, save_through(record, path, then, force)
 
     def restore_domain(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         _fields(body, required={"path"}, optional={"paused", "name", "verify"})
@@ -221,7 +221,15 @@ class Api:
             raise Refused("host must be a name or address, port a number from 1 to 65535", 400)
         if not self.migration_key:
             raise Refused("this pyhvd has no migration key (start it with --migration-key FILE)", 409)
-        return 200, record.call("migrate", timeout=900, host=host, port=port, key=self.migration_key.hex())
+        # pyhvd connects and passes the connection: a confined domain has no network
+        try:
+            conn = socket.create_connection((host, port), timeout=60)
+        except OSError as e:
+            raise Refused(f"migration to {host}:{port} failed, the machine runs on here: cannot connect: "
+                          f"{e.strerror or e}", 409) from None
+        with conn:
+            return 200, record.call("migrate", timeout=900, fds=(conn.fileno(),), host=host, port=port,
+                                    key=self.migration_key.hex())
 
     # --- scheduling ---------------------------------------------------------------------
 
@@ -474,3 +482,32 @@ def _plain(record: DomainRecord) -> dict[str, Any]:
 
     assert record.description is not None
     return to_plain(record.description)
+
+
+def save_through(record: DomainRecord, path: str, then: str, force: bool) -> dict[str, Any]:
+    """Save a domain to ``path``: pyhvd makes the temporary file beside it and passes
+    its descriptor with the request (a confined domain sees no snapshot
+    directory), and names it ``path`` once the domain has written it, with the
+    same rules as a save of its own: an existing ``path`` only with ``force``
+    and only if it is a pyhv snapshot."""
+    from ..vmm import snapshot
+
+    try:
+        tmp, fd = snapshot.open_temporary(path, force)
+    except PyhvError as e:
+        raise Refused(str(e), 409) from None
+    try:
+        try:
+            reply = record.call("save", timeout=600, fds=(fd,), path=path, then=then, force=force)
+        finally:
+            os.close(fd)
+        snapshot.put_in_place(tmp, path, force)
+    except PyhvError as e:
+        snapshot.discard_temporary(tmp)
+        if isinstance(e, Refused):
+            raise
+        raise Refused(str(e), 409) from None
+    except BaseException:
+        snapshot.discard_temporary(tmp)
+        raise
+    return reply

@@ -2,6 +2,7 @@
 
     pyhvd [--run-dir /run/pyhv] [--state-dir /var/lib/pyhv] [--socket PATH] [--cpu-pool CPUS]
           [--migration-key FILE] [--migration-listen HOST:PORT] [--snapshot-dir DIR]
+          [--jail-uids FIRST:COUNT] [--no-jail]
 
 Listens on ``RUN_DIR/pyhvd.sock`` (0600) for the REST API (:mod:`.api`),
 re-attaches to the domains a previous pyhvd left running, and runs until
@@ -15,6 +16,13 @@ domain process.  The API saves snapshots to and restores them from files in
 ``--snapshot-dir`` only (default ``STATE_DIR/snapshots``, created 0700); a
 path that resolves elsewhere is refused with 403.  ``--snapshot-dir /`` lifts
 the restriction.
+
+Every domain's VMM runs confined (README: Confinement): its own namespaces
+and root under ``RUN_DIR/jail/domain-ID``, uid and gid FIRST + (ID mod COUNT)
+(``--jail-uids``, default 100000:65536), no capabilities, a seccomp filter.
+A domain with ``jail = false`` in its description, one arriving by live
+migration, and every domain under ``--no-jail`` run unconfined, which pyhvd
+logs as a warning.
 
 pyhvd holds ``pyhvd.lock`` (flock) in its run and state directories while it
 runs; a second pyhvd on either says which pid holds it and exits 1.
@@ -56,6 +64,8 @@ def _parse(argv: list[str]) -> dict[str, str]:
         "--migration-key": "",
         "--migration-listen": "",
         "--snapshot-dir": "",
+        "--jail-uids": "",
+        "--no-jail": "",
     }
     args = list(argv)
     while args:
@@ -65,6 +75,11 @@ def _parse(argv: list[str]) -> dict[str, str]:
         name, eq, value = arg.partition("=")
         if name not in opts:
             raise UsageError(f"unknown option {name!r} (options: {', '.join(opts)})")
+        if name == "--no-jail":  # the one flag
+            if eq:
+                raise UsageError("--no-jail takes no value")
+            opts[name] = "yes"
+            continue
         if not eq:
             if not args:
                 raise UsageError(f"{name} needs a value")
@@ -75,6 +90,19 @@ def _parse(argv: list[str]) -> dict[str, str]:
     if not os.path.isabs(opts["--snapshot-dir"]):
         raise UsageError(f"--snapshot-dir {opts['--snapshot-dir']!r}: must be an absolute path")
     return opts
+
+
+def _jail_ids(text: str) -> tuple[int, int]:
+    """``--jail-uids FIRST:COUNT``: the uid/gid range of confined domains."""
+    from ..jail.plan import DEFAULT_COUNT, DEFAULT_FIRST_ID
+
+    if not text:
+        return DEFAULT_FIRST_ID, DEFAULT_COUNT
+    first, sep, count = text.partition(":")
+    if not sep or not first.isdigit() or not count.isdigit() or int(first) <= 0 or int(count) <= 0 \
+            or int(first) + int(count) > 1 << 32:
+        raise UsageError(f"--jail-uids {text!r}: expected FIRST:COUNT, positive, below 2^32")
+    return int(first), int(count)
 
 
 def _claim_socket(path: str) -> None:
@@ -119,7 +147,7 @@ def _lock_dirs(dirs: list[str]) -> list[int]:
 
 def serve(
     run_dir: str, state_dir: str, sock_path: str, pool: list[int] | None = None, key: bytes = b"",
-    listen: tuple[str, int] | None = None, snapshot_dir: str = "",
+    listen: tuple[str, int] | None = None, snapshot_dir: str = "", jail_ids: tuple[int, int] | None = None,
 ) -> int:
     from .api import Api, Server
     from .registry import Registry
@@ -127,6 +155,9 @@ def serve(
 
     locks = _lock_dirs([run_dir, state_dir])  # held until pyhvd exits
     registry = Registry(run_dir, state_dir, log=_log)
+    registry.jail_ids = jail_ids
+    if jail_ids is None:
+        _log("WARNING: --no-jail: domains run NOT confined (root, the host's namespaces, no seccomp)")
     snapshot_dir = snapshot_dir or os.path.join(state_dir, "snapshots")
     os.makedirs(snapshot_dir, mode=0o700, exist_ok=True)
     scheduler = Scheduler(registry, pool, _log)
@@ -189,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             if not key:
                 raise UsageError("--migration-listen needs --migration-key FILE: migrations are authenticated")
             listen = parse_host_port(opts["--migration-listen"], "--migration-listen")
+        jail_ids = None if opts["--no-jail"] else _jail_ids(opts["--jail-uids"])
         return serve(opts["--run-dir"], opts["--state-dir"], opts["--socket"], pool, key, listen,
-                     opts["--snapshot-dir"])
+                     opts["--snapshot-dir"], jail_ids)
     except PyhvError as e:
         print(f"pyhvd: {e}", file=sys.stderr)
         return e.exit_status

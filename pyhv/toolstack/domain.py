@@ -64,6 +64,12 @@ def _tell(fd: int, message: dict[str, Any]) -> None:
 
 def _write_status(run_dir: str, ending: Ending) -> None:
     """``status.json``, replaced whole and never through a symbolic link; a failure is one line."""
+    if _status_fd[0] >= 0:  # confined: the supervisor writes the file
+        try:
+            os.write(_status_fd[0], json.dumps(ending._asdict()).encode())
+        except OSError as e:
+            print(f"pyhv: cannot send the domain's status: {e.strerror}", file=sys.stderr)
+        return
     from .store import write_json
 
     try:
@@ -100,23 +106,69 @@ def main(argv: list[str]) -> int:
                     snapshot.close()
                     raise
         runtime = _runtime(run_dir, meta, from_plain(meta["description"]), ready_fd)
+        control_sock = None
+        if meta.get("jail"):
+            status, control_sock = _confine(run_dir, meta, runtime, snapshot, ready_fd)
+            if status is not None:  # the supervisor: the confined child ran the domain
+                return status
     except (OSError, ValueError, KeyError, TypeError, PyhvError) as e:
         print(f"pyhv: cannot start the domain in {run_dir}: {e}", file=sys.stderr, flush=True)
         _tell(ready_fd, {"ok": False, "error": f"cannot start the domain: {e}"})  # pyhvd may kill us now
         return 2
-    return _serve(runtime, run_dir, lambda: runtime.run(snapshot=snapshot))
+    return _serve(runtime, run_dir, lambda: runtime.run(snapshot=snapshot), control_sock)
 
 
-def _serve(runtime: Runtime, run_dir: str, body: Any) -> int:
-    """Run ``body`` (the lifecycle loop) with the control socket up and signals
-    mapped to destroy; write status.json at the end."""
+#: in a confined domain: where status.json's content goes (the supervisor writes the file)
+_status_fd = [-1]
+
+
+def _confine(run_dir: str, meta: dict[str, Any], runtime: Runtime, snapshot: Any, ready_fd: int) -> tuple[int | None, Any]:
+    """Confine the domain (pyhv/jail/enter.py) with what it needs from the host
+    open: (None, the control socket) in the confined child; (its exit status,
+    None) in the supervisor, which writes ``status.json`` from what the child
+    sent on a pipe (it cannot see the run directory)."""
+    from ..backends.unixsock import listen_unix
+    from ..jail import enter, plan
+
+    jail = meta["jail"]
+    domains_dir = os.path.dirname(os.path.abspath(run_dir))  # RUN_DIR/domains
+    jail_id = f"domain-{meta['id']}"
+    root = os.path.join(enter.jail_dir(os.path.dirname(domains_dir), jail_id), "root")
+    p = plan.plan(runtime.description, root, meta["id"] % jail["count"], jail["first_id"], jail["count"])
+    hand = enter.hand_over(p)
+    control_path = os.path.join(run_dir, "control.sock")
+    control_sock = listen_unix(control_path, 64)
+    status_r, status_w = os.pipe()
+    keep = runtime.console.fds() + ([snapshot.fd] if snapshot is not None else [])
+    hand += [*runtime.taps.values(), ready_fd, control_sock.fileno(), status_w]
+    cleanup = [*p.sockets, control_path, os.path.join(run_dir, "console.sock")]
+    status = enter.enter(p, jail_id, keep, hand, cleanup)
+    if status is None:  # status_r was closed with every descriptor the jail keeps not
+        _status_fd[0] = status_w
+        runtime.confined = True
+        return None, control_sock
+    control_sock.detach()  # closed with the descriptors handed to the child
+    with open(status_r, "rb") as f:
+        data = f.read(1 << 16)
+    if data:
+        try:
+            _write_status(run_dir, Ending(**json.loads(data)))
+        except (ValueError, TypeError):
+            print("pyhv: the confined domain sent a garbled status", file=sys.stderr)
+    return status, None
+
+
+def _serve(runtime: Runtime, run_dir: str, body: Any, control_sock: Any = None) -> int:
+    """Run ``body`` (the lifecycle loop) with the control socket up (``control_sock``:
+    bound before the domain was confined) and signals mapped to destroy; write
+    status.json at the end."""
 
     def on_signal(signum: int, frame: object) -> None:
         runtime.stop(StopKind.DESTROY, 0, f"destroyed by {signal.Signals(signum).name}")
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
-    server = control.Server(os.path.join(run_dir, "control.sock"), runtime.handle)
+    server = control.Server(os.path.join(run_dir, "control.sock"), runtime.handle, sock=control_sock)
     try:
         ending = body()
     finally:

@@ -75,6 +75,35 @@ def start_time(pid: int) -> str:
     return fields[19] if len(fields) > 19 and fields[0] != "Z" else ""
 
 
+def host_threads(pid: int, tids: list[int]) -> tuple[int, list[int]]:
+    """The process and thread ids the host knows a domain's VMM and its threads by
+    (``pid``: the process pyhvd started; ``tids``: as the VMM names them).
+
+    A confined domain's VMM (pyhv/jail/) is the one child of the process pyhvd
+    started, pid 1 of a PID namespace of its own, and its ``info`` names its
+    threads by the ids it sees there (0 for one not found).  Each of its threads' ``NSpid`` line says
+    both (host id first, the namespace's last).  An unconfined domain's ids
+    are the host's already."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+        if len(children) != 1:
+            return pid, tids
+        vmm = int(children[0])
+        ids: dict[int, int] = {}
+        for task in os.listdir(f"/proc/{vmm}/task"):
+            with open(f"/proc/{vmm}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        host, *_, inner = (int(x) for x in line.split()[1:])
+                        ids[inner] = host
+    except (OSError, ValueError):
+        return pid, tids
+    if not ids or all(inner == host for inner, host in ids.items()):
+        return pid, tids
+    return vmm, [ids.get(t, 0) for t in tids]
+
+
 def is_alive(record: DomainRecord) -> bool:
     """Whether the record's process still runs (never fooled by a recycled pid)."""
     return bool(record.pid) and start_time(record.pid) == record.start_time

@@ -55,16 +55,24 @@ class DomainRecord:
     def console_log(self) -> str:
         return os.path.join(self.log_dir, "console.log")
 
-    def call(self, op: str, timeout: float = CALL_TIMEOUT, **args: Any) -> dict[str, Any]:
-        """One request to the domain process (:mod:`pyhv.vmm.runtime` answers it)."""
+    def call(self, op: str, timeout: float = CALL_TIMEOUT, fds: tuple[int, ...] = (), **args: Any) -> dict[str, Any]:
+        """One request to the domain process (:mod:`pyhv.vmm.runtime` answers it), ``fds`` passed with it."""
         if self.crashed is not None:
             raise Refused(f"domain {self.name} has crashed ({self.crashed}); destroy it")
         try:
-            return control.call(self.control_path, {"op": op, **args}, timeout)
+            reply = control.call(self.control_path, {"op": op, **args}, timeout, fds)
         except control.ControlError as e:
             if e.transport:
                 raise Refused(f"domain {self.name}: {e}", 504 if e.timeout else 409) from None
             raise Refused(str(e), 409) from None
+        if op == "info" and self.pid:  # the ids the host knows the VMM and its vCPU threads by
+            from .processes import host_threads
+
+            vcpus = reply.get("vcpu", [])
+            reply["pid"], tids = host_threads(self.pid, [v.get("tid", 0) for v in vcpus])
+            for v, tid in zip(vcpus, tids, strict=True):
+                v["tid"] = tid
+        return reply
 
     def summary(self, info: dict[str, Any] | None) -> dict[str, Any]:
         """What ``list`` shows; ``info`` is the domain's own answer (None: it did not answer)."""

@@ -51,6 +51,8 @@ class Registry:
         self._monitor = processes.Monitor(self._reap)
         self._closed = False
         self._migration_server: Any = None
+        #: the uid/gid range confined domains take ((first, count); None: pyhvd --no-jail)
+        self.jail_ids: tuple[int, int] | None = None
 
     # --- names and ids --------------------------------------------------------------------
 
@@ -225,6 +227,7 @@ class Registry:
         record = DomainRecord(domid, description, run_dir, log_dir)
         meta = {"id": domid, "description": model.to_plain(description) if description is not None else None,
                 "paused": paused, "log_dir": log_dir, "created": record.created, **extra}
+        meta["jail"] = self._jail(domid, description)
         try:
             taps = hostres.open_taps(description) if description is not None else []
         except Refused:
@@ -277,6 +280,18 @@ class Registry:
         self._monitor.watch(record)
         self.log(f"domain {domid} ({record.name}) {'arrived' if incoming is not None else 'started'}, pid {record.pid}")
         return record
+
+    def _jail(self, domid: int, description: Description | None) -> dict[str, int] | None:
+        """How the domain is confined (pyhv/jail/), or None, said loudly in pyhvd's log."""
+        name = description.name if description is not None else "arriving by migration"
+        why = ("pyhvd --no-jail" if self.jail_ids is None else
+               "it arrives by live migration, which needs the host's network" if description is None else
+               "jail = false in its description" if not description.jail else "")
+        if why:
+            self.log(f"WARNING: domain {domid} ({name}) runs NOT confined: {why}")
+            return None
+        assert self.jail_ids is not None
+        return {"first_id": self.jail_ids[0], "count": self.jail_ids[1]}
 
     def save_description(self, record: DomainRecord) -> None:
         """Persist a changed description (e.g. scheduling parameters) for the next pyhvd."""

@@ -90,8 +90,8 @@ class Scheduler:
                 continue
             if record.description is None:
                 continue
-            try:
-                self.dispatcher.add_domain(key, record.pid, tids, bvt_params(record.description.sched))
+            try:  # info names the VMM and its threads as the host knows them (a confined VMM is a child)
+                self.dispatcher.add_domain(key, info["pid"], tids, bvt_params(record.description.sched))
             except PyhvError as e:
                 self.log(f"sched: cannot schedule domain {record.name}: {e}")
 

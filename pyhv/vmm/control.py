@@ -65,11 +65,15 @@ class Server:
         try:
             with conn:
                 conn.settimeout(5.0)
+                fds: list[int] = []
                 try:
-                    reply, stream = self._reply(_read_line(conn)[0])
+                    reply, stream = self._reply(_read_line(conn, fds)[0], fds)
                     conn.sendall(json.dumps(reply).encode() + b"\n")
                 except OSError:
                     stream = None  # the caller went away
+                finally:
+                    for fd in fds:
+                        os.close(fd)
                 if stream is not None:
                     self._done()  # a stream is not a request in flight: close() need not wait for it
                     with self._idle:
@@ -90,13 +94,16 @@ class Server:
             self._busy -= 1
             self._idle.notify_all()
 
-    def _reply(self, line: bytes) -> tuple[dict[str, Any], Stream | None]:
+    def _reply(self, line: bytes, fds: list[int]) -> tuple[dict[str, Any], Stream | None]:
         try:
             request = json.loads(line)
         except ValueError:
             return {"ok": False, "error": "request is not JSON"}, None
         if not isinstance(request, dict):
             return {"ok": False, "error": "request must be a JSON object"}, None
+        request.pop("fd", None)  # only ever the descriptor that came with the request (SCM_RIGHTS)
+        if fds:
+            request["fd"] = fds[0]
         try:
             answer = self.handler(request)
         except PyhvError as e:
@@ -120,11 +127,16 @@ class Server:
             self._idle.wait_for(lambda: self._busy == 0, wait)
 
 
-def _read_line(conn: socket.socket) -> tuple[bytes, bytes]:
-    """The first line on ``conn`` (without its newline), and what arrived after it."""
+def _read_line(conn: socket.socket, fds: list[int] | None = None) -> tuple[bytes, bytes]:
+    """The first line on ``conn`` (without its newline), and what arrived after it;
+    descriptors sent with it (SCM_RIGHTS, at most one) go to ``fds``."""
     data = b""
     while b"\n" not in data:
-        chunk = conn.recv(65536)
+        if fds is not None:
+            chunk, got, _, _ = socket.recv_fds(conn, 65536, 1)
+            fds.extend(got)
+        else:
+            chunk = conn.recv(65536)
         if not chunk:
             break
         data += chunk
@@ -134,14 +146,21 @@ def _read_line(conn: socket.socket) -> tuple[bytes, bytes]:
     return line, rest
 
 
-def _request(path: str, request: dict[str, Any], timeout: float) -> tuple[socket.socket, dict[str, Any], bytes]:
-    """Send one request: the open connection, the reply's fields, and what followed the reply line."""
+def _request(
+    path: str, request: dict[str, Any], timeout: float, fds: tuple[int, ...] = (),
+) -> tuple[socket.socket, dict[str, Any], bytes]:
+    """Send one request (with ``fds``, SCM_RIGHTS): the open connection, the
+    reply's fields, and what followed the reply line."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         try:
             s.settimeout(timeout)
             s.connect(path)
-            s.sendall(json.dumps(request).encode() + b"\n")
+            data = json.dumps(request).encode() + b"\n"
+            if fds:
+                sent = socket.send_fds(s, [data], list(fds))
+                data = data[sent:]
+            s.sendall(data)
             line, rest = _read_line(s)
         except TimeoutError:
             raise ControlError(f"no answer within {timeout:g} s", transport=True, timeout=True) from None
@@ -161,9 +180,9 @@ def _request(path: str, request: dict[str, Any], timeout: float) -> tuple[socket
     return s, reply, rest
 
 
-def call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """Send one request; the reply's fields, or ControlError with the domain's message."""
-    s, reply, _ = _request(path, request, timeout)
+def call(path: str, request: dict[str, Any], timeout: float = 5.0, fds: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Send one request (and ``fds`` with it); the reply's fields, or ControlError with the domain's message."""
+    s, reply, _ = _request(path, request, timeout, fds)
     s.close()
     return reply
 

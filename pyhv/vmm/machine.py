@@ -137,7 +137,10 @@ class Machine:
             raise PyhvError(f"vCPU {index} is running: pause the machine first")
         return read_state(v.vcpu)
 
-    def save(self, path: str, sync: bool = True, description: Description | None = None, force: bool = False) -> Any:
+    def save(
+        self, path: str, sync: bool = True, description: Description | None = None, force: bool = False,
+        into: int | None = None,
+    ) -> Any:
         """Write the whole machine to snapshot file ``path`` (see vmm/snapshot.py);
         an existing ``path`` is replaced only with ``force`` and only if it is a
         pyhv snapshot.
@@ -149,7 +152,7 @@ class Machine:
 
         self._refuse_vhost_user("save", SnapshotError)
         with self.quiesced():
-            return save(self, path, sync, description, force)
+            return save(self, path, sync, description, force, into)
 
     def migrate(self, address: tuple[str, int], key: bytes, **options: Any) -> Any:
         """Live-migrate to ``pyhv run --incoming`` at ``address``; see vmm/migrate.py."""
@@ -205,6 +208,21 @@ class Machine:
     def ctrl_alt_del(self) -> int:
         """Press Ctrl-Alt-Del on the i8042 keyboard (a guest's own reboot); the bytes queued."""
         return self.devices.i8042.ctrl_alt_del()
+
+    def set_rate_limit(self, queue: str, index: int, limit: Any) -> None:
+        """A new rate limit (a :class:`pyhv.model.RateLimit`, or None) for disk
+        ``index`` (``queue`` "disk") or one direction of NIC ``index`` ("rx", "tx"),
+        in force from the next request on."""
+        from ..devices.ratelimit import RateLimiter
+        from ..devices.virtio.blk import Blk
+        from ..devices.virtio.net import RX, TX, Net
+
+        kind: type[Any] = Blk if queue == "disk" else Net
+        found = [d for _, d in self.devices.of_type(kind)]
+        if not 0 <= index < len(found):
+            raise PyhvError(f"no {'disk' if queue == 'disk' else 'NIC'} {index} (the machine has {len(found)})")
+        which = {"disk": 0, "rx": RX, "tx": TX}[queue]
+        found[index].limit(which, RateLimiter.of(limit), self.io.call_later)
 
     def swap_disk(self, index: int, path: str) -> int:
         """Put the image at ``path`` behind virtio-blk disk ``index`` (the

@@ -373,8 +373,11 @@ def migrate(
     timeout: float = 60.0,
     description: Description | None = None,
     faults: tuple[Fault, ...] = (),
+    connection: socket.socket | None = None,
 ) -> MigrationStats:
     """Move the running ``machine`` to the receiver at ``address``; on success it is stopped here.
+    ``connection``: already connected there (pyhvd connects for a confined
+    domain, which has no network of its own).
 
     Pre-copy rounds go on until the memory still dirty could be sent in
     ``max_downtime`` seconds at the rate measured so far, for at most
@@ -389,7 +392,11 @@ def migrate(
     if len(key) < 16:
         raise MigrationError("the migration key must be at least 16 bytes")
     try:
-        sock = socket.create_connection(address, timeout=timeout)
+        if connection is not None:
+            sock = connection
+            sock.settimeout(timeout)
+        else:
+            sock = socket.create_connection(address, timeout=timeout)
     except OSError as e:
         raise MigrationError(f"cannot connect to {address[0]}:{address[1]}: {e.strerror or e}") from None
     log = DirtyLog(machine)

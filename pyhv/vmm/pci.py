@@ -141,13 +141,6 @@ class PciWiring:
         self._notify_fds.clear()
 
 
-def _notifier(transport: VirtioPci, queue: int) -> Any:
-    def kick() -> None:
-        transport.device.notify(queue)
-
-    return kick
-
-
 def _target(transport: VirtioPci, queue: int) -> Any:
     return lambda: transport.msi_target(queue)
 

@@ -95,6 +95,7 @@ class Runtime:
         self._wake = threading.Event()
         self._paused_wanted = paused
         self.gdb: Any = None  # the GDB stub (debug/gdbstub.py) while one listens
+        self.confined = False  # in a jail (pyhv/jail/): no network, no host paths
 
     @property
     def name(self) -> str:
@@ -348,6 +349,32 @@ class Runtime:
         self.description = description
         return {"index": index, "path": description.disks[index].path, "sectors": sectors}
 
+    def op_rate_limit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A new rate limit (``limit``: the description's plain form, or null for
+        none) on a disk (``index`` or ``serial``) or on one direction of a NIC
+        (``nic``: its index, ``direction``: rx or tx), in force at once and kept
+        in the description."""
+        limit = request.get("limit")
+        plain = to_plain(self.description)
+        if "nic" in request:
+            nic, direction = request.get("nic"), request.get("direction")
+            if not isinstance(nic, int) or isinstance(nic, bool) or not 0 <= nic < len(self.description.nics):
+                raise PyhvError(f"rate-limit: no NIC {str(nic)[:20]} (the domain has {len(self.description.nics)})")
+            if direction not in ("rx", "tx"):
+                raise PyhvError("rate-limit: direction must be rx or tx")
+            plain["nics"][nic][f"{direction}_rate_limit"] = limit
+            description = from_plain(plain)
+            queue, index = str(direction), nic
+            new = getattr(description.nics[nic], f"{direction}_rate_limit")
+        else:
+            index = self._disk_index(request, "rate-limit")
+            plain["disks"][index]["rate_limit"] = limit
+            description = from_plain(plain)
+            queue, new = "disk", description.disks[index].rate_limit
+        self._running_machine().set_rate_limit(queue, index, new)
+        self.description = description
+        return {}
+
     def _disk_index(self, request: dict[str, Any], op: str) -> int:
         """The disk a request names by ``index`` or by ``serial`` (exactly one)."""
         index, serial = request.get("index"), request.get("serial")
@@ -386,7 +413,9 @@ class Runtime:
         """Save the whole domain to ``path``; then ``destroy`` it (the default,
         as xl does), let it ``continue``, or leave it ``pause``d.  A save that
         fails leaves the domain as it was.  An existing ``path`` is replaced
-        only with ``force`` and only if it is a pyhv snapshot."""
+        only with ``force`` and only if it is a pyhv snapshot.  With a descriptor
+        passed along (``fd``, pyhvd's temporary for a confined domain) the
+        snapshot is written through it and ``path`` is only its name."""
         path, then, force = request.get("path"), request.get("then", "destroy"), request.get("force", False)
         if not isinstance(path, str) or not os.path.isabs(path):
             raise PyhvError("save: path must be an absolute file name")
@@ -401,8 +430,10 @@ class Runtime:
             machine.pause(OP_TIMEOUT)
             with self._lock:
                 self.state = "paused"
+        fd = request.get("fd")
         try:
-            info = machine.save(path, description=self.description, force=force)
+            info = machine.save(path, description=self.description, force=force,
+                                into=os.dup(fd) if isinstance(fd, int) else None)
         except BaseException:
             if then != "continue" and was_running:
                 machine.resume()
@@ -429,9 +460,18 @@ class Runtime:
             raise PyhvError("migrate: the key must be hex") from None
         from .migrate import HandoverUnknown
 
+        fd = request.get("fd")  # connected by pyhvd: a confined domain has no network
+        if self.confined and not isinstance(fd, int):
+            raise PyhvError(f"migrate: domain {self.name} is confined and has no network: "
+                            "its connection must come with the request")
         machine = self._running_machine()
+        connection = None
+        if isinstance(fd, int):
+            import socket
+
+            connection = socket.socket(fileno=os.dup(fd))
         try:
-            stats = machine.migrate((host, port), secret, description=self.description)
+            stats = machine.migrate((host, port), secret, description=self.description, connection=connection)
         except HandoverUnknown as e:
             self.stop(StopKind.MIGRATED, 1, str(e))
             _say(f"{self._who()}{e}")
@@ -446,6 +486,8 @@ class Runtime:
         against whichever machine runs; where it listens."""
         from ..debug.gdbstub import Server
 
+        if self.confined:
+            raise PyhvError(f"gdb: domain {self.name} is confined: the stub cannot listen outside its jail")
         with self._lock:
             if self.gdb is not None:
                 raise PyhvError(f"a GDB stub already listens on {self.gdb.remote}")
@@ -512,6 +554,7 @@ OPS: dict[str, Callable[[Runtime, dict[str, Any]], Any]] = {
     "mem-max": Runtime.op_mem_max,
     "vcpu-pin": Runtime.op_vcpu_pin,
     "disk-swap": Runtime.op_disk_swap,
+    "rate-limit": Runtime.op_rate_limit,
     "ctrl-alt-del": Runtime.op_ctrl_alt_del,
     "metrics": Runtime.op_metrics,
     "save": Runtime.op_save,

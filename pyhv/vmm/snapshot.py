@@ -242,13 +242,16 @@ def write_memory(memory: GuestMemory, fd: int, base: int = MEMORY_OFFSET) -> tup
 
 def save(
     machine: Machine, path: str, sync: bool = True, description: Description | None = None, force: bool = False,
+    into: int | None = None,
 ) -> SaveInfo:
     """Write ``machine`` (paused, I/O thread held: see :meth:`Machine.save`) to ``path``;
     ``description``, when given, is the domain as it is now (memory limits or
     scheduling changed since it was built) and is kept instead of the machine's.
-    An existing ``path`` is refused unless ``force`` and it is a pyhv snapshot."""
+    An existing ``path`` is refused unless ``force`` and it is a pyhv snapshot.
+    ``into``: write in place through this descriptor (closed here) instead,
+    which whoever opened it names (:func:`open_temporary`)."""
     t0 = time.perf_counter()
-    fd = handed(path)  # a confined VMM writes through the descriptor opened for it before (pyhv/jail/)
+    fd = into if into is not None else handed(path)  # a confined VMM writes through descriptors (pyhv/jail/)
     tmp = None
     if fd is None:
         _check_target(path, force)
@@ -256,11 +259,7 @@ def save(
     if description is not None:
         state["description"] = to_plain(description)
     if fd is None:
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise SnapshotError(f"cannot create {tmp}: {e.strerror}") from None
+        tmp, fd = open_temporary(path, force, checked=True)
     try:
         mem_len = machine.memory.size
         # In place (handed over), the file is emptied first and the header that
@@ -278,7 +277,7 @@ def save(
             os.fsync(fd)
         st = os.fstat(fd)
         if tmp is not None:
-            _put_in_place(tmp, path, force)
+            put_in_place(tmp, path, force)
     except OSError as e:
         if tmp is not None:
             _unlink(tmp)
@@ -290,6 +289,23 @@ def save(
     finally:
         os.close(fd)
     return SaveInfo(path, st.st_size, st.st_blocks * 512, written, time.perf_counter() - t0)
+
+
+def open_temporary(path: str, force: bool, checked: bool = False) -> tuple[str, int]:
+    """A new temporary file beside ``path`` (created O_EXCL|O_NOFOLLOW) for a save
+    that :func:`put_in_place` names ``path`` once complete: its name and descriptor.
+    ``path`` is checked first (unless ``checked``).  Raises SnapshotError."""
+    if not checked:
+        _check_target(path, force)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
+    try:
+        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise SnapshotError(f"cannot create {tmp}: {e.strerror}") from None
+
+
+def discard_temporary(tmp: str) -> None:
+    _unlink(tmp)
 
 
 def open_target(path: str) -> int:
@@ -326,7 +342,7 @@ def _check_target(path: str, force: bool) -> None:
         raise SnapshotError(f"cannot save to {path}: it exists and is not a pyhv snapshot")
 
 
-def _put_in_place(tmp: str, path: str, force: bool) -> None:
+def put_in_place(tmp: str, path: str, force: bool) -> None:
     """Give the finished snapshot its name: a hard link fails if ``path`` appeared
     meanwhile (no overwrite); with ``force``, a rename over the checked snapshot."""
     if force:

@@ -166,3 +166,11 @@ def daemon_fixture(tmp_path: Path, *args: str) -> Iterator[Daemon]:
         yield d
     finally:
         d.cleanup()
+
+
+def vmm_pid(pid: int) -> int:
+    """The process running a domain's machine: the domain process itself, or the
+    confined VMM it supervises (its one child, pyhv/jail/enter.py)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = f.read().split()
+    return int(children[0]) if len(children) == 1 else pid

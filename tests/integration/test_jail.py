@@ -3,6 +3,7 @@ uid, no capabilities, no_new_privs) still runs the probe's workloads."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -47,12 +48,12 @@ def _start_ticker(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
 
 
 def _wait_tick(p: subprocess.Popen[str]) -> str:
+    """The next whole ``probe: tick`` line (one cut by a save's pause is skipped)."""
     assert p.stdout is not None
     line = p.stdout.readline()
-    assert line.startswith("probe: "), line + (p.stderr.read() if p.poll() is not None and p.stderr else "")
     while not line.startswith("probe: tick "):
+        assert line, "the guest stopped printing: " + (p.stderr.read() if p.poll() is not None and p.stderr else "")
         line = p.stdout.readline()
-        assert line, "the guest stopped printing"
     return line
 
 
@@ -244,3 +245,103 @@ def test_breakout_attempt_is_refused_or_kills_the_vmm_naming_the_call(
     assert p.poll() is None and _status(victim_vmm)["State"][0] in "RS"  # the other domain runs on
     _wait_tick(p)
     assert disk.read_bytes() == before
+
+
+# -- under pyhvd -------------------------------------------------------------------------------
+
+
+def test_pyhvd_confines_its_domains_by_default_and_jail_false_opts_out_loudly(tmp_path: Path) -> None:
+    from .pyhvd import daemon_fixture, vmm_pid
+
+    for d in daemon_fixture(tmp_path, "--jail-uids", "300000:1000"):
+        assert d.pyhv("create", str(d.config("boxed", "ticker probe.n=50"))).returncode == 0
+        assert d.pyhv("create", str(d.config("open", "ticker probe.n=50", jail=False))).returncode == 0
+        d.wait_for("boxed", "probe: tick n=2")
+        d.wait_for("open", "probe: tick n=2")
+        boxed, opened = d.domains()["boxed"], d.domains()["open"]
+        vmm = vmm_pid(boxed["pid"])
+        status = _status(vmm)
+        assert status["Uid"].split()[0] == str(300000 + boxed["id"] % 1000)
+        assert status["CapEff"] == "0000000000000000" and status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+        assert os.readlink(f"/proc/{vmm}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        assert _status(vmm_pid(opened["pid"]))["Uid"].split()[0] == "0"
+        assert f"WARNING: domain {opened['id']} (open) runs NOT confined: jail = false" in d.log()
+        # pyhvd names the confined VMM's vCPU threads by their host ids
+        (vcpu,) = json.loads(d.pyhv("vcpu-list", "--json", "boxed").stdout)
+        with open(f"/proc/{vmm}/task/{vcpu['tid']}/comm") as f:
+            assert f.read().strip() == "vcpu0"
+        # console, save, restore
+        assert "probe: tick" in d.pyhv("dmesg", "boxed").stdout
+        snap = d.state_dir / "snapshots" / "boxed.snap"
+        assert d.pyhv("save", "boxed", str(snap)).returncode == 0
+        assert "boxed" not in d.domains()
+        r = d.pyhv("restore", str(snap))
+        assert r.returncode == 0, r.stderr
+        before = d.console_log("boxed").count("probe: tick")
+        deadline = time.monotonic() + 30
+        while d.console_log("boxed").count("probe: tick") <= before + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.console_log("boxed").count("probe: tick") > before + 2
+        restored = d.domains()["boxed"]
+        assert _status(vmm_pid(restored["pid"]))["Seccomp"] == "2"
+        assert d.pyhv("destroy", "boxed").returncode == 0
+        jail = d.run_dir / "jail" / f"domain-{restored['id']}"
+        deadline = time.monotonic() + 10
+        while jail.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not jail.exists()
+
+
+# -- the jailer --------------------------------------------------------------------------------
+
+
+def test_jailer_runs_the_firecracker_front_end_confined_in_firecracker_s_layout(tmp_path: Path) -> None:
+    uid = 300999
+    (tmp_path / "bin").mkdir()
+    exec_file = tmp_path / "bin" / "firecracker"
+    exec_file.write_text("")
+    jail_id = f"j{os.getpid()}"
+    root = tmp_path / "jail" / "firecracker" / jail_id / "root"
+    root.mkdir(parents=True)
+    (root / "probe.elf").write_bytes(PROBE.read_bytes())
+    os.chown(root / "probe.elf", uid, uid)
+    (root / "vm.json").write_text(json.dumps({
+        "boot-source": {"kernel_image_path": "/probe.elf", "boot_args": "probe.test=hello"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}))
+    cgroup = Path("/sys/fs/cgroup/cpuset/pyhv-test") / jail_id
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pyhv.jail.jailer import main; sys.exit(main())",
+         "--id", jail_id, "--exec-file", str(exec_file), "--uid", str(uid), "--gid", str(uid),
+         "--chroot-base-dir", str(tmp_path / "jail"), "--new-pid-ns", "--cgroup", "cpuset.cpus=0",
+         "--parent-cgroup", "pyhv-test", "--resource-limit", "no-file=512",
+         "--", "--no-api", "--config-file", "/vm.json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+    vmm = 0
+    try:
+        assert p.wait(30) == 0, p.stderr.read() if p.stderr else ""  # the jailer exits once the child runs
+        vmm = int((root / "firecracker.pid").read_text())
+        assert p.stdout is not None
+        lines = [p.stdout.readline() for _ in range(3)]
+        status = _status(vmm)
+        seen, jail_root = os.stat(f"/proc/{vmm}/root"), os.stat(root)
+        with open(cgroup / "tasks") as f:
+            tasks = f.read().split()
+        with open(f"/proc/{vmm}/limits") as f:
+            files_limit = next(line for line in f if line.startswith("Max open files")).split()[3]
+    finally:
+        if vmm:
+            os.kill(vmm, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while os.path.exists(f"/proc/{vmm}") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        p.communicate(timeout=10)
+        for folder in (cgroup, cgroup.parent):
+            if folder.exists():
+                folder.rmdir()
+    assert Run(0, "".join(lines), "").line("result")["result"] == "pass", lines
+    assert status["Uid"].split()[0] == str(uid) and status["CapEff"] == "0000000000000000"
+    assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1"
+    assert (seen.st_dev, seen.st_ino) == (jail_root.st_dev, jail_root.st_ino)
+    assert str(vmm) in tasks and files_limit == "512"
+    assert sorted(os.listdir(root / "dev")) == ["kvm", "net", "urandom"]

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from pyhv.jail.plan import HostFile, JailError, Mount, plan
@@ -28,7 +30,7 @@ def test_plan_binds_the_vsock_folder_read_only_and_hands_its_socket():
 def test_plan_hands_fw_cfg_files_and_bounds_tasks_by_vcpus():
     p = plan(desc(vcpus=4, fw_cfg=[{"name": "opt/a", "file": "/etc/a"}, {"name": "opt/b", "string": "x"}]), "/j", 0)
     assert HostFile("/etc/a", False, False) in p.files
-    assert dict(p.rlimits)["NPROC"] == 4 + 64
+    assert dict(p.rlimits)["NPROC"] == 4 + 128
 
 
 def test_plan_refuses_out_of_range_and_relative_root():
@@ -38,11 +40,18 @@ def test_plan_refuses_out_of_range_and_relative_root():
         plan(desc(), "j", 0)
 
 
-def test_plan_binds_vhost_user_bases_sockets_and_shared_directories():
-    d = desc(disks=[{"path": "/img/o.qcow2", "base": "/img/base.img"}, {"vhost_user": "/run/blk/s.sock"}],
-             fs=[{"tag": "a", "path": "/srv/share"}, {"tag": "b", "socket": "/run/vfs/b.sock"}])
+def test_plan_binds_the_folders_of_vhost_user_back_ends_sockets():
+    d = desc(disks=[{"vhost_user": "/run/blk/s.sock"}], fs=[{"tag": "b", "socket": "/run/vfs/b.sock"}])
 
     p = plan(d, "/run/pyhv/jail/web", 0)
 
-    assert [(m.source, m.readonly) for m in p.mounts][1:] == [
-        ("/img/o.qcow2", False), ("/img/base.img", True), ("/run/blk", False), ("/run/vfs", False), ("/srv/share", False)]
+    assert p.mounts == (Mount("/run/blk", "run/blk", True), Mount("/run/vfs", "run/vfs", True))
+
+
+@pytest.mark.parametrize("extra,key", [
+    ({"fs": [{"tag": "a", "path": "/srv/share"}]}, "fs[0].path"),
+    ({"disks": [{"path": "/img/o.qcow2", "base": "/img/base.img"}]}, "disks[0].base"),
+])
+def test_plan_refuses_back_ends_pyhv_would_start_itself(extra, key):
+    with pytest.raises(JailError, match="^" + re.escape(key) + ": a confined domain cannot start"):
+        plan(desc(**extra), "/j", 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,7 +62,7 @@ class FakeMachine:
     def resume(self) -> None:
         self.state = "running"
 
-    def save(self, path: str, description: Any = None, force: bool = False) -> Any:
+    def save(self, path: str, description: Any = None, force: bool = False, into: int | None = None) -> Any:
         raise PyhvError(f"cannot create {path}.tmp: No such file or directory")
 
 
@@ -101,6 +102,28 @@ def test_a_failed_save_leaves_the_domain_running_as_before() -> None:
     with pytest.raises(PyhvError, match="No such file"):
         runtime.handle({"op": "save", "path": "/nonexistent/dir/snap", "then": "pause"})
     assert (machine.state, runtime.state) == ("running", "running")
+
+
+def test_a_descriptor_passed_with_a_request_reaches_the_handler_and_json_cannot_forge_one(tmp_path: Path) -> None:
+    path = str(tmp_path / "control")
+    seen: list[object] = []
+
+    def handler(request: dict[str, Any]) -> dict[str, Any]:
+        fd = request.get("fd")
+        seen.append(os.read(fd, 5) if isinstance(fd, int) else fd)
+        return {}
+
+    server = control.Server(path, handler)
+    r, w = os.pipe()
+    try:
+        os.write(w, b"hello")
+        control.call(path, {"op": "save"}, fds=(r,))
+        control.call(path, {"op": "save", "fd": 0})
+    finally:
+        server.close()
+        os.close(r)
+        os.close(w)
+    assert seen == [b"hello", None]
 
 
 def test_mem_max_changes_the_description_the_domain_travels_with() -> None:
@@ -312,3 +335,29 @@ def test_bad_disk_swaps_are_refused_in_one_line(request_: dict[str, Any], messag
 def test_ctrl_alt_del_presses_the_keys_on_the_running_machine() -> None:
     machine = DiskMachine()
     assert (runtime_with_disks(machine).handle({"op": "ctrl-alt-del"}), machine.presses) == ({"bytes": 11}, 1)
+
+
+class LimitMachine(FakeMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[tuple[str, int, Any]] = []
+
+    def set_rate_limit(self, queue: str, index: int, limit: Any) -> None:
+        self.limits.append((queue, index, limit))
+
+
+def test_rate_limit_requests_reach_the_machine_and_the_description() -> None:
+    machine = LimitMachine()
+    runtime = Runtime(from_plain({"kernel": "/k", "disks": [{"path": "/a.img"}], "nics": [{"tap": "t0"}]}), console=None)
+    runtime.machine, runtime.state = machine, "running"
+    runtime.handle({"op": "rate-limit", "index": 0, "limit": {"ops": {"size": 5, "refill_ms": 10}}})
+    runtime.handle({"op": "rate-limit", "nic": 0, "direction": "tx", "limit": {"bandwidth": {"size": 9, "refill_ms": 1}}})
+    with pytest.raises(PyhvError, match="direction must be rx or tx"):
+        runtime.handle({"op": "rate-limit", "nic": 0, "direction": "up", "limit": None})
+    with pytest.raises(PyhvError, match="refill_ms"):
+        runtime.handle({"op": "rate-limit", "index": 0, "limit": {"ops": {"size": 5, "refill_ms": 0}}})
+    d = runtime.description
+    assert [(q, i, str(lim)) for q, i, lim in machine.limits] == [
+        ("disk", 0, str(d.disks[0].rate_limit)), ("tx", 0, str(d.nics[0].tx_rate_limit))]
+    assert (d.disks[0].rate_limit.ops.size if d.disks[0].rate_limit and d.disks[0].rate_limit.ops else None,
+            d.nics[0].rx_rate_limit) == (5, None)
