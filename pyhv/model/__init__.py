@@ -801,6 +801,11 @@ def json_schema() -> dict[str, Any]:
             "on_reboot": {"type": "string", "enum": list(ON_REBOOT)},
             "on_crash": {"type": "string", "enum": list(ON_CRASH)},
             "serial": {"type": "string", "description": "stdio, none or file:PATH (pyhvd: the console log)"},
+            "debug_exit": {"oneOf": [{"type": "string", "enum": list(DEBUG_EXIT_MAPPINGS)}, {"type": "boolean"}],
+                           "description": "pyhv: a write of V ends with status V & 0xff; qemu: (V << 1) | 1; "
+                                          "true is pyhv, false is off"},
+            "jail": {"type": "boolean", "default": True,
+                     "description": "pyhvd confines the domain's VMM; false opts out"},
             "balloon": {"type": "boolean"},
             "rng": {"type": "boolean"},
             "transport": {"type": "string", "enum": list(TRANSPORTS),
