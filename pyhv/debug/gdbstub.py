@@ -50,28 +50,46 @@ def _say(text: str) -> None:
     print(f"pyhv: gdb: {text}", file=sys.stderr, flush=True)
 
 
+def listen(spec: str) -> socket.socket:
+    """A socket listening on ``spec``: ``unix:PATH`` (a stale socket there is replaced,
+    never another file) or ``tcp:HOST:PORT``.  Raises OSError (UsageError for a bad spec)."""
+    family, address, _ = parse_address(spec)
+    if family == "unix":
+        return listen_unix(address, 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Server:
     """Listens on ``spec``; serves GDB against the machine ``get_machine()`` returns."""
 
-    def __init__(self, spec: str, get_machine: Callable[[], Any], kill: Callable[[], None]) -> None:
+    def __init__(
+        self, spec: str, get_machine: Callable[[], Any], kill: Callable[[], None],
+        listener: socket.socket | None = None,
+    ) -> None:
+        """``listener``: a socket already listening on ``spec``'s address, made by whoever
+        may (pyhvd for a confined domain, which can neither bind on the host's file
+        system nor reach its network); it stays the maker's to unlink."""
         family, address, self.wait = parse_address(spec)
         self.get_machine = get_machine
         self.kill = kill
-        self._path = address if family == "unix" else None
+        self._path = address if family == "unix" and listener is None else None
+        self.address: Any = address
         try:
-            if family == "unix":  # replaces only a stale socket, never another file
-                self.sock = listen_unix(address, 1)
-                self.address: Any = address
+            if listener is not None:
+                self.sock = listener
+                self.address = address if family == "unix" else listener.getsockname()
             else:
-                self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    self.sock.bind(address)
-                    self.sock.listen(1)
-                except OSError:
-                    self.sock.close()
-                    raise
-                self.address = self.sock.getsockname()
+                self.sock = listen(spec)
+                if family == "tcp":
+                    self.address = self.sock.getsockname()
         except OSError as e:
             raise UsageError(f"--gdb {spec}: cannot listen: {e.strerror or e}") from None
         self._closed = False

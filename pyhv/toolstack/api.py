@@ -157,10 +157,19 @@ class Api:
         if "listen" in body and not _tcp_address(listen):
             raise Refused("listen: must be tcp:HOST:PORT (without it the stub listens on a unix "
                           "socket in the domain's run directory)", 400)
-        return 200, record.call("gdb", listen=listen)
+        current = record.call("gdb", query=True).get("address")
+        if current:  # asked first: listening anew would take the name from the stub that has it
+            raise Refused(f"a GDB stub already listens on {current}", 409)
+        sock = _gdb_listener(listen)  # pyhvd listens, the domain serves: a confined one can do no more
+        try:
+            return 200, record.call("gdb", fds=(sock.fileno(),), listen=listen)
+        finally:
+            sock.close()
 
     def stop_gdb(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
-        return 200, record.call("gdb", stop=True)
+        reply = record.call("gdb", stop=True)
+        _remove_socket(os.path.join(record.run_dir, "gdb.sock"))
+        return 200, reply
 
     def metrics_text(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         from .metrics import prometheus
@@ -276,6 +285,27 @@ def _int(body: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 52:
         raise Refused(f"{key}: must be a number of bytes", 400)
     return value
+
+
+def _gdb_listener(spec: str) -> Any:
+    """A socket listening on a GDB stub's address; Refused in one line if it cannot."""
+    from ..debug.gdbstub import listen
+
+    try:
+        return listen(spec)
+    except OSError as e:
+        raise Refused(f"gdb: cannot listen on {spec}: {e.strerror or e}", 409) from None
+
+
+def _remove_socket(path: str) -> None:
+    """Unlink ``path`` if it is a socket (the stub's, which a confined domain cannot remove)."""
+    import stat
+
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _tcp_address(spec: Any) -> bool:

@@ -481,18 +481,36 @@ class Runtime:
 
     # --- debugging: the GDB stub and the Python prompt --------------------------------------
 
-    def start_gdb(self, spec: str) -> str:
+    def start_gdb(self, spec: str, listener: int | None = None) -> str:
         """Serve the GDB remote protocol on ``spec`` (``unix:PATH`` or ``tcp:HOST:PORT``)
-        against whichever machine runs; where it listens."""
+        against whichever machine runs; where it listens.  ``listener``: a descriptor
+        already listening there (SCM_RIGHTS with the request), which becomes the stub's;
+        a confined domain can only serve one handed to it."""
+        import socket
+
         from ..debug.gdbstub import Server
 
-        if self.confined:
-            raise PyhvError(f"gdb: domain {self.name} is confined: the stub cannot listen outside its jail")
+        sock = None
+        if listener is not None:
+            sock = socket.socket(fileno=listener)
+            if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.close()
+                raise PyhvError("gdb: the descriptor handed over is not a listening stream socket")
+        elif self.confined:
+            raise PyhvError(f"gdb: domain {self.name} is confined: it cannot listen itself "
+                            "(pyhvd hands it a listening socket: use pyhv gdb)")
         with self._lock:
             if self.gdb is not None:
+                if sock is not None:
+                    sock.close()
                 raise PyhvError(f"a GDB stub already listens on {self.gdb.remote}")
-            self.gdb = Server(spec, lambda: self.machine,
-                              lambda: self.stop(StopKind.DESTROY, 0, "killed by the debugger"))
+            try:
+                self.gdb = Server(spec, lambda: self.machine,
+                                  lambda: self.stop(StopKind.DESTROY, 0, "killed by the debugger"), sock)
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
             return str(self.gdb.remote)
 
     def stop_gdb(self) -> bool:
@@ -504,11 +522,15 @@ class Runtime:
 
     def op_gdb(self, request: dict[str, Any]) -> dict[str, Any]:
         listen, stop = request.get("listen"), request.get("stop", False)
+        if request.get("query") is True and listen is None and stop is False:
+            with self._lock:
+                return {"address": None if self.gdb is None else str(self.gdb.remote)}
         if stop is True and listen is None:
             return {"stopped": self.stop_gdb()}
         if not isinstance(listen, str) or stop is not False:
-            raise PyhvError("gdb: give listen (unix:PATH or tcp:HOST:PORT) or stop: true")
-        return {"address": self.start_gdb(listen)}
+            raise PyhvError("gdb: give listen (unix:PATH or tcp:HOST:PORT), stop: true or query: true")
+        fd = request.get("fd")  # only ever a descriptor that came with the request (control.py closes it after)
+        return {"address": self.start_gdb(listen, os.dup(fd) if isinstance(fd, int) else None)}
 
     def op_repl(self, request: dict[str, Any]) -> Any:
         from ..debug import repl

@@ -113,7 +113,9 @@ def test_gdb_breakpoint_on_a_probe_function_stops_there_and_the_domain_ticks_on_
     assert gdb, "gdb is needed (scripts/setup installs it)"
     d = daemon
     line_end = symbol("line_end")  # the ticker calls it once per tick line
-    r = d.pyhv("create", str(d.config("b1", "ticker", cmdline="probe.test=ticker probe.n=50")))
+    # not confined: on this PVM host a confined guest that resumes from a ring-3
+    # breakpoint takes #UD (docs/INTROSPECTION.md, "Confined domains")
+    r = d.pyhv("create", str(d.config("b1", "ticker", cmdline="probe.test=ticker probe.n=50")), "jail=false")
     assert r.returncode == 0, r.stderr
     d.ticks_reach("b1", 2)
     r = d.pyhv("gdb", "b1")
