@@ -200,7 +200,10 @@ class Api:
         if not isinstance(force, bool):
             raise Refused("force: must be true or false", 400)
         path = self._snapshot_path(body["path"])
-        return 200, save_through(record, path, then, force)
+        reply = save_through(record, path, then, force)
+        if then == "destroy":
+            self.registry.settle(record)  # a restore of the same name right after must find it free
+        return 200, reply
 
     def restore_domain(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         _fields(body, required={"path"}, optional={"paused", "name", "verify"})

@@ -368,6 +368,12 @@ class Registry:
         processes.wait_gone(record, 5.0)
         self._reap(record)
 
+    def settle(self, record: DomainRecord, timeout: float = 10.0) -> None:
+        """Wait for a domain whose process is ending by itself (saved, then destroyed)
+        to be out of the table, so that its name is free when the caller hears back."""
+        if processes.wait_gone(record, timeout):
+            self._reap(record)
+
     def _remove(self, record: DomainRecord, why: str) -> None:
         with self.lock:
             if self.domains.pop(record.id, None) is None:
