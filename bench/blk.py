@@ -10,6 +10,13 @@ guest, with the TSC: sequential 1 MiB writes and reads over ``--mb`` MiB, and
 pwrite/pread (the page cache, as both VMMs use): the limit a VMM can approach.
 Medians of the repeats; the targets are sequential >= 90% of host and 4 KiB
 IOPS >= QEMU's.
+
+    python bench/blk.py --iops 200 --mb 1 --n 600
+
+limits both VMMs' disks to 200 requests a second (pyhv: ``--disk IMG,ops=200/1000``,
+a token bucket; QEMU: ``throttling.iops-total=200``) and prints each one's measured
+random IOPS as a fraction of the limit (at most about 1.0, plus what the bucket
+held when the phase began).
 """
 
 from __future__ import annotations
@@ -37,20 +44,22 @@ def probe_cmdline(mb: int, n: int) -> str:
     return f"probe.test=blkbench probe.mb={mb} probe.n={n} probe.qd=32"
 
 
-def command(vmm: str, kernel: Path, image: str, cmdline: str) -> tuple[list[str], dict[str, str] | None]:
+def command(vmm: str, kernel: Path, image: str, cmdline: str, iops: int = 0) -> tuple[list[str], dict[str, str] | None]:
     if vmm == "pyhv":
         env = dict(os.environ, PYTHONPATH=str(REPO))
+        disk = f"{image},ops={iops}/1000" if iops else image
         return [sys.executable, "-S", "-m", "pyhv", "run", "--kernel", str(kernel), "--cmdline", cmdline,
-                "--debug-exit", "--memory", "512M", "--disk", image], env
+                "--debug-exit", "--memory", "512M", "--disk", disk], env
+    throttle = f",throttling.iops-total={iops}" if iops else ""
     return ["qemu-system-x86_64", "-enable-kvm", "-M", QEMU_MACHINE, "-m", "512M", "-nodefaults",
             "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
             "-append", cmdline, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-drive", f"file={image},if=none,id=d0,format=raw,cache=writeback",
+            "-drive", f"file={image},if=none,id=d0,format=raw,cache=writeback{throttle}",
             "-device", "virtio-blk-pci,drive=d0,disable-legacy=on"], None
 
 
-def guest_run(vmm: str, kernel: Path, image: str, cmdline: str, timeout: float) -> dict[str, float] | str:
-    cmd, env = command(vmm, kernel, image, cmdline)
+def guest_run(vmm: str, kernel: Path, image: str, cmdline: str, timeout: float, iops: int = 0) -> dict[str, float] | str:
+    cmd, env = command(vmm, kernel, image, cmdline, iops)
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout,
                            stdin=subprocess.DEVNULL, check=False)
@@ -103,6 +112,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--kernel", type=Path, default=PROBE_ELF)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--iops", type=int, default=0, help="limit both VMMs' disks to this many requests a second")
     args = ap.parse_args()
     if not args.kernel.exists():
         subprocess.run(["make", "-s", "-C", str(REPO / "guests")], check=True)
@@ -120,7 +130,7 @@ def main() -> int:
                 image = os.path.join(workdir, f"{col}.img")
                 shutil.copyfile(master, image)
                 result = host_run(image, args.mb, args.n) if col == "host" else (
-                    guest_run(col, args.kernel, image, cmdline, args.timeout) if col not in failures else None
+                    guest_run(col, args.kernel, image, cmdline, args.timeout, args.iops) if col not in failures else None
                 )
                 if isinstance(result, str):
                     failures[col] = result
@@ -145,6 +155,12 @@ def main() -> int:
         print(f"  {col} failed: {why}")
     seq = [med("pyhv", m) and med("host", m) and med("pyhv", m) / med("host", m) for m in METRICS[:2]]  # type: ignore[operator]
     iops = [med("pyhv", m) and med("qemu", m) and med("pyhv", m) / med("qemu", m) for m in METRICS[2:]]  # type: ignore[operator]
+    if args.iops:
+        print(f"\nlimited to {args.iops} requests/s (measured random IOPS / limit):")
+        for m in METRICS[2:]:
+            cells = [f"{col} {v / args.iops:.2f}" for col in ("pyhv", "qemu") if (v := med(col, m)) is not None]
+            print(f"  {m:18} {'   '.join(cells)}")
+        return 1 if failures else 0
     print("\ntargets:")
     print(f"  sequential >= 0.90x host: {'MET' if all(s and s >= 0.9 for s in seq) else 'NOT MET'}  {seq}")
     print(f"  4 KiB IOPS >= qemu:       {'MET' if all(i and i >= 1.0 for i in iops) else 'NOT MET'}  {iops}")

@@ -52,20 +52,20 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return values["Rss"], values["Pss"]
 
 
-def wait_logs(paths: list[Path], deadline: float) -> float:
-    """Poll until every log holds READY; the time it happened."""
+def wait_logs(paths: list[Path], deadline: float, text: str = READY, poll: float = 0.005) -> float:
+    """Poll until every log holds ``text``; the time the last one did."""
     pending = set(paths)
     while pending:
         for p in list(pending):
             try:
-                if READY in p.read_text(errors="replace"):
+                if text in p.read_text(errors="replace"):
                     pending.discard(p)
             except FileNotFoundError:
                 pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(pending)} guests never printed {READY!r} (e.g. {sorted(pending)[0]})")
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} guests never printed {text!r} (e.g. {sorted(pending)[0]})")
         if pending:
-            time.sleep(0.005)
+            time.sleep(poll)
     return time.monotonic()
 
 

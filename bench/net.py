@@ -1,6 +1,6 @@
 """virtio-net: throughput and round trip, pyhv against QEMU (-netdev tap) and the host's veth.
 
-    python bench/net.py [--repeats 3] [--secs 3]
+    python bench/net.py [--repeats 3] [--secs 3] [--offload]
 
 Each VMM gets the same persistent TAP (``pbnet0``, host address 10.0.2.1/24,
 created with netlink through pyroute2) and the same probe:
@@ -12,6 +12,11 @@ created with netlink through pyroute2) and the same probe:
   ``--secs`` while the probe counts them (its ``rx_mbps``);
 * round trip: ``probe.test=netping`` pings 10.0.2.1 (the host answers), 200
   times, and reports the median.
+
+With ``--offload`` every row is measured a second time with the probe
+negotiating virtio-net's offloads (``probe.features=offload``: CSUM,
+GUEST_CSUM, HOST_UFO, MRG_RXBUF; QEMU's virtio-net-pci has them switched on
+explicitly), and a row sends 65,000-byte datagrams as single GSO_UDP frames.
 
 The limit is the host itself: the same UDP sends between two network
 namespaces over a veth pair (Python sender and receiver, as in the host-to-guest
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from exits import PROBE_ELF, REPO
@@ -36,6 +42,10 @@ from exits import PROBE_ELF, REPO
 TAP = "pbnet0"
 HOST_IP, GUEST_IP = "10.0.2.1", "10.0.2.15"
 SIZES = {"large": 1472, "small": 18}
+#: the datagram of the offload-only row: one GSO_UDP frame, cut up by the host
+GSO_SIZE = 65000
+#: virtio-net-pci properties for the offload rows (QEMU's defaults, spelled out)
+QEMU_OFFLOADS = ",csum=on,guest_csum=on,host_ufo=on,host_tso4=on,host_tso6=on,guest_tso4=on,guest_tso6=on,mrg_rxbuf=on"
 
 
 def make_tap() -> None:
@@ -54,7 +64,9 @@ def drop_tap() -> None:
     subprocess.run(["ip", "tuntap", "del", TAP, "mode", "tap"], capture_output=True, check=False)
 
 
-def vmm_command(vmm: str, kernel: Path, cmdline: str) -> tuple[list[str], dict[str, str] | None]:
+def vmm_command(vmm: str, kernel: Path, cmdline: str, offload: bool = False) -> tuple[list[str], dict[str, str] | None]:
+    if offload:
+        cmdline += " probe.features=offload"
     if vmm == "pyhv":
         return [sys.executable, "-S", "-m", "pyhv", "run", "--kernel", str(kernel), "--cmdline", cmdline,
                 "--debug-exit", "--net", f"tap={TAP},mac=52:54:00:12:34:56"], dict(os.environ, PYTHONPATH=str(REPO))
@@ -62,7 +74,7 @@ def vmm_command(vmm: str, kernel: Path, cmdline: str) -> tuple[list[str], dict[s
             "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
             "-append", cmdline, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=off",
-            "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,mac=52:54:00:12:34:56"], None
+            "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,mac=52:54:00:12:34:56" + (QEMU_OFFLOADS if offload else "")], None
 
 
 def probe_fields(out: str, key: str, field: str) -> dict[str, str]:
@@ -74,7 +86,7 @@ def probe_fields(out: str, key: str, field: str) -> dict[str, str]:
     return found
 
 
-def guest_to_host(vmm: str, kernel: Path, size: int, secs: int) -> float | str:
+def guest_to_host(vmm: str, kernel: Path, size: int, secs: int, offload: bool = False) -> float | str:
     """MB/s of UDP payload arriving on the host from the guest."""
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -82,7 +94,7 @@ def guest_to_host(vmm: str, kernel: Path, size: int, secs: int) -> float | str:
     rx.settimeout(0.5)
     got = 0
     first = last = 0.0
-    cmd, env = vmm_command(vmm, kernel, f"probe.test=netbench probe.size={size} probe.secs={secs} probe.ip={GUEST_IP} probe.peer={HOST_IP}")
+    cmd, env = vmm_command(vmm, kernel, f"probe.test=netbench probe.size={size} probe.secs={secs} probe.ip={GUEST_IP} probe.peer={HOST_IP}", offload)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + secs + 30
     while time.monotonic() < deadline and p.poll() is None:
@@ -102,9 +114,9 @@ def guest_to_host(vmm: str, kernel: Path, size: int, secs: int) -> float | str:
     return got / (last - first) / 1e6
 
 
-def host_to_guest(vmm: str, kernel: Path, size: int, secs: int) -> float | str:
+def host_to_guest(vmm: str, kernel: Path, size: int, secs: int, offload: bool = False) -> float | str:
     """MB/s the probe reports receiving while this process sends to it."""
-    cmd, env = vmm_command(vmm, kernel, f"probe.test=netbench probe.size={size} probe.n=0 probe.secs={secs} probe.ip={GUEST_IP} probe.peer={HOST_IP}")
+    cmd, env = vmm_command(vmm, kernel, f"probe.test=netbench probe.size={size} probe.n=0 probe.secs={secs} probe.ip={GUEST_IP} probe.peer={HOST_IP}", offload)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True)
     stop = threading.Event()
 
@@ -185,8 +197,8 @@ def veth_limit(size: int, secs: int) -> float | str:
         subprocess.run(["ip", "netns", "del", "pbnsB"], capture_output=True, check=False)
 
 
-def round_trip(vmm: str, kernel: Path) -> float | str:
-    cmd, env = vmm_command(vmm, kernel, f"probe.test=netping probe.n=200 probe.ip={GUEST_IP} probe.peer={HOST_IP}")
+def round_trip(vmm: str, kernel: Path, offload: bool = False) -> float | str:
+    cmd, env = vmm_command(vmm, kernel, f"probe.test=netping probe.n=200 probe.ip={GUEST_IP} probe.peer={HOST_IP}", offload)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
     fields = probe_fields(p.stdout, "netping", "rtt_us_p50")
     if "rtt_us_p50" not in fields:
@@ -199,11 +211,17 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--secs", type=int, default=3)
     ap.add_argument("--kernel", type=Path, default=PROBE_ELF)
+    ap.add_argument("--offload", action="store_true", help="measure every row again with offloads negotiated")
     args = ap.parse_args()
     limits = {k: veth_limit(s, args.secs) for k, s in SIZES.items()}
-    rows = [(f"guest->host {k} MB/s", lambda v, s=s: guest_to_host(v, args.kernel, s, args.secs)) for k, s in SIZES.items()]
-    rows += [(f"host->guest {k} MB/s", lambda v, s=s: host_to_guest(v, args.kernel, s, args.secs)) for k, s in SIZES.items()]
-    rows.append(("round trip us (p50)", lambda v: round_trip(v, args.kernel)))
+    rows: list[tuple[str, Callable[[str], float | str]]] = []
+    for off in (False, True) if args.offload else (False,):
+        tag = "+offload " if off else ""
+        rows += [(f"{tag}guest->host {k} MB/s", lambda v, s=s, o=off: guest_to_host(v, args.kernel, s, args.secs, o)) for k, s in SIZES.items()]
+        rows += [(f"{tag}host->guest {k} MB/s", lambda v, s=s, o=off: host_to_guest(v, args.kernel, s, args.secs, o)) for k, s in SIZES.items()]
+        rows.append((f"{tag}round trip us (p50)", lambda v, o=off: round_trip(v, args.kernel, o)))
+    if args.offload:
+        rows.append(("+offload guest->host 64K MB/s", lambda v: guest_to_host(v, args.kernel, GSO_SIZE, args.secs, True)))
     make_tap()
     results: dict[tuple[str, str], list[float]] = {}
     failures: dict[tuple[str, str], str] = {}
@@ -221,7 +239,7 @@ def main() -> int:
     finally:
         drop_tap()
     print(f"virtio-net over TAP {TAP}; {args.secs:g} s per transfer; medians of {args.repeats}\n")
-    print(f"{'':26} {'limit':>10} {'pyhv':>10} {'qemu':>10} {'pyhv/qemu':>10} {'pyhv/limit':>11}")
+    print(f"{'':30} {'limit':>10} {'pyhv':>10} {'qemu':>10} {'pyhv/qemu':>10} {'pyhv/limit':>11}")
     for name, _ in rows:
         cells = [statistics.median(results[(name, v)]) if (name, v) in results and (name, v) not in failures else None for v in ("pyhv", "qemu")]
         size = next((k for k in SIZES if f" {k} " in name), None)
@@ -231,7 +249,7 @@ def main() -> int:
         ratio = f"{cells[0] / cells[1]:9.2f}x" if None not in cells and cells[1] else f"{'-':>10}"
         to_limit = f"{cells[0] / lim:10.2f}x" if cells[0] is not None and lim else f"{'-':>11}"
         shown_lim = f"{lim:10.1f}" if lim else f"{'-':>10}"
-        print(f"{name:26} {shown_lim} {shown[0]} {shown[1]} {ratio} {to_limit}")
+        print(f"{name:30} {shown_lim} {shown[0]} {shown[1]} {ratio} {to_limit}")
     for size_name, limit in limits.items():
         if isinstance(limit, str):
             print(f"  limit ({size_name}): {limit}")

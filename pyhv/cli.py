@@ -25,19 +25,27 @@ RUN_OPTIONS = [
     Option("--kernel", "bzImage, ELF (vmlinux, PVH) or Multiboot kernel (required without --config)", "K"),
     Option("--config", "boot the domain a TOML file describes (schema: pyhv/model/__init__.py); "
            "options given as well override its values", "FILE"),
+    Option("--firmware", "a BIOS ROM (SeaBIOS's bios.bin) run from the reset vector instead of a kernel; "
+           "its debug port 0x402 and COM1 go to --serial", "FILE"),
     Option("--initrd", "initial ramdisk", "I"),
     Option("--cmdline", "kernel command line", "C"),
     Option("--memory", "guest memory (default 256M)", "SIZE"),
     Option("--vcpus", "number of virtual CPUs (default 1)", "N"),
     Option("--boot", "boot protocol (default: from the image)", "PROTO", None, ("auto", "linux", "pvh", "multiboot")),
-    Option("--debug-exit", "isa-debug-exit port at 0xf4: the guest's value becomes pyhv's exit status"),
-    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none] (repeatable)", "SPEC", repeat=True),
-    Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR] (repeatable; created if missing)", "SPEC", repeat=True),
+    Option("--debug-exit", "isa-debug-exit port at 0xf4: a guest write of V ends pyhv with status V & 0xff "
+           "(=pyhv, the default) or (V << 1) | 1 as QEMU does (=qemu)", "[=pyhv|qemu]", bare="pyhv"),
+    Option("--disk", "virtio-blk disk: PATH[,ro][,serial=S][,cache=writeback|none][,ops=LIMIT][,bw=LIMIT] (repeatable)", "SPEC", repeat=True),
+    Option("--net", "virtio-net on a TAP: tap=NAME[,mac=M][,bridge=BR][,rx-ops|rx-bw|tx-ops|tx-bw=LIMIT] (repeatable; created if missing)", "SPEC", repeat=True),
     Option("--vsock", "virtio-vsock: cid=N,uds=PATH (host side: Firecracker's unix-socket convention)", "SPEC"),
     Option("--fw-cfg", "a fw_cfg file: name=NAME,file=PATH or name=NAME,string=TEXT (repeatable; "
            "names under opt/)", "SPEC", repeat=True),
+    Option("--fs", "virtio-fs: tag=TAG,socket=PATH (a vhost-user back end) or tag=TAG,path=DIR (pyhv runs "
+           "virtiofsd on DIR) (repeatable)", "SPEC", repeat=True),
     Option("--balloon", "a virtio-balloon device (the host can take memory back)"),
     Option("--rng", "a virtio-rng device fed by the host's getrandom()"),
+    Option("--transport", "how virtio devices attach: pci (default) or mmio (virtio-mmio windows, "
+           "added to the command line as virtio_mmio.device=)", "KIND"),
+    Option("--no-vmgenid", "no VM Generation ID device (by default the guest gets one, new at boot and restore)"),
     Option("--serial", "COM1: stdio (default), file:PATH or none", "DEST"),
     Option("--on-reboot", "what a guest reboot does (default restart)", "ACTION", None, ("destroy", "restart")),
     Option("--on-poweroff", "what a guest power-off does (default destroy)", "ACTION", None, ("destroy", "restart")),
@@ -89,7 +97,7 @@ def usage(command: str | None = None) -> str:
     text, options = COMMANDS[command]
     lines = [f"usage: pyhv {command} [OPTIONS]", "", text, "", "options:"]
     for o in options:
-        head = f"{o.name} {o.metavar}".strip()
+        head = f"{o.name}{o.metavar}" if o.bare else f"{o.name} {o.metavar}".strip()
         choices = f" ({'|'.join(o.choices)})" if o.choices else ""
         lines.append(f"  {head:22s} {o.help}{choices}")
     return "\n".join(lines)
@@ -120,8 +128,8 @@ def describe_run(args: SimpleNamespace) -> tuple[Description, dict[int, int]]:
         data = files.load_mapping(args.config)
         data.update(plain)
         plain = data
-    elif "kernel" not in plain:
-        raise UsageError("--kernel is required (or --config FILE)")
+    elif "kernel" not in plain and "firmware" not in plain:
+        raise UsageError("--kernel is required (or --firmware FILE, or --config FILE)")
     return options.describe(plain, given, args.config or ""), taps
 
 

@@ -20,12 +20,15 @@ class Option:
 
     def __init__(
         self, name: str, help: str, metavar: str = "", default: object = None,
-        choices: tuple[str, ...] = (), required: bool = False, repeat: bool = False,
+        choices: tuple[str, ...] = (), required: bool = False, repeat: bool = False, bare: str = "",
     ) -> None:
         self.name = name
         self.help = help
         self.metavar = metavar  # empty: a flag without a value
         self.default = False if not metavar else default
+        # with ``bare``, the value may be left out (``--name`` means ``--name=BARE``); given,
+        # it is only ever the ``--name=VALUE`` form, so the next argument is never taken
+        self.bare = bare
         self.choices = choices
         self.required = required
         self.repeat = repeat  # may be given several times: a list of values
@@ -38,7 +41,7 @@ class Option:
 
 
 def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
-    """``--name VALUE``, ``--name=VALUE`` and flags; UsageError on anything else."""
+    """``--name VALUE``, ``--name=VALUE``, flags and ``--name[=VALUE]``; UsageError on anything else."""
     by_name = {o.name: o for o in options}
     values: dict[str, object] = {o.dest: [] if o.repeat else o.default for o in options}
     args = list(argv)
@@ -53,7 +56,9 @@ def parse(argv: Sequence[str], options: list[Option]) -> SimpleNamespace:
                 raise UsageError(f"{name} takes no value")
             values[option.dest] = True
             continue
-        if not eq:
+        if not eq and option.bare:
+            value = option.bare
+        elif not eq:
             if not args:
                 raise UsageError(f"{name} needs a value ({option.metavar})")
             value = args.pop(0)

@@ -18,6 +18,7 @@ import os
 from typing import Protocol
 
 from ._sys import libc
+from ._sys.kvm_h import KVM_MEM_READONLY
 from .errors import MemoryAccessError, PyhvError
 
 KiB = 1 << 10
@@ -65,6 +66,9 @@ class GuestMemory:
     def __init__(self, size: int, *, memfd: bool = False) -> None:
         self.size = size
         self.regions: list[Region] = []
+        #: read-only memory (a firmware ROM), registered with KVM_MEM_READONLY after the RAM:
+        #: guest reads come from it, guest writes exit as MMIO; pyhv's own accesses never see it
+        self.roms: list[Region] = []
         self._low = Region(0, 0, 0, memoryview(b""))
         try:
             for gpa, length in x86_ram_layout(size):
@@ -83,6 +87,7 @@ class GuestMemory:
         self = cls.__new__(cls)
         self.size = size
         self.regions = []
+        self.roms = []
         self._low = Region(0, 0, 0, memoryview(b""))
         prot = libc.PROT_READ | libc.PROT_WRITE
         try:
@@ -223,18 +228,38 @@ class GuestMemory:
     # --- lifetime --------------------------------------------------------------
 
     def register(self, vm: VmLike, first_slot: int = 0, flags: int = 0) -> None:
-        """Register every region with KVM as a memory slot (again, to change ``flags``)."""
+        """Register every region with KVM as a memory slot (again, to change ``flags``);
+        ROMs go into the slots after the RAM's, read-only."""
         for i, region in enumerate(self.regions):
             vm.set_user_memory_region(first_slot + i, region.gpa, region.size, region.host_addr, flags)
+        for i, rom in enumerate(self.roms, start=first_slot + len(self.regions)):
+            vm.set_user_memory_region(i, rom.gpa, rom.size, rom.host_addr, KVM_MEM_READONLY)
+
+    def add_rom(self, gpa: int, data: bytes) -> None:
+        """Read-only memory holding ``data`` at ``[gpa, gpa + len(data))``, which must be
+        page aligned and clear of RAM and of the other ROMs (checked here)."""
+        size = len(data)
+        if gpa % PAGE_SIZE or size % PAGE_SIZE or not size:
+            raise PyhvError(f"ROM at {gpa:#x}+{size:#x} is not page aligned")
+        if any(r.gpa < gpa + size and gpa < r.end for r in (*self.regions, *self.roms)):
+            raise PyhvError(f"ROM at {gpa:#x}+{size:#x} overlaps guest memory")
+        try:
+            addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
+        except OSError as e:
+            raise PyhvError(f"cannot allocate a ROM of {size} bytes: {e.strerror}") from None
+        rom = Region(gpa, size, addr, libc.view(addr, size))
+        rom.view[:] = data  # the mapping is exactly ``size`` bytes long
+        self.roms.append(rom)
 
     def close(self) -> None:
         """Unmap everything.  Views handed out earlier must not be used after this."""
-        for region in self.regions:
+        for region in (*self.regions, *self.roms):
             region.view.release()
             libc.munmap(region.host_addr, region.size)
             if region.fd >= 0:
                 os.close(region.fd)
         self.regions = []
+        self.roms = []
         self._low = Region(0, 0, 0, memoryview(b""))  # every access now fails cleanly
 
 

@@ -1,10 +1,18 @@
 import os
 import pathlib
+import subprocess
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROBE = ROOT / "guests" / "build" / "probe.elf"
+
+
+def symbol(name: str, elf: pathlib.Path = PROBE) -> int:
+    """The address of the global symbol ``name`` in an ELF file (``nm``)."""
+    out = subprocess.run(["nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    (addr,) = [line.split()[0] for line in out.splitlines() if line.endswith(f" {name}")]
+    return int(addr, 16)
 
 
 def kvm_usable() -> bool:

@@ -12,7 +12,6 @@
 #define HVM_START_MAGIC     0x336ec578
 #define HVM_VERSION         4           /* hvm_start_info.version */
 #define HVM_RSDP_PADDR      32          /* hvm_start_info.rsdp_paddr (version >= 1) */
-#define MAPPED_LIMIT        0x100000000ULL
 #define TABLE_MAX_LEN       (16u << 20) /* sanity limit for one table */
 #define SDT_HEADER_LEN      36
 

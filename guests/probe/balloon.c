@@ -328,7 +328,7 @@ NORETURN void test_balloon(const struct options *o)
     struct balloon *b = &balloon_dev;
     uint64_t secs = o->have_secs ? o->secs : 20, changes = 0, t0, limit;
     uint32_t target, last_target = 0, served = 0;
-    const char *err = pci_init(o, 0);
+    const char *err = virtio_init(o, 0);
 
     if (err)
         fail(err, "", 0);

@@ -19,6 +19,9 @@
 #define KEY_RAM_SIZE      0x0003
 #define KEY_NB_CPUS       0x0005
 #define KEY_MAX_CPUS      0x000f
+#define KEY_CMDLINE_ADDR  0x0013
+#define KEY_CMDLINE_SIZE  0x0014
+#define KEY_CMDLINE_DATA  0x0015
 #define KEY_FILE_DIR      0x0019
 #define KEY_NOTHING       0x3fff        /* a generic key no item has */
 
@@ -79,6 +82,43 @@ static uint64_t fw_read_le(uint16_t key, unsigned n)
     while (n--)
         v = v << 8 | b[n];
     return v;
+}
+
+/*
+ * The file called name in fw_cfg's directory (read through the ports, nothing
+ * printed): 1 and its selector and size if there is one, else 0.
+ */
+int fw_cfg_find(const char *name, uint16_t *select, uint32_t *size)
+{
+    uint8_t entry[64];
+    uint32_t count, i;
+    int found = 0;
+
+    fw_select(KEY_FILE_DIR);
+    fw_read(&count, 4);
+    count = be32(count);
+    for (i = 0; i < count; i++) {
+        const char *n = (const char *)entry + 8, *w = name;
+
+        fw_read(entry, sizeof(entry));
+        while (*w && *w == *n && n < (const char *)entry + sizeof(entry) - 1) {
+            w++;
+            n++;
+        }
+        if (!found && !*w && !*n) {
+            *size = be32(*(uint32_t *)entry);
+            *select = __builtin_bswap16(*(uint16_t *)(entry + 4));
+            found = 1;
+        }
+    }
+    return found;
+}
+
+/* The first n bytes of the item at select (zeros past its end). */
+void fw_cfg_read(uint16_t select, void *buf, uint64_t n)
+{
+    fw_select(select);
+    fw_read(buf, n);
 }
 
 /*
@@ -206,6 +246,203 @@ static unsigned read_user_files(uint8_t *by_port, uint8_t *by_dma)
     return same;
 }
 
+/* FW_CFG_CMDLINE_*: the command line the probe booted with, NUL included. */
+static int check_cmdline_key(const struct options *o, uint8_t *buf)
+{
+    uint64_t addr = fw_read_le(KEY_CMDLINE_ADDR, 4), size = fw_read_le(KEY_CMDLINE_SIZE, 4);
+    int match = size == o->cmdline_len + 1 && size <= FILE_BYTES;
+
+    if (match) {
+        fw_select(KEY_CMDLINE_DATA);
+        fw_read(buf, size);
+        match = mem_equal(buf, (const void *)o->cmdline, o->cmdline_len) && buf[o->cmdline_len] == 0;
+    }
+    line_begin("fwcfg");
+    kv_hex("cmdline_addr", addr);
+    kv_dec("cmdline_size", size);
+    kv_dec("cmdline_match", match);
+    line_end();
+    return match;
+}
+
+/*
+ * etc/table-loader run as firmware runs it (QEMU's BIOS linker/loader):
+ * ALLOCATE copies etc/acpi/rsdp or etc/acpi/tables into a buffer, ADD_POINTER
+ * adds a buffer's address into a field of another, ADD_CHECKSUM fixes a
+ * checksum byte.  Every value is checked before use.  Then the result is
+ * walked as an OS would: RSDP, XSDT, each table and the FADT's DSDT, with
+ * their checksums.
+ */
+#define LOADER_ENTRY 128
+#define LOADER_MAX (LOADER_ENTRY * 64)
+#define TABLES_MAX 65536
+#define MAX_SIGS 16
+
+struct blob {
+    const char *name;
+    uint8_t *data;
+    uint32_t size;
+};
+
+/* Whether a NAME_SIZE-byte name field holds exactly ``name``. */
+static int name_is(const void *field, const char *name)
+{
+    const char *f = field;
+    unsigned i;
+
+    for (i = 0; i < NAME_SIZE && name[i]; i++)
+        if (f[i] != name[i])
+            return 0;
+    return i < NAME_SIZE && f[i] == 0;
+}
+
+static struct file *find_file(const char *name)
+{
+    unsigned i;
+
+    for (i = 0; i < nfiles; i++)
+        if (name_is(files[i].name, name))
+            return &files[i];
+    return NULL;
+}
+
+static struct blob *blob_named(struct blob *blobs, const uint8_t *name)
+{
+    unsigned i;
+
+    for (i = 0; i < 2; i++)
+        if (blobs[i].size && name_is(name, blobs[i].name))
+            return &blobs[i];
+    return NULL;
+}
+
+static uint8_t sum8(const uint8_t *p, uint64_t n)
+{
+    uint8_t s = 0;
+
+    while (n--)
+        s += *p++;
+    return s;
+}
+
+/* A table inside the tables blob at a pointer's value: its length, or 0 if it is not all inside. */
+static uint32_t table_at(const struct blob *t, uint64_t addr)
+{
+    uint64_t base = (uint64_t)t->data, len;
+
+    if (addr < base || addr + 36 > base + t->size)
+        return 0;
+    len = *(const uint32_t *)(addr + 4);
+    return len >= 36 && addr + len <= base + t->size ? (uint32_t)len : 0;
+}
+
+static int run_table_loader(uint8_t *loader, uint8_t *tables, uint8_t *rsdp)
+{
+    struct blob blobs[2] = { { "etc/acpi/tables", tables, 0 }, { "etc/acpi/rsdp", rsdp, 0 } };
+    struct file *f = find_file("etc/table-loader");
+    unsigned commands = 0, allocs = 0, pointers = 0, checksums = 0, bad = 0, ntables = 0, tables_ok = 0;
+    int rsdp_ok = 0, xsdt_ok = 0, dsdt_ok = 0;
+    char sigs[MAX_SIGS * 5 + 1];
+    uint32_t at;
+
+    sigs[0] = 0;
+    if (!f || f->size > LOADER_MAX || f->size % LOADER_ENTRY)
+        bad++;
+    else {
+        fw_select(f->select);
+        fw_read(loader, f->size);
+        for (at = 0; at < f->size; at += LOADER_ENTRY, commands++) {
+            uint8_t *e = loader + at;
+            uint32_t command = *(uint32_t *)e;
+            struct blob *dst = blob_named(blobs, e + 4);
+
+            if (command == 1) {             /* ALLOCATE file, align, zone */
+                unsigned i;
+                struct file *src = NULL;
+
+                for (i = 0; i < 2; i++)
+                    if (name_is(e + 4, blobs[i].name))
+                        src = find_file(blobs[i].name), dst = &blobs[i];
+                if (!src || src->size > (dst->data == rsdp ? 64u : TABLES_MAX) || dst->size) {
+                    bad++;
+                    continue;
+                }
+                fw_select(src->select);
+                fw_read(dst->data, src->size);
+                dst->size = src->size;
+                allocs++;
+            } else if (command == 2) {      /* ADD_POINTER dest, src, offset, size */
+                struct blob *from = blob_named(blobs, e + 60);
+                uint32_t offset = *(uint32_t *)(e + 116);
+                uint8_t size = e[120];
+                uint64_t v = 0;
+
+                if (!dst || !from || (size != 1 && size != 2 && size != 4 && size != 8) ||
+                    offset > dst->size || size > dst->size - offset) {
+                    bad++;
+                    continue;
+                }
+                memcpy(&v, dst->data + offset, size);
+                v += (uint64_t)from->data;
+                memcpy(dst->data + offset, &v, size);
+                pointers++;
+            } else if (command == 3) {      /* ADD_CHECKSUM file, offset, start, length */
+                uint32_t offset = *(uint32_t *)(e + 60), start = *(uint32_t *)(e + 64);
+                uint32_t length = *(uint32_t *)(e + 68);
+
+                if (!dst || offset >= dst->size || start > dst->size || length > dst->size - start) {
+                    bad++;
+                    continue;
+                }
+                dst->data[offset] -= sum8(dst->data + start, length);
+                checksums++;
+            } else if (command != 0) {
+                bad++;
+            }
+        }
+    }
+    if (blobs[1].size >= 36 && mem_equal(rsdp, "RSD PTR ", 8)) {
+        uint64_t xsdt = *(uint64_t *)(rsdp + 24);
+        uint32_t xlen = table_at(&blobs[0], xsdt);
+
+        rsdp_ok = sum8(rsdp, 20) == 0 && sum8(rsdp, 36) == 0;
+        xsdt_ok = xlen && mem_equal((const void *)xsdt, "XSDT", 4) && sum8((const void *)xsdt, xlen) == 0;
+        for (at = 36; xsdt_ok && at + 8 <= xlen && ntables < MAX_SIGS; at += 8, ntables++) {
+            uint64_t t = *(uint64_t *)(xsdt + at);
+            uint32_t len = table_at(&blobs[0], t);
+
+            if (!len)
+                continue;
+            tables_ok += sum8((const void *)t, len) == 0;
+            memcpy(sigs + 5 * ntables, (const void *)t, 4);
+            sigs[5 * ntables + 4] = ',';
+            sigs[5 * ntables + 5] = 0;
+            if (mem_equal((const void *)t, "FACP", 4) && len >= 0x94) {
+                uint64_t d = *(uint64_t *)(t + 0x8c);
+                uint32_t dlen = table_at(&blobs[0], d);
+
+                dsdt_ok = dlen && mem_equal((const void *)d, "DSDT", 4) && sum8((const void *)d, dlen) == 0 &&
+                          *(uint32_t *)(t + 0x28) == (uint32_t)d;
+            }
+        }
+    }
+    if (ntables)
+        sigs[5 * ntables - 1] = 0;
+    line_begin("fwcfg");
+    kv_dec("loader_commands", commands);
+    kv_dec("allocate", allocs);
+    kv_dec("add_pointer", pointers);
+    kv_dec("add_checksum", checksums);
+    kv_dec("bad", bad);
+    kv_dec("rsdp_ok", rsdp_ok);
+    kv_dec("xsdt_ok", xsdt_ok);
+    kv_dec("dsdt_ok", dsdt_ok);
+    kv_str("tables", sigs);
+    kv_dec("tables_ok", tables_ok);
+    line_end();
+    return !bad && allocs == 2 && rsdp_ok && xsdt_ok && dsdt_ok && ntables && tables_ok == ntables;
+}
+
 NORETURN void test_fwcfg(const struct options *o)
 {
     uint8_t *buf, *by_port, *by_dma;
@@ -215,7 +452,6 @@ NORETURN void test_fwcfg(const struct options *o)
     unsigned i, user_same;
     int ok;
 
-    (void)o;
     fw_select(KEY_SIGNATURE);
     fw_read(&sig, 4);
     dma_sig = (uint64_t)port_inl(FW_CFG_DMA_HIGH) | (uint64_t)port_inl(FW_CFG_DMA_LOW) << 32;
@@ -250,6 +486,10 @@ NORETURN void test_fwcfg(const struct options *o)
     by_port = dma_alloc(FILE_BYTES, 16);
     by_dma = dma_alloc(FILE_BYTES, 16);
     user_same = read_user_files(by_port, by_dma);
+    if (!check_cmdline_key(o, by_port))
+        fail("FW_CFG_CMDLINE_DATA is not the boot command line", "", 0);
+    if (!run_table_loader(dma_alloc(LOADER_MAX, 16), dma_alloc(TABLES_MAX, 64), dma_alloc(64, 16)))
+        fail("etc/table-loader did not give good ACPI tables", "", 0);
 
     /* Good requests at the edges first: they must succeed. */
     memset(buf, 0xaa, 16);

@@ -8,7 +8,6 @@
 #define HVM_START_MAGIC     0x336ec578
 #define HVM_CMDLINE_PADDR   24          /* hvm_start_info.cmdline_paddr */
 #define CMDLINE_MAX         4096
-#define MAPPED_LIMIT        0x100000000ULL  /* identity map covers 0..4 GiB */
 
 static size_t bounded_strlen_max(const char *s);
 
@@ -85,11 +84,8 @@ static int is_space(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-/*
- * Parse an unsigned number: decimal, or hex with a 0x prefix when
- * allow_hex is set.  Returns 0 on syntax error or overflow.
- */
-static int parse_u64(const char *s, size_t len, int allow_hex, uint64_t *out)
+/* Declared in probe.h. */
+int parse_u64(const char *s, size_t len, int allow_hex, uint64_t *out)
 {
     uint64_t v = 0;
     unsigned base = 10;
@@ -149,7 +145,7 @@ static int parse_ipv4(const char *s, size_t len, uint32_t *out)
     return 1;
 }
 
-/* probe.features=NAME[,NAME...]: eventidx, indirect, none. */
+/* probe.features=NAME[,NAME...]: eventidx, indirect, offload, none. */
 static void parse_features(struct options *o, const char *val, size_t val_len)
 {
     size_t i = 0;
@@ -164,6 +160,8 @@ static void parse_features(struct options *o, const char *val, size_t val_len)
             o->features |= FEAT_EVENT_IDX;
         else if (mem_eq(val + start, i - start, "indirect"))
             o->features |= FEAT_INDIRECT;
+        else if (mem_eq(val + start, i - start, "offload"))
+            o->features |= FEAT_OFFLOAD;
         else if (!mem_eq(val + start, i - start, "none"))
             fail("bad value for probe.features: ", val, val_len);
         i++;
@@ -204,9 +202,11 @@ static void parse_option(struct options *o, const char *tok, size_t len)
         o->ring = (unsigned)v;
     } else if (mem_eq(key, key_len, "probe.irq")) {
         if (mem_eq(val, val_len, "poll"))
-            o->msix = 0;
+            o->msix = IRQ_POLL;
         else if (mem_eq(val, val_len, "msix"))
-            o->msix = 1;
+            o->msix = IRQ_MSIX;
+        else if (mem_eq(val, val_len, "ioapic"))
+            o->msix = IRQ_IOAPIC;
         else
             fail("bad value for probe.irq: ", val, val_len);
     } else if (mem_eq(key, key_len, "probe.qd")) {
@@ -237,10 +237,29 @@ static void parse_option(struct options *o, const char *tok, size_t len)
             fail("bad value for probe.size: ", val, val_len);
         o->size = v;
         o->have_size = 1;
+    } else if (mem_eq(key, key_len, "probe.path")) {
+        if (val_len == 0 || val_len > 255)
+            fail("bad value for probe.path: ", val, val_len);
+        o->path = val;
+        o->path_len = val_len;
+    } else if (mem_eq(key, key_len, "probe.out")) {
+        if (val_len == 0 || val_len > 255)
+            fail("bad value for probe.out: ", val, val_len);
+        o->out = val;
+        o->out_len = val_len;
+    } else if (mem_eq(key, key_len, "probe.text")) {
+        if (val_len > 4000)
+            fail("bad value for probe.text: ", val, val_len);
+        o->text = val;
+        o->text_len = val_len;
     } else if (mem_eq(key, key_len, "probe.conns")) {
         if (!parse_u64(val, val_len, 0, &v) || v < 1 || v > 16)
             fail("bad value for probe.conns: ", val, val_len);
         o->conns = v;
+    } else if (mem_eq(key, key_len, "probe.dev")) {
+        if (!parse_u64(val, val_len, 0, &v) || v > 31)
+            fail("bad value for probe.dev: ", val, val_len);
+        o->dev = (unsigned)v;
     } else {
         fail("unknown option ", key, key_len);
     }
@@ -487,6 +506,67 @@ static NORETURN void test_reboot_cf9(void)
     fail("reboot through port 0xcf9 did not happen", "", 0);
 }
 
+/*
+ * The CMOS shutdown status byte (register 0x0F) across a reset.  On a PC it
+ * lives in battery-backed CMOS RAM: the BIOS reads it at the reset vector to
+ * tell a cold boot from a warm one.  First boot: it reads 0 (or anything but
+ * probe.n), so write probe.n (default 0x0a) there and reset through
+ * probe.port (0xcf9, the default, or 0x92).  After the reset the byte reads
+ * back as written, and the workload passes.
+ */
+#define CMOS_INDEX 0x70
+#define CMOS_DATA 0x71
+#define CMOS_SHUTDOWN_STATUS 0x0f
+
+static uint8_t cmos_read(uint8_t reg)
+{
+    port_outb(CMOS_INDEX, reg);
+    return port_inb(CMOS_DATA);
+}
+
+static NORETURN void test_cmos(const struct options *o)
+{
+    uint8_t want = o->have_n ? (uint8_t)o->n : 0x0a;
+    uint64_t via = o->have_port ? o->port : 0xcf9;
+    uint8_t now = cmos_read(CMOS_SHUTDOWN_STATUS);
+
+    if ((o->have_n && (o->n < 1 || o->n > 0xff)) || (via != 0xcf9 && via != 0x92))
+        fail("probe.test=cmos takes probe.n=1..255 and probe.port=0xcf9|0x92", "", 0);
+    line_begin("cmos");
+    kv_hex("shutdown", now);
+    kv_str("boot", now == want ? "after_reset" : "first");
+    line_end();
+    if (now == want)
+        pass();
+    port_outb(CMOS_INDEX, CMOS_SHUTDOWN_STATUS);
+    port_outb(CMOS_DATA, want);
+    line_begin("cmos");
+    kv_hex("wrote", want);
+    kv_hex("read", cmos_read(CMOS_SHUTDOWN_STATUS));
+    kv_str("via", via == 0x92 ? "porta" : "cf9");
+    line_end();
+    if (via == 0x92) {
+        port_outb(0x92, port_inb(0x92) | 0x01);
+    } else {
+        port_outb(0xcf9, 0x02);
+        port_outb(0xcf9, 0x06);
+    }
+    tsc_delay_us(2000000);
+    fail("reset did not happen", "", 0);
+}
+
+/* Write probe.n to the debug-exit port as the exit status (the VMM maps it). */
+static NORETURN void test_exit(const struct options *o)
+{
+    uint32_t value = o->have_n ? (uint32_t)o->n : 0;
+
+    line_begin("exit");
+    kv_hex("value", value);
+    line_end();
+    print_result(1);
+    probe_exit(value);
+}
+
 static NORETURN void test_fault(void)
 {
     /* hlt at CPL 3 raises #GP(0). */
@@ -548,6 +628,10 @@ void user_main(uint32_t kind, uint64_t info)
         test_reboot_porta();
     if (mem_eq(o.test, o.test_len, "reboot-cf9"))
         test_reboot_cf9();
+    if (mem_eq(o.test, o.test_len, "cmos"))
+        test_cmos(&o);
+    if (mem_eq(o.test, o.test_len, "exit"))
+        test_exit(&o);
     if (mem_eq(o.test, o.test_len, "acpi"))
         test_acpi(kind, info);
     if (mem_eq(o.test, o.test_len, "poweroff"))
@@ -564,6 +648,8 @@ void user_main(uint32_t kind, uint64_t info)
         test_blk(&o);
     if (mem_eq(o.test, o.test_len, "blkflush"))
         test_blkflush(&o);
+    if (mem_eq(o.test, o.test_len, "blksum"))
+        test_blksum(&o);
     if (mem_eq(o.test, o.test_len, "blkbench"))
         test_blkbench(&o);
     if (mem_eq(o.test, o.test_len, "hostile"))
@@ -590,7 +676,19 @@ void user_main(uint32_t kind, uint64_t info)
         test_memsum(&o);
     if (mem_eq(o.test, o.test_len, "blksnap"))
         test_blksnap(&o);
+    if (mem_eq(o.test, o.test_len, "blkswap"))
+        test_blkswap(&o);
+    if (mem_eq(o.test, o.test_len, "kbd"))
+        test_kbd(&o);
     if (mem_eq(o.test, o.test_len, "fwcfg"))
         test_fwcfg(&o);
+    if (mem_eq(o.test, o.test_len, "mptable"))
+        test_mptable(&o);
+    if (mem_eq(o.test, o.test_len, "fs"))
+        test_fs(&o);
+    if (mem_eq(o.test, o.test_len, "fsbench"))
+        test_fsbench(&o);
+    if (mem_eq(o.test, o.test_len, "vmgenid"))
+        test_vmgenid(&o);
     fail("unknown test ", o.test, o.test_len);
 }

@@ -4,10 +4,16 @@
  *
  * Queue 0 receives, queue 1 transmits.  Every buffer is NET_BUF bytes in
  * the DMA arena: the 12-byte struct virtio_net_hdr (virtio 1.x layout,
- * num_buffers included), then the Ethernet frame.  No offloads are
- * negotiated (no CSUM, GSO or MRG_RXBUF), so every received frame is a
- * plain, checksummed frame of at most 1514 bytes in one buffer, and every
- * transmitted one has an all-zero header.  Each buffer is one descriptor.
+ * num_buffers included), then the Ethernet frame.  Without
+ * probe.features=offload no offloads are negotiated (no CSUM, GSO or
+ * MRG_RXBUF), so every received frame is a plain, checksummed frame of at
+ * most 1514 bytes in one buffer, and every transmitted one has an all-zero
+ * header.  With it the probe accepts CSUM, GUEST_CSUM, HOST_UFO and
+ * MRG_RXBUF where offered: netbench leaves its UDP checksums to the host
+ * (VIRTIO_NET_HDR_F_NEEDS_CSUM) and, with HOST_UFO, sends datagrams of up
+ * to 64 KiB as one frame (VIRTIO_NET_HDR_GSO_UDP) from transmit slots of
+ * NET_BIG_BUF bytes; a received frame spanning several buffers
+ * (num_buffers > 1) is counted and dropped.  Each buffer is one descriptor.
  *
  * The receive queue is kept full: a used buffer is handed straight back
  * once its frame has been looked at, and the device is notified once per
@@ -19,8 +25,17 @@
 #include "virtio.h"
 
 /* virtio-net feature bits (5.1.3) */
+#define NET_F_CSUM          (1ULL << 0)
+#define NET_F_GUEST_CSUM    (1ULL << 1)
 #define NET_F_MAC           (1ULL << 5)
+#define NET_F_HOST_UFO      (1ULL << 14)
+#define NET_F_MRG_RXBUF     (1ULL << 15)
 #define NET_F_STATUS        (1ULL << 16)
+#define NET_OFFLOADS        (NET_F_CSUM | NET_F_GUEST_CSUM | NET_F_HOST_UFO | NET_F_MRG_RXBUF)
+
+/* struct virtio_net_hdr (5.1.6) */
+#define HDR_F_NEEDS_CSUM    1
+#define HDR_GSO_UDP         3
 
 /* Device configuration (5.1.4) */
 #define NET_CFG_MAC         0
@@ -29,6 +44,9 @@
 
 #define NET_HDR_LEN         12
 #define NET_BUF             2048
+#define NET_BIG_BUF         (NET_HDR_LEN + 65536 + 64)  /* a 64 KiB UDP datagram and its headers */
+#define NET_BIG_SLOTS       64
+#define IP_MAX              65535
 #define NET_QSIZE           256
 #define RXQ                 0
 #define TXQ                 1
@@ -67,6 +85,9 @@ struct net {
     uint16_t ip_id;
     uint8_t *rxbuf, *txbuf;
     unsigned nrx, ntx;
+    unsigned tx_buf;                    /* bytes per transmit slot */
+    uint64_t rx_merged;                 /* frames that spanned several buffers (dropped) */
+    unsigned rx_skip;                   /* buffers of such a frame still to come */
     uint16_t *tx_free;
     unsigned tx_nfree, tx_unkicked;
     int error;                          /* the device returned a bad used element */
@@ -188,7 +209,7 @@ static uint8_t *tx_alloc(struct net *n, unsigned *slot)
     if (!n->tx_nfree)
         return NULL;
     *slot = n->tx_free[--n->tx_nfree];
-    p = n->txbuf + (uint64_t)*slot * NET_BUF;
+    p = n->txbuf + (uint64_t)*slot * n->tx_buf;
     memset(p, 0, NET_HDR_LEN);
     return p + NET_HDR_LEN;
 }
@@ -197,7 +218,7 @@ static uint8_t *tx_alloc(struct net *n, unsigned *slot)
  * device hears of it at the next tx_kick(). */
 static void tx_send(struct net *n, unsigned slot, unsigned len)
 {
-    uint8_t *p = n->txbuf + (uint64_t)slot * NET_BUF;
+    uint8_t *p = n->txbuf + (uint64_t)slot * n->tx_buf;
     struct vbuf b;
 
     if (len < ETH_MIN) {
@@ -403,11 +424,22 @@ static unsigned net_poll(struct net *n)
             n->error = 1;
             break;
         }
-        n->rx_frames++;
-        if (len > NET_HDR_LEN && len <= NET_BUF)
-            rx_frame(n, n->rxbuf + (uint64_t)tok * NET_BUF + NET_HDR_LEN, len - NET_HDR_LEN);
-        else
-            n->rx_bad++;
+        if (n->rx_skip) {               /* the rest of a frame spanning buffers */
+            n->rx_skip--;
+        } else {
+            const uint8_t *buf = n->rxbuf + (uint64_t)tok * NET_BUF;
+            unsigned nb = (n->v.features & NET_F_MRG_RXBUF) && len >= NET_HDR_LEN ? buf[10] | buf[11] << 8 : 1;
+
+            n->rx_frames++;
+            if (nb > 1) {
+                n->rx_merged++;
+                n->rx_skip = nb - 1;
+            } else if (len > NET_HDR_LEN && len <= NET_BUF) {
+                rx_frame(n, buf + NET_HDR_LEN, len - NET_HDR_LEN);
+            } else {
+                n->rx_bad++;
+            }
+        }
         rx_post(n, tok);
         got++;
     }
@@ -440,16 +472,27 @@ static const char *net_up(struct net *n, const struct options *o)
     const char *err;
     unsigned i;
 
-    err = virtio_negotiate(&n->v, virtio_want(o) | NET_F_MAC | NET_F_STATUS, o->msix);
+    uint64_t want = virtio_want(o) | NET_F_MAC | NET_F_STATUS;
+
+    if (o->features & FEAT_OFFLOAD)
+        want |= NET_OFFLOADS;
+    err = virtio_negotiate(&n->v, want, o->msix);
     if (!err)
         err = virtio_setup(&n->v, 2, NET_QSIZE);
     if (err)
         return err;
     n->error = 0;
+    n->rx_skip = 0;
     n->nrx = n->v.vq[RXQ].size;
     n->ntx = n->v.vq[TXQ].size;
+    n->tx_buf = NET_BUF;
+    if (n->v.features & NET_F_HOST_UFO) {  /* room for 64 KiB datagrams, in fewer slots */
+        n->tx_buf = NET_BIG_BUF;
+        if (n->ntx > NET_BIG_SLOTS)
+            n->ntx = NET_BIG_SLOTS;
+    }
     n->rxbuf = dma_alloc((uint64_t)n->nrx * NET_BUF, 4096);
-    n->txbuf = dma_alloc((uint64_t)n->ntx * NET_BUF, 4096);
+    n->txbuf = dma_alloc((uint64_t)n->ntx * n->tx_buf, 4096);
     n->tx_free = dma_alloc(2ULL * n->ntx, 16);
     for (i = 0; i < n->ntx; i++)
         n->tx_free[i] = (uint16_t)(n->ntx - 1 - i);
@@ -492,7 +535,7 @@ static const char *net_link(struct net *n)
 static struct net *net_attach(const struct options *o, int mode)
 {
     struct net *n = &net_dev;
-    const char *err = pci_init(o, 0);
+    const char *err = virtio_init(o, 0);
 
     if (err)
         fail(err, "", 0);
@@ -687,16 +730,42 @@ NORETURN void test_netping(const struct options *o)
 /* ------------------------------------------------------------------ */
 /* netbench: UDP out as fast as the queue goes, then UDP in.            */
 
+/*
+ * One netbench datagram in the frame at f (its virtio_net_hdr just before
+ * it, zeroed).  With CSUM the host fills in the UDP checksum: the field
+ * holds the pseudo-header sum and the header says where it goes
+ * (NEEDS_CSUM, csum_start at the UDP header, csum_offset 6); a datagram
+ * larger than one MTU (HOST_UFO) goes as one GSO_UDP frame, fragments of
+ * 1480 bytes, without DF.
+ */
 static void bench_frame(struct net *n, uint8_t *f, unsigned size, uint64_t seq)
 {
-    uint8_t *u = ip_put(n, eth_put(n, f, n->peer_mac, ETH_P_IP), n->peer, IP_PROTO_UDP,
-                        UDP_HLEN + size);
+    uint8_t *hdr = f - NET_HDR_LEN, *ip = eth_put(n, f, n->peer_mac, ETH_P_IP);
+    uint8_t *u = ip_put(n, ip, n->peer, IP_PROTO_UDP, UDP_HLEN + size);
     unsigned k;
 
     put16(u, BENCH_SRC_PORT);
     put16(u + 2, BENCH_DST_PORT);
     put16(u + 4, (uint16_t)(UDP_HLEN + size));
     put16(u + 6, 0);                    /* no checksum (allowed for IPv4) */
+    if (n->v.features & NET_F_CSUM) {
+        uint32_t sum = csum_add(0, ip + 12, 8) + IP_PROTO_UDP + UDP_HLEN + size;
+
+        while (sum >> 16)
+            sum = (sum & 0xffff) + (sum >> 16);
+        put16(u + 6, (uint16_t)sum);    /* folded, not complemented: the host finishes it */
+        hdr[0] = HDR_F_NEEDS_CSUM;
+        put16le(hdr + 6, ETH_HLEN + IP_HLEN);   /* csum_start */
+        put16le(hdr + 8, 6);                    /* csum_offset */
+    }
+    if (size > UDP_MAX_PAYLOAD) {
+        put16(ip + 6, 0);               /* no DF: it is cut into fragments */
+        put16(ip + 10, 0);
+        put16(ip + 10, csum_fold(csum_add(0, ip, IP_HLEN)));
+        hdr[1] = HDR_GSO_UDP;
+        put16le(hdr + 2, ETH_HLEN + IP_HLEN + UDP_HLEN);    /* hdr_len */
+        put16le(hdr + 4, 1480);                             /* gso_size */
+    }
     u += UDP_HLEN;
     for (k = 0; k < 8 && k < size; k++)
         u[k] = (uint8_t)(seq >> (8 * k));
@@ -712,8 +781,10 @@ NORETURN void test_netbench(const struct options *o)
     uint64_t done_before, tx_cycles;
     int stalled = 0;
 
-    if (size > UDP_MAX_PAYLOAD)
-        fail("probe.size too large for netbench (at most 1472)", "", 0);
+    if (size > UDP_MAX_PAYLOAD && !(n->v.features & NET_F_HOST_UFO))
+        fail("probe.size too large for netbench (at most 1472 without UFO)", "", 0);
+    if (size > IP_MAX - IP_HLEN - UDP_HLEN)
+        fail("probe.size too large for netbench (at most 65507)", "", 0);
     net_hello(n, "netbench", 1);
     net_resolve(n, 5000000);
 
@@ -729,8 +800,8 @@ NORETURN void test_netbench(const struct options *o)
             last_progress = rdtsc();
         while (sent < count && n->tx_nfree) {
             slot = n->tx_free[--n->tx_nfree];
-            memset(n->txbuf + (uint64_t)slot * NET_BUF, 0, NET_HDR_LEN);
-            bench_frame(n, n->txbuf + (uint64_t)slot * NET_BUF + NET_HDR_LEN, (unsigned)size, sent);
+            memset(n->txbuf + (uint64_t)slot * n->tx_buf, 0, NET_HDR_LEN);
+            bench_frame(n, n->txbuf + (uint64_t)slot * n->tx_buf + NET_HDR_LEN, (unsigned)size, sent);
             tx_send(n, slot, (unsigned)(ETH_HLEN + IP_HLEN + UDP_HLEN + size));
             sent++;
         }
@@ -774,6 +845,8 @@ NORETURN void test_netbench(const struct options *o)
     kv_dec("rx_bytes", n->udp_bytes);
     kv_dec("size", size);
     kv_dec("tx_notifies", n->v.vq[TXQ].notifies);
+    kv_hex("features", n->v.features);
+    kv_dec("rx_merged", n->rx_merged);
     kv_dec("arp_replies", n->arp_replies);
     kv_dec("icmp_replies", n->icmp_replies);
     line_end();

@@ -35,7 +35,6 @@
 #define CMD_INTX_DISABLE    0x0400
 #define STATUS_CAP_LIST     0x0010
 
-#define MAPPED_LIMIT        0x100000000ULL
 
 struct pci_dev pci_devs[PCI_MAX_DEVS];
 unsigned pci_ndevs;
@@ -189,10 +188,15 @@ unsigned pci_find_cap(const struct pci_dev *d, uint8_t id, unsigned after)
 
 struct pci_dev *pci_find(uint16_t vendor, uint16_t device)
 {
+    return pci_find_nth(vendor, device, 0);
+}
+
+struct pci_dev *pci_find_nth(uint16_t vendor, uint16_t device, unsigned nth)
+{
     unsigned i;
 
     for (i = 0; i < pci_ndevs; i++)
-        if (pci_devs[i].vendor == vendor && pci_devs[i].device == device)
+        if (pci_devs[i].vendor == vendor && pci_devs[i].device == device && nth-- == 0)
             return &pci_devs[i];
     return NULL;
 }

@@ -18,6 +18,9 @@
 /* Most CPUs the probe brings up (GDT slots and per-CPU areas). */
 #define MAX_CPUS    64
 
+/* The probe's identity map covers 0..4 GiB (entry.S). */
+#define MAPPED_LIMIT 0x100000000ULL
+
 /* How the probe was entered. */
 #define BOOT_ELF64  0
 #define BOOT_PVH    1
@@ -107,6 +110,9 @@
  * table entry i (0 = configuration change, 1 + q = queue q).  The ring-0
  * handler counts each in irq_count[i] and sends an EOI.
  */
+#define IRQ_POLL          0       /* probe.irq=poll */
+#define IRQ_MSIX          1       /* probe.irq=msix: virtio-PCI */
+#define IRQ_IOAPIC        2       /* probe.irq=ioapic: virtio-MMIO, one IOAPIC line per device */
 #define IRQ_VECTOR_BASE   0x50
 #define IRQ_VECTORS       4
 
@@ -422,6 +428,7 @@ NORETURN void exception_handler(struct trap_frame *f);
 /* main.c (ring 3) */
 #define FEAT_EVENT_IDX  1               /* probe.features=eventidx */
 #define FEAT_INDIRECT   2               /* probe.features=indirect */
+#define FEAT_OFFLOAD    4               /* probe.features=offload (virtio-net) */
 struct options {
     const char *test;
     size_t test_len;
@@ -431,7 +438,7 @@ struct options {
     int have_port;
     uint64_t addr;
     unsigned ring;              /* pio/mmio: loop in ring 3 or ring 0 */
-    int msix;                   /* probe.irq=msix (else poll) */
+    int msix;                   /* probe.irq: IRQ_POLL, IRQ_MSIX or IRQ_IOAPIC (nonzero: interrupts) */
     uint64_t qd;                /* probe.qd: requests in flight */
     int have_qd;
     uint64_t mb;                /* probe.mb: MiB for blkbench */
@@ -444,12 +451,22 @@ struct options {
     uint64_t size;              /* probe.size: bytes per frame or message */
     int have_size;
     uint64_t conns;             /* probe.conns: vsockclient connections */
+    unsigned dev;               /* probe.dev: which device of its kind (blkswap) */
+    const char *path;           /* probe.path: fs reads this file */
+    size_t path_len;
+    const char *out;            /* probe.out: fs writes this file ... */
+    size_t out_len;
+    const char *text;           /* probe.text: ... with this content */
+    size_t text_len;
     uint32_t boot_kind;         /* how the probe was entered */
     uint64_t boot_info;         /* zero page or hvm_start_info */
     uint64_t cmdline;           /* where the command line is (0: none) */
     uint64_t cmdline_len;
 };
 NORETURN void user_main(uint32_t kind, uint64_t info);
+/* An unsigned number: decimal, or hex with a 0x prefix when allow_hex is
+ * set.  Returns 0 on a syntax error or overflow. */
+int parse_u64(const char *s, size_t len, int allow_hex, uint64_t *out);
 void print_result(int pass);
 NORETURN void fail(const char *msg, const char *arg, size_t arg_len);
 NORETURN void pass(void);
@@ -547,6 +564,7 @@ void pci_write16(const struct pci_dev *d, unsigned off, uint16_t v);
 /* Next capability with this ID after offset 'after' (0: from the start). */
 unsigned pci_find_cap(const struct pci_dev *d, uint8_t id, unsigned after);
 struct pci_dev *pci_find(uint16_t vendor, uint16_t device);
+struct pci_dev *pci_find_nth(uint16_t vendor, uint16_t device, unsigned nth);
 /* Memory decoding and bus mastering on, INTx off. */
 void pci_enable(const struct pci_dev *d);
 void pci_put_bdf(const struct pci_dev *d);
@@ -568,11 +586,21 @@ NORETURN void test_vsockclient(const struct options *o);
 NORETURN void test_balloon(const struct options *o);
 NORETURN void test_ticker(const struct options *o);
 NORETURN void test_memsum(const struct options *o);
+/* mptable.c (ring 3) */
+NORETURN void test_mptable(const struct options *o);
 NORETURN void test_blksnap(const struct options *o);
+NORETURN void test_blkswap(const struct options *o);
+NORETURN void test_kbd(const struct options *o);
 NORETURN void test_fwcfg(const struct options *o);
+NORETURN void test_fs(const struct options *o);
+NORETURN void test_fsbench(const struct options *o);
+int fw_cfg_find(const char *name, uint16_t *select, uint32_t *size);
+void fw_cfg_read(uint16_t select, void *buf, uint64_t n);
+NORETURN void test_vmgenid(const struct options *o);
 NORETURN void test_blk(const struct options *o);
 NORETURN void test_blkbench(const struct options *o);
 NORETURN void test_blkflush(const struct options *o);
+NORETURN void test_blksum(const struct options *o);
 NORETURN void test_hostile(const struct options *o);
 
 #endif /* __ASSEMBLER__ */

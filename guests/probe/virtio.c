@@ -1,6 +1,12 @@
 /*
- * virtio over PCI, modern transport (virtio 1.2, 4.1), split virtqueues
- * (2.7), all in ring 3; and the rng workload.  Up to VIRTIO_MAX_QUEUES
+ * virtio over PCI, modern transport (virtio 1.2, 4.1), or over MMIO
+ * (4.2, version 2), split virtqueues (2.7), all in ring 3; and the rng
+ * workload.  The device workloads see one interface whatever the
+ * transport: virtio_init() and virtio_find() pick it (MMIO when the
+ * command line names virtio_mmio.device= windows, else PCI), and each
+ * transport is a table of register operations (struct virtio_ops).
+ * Interrupts: MSI-X on PCI (probe.irq=msix), the device's IOAPIC line on
+ * MMIO (probe.irq=ioapic), or none (polling).  Up to VIRTIO_MAX_QUEUES
  * queues per device (blk and rng use one, net two, vsock and balloon three).
  *
  * The hot paths touch only RAM: requests go into the descriptor table and
@@ -53,6 +59,54 @@
 #define MSIX_ENTRY_CONFIG   0
 #define MSIX_ENTRY_QUEUE0   1
 
+/* virtio-mmio registers (4.2.2), all 32 bits wide */
+#define MM_MAGIC            0x000
+#define MM_VERSION          0x004
+#define MM_DEVICE_ID        0x008
+#define MM_DF               0x010
+#define MM_DF_SEL           0x014
+#define MM_GF               0x020
+#define MM_GF_SEL           0x024
+#define MM_Q_SEL            0x030
+#define MM_Q_NUM_MAX        0x034
+#define MM_Q_NUM            0x038
+#define MM_Q_READY          0x044
+#define MM_NOTIFY           0x050
+#define MM_INT_STATUS       0x060
+#define MM_INT_ACK          0x064
+#define MM_STATUS           0x070
+#define MM_Q_DESC           0x080
+#define MM_Q_DRIVER         0x090
+#define MM_Q_DEVICE         0x0a0
+#define MM_CFG_GEN          0x0fc
+#define MM_CONFIG           0x100
+#define MM_MAGIC_VALUE      0x74726976u /* "virt" */
+#define MM_MAX_DEVS         32
+#define MM_IRQ_SLOT         1           /* every queue's irq_count[] slot: the line's vector */
+#define IOAPIC_DEFAULT      0xfec00000u
+#define IOAPIC_PINS         24
+
+/* What differs between transports; everything else is shared. */
+struct virtio_ops {
+    uint8_t (*status)(struct virtio *v);
+    void (*set_status)(struct virtio *v, uint8_t s);
+    uint8_t (*generation)(struct virtio *v);
+    /* 32-bit register access, and where the feature registers are:
+     * device features select / word, driver features select / word */
+    uint32_t (*r32)(struct virtio *v, unsigned off);
+    void (*w32)(struct virtio *v, unsigned off, uint32_t x);
+    unsigned df_sel, df, gf_sel, gf;
+    /* Interrupts set up (MSI-X) or turned off, before the queues. */
+    const char *(*irqs)(struct virtio *v);
+    /* Select queue qi: its maximum size, 0 if it is not available. */
+    uint16_t (*queue_max)(struct virtio *v, unsigned qi);
+    /* Program the selected queue (size, rings, vector), find its notify
+     * address, make it ready. */
+    const char *(*queue_enable)(struct virtio *v, struct virtq *q);
+    void (*print_where)(const struct virtio *v);
+    void (*print_regs)(const struct virtio *v);
+};
+
 static uint8_t cc_r8(struct virtio *v, unsigned off)   { return mmio_read8(v->common + off); }
 static uint16_t cc_r16(struct virtio *v, unsigned off) { return mmio_read16(v->common + off); }
 static uint32_t cc_r32(struct virtio *v, unsigned off) { return mmio_read32(v->common + off); }
@@ -66,19 +120,36 @@ static void cc_w64(struct virtio *v, unsigned off, uint64_t x)
     cc_w32(v, off + 4, (uint32_t)(x >> 32));
 }
 
+static uint32_t mm_r(struct virtio *v, unsigned off) { return mmio_read32(v->mmio + off); }
+static void mm_w(struct virtio *v, unsigned off, uint32_t x) { mmio_write32(v->mmio + off, x); }
+
+static void mm_w64(struct virtio *v, unsigned off, uint64_t x)
+{
+    mm_w(v, off, (uint32_t)x);
+    mm_w(v, off + 4, (uint32_t)(x >> 32));
+}
+
 uint8_t virtio_status(struct virtio *v)
 {
-    return cc_r8(v, CC_STATUS);
+    return v->ops->status(v);
 }
 
 void virtio_set_status(struct virtio *v, uint8_t s)
 {
-    cc_w8(v, CC_STATUS, s);
+    v->ops->set_status(v, s);
 }
 
 uint8_t vcfg_generation(struct virtio *v)
 {
-    return cc_r8(v, CC_CFG_GENERATION);
+    return v->ops->generation(v);
+}
+
+void vq_notify(struct virtq *q)
+{
+    if (q->notify32)
+        mmio_write32(q->notify_addr, q->index);
+    else
+        mmio_write16(q->notify_addr, q->index);
 }
 
 uint8_t vcfg8(struct virtio *v, unsigned off)   { return mmio_read8(v->devcfg + off); }
@@ -125,7 +196,7 @@ const char *virtio_name(uint16_t device_id)
 }
 
 /* ------------------------------------------------------------------ */
-/* Finding the device and its structures.                               */
+/* PCI transport: finding the device and its structures.                */
 
 /* Address of [offset, offset + length) in a memory BAR, or 0. */
 static uint64_t bar_region(const struct pci_dev *d, unsigned bar, uint32_t offset, uint32_t length)
@@ -140,22 +211,34 @@ static uint64_t bar_region(const struct pci_dev *d, unsigned bar, uint32_t offse
     return b->addr + offset;
 }
 
-const char *virtio_find(struct virtio *v, uint16_t device_id)
+static const char *missing_device(uint16_t device_id)
 {
-    struct pci_dev *d = pci_find(VIRTIO_VENDOR, device_id);
+    switch (device_id) {
+    case VIRTIO_ID_NET:     return "no virtio-net device (1af4:1041)";
+    case VIRTIO_ID_BLK:     return "no virtio-blk device (1af4:1042)";
+    case VIRTIO_ID_RNG:     return "no virtio-rng device (1af4:1044)";
+    case VIRTIO_ID_BALLOON: return "no virtio-balloon device (1af4:1045)";
+    case VIRTIO_ID_VSOCK:   return "no virtio-vsock device (1af4:1053)";
+    default:                return "no such virtio device";
+    }
+}
+
+static const struct virtio_ops pci_ops;
+static const struct virtio_ops mmio_ops;
+
+static const char *pci_find_virtio(struct virtio *v, uint16_t device_id)
+{
+    return virtio_find_nth(v, device_id, 0);
+}
+
+const char *virtio_find_nth(struct virtio *v, uint16_t device_id, unsigned nth)
+{
+    struct pci_dev *d = pci_find_nth(VIRTIO_VENDOR, device_id, nth);
     unsigned cap = 0;
 
-    memset(v, 0, sizeof(*v));
-    if (!d) {
-        switch (device_id) {
-        case VIRTIO_ID_NET:     return "no virtio-net device (1af4:1041)";
-        case VIRTIO_ID_BLK:     return "no virtio-blk device (1af4:1042)";
-        case VIRTIO_ID_RNG:     return "no virtio-rng device (1af4:1044)";
-        case VIRTIO_ID_BALLOON: return "no virtio-balloon device (1af4:1045)";
-        case VIRTIO_ID_VSOCK:   return "no virtio-vsock device (1af4:1053)";
-        default:                return "no such virtio device";
-        }
-    }
+    if (!d)
+        return missing_device(device_id);
+    v->ops = &pci_ops;
     v->pci = d;
     while ((cap = pci_find_cap(d, PCI_CAP_VENDOR, cap)) != 0) {
         uint8_t type = pci_read8(d, cap + VCAP_CFG_TYPE);
@@ -191,19 +274,6 @@ const char *virtio_find(struct virtio *v, uint16_t device_id)
     v->msix_cap = pci_find_cap(d, PCI_CAP_MSIX, 0);
     pci_enable(d);
     return NULL;
-}
-
-int virtio_reset(struct virtio *v)
-{
-    uint64_t t0 = rdtsc(), limit = us_tsc(1000000);
-
-    virtio_set_status(v, 0);
-    while (virtio_status(v) != 0) {
-        if (rdtsc() - t0 > limit)
-            return 0;
-        cpu_relax();
-    }
-    return 1;
 }
 
 /* MSI-X table entries in use: the table's size, at most IRQ_VECTORS. */
@@ -246,18 +316,342 @@ static const char *setup_msix(struct virtio *v)
     return NULL;
 }
 
+static uint8_t pci_status(struct virtio *v) { return cc_r8(v, CC_STATUS); }
+static void pci_set_status(struct virtio *v, uint8_t s) { cc_w8(v, CC_STATUS, s); }
+static uint8_t pci_generation(struct virtio *v) { return cc_r8(v, CC_CFG_GENERATION); }
+
+static const char *pci_irqs(struct virtio *v)
+{
+    if (v->msix == IRQ_IOAPIC)
+        return "probe.irq=ioapic: a virtio-PCI device interrupts through MSI-X (probe.irq=msix)";
+    if (v->msix)
+        return setup_msix(v);
+    if (v->msix_cap) {                  /* INTx is off too: no interrupts at all */
+        uint16_t ctrl = pci_read16(v->pci, v->msix_cap + 2);
+
+        pci_write16(v->pci, v->msix_cap + 2, (uint16_t)(ctrl & ~MSIX_CTRL_ENABLE));
+    }
+    return NULL;
+}
+
+static uint16_t pci_queue_max(struct virtio *v, unsigned qi)
+{
+    cc_w16(v, CC_Q_SELECT, (uint16_t)qi);
+    return cc_r16(v, CC_Q_SIZE);
+}
+
+static const char *pci_queue_enable(struct virtio *v, struct virtq *q)
+{
+    uint16_t off;
+
+    cc_w16(v, CC_Q_SIZE, q->size);
+    cc_w64(v, CC_Q_DESC, (uint64_t)q->desc);
+    cc_w64(v, CC_Q_DRIVER, (uint64_t)q->avail);
+    cc_w64(v, CC_Q_DEVICE, (uint64_t)q->used);
+    if (v->msix) {
+        /* entry 1 + i; the last queues share the last entry of a small table */
+        q->irq_slot = MSIX_ENTRY_QUEUE0 + q->index;
+        if (q->irq_slot >= msix_entries(v))
+            q->irq_slot = msix_entries(v) - 1;
+        cc_w16(v, CC_Q_MSIX, (uint16_t)q->irq_slot);
+        if (cc_r16(v, CC_Q_MSIX) != q->irq_slot)
+            return "the device refused the queue's MSI-X vector";
+    }
+    off = cc_r16(v, CC_Q_NOTIFY_OFF);
+    if ((uint64_t)off * v->notify_mult + 2 > v->notify_len)
+        return "queue notify address outside the notification structure";
+    q->notify_addr = v->notify + (uint64_t)off * v->notify_mult;
+    cc_w16(v, CC_Q_ENABLE, 1);
+    return NULL;
+}
+
+static void pci_print_where(const struct virtio *v)
+{
+    put_str(" dev=");
+    pci_put_bdf(v->pci);
+}
+
+static void pci_print_regs(const struct virtio *v)
+{
+    kv_hex("common", v->common);
+    kv_hex("notify", v->vq[0].notify_addr);
+    kv_dec("notify_mult", v->notify_mult);
+    kv_hex("isr", v->isr);
+    kv_hex("device_cfg", v->devcfg);
+    kv_str("irq", virtio_irq_name(v));
+    if (v->msix) {
+        kv_dec("msix_vectors", v->msix_size);
+        kv_dec("apic_id", v->apic_id);
+    }
+}
+
+static const struct virtio_ops pci_ops = {
+    pci_status, pci_set_status, pci_generation, cc_r32, cc_w32, CC_DFSELECT, CC_DF, CC_GFSELECT, CC_GF,
+    pci_irqs, pci_queue_max, pci_queue_enable, pci_print_where, pci_print_regs,
+};
+
+/* ------------------------------------------------------------------ */
+/* MMIO transport: windows named on the command line.                   */
+
+/* virtio_mmio.device=<size>@<base>:<irq>[:<id>] entries (Linux's syntax) */
+static struct {
+    uint64_t base, size;
+    uint32_t irq;
+} mm_devs[MM_MAX_DEVS];
+static unsigned mm_ndevs;
+
+/* A size or address as Linux's memparse() takes it: a number (0x for
+ * hex) with an optional K, M or G suffix.  0 on a syntax error. */
+static int parse_size(const char *s, size_t len, uint64_t *out)
+{
+    unsigned shift = 0;
+
+    if (len > 1 && (s[len - 1] == 'K' || s[len - 1] == 'k'))
+        shift = 10;
+    else if (len > 1 && (s[len - 1] == 'M' || s[len - 1] == 'm'))
+        shift = 20;
+    else if (len > 1 && (s[len - 1] == 'G' || s[len - 1] == 'g'))
+        shift = 30;
+    if (shift)
+        len--;
+    if (!parse_u64(s, len, 1, out) || (shift && *out >> (64 - shift)))
+        return 0;
+    *out <<= shift;
+    return 1;
+}
+
+static size_t span(const char *s, size_t len, char stop)
+{
+    size_t i = 0;
+
+    while (i < len && s[i] != stop)
+        i++;
+    return i;
+}
+
+/* One entry's value (after "virtio_mmio.device="); 0 if it is malformed. */
+static int mm_parse_entry(const char *s, size_t len)
+{
+    uint64_t size, base, irq;
+    size_t a = span(s, len, '@'), b, c;
+
+    if (a == len || !parse_size(s, a, &size))
+        return 0;
+    s += a + 1;
+    len -= a + 1;
+    b = span(s, len, ':');
+    if (b == len || !parse_size(s, b, &base))
+        return 0;
+    s += b + 1;
+    len -= b + 1;
+    c = span(s, len, ':');              /* an id may follow: not ours to use */
+    if (!parse_u64(s, c, 0, &irq) || irq > 255)
+        return 0;
+    /* The registers and some configuration space must fit, inside the
+     * probe's identity map below 4 GiB, page aligned. */
+    if (size < 0x200 || base & 0xfff || base >= MAPPED_LIMIT || size > MAPPED_LIMIT - base)
+        return 0;
+    mm_devs[mm_ndevs].base = base;
+    mm_devs[mm_ndevs].size = size;
+    mm_devs[mm_ndevs].irq = (uint32_t)irq;
+    mm_ndevs++;
+    return 1;
+}
+
+static void mm_parse(const struct options *o)
+{
+    static const char key[] = "virtio_mmio.device=";
+    const size_t klen = sizeof(key) - 1;
+    const char *s = (const char *)o->cmdline;
+    size_t len = o->cmdline_len, i = 0, k;
+
+    mm_ndevs = 0;
+    while (s && i < len) {
+        size_t start, n;
+
+        while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n'))
+            i++;
+        start = i;
+        while (i < len && s[i] != ' ' && s[i] != '\t' && s[i] != '\n')
+            i++;
+        n = i - start;
+        for (k = 0; k < klen && k < n && s[start + k] == key[k]; k++)
+            ;
+        if (k < klen)
+            continue;
+        if (mm_ndevs == MM_MAX_DEVS)
+            fail("too many virtio_mmio.device= entries", "", 0);
+        if (!mm_parse_entry(s + start + klen, n - klen))
+            fail("bad virtio_mmio.device= entry: ", s + start, n);
+    }
+}
+
+static void mm_print_dev(unsigned i)
+{
+    uint64_t base = mm_devs[i].base;
+
+    line_begin("virtio-mmio");
+    kv_hex("base", base);
+    kv_dec("size", mm_devs[i].size);
+    kv_dec("irq", mm_devs[i].irq);
+    kv_hex("magic", mmio_read32(base + MM_MAGIC));
+    kv_dec("version", mmio_read32(base + MM_VERSION));
+    kv_dec("device", mmio_read32(base + MM_DEVICE_ID));
+    line_end();
+}
+
+static const char *mm_find(struct virtio *v, uint16_t device_id)
+{
+    unsigned i;
+
+    for (i = 0; i < mm_ndevs; i++) {
+        uint64_t base = mm_devs[i].base;
+
+        if (mmio_read32(base + MM_MAGIC) != MM_MAGIC_VALUE)
+            return "virtio-mmio: a window on the command line has no magic value";
+        if (mmio_read32(base + MM_VERSION) != 2)
+            return "virtio-mmio: version is not 2 (legacy devices are not supported)";
+        /* DeviceID is the device type; the PCI ids are 0x1040 + type. */
+        if (mmio_read32(base + MM_DEVICE_ID) + 0x1040u == device_id) {
+            v->ops = &mmio_ops;
+            v->mmio = base;
+            v->mmio_irq = mm_devs[i].irq;
+            v->devcfg = base + MM_CONFIG;
+            v->devcfg_len = (uint32_t)(mm_devs[i].size - MM_CONFIG);
+            return NULL;
+        }
+    }
+    return missing_device(device_id);
+}
+
+static uint8_t mm_status(struct virtio *v) { return (uint8_t)mm_r(v, MM_STATUS); }
+static void mm_set_status(struct virtio *v, uint8_t s) { mm_w(v, MM_STATUS, s); }
+static uint8_t mm_generation(struct virtio *v) { return (uint8_t)mm_r(v, MM_CFG_GEN); }
+
+/*
+ * probe.irq=ioapic: the device's line, as the command line names it, goes
+ * to vector IRQ_VECTOR_BASE + MM_IRQ_SLOT on this CPU, edge-triggered and
+ * active high.  The device holds its line up while InterruptStatus is not
+ * zero; the driver acknowledges every reason on each interrupt (vq_wait),
+ * and the device drops and raises its line when a reason is left, so every
+ * new one is an edge.
+ */
+static const char *mm_irqs(struct virtio *v)
+{
+    uint64_t ioapic = acpi.have_ioapic ? acpi.ioapic_addr : IOAPIC_DEFAULT;
+    uint32_t pin = v->mmio_irq;
+
+    if (v->msix == IRQ_MSIX)
+        return "probe.irq=msix: a virtio-mmio device interrupts on an IOAPIC line (probe.irq=ioapic)";
+    if (!v->msix)
+        return NULL;
+    if (pin >= IOAPIC_PINS)
+        return "probe.irq=ioapic: the device's line is beyond the IOAPIC's 24 pins";
+    v->apic_id = lapic_setup_for_msi();
+    mmio_write32(ioapic, 0x10 + 2 * pin + 1);              /* IOREDTBL high: destination */
+    mmio_write32(ioapic + 0x10, v->apic_id << 24);
+    mmio_write32(ioapic, 0x10 + 2 * pin);                  /* low: fixed, physical, edge, high, unmasked */
+    mmio_write32(ioapic + 0x10, IRQ_VECTOR_BASE + MM_IRQ_SLOT);
+    return NULL;
+}
+
+static uint16_t mm_queue_max(struct virtio *v, unsigned qi)
+{
+    uint32_t max;
+
+    mm_w(v, MM_Q_SEL, qi);
+    if (mm_r(v, MM_Q_READY))            /* already in use: not for us (4.2.3.2) */
+        return 0;
+    max = mm_r(v, MM_Q_NUM_MAX);
+    return (uint16_t)(max > 32768 ? 32768 : max);
+}
+
+static const char *mm_queue_enable(struct virtio *v, struct virtq *q)
+{
+    mm_w(v, MM_Q_NUM, q->size);
+    mm_w64(v, MM_Q_DESC, (uint64_t)q->desc);
+    mm_w64(v, MM_Q_DRIVER, (uint64_t)q->avail);
+    mm_w64(v, MM_Q_DEVICE, (uint64_t)q->used);
+    q->notify_addr = v->mmio + MM_NOTIFY;
+    q->notify32 = 1;                    /* QueueNotify takes 32-bit writes only */
+    if (v->msix) {
+        q->irq_slot = MM_IRQ_SLOT;
+        q->irq_ack = v->mmio;
+    }
+    mm_w(v, MM_Q_READY, 1);
+    if (mm_r(v, MM_Q_READY) != 1)
+        return "the device did not take QueueReady";
+    return NULL;
+}
+
+static void mm_print_where(const struct virtio *v)
+{
+    kv_str("transport", "mmio");
+    kv_hex("base", v->mmio);
+    kv_dec("gsi", v->mmio_irq);
+}
+
+static void mm_print_regs(const struct virtio *v)
+{
+    kv_hex("notify", v->vq[0].notify_addr);
+    kv_hex("device_cfg", v->devcfg);
+    kv_str("irq", virtio_irq_name(v));
+    if (v->msix)
+        kv_dec("apic_id", v->apic_id);
+}
+
+static const struct virtio_ops mmio_ops = {
+    mm_status, mm_set_status, mm_generation, mm_r, mm_w, MM_DF_SEL, MM_DF, MM_GF_SEL, MM_GF,
+    mm_irqs, mm_queue_max, mm_queue_enable, mm_print_where, mm_print_regs,
+};
+
+/* ------------------------------------------------------------------ */
+/* Either transport.                                                    */
+
+const char *virtio_init(const struct options *o, int verbose)
+{
+    unsigned i;
+
+    mm_parse(o);
+    if (!mm_ndevs)
+        return pci_init(o, verbose);
+    if (verbose)
+        for (i = 0; i < mm_ndevs; i++)
+            mm_print_dev(i);
+    return NULL;
+}
+
+const char *virtio_find(struct virtio *v, uint16_t device_id)
+{
+    memset(v, 0, sizeof(*v));
+    return mm_ndevs ? mm_find(v, device_id) : pci_find_virtio(v, device_id);
+}
+
+int virtio_reset(struct virtio *v)
+{
+    uint64_t t0 = rdtsc(), limit = us_tsc(1000000);
+
+    virtio_set_status(v, 0);
+    while (virtio_status(v) != 0) {
+        if (rdtsc() - t0 > limit)
+            return 0;
+        cpu_relax();
+    }
+    return 1;
+}
+
 static const char *setup_queue(struct virtio *v, unsigned qi, unsigned max_qsize)
 {
     static const char *const missing[VIRTIO_MAX_QUEUES] = {
         "queue 0 is not available", "queue 1 is not available", "queue 2 is not available",
     };
     struct virtq *q = &v->vq[qi];
-    uint16_t max, off, i, entry = 0;
+    const char *err;
+    uint16_t max, i;
     unsigned size = 1;
 
     memset(q, 0, sizeof(*q));
-    cc_w16(v, CC_Q_SELECT, (uint16_t)qi);
-    max = cc_r16(v, CC_Q_SIZE);
+    max = v->ops->queue_max(v, qi);
     if (qi == 0)
         v->queue_max = max;
     if (max == 0)
@@ -266,7 +660,6 @@ static const char *setup_queue(struct virtio *v, unsigned qi, unsigned max_qsize
         size *= 2;
     q->size = (uint16_t)size;
     q->index = (uint16_t)qi;
-    cc_w16(v, CC_Q_SIZE, q->size);
     q->desc = dma_alloc(16ULL * size, 4096);
     q->avail = dma_alloc(6 + 2ULL * size, 4096);
     q->used = dma_alloc(6 + 8ULL * size, 4096);
@@ -275,13 +668,6 @@ static const char *setup_queue(struct virtio *v, unsigned qi, unsigned max_qsize
     q->event_idx = !!(v->features & VF_EVENT_IDX);
     q->indirect = !!(v->features & VF_INDIRECT_DESC);
     q->msix = v->msix;
-    if (v->msix) {
-        entry = (uint16_t)(MSIX_ENTRY_QUEUE0 + qi);
-        if (entry >= msix_entries(v))
-            entry = (uint16_t)(msix_entries(v) - 1);
-    }
-    q->irq_slot = entry;
-    q->irq_seen = irq_count[entry];
     if (q->indirect)
         q->indir = dma_alloc(16ULL * VQ_INDIRECT_MAX * size, 16);
     for (i = 0; i < q->size; i++)
@@ -292,20 +678,21 @@ static const char *setup_queue(struct virtio *v, unsigned qi, unsigned max_qsize
         q->avail[0] = VQ_AVAIL_NO_INTERRUPT;
     if (q->event_idx)                   /* used_event: see vq_get() */
         q->avail[2 + q->size] = q->msix ? 0 : 0xffff;
-    cc_w64(v, CC_Q_DESC, (uint64_t)q->desc);
-    cc_w64(v, CC_Q_DRIVER, (uint64_t)q->avail);
-    cc_w64(v, CC_Q_DEVICE, (uint64_t)q->used);
-    if (v->msix) {
-        cc_w16(v, CC_Q_MSIX, entry);
-        if (cc_r16(v, CC_Q_MSIX) != entry)
-            return "the device refused the queue's MSI-X vector";
-    }
-    off = cc_r16(v, CC_Q_NOTIFY_OFF);
-    if ((uint64_t)off * v->notify_mult + 2 > v->notify_len)
-        return "queue notify address outside the notification structure";
-    q->notify_addr = v->notify + (uint64_t)off * v->notify_mult;
-    cc_w16(v, CC_Q_ENABLE, 1);
-    return NULL;
+    err = v->ops->queue_enable(v, q);   /* sets irq_slot with interrupts */
+    q->irq_seen = irq_count[q->irq_slot];
+    return err;
+}
+
+static uint32_t device_features(struct virtio *v, unsigned word)
+{
+    v->ops->w32(v, v->ops->df_sel, word);
+    return v->ops->r32(v, v->ops->df);
+}
+
+static void driver_features(struct virtio *v, unsigned word, uint32_t f)
+{
+    v->ops->w32(v, v->ops->gf_sel, word);
+    v->ops->w32(v, v->ops->gf, f);
 }
 
 const char *virtio_negotiate(struct virtio *v, uint64_t want, int msix)
@@ -318,19 +705,15 @@ const char *virtio_negotiate(struct virtio *v, uint64_t want, int msix)
         return "device_status did not read 0 after reset";
     virtio_set_status(v, VS_ACKNOWLEDGE);
     virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER);
-    cc_w32(v, CC_DFSELECT, 0);
-    v->dev_features = cc_r32(v, CC_DF);
-    cc_w32(v, CC_DFSELECT, 1);
-    v->dev_features |= (uint64_t)cc_r32(v, CC_DF) << 32;
+    v->dev_features = device_features(v, 0);
+    v->dev_features |= (uint64_t)device_features(v, 1) << 32;
     if (!(v->dev_features & VF_VERSION_1)) {
         virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FAILED);
         return "the device does not offer VIRTIO_F_VERSION_1";
     }
     v->features = v->dev_features & (want | VF_VERSION_1);
-    cc_w32(v, CC_GFSELECT, 0);
-    cc_w32(v, CC_GF, (uint32_t)v->features);
-    cc_w32(v, CC_GFSELECT, 1);
-    cc_w32(v, CC_GF, (uint32_t)(v->features >> 32));
+    driver_features(v, 0, (uint32_t)v->features);
+    driver_features(v, 1, (uint32_t)(v->features >> 32));
     virtio_set_status(v, VS_ACKNOWLEDGE | VS_DRIVER | VS_FEATURES_OK);
     s = virtio_status(v);
     if (!(s & VS_FEATURES_OK)) {
@@ -347,16 +730,7 @@ const char *virtio_setup(struct virtio *v, unsigned nq, unsigned max_qsize)
 
     if (nq == 0 || nq > VIRTIO_MAX_QUEUES)
         return "bad number of virtqueues";
-    if (v->msix) {
-        err = setup_msix(v);
-    } else {
-        err = NULL;
-        if (v->msix_cap) {              /* INTx is off too: no interrupts at all */
-            uint16_t ctrl = pci_read16(v->pci, v->msix_cap + 2);
-
-            pci_write16(v->pci, v->msix_cap + 2, (uint16_t)(ctrl & ~MSIX_CTRL_ENABLE));
-        }
-    }
+    err = v->ops->irqs(v);
     for (i = 0; !err && i < nq; i++)
         err = setup_queue(v, i, max_qsize);
     if (err) {
@@ -377,11 +751,15 @@ const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max
     return err ? err : virtio_setup(v, 1, max_qsize);
 }
 
+const char *virtio_irq_name(const struct virtio *v)
+{
+    return v->msix == IRQ_IOAPIC ? "ioapic" : v->msix ? "msix" : "poll";
+}
+
 void virtio_print(const struct virtio *v, const char *what)
 {
     line_begin("virtio");
-    put_str(" dev=");
-    pci_put_bdf(v->pci);
+    v->ops->print_where(v);
     kv_str("type", what);
     kv_hex("device_features", v->dev_features);
     kv_hex("features", v->features);
@@ -389,16 +767,7 @@ void virtio_print(const struct virtio *v, const char *what)
     kv_dec("queue_max", v->queue_max);
     if (v->nqueues > 1)
         kv_dec("queues", v->nqueues);
-    kv_hex("common", v->common);
-    kv_hex("notify", v->vq[0].notify_addr);
-    kv_dec("notify_mult", v->notify_mult);
-    kv_hex("isr", v->isr);
-    kv_hex("device_cfg", v->devcfg);
-    kv_str("irq", v->msix ? "msix" : "poll");
-    if (v->msix) {
-        kv_dec("msix_vectors", v->msix_size);
-        kv_dec("apic_id", v->apic_id);
-    }
+    v->ops->print_regs(v);
     line_end();
 }
 
@@ -479,7 +848,7 @@ void vq_kick(struct virtq *q)
     q->kicked_idx = new_idx;
     q->kicks++;
     if (need) {
-        mmio_write16(q->notify_addr, q->index);
+        vq_notify(q);
         q->notifies++;
     }
 }
@@ -556,6 +925,12 @@ int vq_wait(struct virtq *q, uint64_t timeout_tsc)
             if (c != q->irq_seen) {
                 q->irq_seen = c;
                 q->need_check = 1;
+                if (q->irq_ack) {       /* MMIO: the line drops once every reason is acknowledged */
+                    uint32_t why = mmio_read32(q->irq_ack + MM_INT_STATUS);
+
+                    if (why)
+                        mmio_write32(q->irq_ack + MM_INT_ACK, why);
+                }
             }
             if (q->need_check) {
                 /* used_event (written in vq_get) before the index read. */
@@ -586,7 +961,7 @@ uint64_t virtio_want(const struct options *o)
 NORETURN void test_rng(const struct options *o)
 {
     static struct virtio v;
-    const char *err = pci_init(o, 1);
+    const char *err = virtio_init(o, 1);
     uint8_t *staging, *out;
     uint8_t seen[256];
     unsigned got = 0, requests = 0, rounds = 0, distinct = 0, i;

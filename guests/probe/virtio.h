@@ -1,7 +1,8 @@
 /*
- * virtio 1.x over PCI (modern transport only) with split virtqueues:
- * shared by virtio.c (transport, queues, the rng workload) and the
- * device workloads (blk.c, net.c, vsock.c, balloon.c).
+ * virtio 1.x over PCI (modern transport only) or MMIO (version 2) with
+ * split virtqueues: shared by virtio.c (transports, queues, the rng
+ * workload) and the device workloads (blk.c, net.c, vsock.c, balloon.c),
+ * which see the same calls whatever the transport.
  */
 #ifndef VIRTIO_H
 #define VIRTIO_H
@@ -62,12 +63,14 @@ struct virtq {
     volatile uint16_t *avail;           /* flags, idx, ring[size], used_event */
     volatile uint8_t *used;             /* flags, idx, ring[size] {id, len}, avail_event */
     uint64_t notify_addr;
+    int notify32;                       /* notify with a 32-bit write (MMIO), else 16-bit (PCI) */
     uint16_t free_head, num_free;
     uint16_t avail_idx;                 /* next free avail slot (published) */
     uint16_t kicked_idx;                /* avail_idx at the last notify decision */
     uint16_t last_used;                 /* next used element to look at */
-    int event_idx, indirect, msix;
-    unsigned irq_slot;                  /* irq_count[] index (MSI-X entry) */
+    int event_idx, indirect, msix;      /* msix: interrupts (MSI-X or IOAPIC), else polling */
+    unsigned irq_slot;                  /* irq_count[] index (MSI-X entry, or the IOAPIC line's) */
+    uint64_t irq_ack;                   /* MMIO with interrupts: the window, acknowledged on each one */
     uint64_t irq_seen;
     int need_check;
     uint32_t *token;                    /* per head */
@@ -76,8 +79,13 @@ struct virtq {
     uint64_t notifies, kicks, completed, bad_used;
 };
 
+struct virtio_ops;                      /* a transport's register operations (virtio.c) */
+
 struct virtio {
-    struct pci_dev *pci;
+    const struct virtio_ops *ops;
+    struct pci_dev *pci;                /* PCI: the function */
+    uint64_t mmio;                      /* MMIO: the register window */
+    uint32_t mmio_irq;                  /* MMIO: its interrupt line, as the command line says */
     uint64_t common, notify, isr, devcfg;
     uint32_t notify_mult, notify_len, devcfg_len;
     unsigned msix_cap, msix_size;
@@ -93,9 +101,17 @@ struct virtio {
 /* Per-wait timeout for a request (generous: ring 0 may be emulated). */
 #define VQ_TIMEOUT_US       10000000
 
-/* Locate device_id (vendor 0x1af4) after pci_init(), read its virtio
- * capabilities, enable it on the bus.  NULL or an error message. */
+/* Find the transport: the virtio_mmio.device=SIZE@BASE:IRQ[:ID] entries
+ * of the probe's command line (printed as "virtio-mmio" lines when
+ * verbose), or, without any, PCI (pci_init).  NULL or an error message. */
+const char *virtio_init(const struct options *o, int verbose);
+/* Locate device_id (the PCI id: 0x1040 + the device type) after
+ * virtio_init(): on PCI read its virtio capabilities and enable it on the
+ * bus; on MMIO check each window's magic and version (2) and match the
+ * device type.  NULL or an error message. */
 const char *virtio_find(struct virtio *v, uint16_t device_id);
+/* The same for the nth device of that kind (0: the first). */
+const char *virtio_find_nth(struct virtio *v, uint16_t device_id, unsigned nth);
 /* Reset, negotiate VERSION_1 plus (want & offered), set up queue 0 with
  * at most max_qsize entries, MSI-X or polling, DRIVER_OK. */
 const char *virtio_start(struct virtio *v, uint64_t want, int msix, unsigned max_qsize);
@@ -112,6 +128,8 @@ int virtio_reset(struct virtio *v);
 uint8_t virtio_status(struct virtio *v);
 void virtio_set_status(struct virtio *v, uint8_t s);
 void virtio_print(const struct virtio *v, const char *what);
+/* "poll", "msix" or "ioapic". */
+const char *virtio_irq_name(const struct virtio *v);
 uint64_t virtio_irqs(const struct virtio *v);
 /* Transport features asked for by probe.features. */
 uint64_t virtio_want(const struct options *o);
@@ -128,6 +146,8 @@ uint8_t vcfg_generation(struct virtio *v);
 unsigned vq_descs_for(const struct virtq *q, unsigned n);
 /* Add a request (not yet notified).  0, or -1 if the ring is full. */
 int vq_add(struct virtq *q, const struct vbuf *b, unsigned n, uint32_t token);
+/* Write the queue's index to its notify register (no questions asked). */
+void vq_notify(struct virtq *q);
 /* Notify the device of everything added since the last kick, if it
  * asked to be notified. */
 void vq_kick(struct virtq *q);

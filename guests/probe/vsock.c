@@ -669,7 +669,7 @@ static void vs_poll(struct vsock *s)
 static struct vsock *vs_attach(const struct options *o)
 {
     struct vsock *s = &vsock_dev;
-    const char *err = pci_init(o, 0);
+    const char *err = virtio_init(o, 0);
     struct virtq *rq, *tq;
     unsigned i;
 

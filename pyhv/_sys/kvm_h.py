@@ -351,6 +351,47 @@ class kvm_msi(_Struct):
     _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("flags", u32), ("devid", u32), ("pad", u8 * 12)]
 
 
+class kvm_irq_routing_irqchip(_Struct):
+    _c_name_ = "struct kvm_irq_routing_irqchip"
+    _fields_ = [("irqchip", u32), ("pin", u32)]
+
+
+class kvm_irq_routing_msi(_Struct):
+    _c_name_ = "struct kvm_irq_routing_msi"
+    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("devid", u32)]
+
+
+class kvm_irq_routing_entry_u(_Union):
+    _fields_ = [("irqchip", kvm_irq_routing_irqchip), ("msi", kvm_irq_routing_msi), ("pad", u32 * 8)]
+
+
+class kvm_irq_routing_entry(_Struct):
+    _c_name_ = "struct kvm_irq_routing_entry"
+    _fields_ = [("gsi", u32), ("type", u32), ("flags", u32), ("pad", u32), ("u", kvm_irq_routing_entry_u)]
+
+
+class kvm_irq_routing(_Struct):
+    """The header; ``nr`` entries follow it (a flexible array in C)."""
+
+    _c_name_ = "struct kvm_irq_routing"
+    _fields_ = [("nr", u32), ("flags", u32)]
+
+
+
+def irq_routing(entries: list[kvm_irq_routing_entry]) -> bytearray:
+    """A whole ``struct kvm_irq_routing``: the header, then the entries."""
+    table = bytearray(kvm_irq_routing(nr=len(entries)))
+    for entry in entries:
+        table += bytes(entry)
+    return table
+
+KVM_IRQ_ROUTING_IRQCHIP = 1
+KVM_IRQ_ROUTING_MSI = 2
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
+
+
 class kvm_clock_data(_Struct):
     _c_name_ = "struct kvm_clock_data"
     _fields_ = [
@@ -583,6 +624,7 @@ KVM_SET_XSAVE = _IOW(KVMIO, 0xA5, kvm_xsave)
 KVM_GET_XCRS = _IOR(KVMIO, 0xA6, kvm_xcrs)
 KVM_SET_XCRS = _IOW(KVMIO, 0xA7, kvm_xcrs)
 KVM_IRQFD = _IOW(KVMIO, 0x76, kvm_irqfd)
+KVM_SET_GSI_ROUTING = _IOW(KVMIO, 0x6A, kvm_irq_routing)
 KVM_IOEVENTFD = _IOW(KVMIO, 0x79, kvm_ioeventfd)
 KVM_SET_CLOCK = _IOW(KVMIO, 0x7B, kvm_clock_data)
 KVM_GET_CLOCK = _IOR(KVMIO, 0x7C, kvm_clock_data)
@@ -607,7 +649,7 @@ IOCTLS = {name: value for name, value in globals().items() if name.startswith("K
     "KVM_SET_VCPU_EVENTS", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_SET_GUEST_DEBUG", "KVM_GET_XSAVE", "KVM_SET_XSAVE",
     "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_IRQFD", "KVM_IOEVENTFD", "KVM_SET_CLOCK", "KVM_GET_CLOCK",
     "KVM_SIGNAL_MSI", "KVM_GET_IRQCHIP", "KVM_SET_IRQCHIP", "KVM_GET_PIT2", "KVM_SET_PIT2",
-    "KVM_GET_DIRTY_LOG",
+    "KVM_GET_DIRTY_LOG", "KVM_SET_GSI_ROUTING",
 }}
 
 #: the mirrored structures, for the ABI test
@@ -617,6 +659,7 @@ STRUCTS = [
     kvm_mp_state, kvm_enable_cap, kvm_lapic_state, kvm_vcpu_events, kvm_debugregs, kvm_guest_debug_arch,
     kvm_guest_debug, kvm_debug_exit_arch, kvm_xsave, kvm_xcr,
     kvm_xcrs, kvm_irqfd, kvm_ioeventfd, kvm_msi, kvm_clock_data, kvm_irqchip, kvm_pit_channel_state,
-    kvm_pit_state2, kvm_dirty_log, kvm_run,
+    kvm_pit_state2, kvm_dirty_log, kvm_run, kvm_irq_routing_irqchip, kvm_irq_routing_msi,
+    kvm_irq_routing_entry, kvm_irq_routing,
 ]
 

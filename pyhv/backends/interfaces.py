@@ -21,6 +21,15 @@ VNET_HDR_SIZE = 12
 
 Callback = Callable[[], None]
 
+#: what a :class:`FrameBackend` can hand the guest besides plain checksummed
+#: frames (the TUN_F_* bits of <linux/if_tun.h>): frames whose checksum is
+#: left for the receiver (VIRTIO_NET_HDR_F_NEEDS_CSUM), TCP segments of up to
+#: 64 KiB over IPv4 or IPv6 (GSO), and UDP datagrams of up to 64 KiB
+OFFLOAD_CSUM = 0x01
+OFFLOAD_TSO4 = 0x02
+OFFLOAD_TSO6 = 0x04
+OFFLOAD_UFO = 0x10
+
 
 class Readiness(Protocol):
     """Readiness callbacks on the I/O thread (``vmm.iothread.IoThread`` is one)."""
@@ -60,6 +69,17 @@ class FrameBackend(Protocol):
         OSError when it failed."""
         ...
 
+    def offloads(self) -> int:
+        """The ``OFFLOAD_*`` bits this backend can do, in both directions: it
+        takes frames whose header asks for them and, once :meth:`set_offload`
+        allows it, hands such frames over.  0 when it does none."""
+        ...
+
+    def set_offload(self, flags: int) -> None:
+        """Which ``OFFLOAD_*`` frames (a subset of :meth:`offloads`) the guest
+        accepts, so the backend may hand them over.  Raises OSError."""
+        ...
+
 
 class HostStream(Protocol):
     """One host-side stream behind a vsock connection: non-blocking bytes."""
@@ -73,7 +93,13 @@ class HostStream(Protocol):
         Raises BlockingIOError when nothing is waiting."""
         ...
 
-    def send(self, data: bytes | bytearray) -> int:
+    def recv_into(self, views: Sequence[memoryview]) -> int:
+        """:meth:`recv` scattered into ``views`` (one read); the bytes read, 0
+        once the host closed its end or failed.  Raises BlockingIOError when
+        nothing is waiting."""
+        ...
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
         """Write what the host takes now and return how much that was.  Raises
         BlockingIOError when it takes nothing (wait for writable), OSError
         when the host end is gone."""

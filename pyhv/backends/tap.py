@@ -3,8 +3,10 @@
 pyhv opens the TAP by name (creating it if it does not exist, and bringing it
 up) or takes an already-open file descriptor from the toolstack.  The header
 size is set to 12 (struct virtio_net_hdr_v1, with num_buffers) so frames move
-between the TAP and guest buffers without reformatting; offloads stay off
-(TUNSETOFFLOAD 0) unless the guest negotiates ones the TAP can do.
+between the TAP and guest buffers without reformatting.  Which offloads the
+TAP can do (checksum, TSO4/6, UFO) is probed once with TUNSETOFFLOAD; they stay
+off (TUNSETOFFLOAD 0) until the guest accepts them, and then exactly the ones
+it accepted are switched on (:meth:`Tap.set_offload`).
 
 :class:`Tap` is virtio-net's :class:`~.interfaces.FrameBackend`: one read or
 write on the TAP's fd moves one whole frame, header first.
@@ -17,7 +19,13 @@ from collections.abc import Sequence
 
 from .._sys import tun
 from ..errors import PyhvError
-from .interfaces import VNET_HDR_SIZE
+from .interfaces import OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO, VNET_HDR_SIZE
+
+_TUN_FLAGS = {OFFLOAD_CSUM: tun.TUN_F_CSUM, OFFLOAD_TSO4: tun.TUN_F_TSO4, OFFLOAD_TSO6: tun.TUN_F_TSO6, OFFLOAD_UFO: tun.TUN_F_UFO}
+
+
+def _tun_flags(flags: int) -> int:
+    return sum(tun_flag for bit, tun_flag in _TUN_FLAGS.items() if flags & bit)
 
 
 class Tap:
@@ -30,6 +38,7 @@ class Tap:
                 raise PyhvError(f"tap {name or '(new)'}: cannot open: {e.strerror or e}") from None
         self.fd = fd
         self.name = name
+        self._offloads = self._probe_offloads()
         if bridge:
             try:
                 self._attach(bridge)
@@ -59,8 +68,22 @@ class Tap:
     def send(self, views: Sequence[memoryview]) -> None:
         os.writev(self.fd, views)
 
+    def _probe_offloads(self) -> int:
+        """What TUNSETOFFLOAD accepts on this fd (nothing on a descriptor that
+        is not a TAP), left switched off until the guest accepts some."""
+        wanted = OFFLOAD_CSUM | OFFLOAD_TSO4 | OFFLOAD_TSO6 | OFFLOAD_UFO
+        try:
+            tun.set_offload(self.fd, _tun_flags(wanted))
+            tun.set_offload(self.fd, 0)
+        except OSError:
+            return 0
+        return wanted
+
+    def offloads(self) -> int:
+        return self._offloads
+
     def set_offload(self, flags: int) -> None:
-        tun.set_offload(self.fd, flags)
+        tun.set_offload(self.fd, _tun_flags(flags & self._offloads))
 
     def close(self) -> None:
         if self.fd >= 0:

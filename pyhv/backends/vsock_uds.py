@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 
 from .._sys.files import handed
 from .interfaces import OnConnect, Readiness
@@ -43,7 +44,15 @@ class UdsStream:
         except OSError:
             return b""  # a reset is an end of stream to the reader
 
-    def send(self, data: bytes | bytearray) -> int:
+    def recv_into(self, views: Sequence[memoryview]) -> int:
+        try:
+            return self.sock.recvmsg_into(views)[0]
+        except BlockingIOError:
+            raise
+        except OSError:
+            return 0  # a reset is an end of stream to the reader
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
         return self.sock.send(data)
 
     def confirm(self, host_port: int) -> None:

@@ -13,6 +13,7 @@ from pyhv.boot.layout import (
     HIGH_MEMORY_START,
     LOW_RESERVED_END,
     PAGE_SIZE,
+    PYHV_LOW_AREAS,
     align_down,
 )
 from pyhv._sys.files import open_handed
@@ -59,19 +60,19 @@ def low_ram_top(mem: GuestRam, path: str) -> int:
 
 
 def check_load_range(mem: GuestRam, path: str, start: int, size: int, what: str) -> None:
-    """Refuse to load ``[start, start+size)`` outside ``[1 MiB, top of low RAM)``.
+    """Refuse to load ``[start, start+size)`` over one of pyhv's own areas in the
+    first MiB (layout.PYHV_LOW_AREAS: boot structures, the command line, the BIOS
+    area) or past the top of low RAM.
 
-    The first MiB holds the boot structures and the BIOS area; low RAM is
-    the only RAM below 4 GiB, which is all that 32-bit entry points and the
-    boot page tables reach.
+    Low RAM is the only RAM below 4 GiB, which is all that 32-bit entry points
+    and the boot page tables reach; the rest of the first MiB is the kernel's.
     """
     end = start + size
-    if start < LOW_RESERVED_END:
-        raise ImageError(
-            path,
-            f"{what} at [{start:#x}, {end:#x}) overlaps the first MiB, "
-            "which is reserved for boot structures and the BIOS area",
-        )
+    for area in PYHV_LOW_AREAS:
+        if start < area.end and area.start < end:
+            raise ImageError(
+                path, f"{what} at [{start:#x}, {end:#x}) overlaps pyhv's {area.name} at [{area.start:#x}, {area.end:#x})"
+            )
     top = low_ram_top(mem, path)
     if end > top:
         raise ImageError(path, f"{what} at [{start:#x}, {end:#x}) does not fit in guest RAM below {top:#x}")

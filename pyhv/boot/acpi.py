@@ -15,18 +15,24 @@ start info (``rsdp_paddr``).
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 from . import aml
 from ._types import GuestRam
+from .layout import MPTABLE_ADDR
 
 ACPI_BASE = 0xE0000
-ACPI_LIMIT = 0x100000
+#: the tables stop below the MP table (mptable.py)
+ACPI_LIMIT = MPTABLE_ADDR
 OEM_ID = b"PYHV  "
 OEM_TABLE_ID = b"PYHVVMM "
 CREATOR_ID = b"PYHV"
 
 LAPIC_ADDR = 0xFEE0_0000
 IOAPIC_ADDR = 0xFEC0_0000
+IOAPIC_ID = 0
+#: the IOAPIC pin of ISA IRQ 0 (the PIT), as on PCs: an interrupt source override
+PIT_GSI = 2
 
 #: I/O ports of the ACPI power-management registers (see devices/legacy/acpi_pm.py)
 SLEEP_CONTROL_PORT = 0x3C0
@@ -74,13 +80,13 @@ def fadt(dsdt_addr: int) -> bytes:
     def put(offset: int, fmt: str, *values: object) -> None:
         struct.pack_into(fmt, body, offset - 36, *values)
 
-    put(0x28, "<I", dsdt_addr if dsdt_addr < 1 << 32 else 0)  # DSDT
+    put(FADT_DSDT, "<I", dsdt_addr if dsdt_addr < 1 << 32 else 0)  # DSDT
     put(0x6D, "<H", FADT_BOOT_VGA_NOT_PRESENT)  # IAPC_BOOT_ARCH
     put(0x70, "<I", FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP)  # Flags
     body[0x74 - 36 : 0x80 - 36] = gas(RESET_PORT)  # RESET_REG
     put(0x80, "<B", RESET_VALUE)  # RESET_VALUE
     put(0x83, "<B", 5)  # FADT Minor Version (6.5)
-    put(0x8C, "<Q", dsdt_addr)  # X_DSDT
+    put(FADT_X_DSDT, "<Q", dsdt_addr)  # X_DSDT
     body[0xF4 - 36 : 0x100 - 36] = gas(SLEEP_CONTROL_PORT)  # SLEEP_CONTROL_REG
     body[0x100 - 36 : 0x10C - 36] = gas(SLEEP_STATUS_PORT)  # SLEEP_STATUS_REG
     put(0x10C, "<8s", b"PYHV")  # Hypervisor Vendor Identity
@@ -91,8 +97,8 @@ def madt(apic_ids: list[int]) -> bytes:
     body = bytearray(struct.pack("<II", LAPIC_ADDR, MADT_PCAT_COMPAT))
     for uid, apic_id in enumerate(apic_ids):
         body += struct.pack("<BBBBI", 0, 8, uid, apic_id, 1)  # Processor Local APIC, enabled
-    body += struct.pack("<BBBBII", 1, 12, 0, 0, IOAPIC_ADDR, 0)  # I/O APIC id 0, GSI base 0
-    body += struct.pack("<BBBBIH", 2, 10, 0, 0, 2, 0)  # ISA IRQ0 (PIT) -> GSI 2
+    body += struct.pack("<BBBBII", 1, 12, IOAPIC_ID, 0, IOAPIC_ADDR, 0)  # I/O APIC, GSI base 0
+    body += struct.pack("<BBBBIH", 2, 10, 0, 0, PIT_GSI, 0)  # ISA IRQ0 (PIT) -> GSI 2
     body += struct.pack("<BBBHB", 4, 6, 0xFF, 0, 1)  # LAPIC NMI on LINT1, all processors
     return sdt(b"APIC", 5, bytes(body))
 
@@ -170,30 +176,129 @@ class AcpiTables:
         mem.write(RESET_VECTOR_ADDR, reset_vector_stub())
 
 
-def build_tables(
-    apic_ids: list[int], devices: list[bytes], extra: list[tuple[str, bytes]] | None = None, base: int = ACPI_BASE
-) -> AcpiTables:
-    """Lay out RSDP, XSDT, FADT, MADT, DSDT and ``extra`` (signature, table) from ``base`` upwards."""
-    out = AcpiTables(rsdp_addr=base)
-    cursor = base + 64  # RSDP is 36 bytes; keep the tables 16-byte aligned
+class _Layout(NamedTuple):
+    """Tables placed from an address: (address, signature, bytes) in order, the XSDT's
+    address, and where each pointer field is: (table address + field offset, size, target)."""
+
+    tables: list[tuple[int, str, bytes]]
+    xsdt_addr: int
+    end: int
+    pointers: list[tuple[int, int, int]]
+
+
+def _layout(apic_ids: list[int], devices: list[bytes], extra: list[tuple[str, bytes]], start: int) -> _Layout:
+    """DSDT, FADT, MADT, ``extra`` and the XSDT from ``start``, each 16-byte aligned."""
+    placed: list[tuple[int, str, bytes]] = []
+    pointers: list[tuple[int, int, int]] = []
+    cursor = start
 
     def place(signature: str, blob: bytes) -> int:
         nonlocal cursor
         addr = cursor
-        out.blobs[addr] = blob
-        out.tables[signature] = addr
+        placed.append((addr, signature, blob))
         cursor = (cursor + len(blob) + 15) & ~15
         return addr
 
     dsdt_addr = place("DSDT", dsdt(devices))
     fadt_addr = place("FACP", fadt(dsdt_addr))
-    madt_addr = place("APIC", madt(apic_ids))
-    pointers = [fadt_addr, madt_addr] + [place(sig, table) for sig, table in extra or []]
-    xsdt_addr = place("XSDT", sdt(b"XSDT", 1, struct.pack(f"<{len(pointers)}Q", *pointers)))
-    if cursor > ACPI_LIMIT:
-        raise ValueError("ACPI tables do not fit below 1 MiB")
-    out.blobs[base] = rsdp(xsdt_addr)
+    pointers += [(fadt_addr + FADT_DSDT, 4, dsdt_addr), (fadt_addr + FADT_X_DSDT, 8, dsdt_addr)]
+    entries = [fadt_addr, place("APIC", madt(apic_ids))] + [place(sig, table) for sig, table in extra]
+    xsdt_addr = place("XSDT", sdt(b"XSDT", 1, struct.pack(f"<{len(entries)}Q", *entries)))
+    pointers += [(xsdt_addr + 36 + 8 * i, 8, target) for i, target in enumerate(entries)]
+    return _Layout(placed, xsdt_addr, cursor, pointers)
+
+
+def build_tables(
+    apic_ids: list[int], devices: list[bytes], extra: list[tuple[str, bytes]] | None = None, base: int = ACPI_BASE
+) -> AcpiTables:
+    """Lay out RSDP, XSDT, FADT, MADT, DSDT and ``extra`` (signature, table) from ``base`` upwards."""
+    out = AcpiTables(rsdp_addr=base)
+    layout = _layout(apic_ids, devices, extra or [], base + 64)  # RSDP is 36 bytes; tables 16-byte aligned
+    if layout.end > ACPI_LIMIT:
+        raise ValueError("ACPI tables do not fit below the MP table")
+    for addr, signature, blob in layout.tables:
+        out.blobs[addr] = blob
+        out.tables[signature] = addr
+    out.blobs[base] = rsdp(layout.xsdt_addr)
     return out
+
+
+# --- the same tables for firmware: QEMU's fw_cfg files and BIOS linker/loader -------------------
+#
+# Firmware (SeaBIOS, OVMF) installs ACPI tables a VMM hands it through fw_cfg:
+# ``etc/acpi/tables`` (the tables, their pointers holding offsets into that
+# file), ``etc/acpi/rsdp``, and ``etc/table-loader``, a list of 128-byte
+# commands (QEMU's hw/acpi/bios-linker-loader.c) the firmware runs in order:
+# ALLOCATE copies a file into memory (zone HIGH: anywhere; FSEG: the
+# 0xE0000-0xFFFFF segment, where an OS scans for the RSDP); ADD_POINTER adds
+# the address a file was copied to into a little-endian field of another;
+# ADD_CHECKSUM subtracts a range's byte sum from a checksum byte.  Every
+# pointer is patched before any checksum is fixed, so each checksum comes out
+# right whatever the addresses.
+
+LOADER_ALLOCATE = 1
+LOADER_ADD_POINTER = 2
+LOADER_ADD_CHECKSUM = 3
+LOADER_ZONE_HIGH = 1
+LOADER_ZONE_FSEG = 2
+LOADER_FILE_SIZE = 56
+LOADER_ENTRY_SIZE = 128
+#: the tables' and the RSDP's alignment in the firmware's memory (QEMU's)
+LOADER_TABLES_ALIGN = 64
+LOADER_RSDP_ALIGN = 16
+FADT_DSDT = 0x28
+FADT_X_DSDT = 0x8C
+RSDP_XSDT = 24
+SDT_CHECKSUM = 9
+RSDP_CHECKSUM, RSDP_EXT_CHECKSUM, RSDP_V1_LENGTH, RSDP_LENGTH = 8, 32, 20, 36
+
+
+def _loader_entry(command: int, body: bytes) -> bytes:
+    return (struct.pack("<I", command) + body).ljust(LOADER_ENTRY_SIZE, b"\0")
+
+
+def _loader_name(name: str) -> bytes:
+    return name.encode("ascii").ljust(LOADER_FILE_SIZE, b"\0")
+
+
+def loader_allocate(name: str, align: int, zone: int) -> bytes:
+    return _loader_entry(LOADER_ALLOCATE, _loader_name(name) + struct.pack("<IB", align, zone))
+
+
+def loader_add_pointer(dest: str, src: str, offset: int, size: int) -> bytes:
+    return _loader_entry(LOADER_ADD_POINTER, _loader_name(dest) + _loader_name(src) + struct.pack("<IB", offset, size))
+
+
+def loader_add_checksum(name: str, offset: int, start: int, length: int) -> bytes:
+    return _loader_entry(LOADER_ADD_CHECKSUM, _loader_name(name) + struct.pack("<III", offset, start, length))
+
+
+class LoaderFiles(NamedTuple):
+    """``etc/acpi/tables``, ``etc/acpi/rsdp`` and ``etc/table-loader``, in that order."""
+
+    tables: bytes
+    rsdp: bytes
+    loader: bytes
+
+
+def loader_files(
+    apic_ids: list[int], devices: list[bytes], extra: list[tuple[str, bytes]] | None = None,
+    tables_file: str = "etc/acpi/tables", rsdp_file: str = "etc/acpi/rsdp",
+) -> LoaderFiles:
+    """The tables :func:`build_tables` lays out, as the files and commands firmware installs."""
+    layout = _layout(apic_ids, devices, extra or [], 0)
+    blob = bytearray(layout.end)
+    for addr, _, table in layout.tables:
+        blob[addr : addr + len(table)] = table
+    commands = [loader_allocate(rsdp_file, LOADER_RSDP_ALIGN, LOADER_ZONE_FSEG),
+                loader_allocate(tables_file, LOADER_TABLES_ALIGN, LOADER_ZONE_HIGH)]
+    commands += [loader_add_pointer(tables_file, tables_file, field, size) for field, size, _ in layout.pointers]
+    commands.append(loader_add_pointer(rsdp_file, tables_file, RSDP_XSDT, 8))
+    commands += [loader_add_checksum(tables_file, addr + SDT_CHECKSUM, addr, len(table))
+                 for addr, _, table in layout.tables]
+    commands += [loader_add_checksum(rsdp_file, RSDP_CHECKSUM, 0, RSDP_V1_LENGTH),
+                 loader_add_checksum(rsdp_file, RSDP_EXT_CHECKSUM, 0, RSDP_LENGTH)]
+    return LoaderFiles(bytes(blob), rsdp(layout.xsdt_addr), b"".join(commands))
 
 
 def rsdp(xsdt_addr: int) -> bytes:

@@ -7,13 +7,21 @@ places that no supported kernel format asks for::
     0x0000_6000  PVH hvm_start_info or Multiboot information, with their
                  module list, memory map and strings (one page)
     0x0000_7000  Linux zero page (struct boot_params, one page)
-    0x0000_8ff0  initial stack pointer (stack grows down from here)
+    0x0000_8ff0  initial stack pointer (stack grows down from here, one page)
     0x0000_9000  PML4
     0x0000_a000  PDPT
     0x0000_b000  four page directories, 2 MiB pages, identity map 0..4 GiB
     0x0002_0000  kernel command line (CMDLINE_MAX bytes including the NUL)
     0x0009_fc00  EBDA / BIOS area, reserved in the memory map up to 1 MiB
+    0x000d_f000  VM Generation ID: 16 bytes (devices/vmgenid.py)
+    0x000e_0000  ACPI tables (acpi.py)
+    0x000f_0000  MP floating pointer and configuration table (mptable.py)
+    0x000f_fff0  the reset-vector stub (acpi.py)
     0x0010_0000  kernels, then the initrd near the top of low RAM
+
+Between these areas a kernel may load below 1 MiB too (Multiboot kernels
+do): :data:`PYHV_LOW_AREAS` lists what pyhv writes, and a loader refuses only
+segments that overlap one of them.
 
 Low RAM is ``[0, min(mem, LOW_RAM_LIMIT))``; the MMIO hole follows up to
 4 GiB and any remaining RAM starts at ``HIGH_RAM_START``.
@@ -57,10 +65,35 @@ CMDLINE_MAX = 0x10000
 
 #: end of conventional memory the guest may use (639 KiB)
 EBDA_START = 0x9FC00
+#: the MP tables, in the BIOS ROM area a guest scans for them (0xF0000-0xFFFFF)
+MPTABLE_ADDR = 0xF0000
 #: start of "high" memory: the BIOS area below it is reserved
 HIGH_MEMORY_START = 0x100000
 #: nothing of a kernel image may be loaded below this address
 LOW_RESERVED_END = HIGH_MEMORY_START
+
+#: the VM Generation ID's 16 bytes: a page of the reserved BIOS area, below the ACPI tables
+VMGENID_ADDR = 0xDF000
+
+
+class LowArea(NamedTuple):
+    """Memory below 1 MiB that pyhv itself writes while building the boot state."""
+
+    name: str
+    start: int
+    end: int  # exclusive
+
+
+#: pyhv's own areas in the first MiB, in address order (see the module's map)
+PYHV_LOW_AREAS = (
+    LowArea("boot GDT", GDT_ADDR, GDT_ADDR + BOOT_GDT_SIZE),
+    LowArea("boot information", BOOT_INFO_ADDR, BOOT_INFO_END),
+    LowArea("zero page", ZERO_PAGE_ADDR, ZERO_PAGE_ADDR + PAGE_SIZE),
+    LowArea("boot stack", BOOT_STACK_TOP & ~(PAGE_SIZE - 1), (BOOT_STACK_TOP & ~(PAGE_SIZE - 1)) + PAGE_SIZE),
+    LowArea("boot page tables", PML4_ADDR, PAGE_TABLES_END),
+    LowArea("command line", CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_MAX),
+    LowArea("BIOS area (EBDA, VM Generation ID, ACPI tables, MP table, reset vector)", EBDA_START, HIGH_MEMORY_START),
+)
 
 #: default load address of the protected-mode part of a bzImage
 BZIMAGE_LOAD_ADDR = 0x100000

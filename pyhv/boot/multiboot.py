@@ -21,8 +21,12 @@ Machine state ("Machine state"): 32-bit protected mode, paging off, flat
 4 GiB CS and data segments, EAX = 0x2BADB002, EBX = physical address of the
 Multiboot information structure ("Boot information format"), which pyhv
 fills with memory sizes (``mem_lower``/``mem_upper`` in KiB), the command
-line, the initrd as module 0, the memory map (entries prefixed by their
+line (the kernel's path, a space and the arguments, as GRUB and QEMU pass
+it), the initrd as module 0, the memory map (entries prefixed by their
 size, 20) and the boot loader name.
+
+Segments may load below 1 MiB (many Multiboot kernels start at 0x10000 or
+so) anywhere pyhv's own boot areas are not (``layout.PYHV_LOW_AREAS``).
 """
 
 from __future__ import annotations
@@ -154,7 +158,9 @@ def load_multiboot(
         image = elf.parse_elf(path, data)
         entry = elf.entry_address(path, image)
         occupied = elf.load_segments(mem, path, data, image)
-    cmdline_addr = write_cmdline(mem, path, cmdline)
+    # As GRUB and QEMU pass it: the kernel's path, a space, then the arguments
+    # (QEMU's "%s %s" of -kernel and -append, so an empty -append leaves the space).
+    cmdline_addr = write_cmdline(mem, path, f"{path} {cmdline}")
 
     modules = b""
     if initrd is not None:

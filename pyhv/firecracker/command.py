@@ -41,7 +41,7 @@ OPTIONS = [
     Option("--show-log-origin", "put the source file and line in each log line"),
     Option("--metrics-path", "where FlushMetrics writes", "PATH"),
     Option("--http-api-max-payload-size", "the largest request body, in bytes (default 51200)", "N"),
-    Option("--enable-pci", "devices on PCI (pyhv's devices always are)"),
+    Option("--enable-pci", "virtio devices on PCI (default: virtio-MMIO, named on the guest's command line)"),
     Option("--boot-timer", "accepted; not honoured"),
     Option("--no-seccomp", "under pyhv's jailer: no seccomp filter; else accepted"),
     Option("--seccomp-filter", "accepted; not honoured", "FILE"),
@@ -114,7 +114,7 @@ def _run(args: object) -> int:
         if not str(a["http_api_max_payload_size"]).isdigit():
             raise UsageError("--http-api-max-payload-size must be a number of bytes")
         max_payload = int(a["http_api_max_payload_size"])
-    microvm = Microvm(a["id"], log)
+    microvm = Microvm(a["id"], log, transport="pci" if a["enable_pci"] else "mmio")
     try:
         if a["metrics_path"]:
             microvm.put_metrics({"metrics_path": a["metrics_path"]})

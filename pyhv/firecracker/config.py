@@ -22,7 +22,8 @@ from ..model import MIN_MEMORY, MiB, Description, DescriptionError, check_name, 
 #: the Firecracker release whose API this front end follows
 FIRECRACKER_VERSION = "1.10.1"
 DEFAULT_ID = "anonymous-instance"
-#: Firecracker's default boot arguments without ``pci=off``: pyhv's devices are on PCI
+#: Firecracker's default boot arguments without ``pci=off``: pyhv's machine has a PCI root
+#: whichever transport its virtio devices use
 DEFAULT_BOOT_ARGS = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 MAX_VCPUS = 32  # Firecracker's limit (the swagger's MachineConfiguration.vcpu_count)
 ID_MAX = 64
@@ -86,6 +87,27 @@ def _no_rate_limiter(body: dict[str, Any], what: str, *keys: str) -> None:
             raise Fault(f"{what}.{key}: rate limiters are not supported by pyhv yet")
 
 
+def _rate_limiter(body: dict[str, Any], what: str, key: str) -> None:
+    """``body[key]`` checked as Firecracker's RateLimiter (kept as given, for ``GET /vm/config``)."""
+    limiter = body.get(key)
+    if limiter is None:
+        return
+    r = fields(limiter, f"{what}.{key}", {}, {"bandwidth": dict, "ops": dict})
+    for name, bucket in r.items():
+        fields(bucket, f"{what}.{key}.{name}", {"size": int, "refill_time": int}, {"one_time_burst": int})
+
+
+def limit_plain(limiter: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checked Firecracker RateLimiter in the model's plain form (a bucket of size 0 or
+    refill_time 0 is no limit, as in Firecracker)."""
+    out = {}
+    for name, bucket in (limiter or {}).items():
+        if bucket and bucket["size"] and bucket["refill_time"]:
+            out[name] = {"size": bucket["size"], "refill_ms": bucket["refill_time"],
+                         "burst": bucket.get("one_time_burst") or 0}
+    return out or None
+
+
 def _readable(path: str, what: str, write: bool = False) -> None:
     mode = os.R_OK | (os.W_OK if write else 0)
     if not os.path.isfile(path) or not os.access(path, mode):
@@ -135,7 +157,7 @@ def put_drive(cfg: FcConfig, drive_id: str, body: Any) -> FcConfig:
                {"path_on_host": str, "is_read_only": bool, "partuuid": str, "cache_type": str,
                 "io_engine": str, "rate_limiter": dict, "socket": str})
     _resource_id(drive_id, d, "drive_id", what)
-    _no_rate_limiter(d, what, "rate_limiter")
+    _rate_limiter(d, what, "rate_limiter")
     if "socket" in d:
         raise Fault(f"{what}.socket: vhost-user block devices are not supported by pyhv")
     if "path_on_host" not in d:
@@ -155,12 +177,32 @@ def put_drive(cfg: FcConfig, drive_id: str, body: Any) -> FcConfig:
     return _checked(cfg._replace(drives=drives))
 
 
+def patch_drive(cfg: FcConfig, drive_id: str, body: Any) -> tuple[FcConfig, int]:
+    """``PATCH /drives/ID`` (after boot): the configuration with the drive's new
+    ``path_on_host``, and the drive's index in the guest's order.  The file itself
+    is opened and checked by the runtime's disk-swap."""
+    what = f"drives[{drive_id}]"
+    d = fields(body, what, {"drive_id": str}, {"path_on_host": str, "rate_limiter": dict})
+    _resource_id(drive_id, d, "drive_id", what)
+    if d.get("rate_limiter") is not None:
+        raise Fault(f"{what}.rate_limiter: changing a rate limiter after boot is not supported by pyhv yet")
+    order = ordered_drives(cfg)
+    index = next((i for i, x in enumerate(order) if x["drive_id"] == drive_id), None)
+    if index is None:
+        raise Fault(f"{what}: no such drive (known: {', '.join(x['drive_id'] for x in order) or 'none'})")
+    if "path_on_host" not in d:
+        return cfg, index
+    drives = tuple({**x, "path_on_host": d["path_on_host"]} if x["drive_id"] == drive_id else x for x in cfg.drives)
+    return cfg._replace(drives=drives), index
+
+
 def put_network_interface(cfg: FcConfig, iface_id: str, body: Any) -> FcConfig:
     what = f"network-interfaces[{iface_id}]"
     n = fields(body, what, {"iface_id": str, "host_dev_name": str},
                {"guest_mac": str, "rx_rate_limiter": dict, "tx_rate_limiter": dict})
     _resource_id(iface_id, n, "iface_id", what)
-    _no_rate_limiter(n, what, "rx_rate_limiter", "tx_rate_limiter")
+    _rate_limiter(n, what, "rx_rate_limiter")
+    _rate_limiter(n, what, "tx_rate_limiter")
     for x in cfg.nics:
         if x["iface_id"] != iface_id and x["host_dev_name"] == n["host_dev_name"]:
             raise Fault(f"{what}.host_dev_name: {n['host_dev_name']!r} is already used by {x['iface_id']}")
@@ -260,9 +302,11 @@ def cmdline(cfg: FcConfig) -> str:
     return str(args)
 
 
-def to_plain(cfg: FcConfig, instance_id: str = DEFAULT_ID, kernel: str | None = None) -> dict[str, Any]:
+def to_plain(cfg: FcConfig, instance_id: str = DEFAULT_ID, kernel: str | None = None,
+             transport: str = "mmio") -> dict[str, Any]:
     """The model's plain form of this configuration (``kernel`` stands in for a
-    boot source not given yet, when a request is checked before one is)."""
+    boot source not given yet, when a request is checked before one is).  Devices
+    are virtio-MMIO, as Firecracker's are, unless ``transport`` (``--enable-pci``) says pci."""
     boot = cfg.boot_source or {}
     try:
         name = check_name(instance_id)
@@ -280,9 +324,12 @@ def to_plain(cfg: FcConfig, instance_id: str = DEFAULT_ID, kernel: str | None = 
         "serial": "stdio",
         "balloon": cfg.balloon is not None,
         "rng": cfg.entropy is not None,
+        "transport": transport,
         "disks": [{"path": d["path_on_host"], "readonly": d["is_read_only"], "serial": d["drive_id"][:20],
-                   "cache": "writeback"} for d in ordered_drives(cfg)],
-        "nics": [{"tap": n["host_dev_name"], "mac": n.get("guest_mac", "")} for n in cfg.nics],
+                   "cache": "writeback", "rate_limit": limit_plain(d.get("rate_limiter"))} for d in ordered_drives(cfg)],
+        "nics": [{"tap": n["host_dev_name"], "mac": n.get("guest_mac", ""),
+                  "rx_rate_limit": limit_plain(n.get("rx_rate_limiter")),
+                  "tx_rate_limit": limit_plain(n.get("tx_rate_limiter"))} for n in cfg.nics],
         "vsock": None if cfg.vsock is None else {"cid": cfg.vsock["guest_cid"], "uds": cfg.vsock["uds_path"]},
     }
     if plain["kernel"] is None:
@@ -290,8 +337,11 @@ def to_plain(cfg: FcConfig, instance_id: str = DEFAULT_ID, kernel: str | None = 
     return plain
 
 
-_DISK_FIELDS = {"path": "path_on_host", "readonly": "is_read_only", "serial": "drive_id", "cache": "cache_type"}
-_NIC_FIELDS = {"tap": "host_dev_name", "mac": "guest_mac", "bridge": "host_dev_name"}
+_DISK_FIELDS = {"path": "path_on_host", "readonly": "is_read_only", "serial": "drive_id", "cache": "cache_type",
+                "rate_limit": "rate_limiter"}
+_NIC_FIELDS = {"tap": "host_dev_name", "mac": "guest_mac", "bridge": "host_dev_name",
+               "rx_rate_limit": "rx_rate_limiter", "tx_rate_limit": "tx_rate_limiter"}
+_BUCKET_FIELDS = {"refill_ms": "refill_time", "burst": "one_time_burst"}
 _TOP_FIELDS = {
     "kernel": "boot-source.kernel_image_path", "initrd": "boot-source.initrd_path",
     "cmdline": "boot-source.boot_args", "memory": "machine-config.mem_size_mib",
@@ -311,18 +361,19 @@ def field_name(cfg: FcConfig, path: tuple[str | int, ...]) -> str:
         key = "drive_id" if head == "disks" else "iface_id"
         base = f"{_TOP_FIELDS[head]}[{items[path[1]][key]}]" if path[1] < len(items) else _TOP_FIELDS[head]
         names = _DISK_FIELDS if head == "disks" else _NIC_FIELDS
-        return f"{base}.{names.get(str(path[2]), path[2])}" if len(path) > 2 else base
+        rest = "".join(f".{_BUCKET_FIELDS.get(str(k), k)}" for k in path[3:])  # inside a rate limiter
+        return f"{base}.{names.get(str(path[2]), path[2])}{rest}" if len(path) > 2 else base
     if head == "vsock" and len(path) > 1:
         return "vsock." + {"cid": "guest_cid", "uds": "uds_path"}.get(str(path[1]), str(path[1]))
     return _TOP_FIELDS.get(head, head)
 
 
-def describe(cfg: FcConfig, instance_id: str = DEFAULT_ID) -> Description:
+def describe(cfg: FcConfig, instance_id: str = DEFAULT_ID, transport: str = "mmio") -> Description:
     """The machine description for InstanceStart: every value checked by the model."""
     if cfg.boot_source is None:
         raise Fault("InstanceStart: no boot source (PUT /boot-source first)")
     try:
-        return from_plain(to_plain(cfg, instance_id))
+        return from_plain(to_plain(cfg, instance_id, transport=transport))
     except DescriptionError as e:
         raise Fault(f"{field_name(cfg, e.path)}: {e.message}") from None
 
@@ -364,11 +415,21 @@ def from_description(d: Description) -> FcConfig:
         boot_source=boot,
         machine={**FcConfig().machine, "vcpu_count": d.vcpus, "mem_size_mib": d.memory // MiB},
         drives=tuple({"drive_id": x.serial or f"drive{i}", "path_on_host": x.path, "is_root_device": False,
-                      "is_read_only": x.readonly, "cache_type": "Writeback", "io_engine": "Sync"}
+                      "is_read_only": x.readonly, "cache_type": "Writeback", "io_engine": "Sync",
+                      **_limiter("rate_limiter", x.rate_limit)}
                      for i, x in enumerate(d.disks)),
-        nics=tuple({"iface_id": f"eth{i}", "host_dev_name": x.tap, **({"guest_mac": x.mac} if x.mac else {})}
+        nics=tuple({"iface_id": f"eth{i}", "host_dev_name": x.tap, **({"guest_mac": x.mac} if x.mac else {}),
+                    **_limiter("rx_rate_limiter", x.rx_rate_limit), **_limiter("tx_rate_limiter", x.tx_rate_limit)}
                    for i, x in enumerate(d.nics)),
         vsock=None if d.vsock is None else {"guest_cid": d.vsock.cid, "uds_path": d.vsock.uds},
         balloon={"amount_mib": 0, "deflate_on_oom": False, "stats_polling_interval_s": 0} if d.balloon else None,
         entropy={} if d.rng else None,
     )
+
+
+def _limiter(key: str, limit: Any) -> dict[str, Any]:
+    """``{key: RateLimiter}`` in Firecracker's shape for a model RateLimit (nothing for None)."""
+    if limit is None:
+        return {}
+    return {key: {name: {"size": b.size, "refill_time": b.refill_ms, "one_time_burst": b.burst}
+                  for name, b in limit._asdict().items() if b is not None}}

@@ -31,6 +31,8 @@ from .log import Log
 
 #: how long InstanceStart or a snapshot load waits for the machine to run
 START_TIMEOUT = 120.0
+#: vCPU thread names, as Firecracker's (``fc_vcpu 0``, ...): tools such as Kata find them so
+VCPU_THREAD_PREFIX = "fc_vcpu "
 
 Reply = tuple[int, Any]
 NO_CONTENT: Reply = (204, None)
@@ -47,9 +49,10 @@ class Start(NamedTuple):
 
 
 class Microvm:
-    def __init__(self, instance_id: str, log: Log) -> None:
+    def __init__(self, instance_id: str, log: Log, transport: str = "mmio") -> None:
         self.id = instance_id
         self.log = log
+        self.transport = transport  # of the virtio devices: mmio as Firecracker's, pci with --enable-pci
         self.config = fc.FcConfig()
         self.runtime: Any = None  # set by the main thread once a machine is being run
         self.booted = False
@@ -72,8 +75,9 @@ class Microvm:
             ("PUT", "/machine-config", pre("machine-config", lambda b: fc.put_machine_config(self.config, b))),
             ("PATCH", "/machine-config", pre("machine-config", lambda b: fc.put_machine_config(self.config, b, True))),
             ("PUT", "/boot-source", pre("boot-source", self._boot_source)),
-            ("PUT", "/drives/(?P<id>[^/]+)", pre("drives", lambda b, i: fc.put_drive(self.config, i, b))),
-            ("PUT", "/network-interfaces/(?P<id>[^/]+)",
+            ("PUT", "/drives/(?P<id>[^/]*)", pre("drives", lambda b, i: fc.put_drive(self.config, i, b))),
+            ("PATCH", "/drives/(?P<id>[^/]*)", post("drives", self.patch_drive)),
+            ("PUT", "/network-interfaces/(?P<id>[^/]*)",
              pre("network-interfaces", lambda b, i: fc.put_network_interface(self.config, i, b))),
             ("PUT", "/vsock", pre("vsock", lambda b: fc.put_vsock(self.config, b))),
             ("PUT", "/entropy", pre("entropy", lambda b: fc.put_entropy(self.config, b))),
@@ -87,17 +91,29 @@ class Microvm:
             ("PUT", "/snapshot/create", post("snapshot/create", self.snapshot_create)),
             ("PUT", "/snapshot/load", self.snapshot_load),
         ]
+        table += [(method, path, self._unserved(what)) for method, path, what in UNSERVED]
         return [(method, re.compile(f"^{path}$"), handler) for method, path, handler in table]
+
+    def _unserved(self, what: str) -> Callable[..., Reply]:
+        def refuse(body: Any, *ids: str) -> Reply:
+            raise Fault(f"{what}: not supported by pyhv's Firecracker front end")
+
+        return refuse
 
     def handle(self, method: str, path: str, body: Any) -> Reply:
         """One request: (status, JSON body or None); every refusal is 400 with a fault_message."""
         with self._lock:
             try:
+                problem = request_problem(method, body)
+                if problem:
+                    return 400, fault(problem)
                 for m, pattern, handler in self._routes:
                     match = pattern.match(path)
                     if match is not None and m == method:
+                        if any(not i for i in match.groups()):
+                            raise Fault("The ID cannot be empty.")
                         return handler(body, *match.groups())
-                return 400, fault(unsupported(method, path))
+                return 400, fault(invalid_path(method, path))
             except Fault as e:
                 return 400, fault(str(e))
             except PyhvError as e:
@@ -114,11 +130,11 @@ class Microvm:
 
         return handler
 
-    def _post(self, what: str, handler: Callable[[Any], Reply]) -> Callable[..., Reply]:
-        def checked(body: Any) -> Reply:
+    def _post(self, what: str, handler: Callable[..., Reply]) -> Callable[..., Reply]:
+        def checked(body: Any, *ids: str) -> Reply:
             if not self.booted:
                 raise Fault(f"{what}: not supported before the microVM has started")
-            return handler(body)
+            return handler(body, *ids)
 
         return checked
 
@@ -146,11 +162,25 @@ class Microvm:
     def _boot_source(self, body: Any) -> fc.FcConfig:
         new = fc.put_boot_source(self.config, body)
         assert new.boot_source is not None
-        if " pci=off" in f" {new.boot_source.get('boot_args', '')}" and not self._pci_warned:
+        pci_off = " pci=off" in f" {new.boot_source.get('boot_args', '')}"
+        if pci_off and self.transport == "pci" and not self._pci_warned:
             self._pci_warned = True
-            self.log.warn("boot_args has pci=off: a Linux guest will not find pyhv's devices, which are "
-                          "virtio-PCI (virtio-MMIO is not offered yet)")
+            self.log.warn("boot_args has pci=off: with --enable-pci a Linux guest will not find pyhv's devices, "
+                          "which are then virtio-PCI")
         return new
+
+    def patch_drive(self, body: Any, drive_id: str) -> Reply:
+        """A new ``path_on_host``: the runtime's disk-swap (the file is checked
+        and locked before anything changes; the guest sees a configuration change)."""
+        config, index = fc.patch_drive(self.config, drive_id, body)
+        if config is not self.config:
+            path = fc.ordered_drives(config)[index]["path_on_host"]
+            try:
+                self._ask("disk-swap", index=index, path=path)
+            except PyhvError as e:
+                raise Fault(f"drives[{drive_id}].path_on_host: {e}") from None
+            self.config = config
+        return NO_CONTENT
 
     def get_balloon(self, body: Any) -> Reply:
         if self.config.balloon is None:
@@ -203,7 +233,7 @@ class Microvm:
         if action == "InstanceStart":
             if self.booted:
                 raise Fault("InstanceStart: the microVM has already started")
-            description = fc.describe(self.config, self.id)
+            description = fc.describe(self.config, self.id, self.transport)
             self._start(description, None, paused=False)
             if self.config.balloon is not None and self.config.balloon["amount_mib"]:
                 self._ask("mem-set", bytes=fc.balloon_target(self.config.balloon["amount_mib"],
@@ -213,7 +243,10 @@ class Microvm:
             self.flush_metrics()
             return NO_CONTENT
         if action == "SendCtrlAltDel":
-            raise Fault("SendCtrlAltDel: not supported by pyhv yet (pyhv's i8042 has no keyboard)")
+            if not self.booted:
+                raise Fault("SendCtrlAltDel: not supported before the microVM has started")
+            self._ask("ctrl-alt-del")
+            return NO_CONTENT
         raise Fault(f"actions.action_type: {action!r:.40} is not one of FlushMetrics, InstanceStart, SendCtrlAltDel")
 
     def patch_vm(self, body: Any) -> Reply:
@@ -315,7 +348,8 @@ class Microvm:
                 start.reply.append(reply)
                 start.done.set()
 
-            runtime = Runtime(start.description, console, paused=start.paused, on_ready=ready)
+            runtime = Runtime(start.description, console, paused=start.paused, on_ready=ready,
+                              vcpu_prefix=VCPU_THREAD_PREFIX)
             self.runtime = runtime
             if self._stopping:
                 runtime.stop(StopKind.DESTROY, 128 + self._stopping[0])
@@ -366,5 +400,30 @@ def fault(message: str) -> dict[str, str]:
     return {"fault_message": " ".join(message.split())}
 
 
-def unsupported(method: str, path: str) -> str:
-    return f"{method} {path[:100]}: not supported by pyhv's Firecracker front end"
+#: Firecracker v1.10.1's routes pyhv does not serve: method, path pattern, what they are
+UNSERVED = [
+    ("GET", "/balloon/statistics", "balloon statistics"),
+    ("PATCH", "/balloon/statistics", "balloon statistics"),
+    ("PUT", "/cpu-config", "cpu-config (CPU templates)"),
+    ("GET", "/mmds", "MMDS"),
+    ("PUT", "/mmds", "MMDS"),
+    ("PATCH", "/mmds", "MMDS"),
+    ("PUT", "/mmds/config", "MMDS"),
+    ("PATCH", "/network-interfaces/(?P<id>[^/]*)", "PATCH /network-interfaces (rate limiters)"),
+]
+
+
+def request_problem(method: str, body: Any) -> str:
+    """What Firecracker says of a request whatever its path: a GET with a body,
+    a PUT or PATCH without one, a method it does not know ("" if none)."""
+    if method == "GET":
+        return "GET request cannot have a body." if body is not None else ""
+    if method in ("PUT", "PATCH"):
+        return "" if body is not None else f"Empty {method} request."
+    return f"Unsupported HTTP method {method[:10]!r}: Firecracker's API takes GET, PUT and PATCH."
+
+
+def invalid_path(method: str, path: str) -> str:
+    """Firecracker's answer to a path it does not know: it names the first component."""
+    first = path.lstrip("/").split("/", 1)[0]
+    return f"Invalid request method and/or path: {method} {first[:100]}."

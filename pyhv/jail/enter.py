@@ -54,7 +54,8 @@ PRELOAD = (
     "pyhv.kvm.vcpu", "pyhv.paging", "pyhv.devices.state", "pyhv.devices.virtio.pci", "pyhv.devices.virtio.blk",
     "pyhv.devices.virtio.net", "pyhv.devices.virtio.rng", "pyhv.devices.virtio.balloon",
     "pyhv.devices.virtio.vsock", "pyhv.backends.block", "pyhv.backends.tap", "pyhv.backends.vsock_uds",
-    "pyhv.backends.unixsock", "pyhv.boot.layout", "pyhv.debug.repl", "pyhv.debug.gdbstub",
+    "pyhv.backends.unixsock", "pyhv.backends.vhost_user", "pyhv.backends.daemons", "pyhv.devices.virtio.vhost_user",
+    "pyhv.vmm.irqroute", "pyhv.boot.firmware", "pyhv.boot.layout", "pyhv.debug.repl", "pyhv.debug.gdbstub",
     "calendar", "contextlib", "select", "stat", "tempfile", "json", "socket", "resource", "binascii",
     "traceback", "linecache",
 )

@@ -67,17 +67,27 @@ def plan(d: Description, root: str, index: int, first_id: int = DEFAULT_FIRST_ID
         raise JailError(f"jail root {root!r} is not an absolute path")
     if first_id <= 0 or not 0 <= index < count:
         raise JailError(f"domain number {index} is outside the id range {first_id}+{count}")
-    files = [HostFile(d.payload.kernel, False, False)]
+    files = [HostFile(d.payload.firmware or d.payload.kernel, False, False)]
     if d.payload.initrd:
         files.append(HostFile(d.payload.initrd, False, False))
     files += [HostFile(x.file, False, False) for x in d.fw_cfg if x.file]
-    files += [HostFile(x.path, not x.readonly, x.cache == "none") for x in d.disks]
+    files += [HostFile(x.path, not x.readonly, x.cache == "none") for x in d.disks if x.path]
     mounts: list[Mount] = []
     sockets: tuple[str, ...] = ()
+    # back ends pyhv would start itself (virtiofsd, qemu-storage-daemon) cannot be
+    # started from inside a jail, which may not execute anything
+    for key, value in [(f"fs[{i}].path", f.path) for i, f in enumerate(d.fs)] + [
+            (f"disks[{i}].base", x.base) for i, x in enumerate(d.disks)]:
+        if value:
+            raise JailError(f"{key}: a confined domain cannot start its own back end; "
+                            "give the socket of one started outside, or run without the jail")
+    # vhost-user back ends' unix sockets are reached through their folders
+    folders = [os.path.dirname(os.path.abspath(x.vhost_user)) for x in d.disks if x.vhost_user]
+    folders += [os.path.dirname(os.path.abspath(f.socket)) for f in d.fs if f.socket]
     if d.vsock is not None:
-        folder = os.path.dirname(os.path.abspath(d.vsock.uds))
-        mounts.append(Mount(folder, _inside(folder), True))
+        folders.append(os.path.dirname(os.path.abspath(d.vsock.uds)))
         sockets = (d.vsock.uds,)
+    mounts += [Mount(folder, _inside(folder), True) for folder in dict.fromkeys(folders)]
     # NPROC counts the tasks of the (per-domain) uid: vCPU threads, the io thread,
     # control and console threads, with room for requests in flight
     nproc = d.vcpus + 128

@@ -54,6 +54,21 @@ class Vm:
         flags = h.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
         call(self.fd, "KVM_IRQFD", h.KVM_IRQFD, h.kvm_irqfd(fd=fd, gsi=gsi, flags=flags))
 
+    def set_gsi_routing(self, irqchip: list[tuple[int, int, int]], msi: list[tuple[int, int, int]]) -> None:
+        """Replace KVM's GSI routing table: ``irqchip`` entries (gsi, chip, pin) and
+        ``msi`` entries (gsi, address, data).  The table replaces the default one
+        KVM_CREATE_IRQCHIP made, so a caller passes the interrupt controllers' pins too."""
+        entries = [
+            h.kvm_irq_routing_entry(gsi=gsi, type=h.KVM_IRQ_ROUTING_IRQCHIP,
+                                    u=h.kvm_irq_routing_entry_u(irqchip=h.kvm_irq_routing_irqchip(irqchip=chip, pin=pin)))
+            for gsi, chip, pin in irqchip
+        ] + [
+            h.kvm_irq_routing_entry(gsi=gsi, type=h.KVM_IRQ_ROUTING_MSI, u=h.kvm_irq_routing_entry_u(
+                msi=h.kvm_irq_routing_msi(address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data)))
+            for gsi, address, data in msi
+        ]
+        call(self.fd, "KVM_SET_GSI_ROUTING", h.KVM_SET_GSI_ROUTING, h.irq_routing(entries))
+
     def ioeventfd(
         self, fd: int, addr: int, length: int, pio: bool, datamatch: int | None = None, deassign: bool = False
     ) -> None:

@@ -203,6 +203,16 @@ class Api:
         record = self.registry.restore(self._snapshot_path(path), paused, name, verify)
         return 201, {"id": record.id, "name": record.name, "pid": record.pid}
 
+    def clone_domains(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        _fields(body, required={"path", "count"}, optional={"paused", "name", "verify"})
+        path, count, paused, name = body["path"], body["count"], body.get("paused", False), body.get("name", "")
+        verify = body.get("verify", False)
+        if not isinstance(path, str) or not isinstance(name, str) or not isinstance(paused, bool) \
+                or not isinstance(verify, bool) or not isinstance(count, int) or isinstance(count, bool):
+            raise Refused("path and name must be strings, count an integer, paused and verify true or false", 400)
+        records = self.registry.clone(self._snapshot_path(path), count, name, paused, verify)
+        return 201, {"domains": [{"id": r.id, "name": r.name, "pid": r.pid} for r in records]}
+
     def migrate_domain(self, record: DomainRecord, body: Any, query: dict[str, str]) -> tuple[int, Any]:
         _fields(body, required={"host", "port"})
         host, port = body["host"], body["port"]
@@ -291,6 +301,7 @@ def routes(api: Api) -> list[tuple[str, re.Pattern[str], Callable[..., tuple[int
         ("GET", "/domains", api.list_domains),
         ("POST", "/domains", api.create_domain),
         ("POST", "/restore", api.restore_domain),
+        ("POST", "/clone", api.clone_domains),
         ("GET", "/domains/{dom}", api.get_domain),
         ("DELETE", "/domains/{dom}", api.destroy_domain),
         ("POST", "/domains/{dom}/pause", api.simple_op("pause")),

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from .. import __version__
-from ..model import json_schema
+from ..model import MAX_CLONES, json_schema
 
 
 #: the domain description's plain form, from the model that checks it
@@ -63,6 +63,15 @@ SCHEMAS: dict[str, Any] = {
         "paused": {"type": "boolean"}, "name": {"type": "string"},
         "verify": {"type": "boolean", "description": "check every memory CRC before the domain runs (reads the "
                    "whole snapshot)"}}},
+    "CloneRequest": {"type": "object", "additionalProperties": False, "required": ["path", "count"], "properties": {
+        "path": {"type": "string", "description": "absolute file name of the snapshot, in pyhvd's snapshot "
+                 "directory (pyhvd --snapshot-dir)"},
+        "count": {"type": "integer", "minimum": 1, "maximum": MAX_CLONES},
+        "name": {"type": "string", "description": "the clones are named NAME-1 ... NAME-count (default: the "
+                 "saved domain's name)"},
+        "paused": {"type": "boolean"},
+        "verify": {"type": "boolean", "description": "check every memory CRC once, before the first clone runs"}}},
+    "Clones": {"type": "object", "properties": {"domains": {"type": "array", "items": {"$ref": "#/components/schemas/Created"}}}},
     "MigrateRequest": {"type": "object", "additionalProperties": False, "required": ["host", "port"], "properties": {
         "host": {"type": "string"}, "port": {"type": "integer", "minimum": 1, "maximum": 65535}}},
     "Migrated": {"type": "object", "properties": {"seconds": {"type": "number"}, "downtime": {"type": "number"},
@@ -113,6 +122,9 @@ OPERATIONS: dict[str, dict[str, tuple[str, str | None, str, dict[str, Any]]]] = 
     "/domains/{dom}/reboot": {"post": ("reset the domain", "Empty", "200", _ref("Empty"))},
     "/restore": {"post": ("a domain from a snapshot file (checked before anything runs)", "RestoreRequest", "201",
                           _ref("Created"))},
+    "/clone": {"post": ("count domains from one snapshot file, each with its own name, VM generation ID, NIC "
+                        "TAPs and MACs, vsock socket and CID; memory shared copy-on-write; all or none start",
+                        "CloneRequest", "201", _ref("Clones"))},
     "/domains/{dom}/save": {"post": ("save the whole domain to a snapshot file; then destroy (default), "
                                      "continue or pause", "SaveRequest", "200", _ref("Saved"))},
     "/domains/{dom}/migrate": {"post": ("live-migrate to the pyhvd listening at host:port (shared key); the "
@@ -179,7 +191,7 @@ def document() -> dict[str, Any]:
                                            "out of a resource such as disk space); nothing changed")
             if "{dom}" in path:
                 op["responses"].update(ERRORS)
-            if path in ("/restore", "/domains/{dom}/save"):
+            if path in ("/restore", "/clone", "/domains/{dom}/save"):
                 op["responses"]["403"] = _json(_ref("Error"), "the path is outside pyhvd's snapshot directory")
             if "not supported" in summary:
                 op["responses"]["501"] = _json(_ref("Error"), "not supported yet")

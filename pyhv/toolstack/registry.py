@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import model
@@ -33,6 +34,9 @@ from .record import DomainRecord, Refused
 from .store import DomainStore
 
 __all__ = ["DomainRecord", "Refused", "Registry"]
+
+#: clone processes started at once (each starts Python and maps the snapshot)
+CLONE_STARTS = 4
 
 
 class Registry:
@@ -134,6 +138,71 @@ class Registry:
         """A domain from a snapshot file, checked here before anything starts;
         with ``verify`` the domain process also checks every memory CRC before
         the guest runs (reading the whole file)."""
+        description = self._saved(path)
+        try:
+            if name or not description.name:
+                description = description._replace(name=model.check_name(name or _file_stem(path)))
+        except model.DescriptionError as e:
+            raise Refused(str(e), 400) from None
+        return self.start(self.admit(description), paused, restore=path, verify=verify)
+
+    def clone(self, path: str, count: int, prefix: str = "", paused: bool = False,
+              verify: bool = False) -> list[DomainRecord]:
+        """``count`` domains from one snapshot file, named ``PREFIX-1`` ... (the
+        prefix: the saved domain's name), each with its own NICs' TAPs and MACs,
+        vsock socket and CID (:func:`pyhv.model.clone`) and, being restored, its
+        own VM generation ID.  Their memory is the one file, mapped copy-on-write.
+        All start or none: if one is refused, those already started are destroyed.
+        ``verify`` checks the file's CRCs once, in the first clone, before the
+        others start (:data:`CLONE_STARTS` at a time)."""
+        if not 1 <= count <= model.MAX_CLONES:
+            raise Refused(f"clones: must be an integer between 1 and {model.MAX_CLONES}", 400)
+        saved = self._saved(path)
+        try:
+            descriptions = [model.clone(saved, i, prefix or saved.name or _file_stem(path))
+                            for i in range(1, count + 1)]
+        except model.DescriptionError as e:
+            raise Refused(str(e), 400) from None
+        admitted: list[Description] = []
+        try:
+            for description in descriptions:
+                admitted.append(self.admit(description))
+        except Refused:
+            with self.lock:
+                self._starting.difference_update(d.name for d in admitted)
+            raise
+        started: list[DomainRecord] = []
+        if verify:  # once, in the first clone, before any runs; the others map the same checked file
+            try:
+                started.append(self.start(admitted.pop(0), paused, restore=path, verify=True))
+            except BaseException:
+                with self.lock:
+                    self._starting.difference_update(d.name for d in admitted)
+                raise
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def start(description: Description) -> None:
+            try:
+                record = self.start(description, paused, restore=path)
+            except BaseException as e:  # noqa: BLE001 - reported below, after the others
+                with lock:
+                    errors.append(e)
+                return
+            with lock:
+                started.append(record)
+
+        # A few at a time: each clone is a process that starts Python and maps the file.
+        with ThreadPoolExecutor(max_workers=CLONE_STARTS, thread_name_prefix="clone") as pool:
+            list(pool.map(start, admitted))
+        if errors:
+            for record in started:
+                self.destroy(record)
+            raise errors[0]
+        return sorted(started, key=lambda r: int(r.name.rsplit("-", 1)[1]))
+
+    def _saved(self, path: str) -> Description:
+        """The description a snapshot file holds, the file checked; Refused(400) if it is no good."""
         from ..vmm.snapshot import Snapshot
 
         if not os.path.isabs(path):
@@ -143,17 +212,9 @@ class Registry:
         except PyhvError as e:
             raise Refused(str(e), 400) from None
         try:
-            description = snapshot.description
+            return snapshot.description
         finally:
             snapshot.close()
-        try:
-            if name or not description.name:
-                description = description._replace(
-                    name=model.check_name(name or os.path.splitext(os.path.basename(path))[0])
-                )
-        except model.DescriptionError as e:
-            raise Refused(str(e), 400) from None
-        return self.start(self.admit(description), paused, restore=path, verify=verify)
 
     def _spawn(
         self, domid: int, description: Description | None, paused: bool, extra: dict[str, Any],
@@ -223,9 +284,16 @@ class Registry:
     def _jail(self, domid: int, description: Description | None) -> dict[str, int] | None:
         """How the domain is confined (pyhv/jail/), or None, said loudly in pyhvd's log."""
         name = description.name if description is not None else "arriving by migration"
+        from ..jail.plan import JailError, plan
+
         why = ("pyhvd --no-jail" if self.jail_ids is None else
                "it arrives by live migration, which needs the host's network" if description is None else
                "jail = false in its description" if not description.jail else "")
+        if not why and description is not None:
+            try:
+                plan(description, "/", 0)  # what cannot be confined yet says so (back ends pyhv starts)
+            except JailError as e:
+                why = str(e)
         if why:
             self.log(f"WARNING: domain {domid} ({name}) runs NOT confined: {why}")
             return None
@@ -388,6 +456,11 @@ class Registry:
         if self._migration_server is not None:
             self._migration_server.close()
         self._monitor.close()
+
+
+def _file_stem(path: str) -> str:
+    """A snapshot file's name without its directory and extension: a restored domain's default name."""
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _os_problem(e: OSError) -> str:

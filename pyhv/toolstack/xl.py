@@ -484,15 +484,24 @@ def save(client: Client, argv: list[str]) -> int:
 
 
 def restore(client: Client, argv: list[str]) -> int:
-    args = Args(argv, {"-p", "--verify"}, {"--name"})
-    (path,) = args.want(1, 1, "restore [-p] [--verify] [--name NAME] FILE")
+    args = Args(argv, {"-p", "--verify"}, {"--name", "--clone"})
+    (path,) = args.want(1, 1, "restore [-p] [--verify] [--name NAME] [--clone N] FILE")
     body: dict[str, Any] = {"path": os.path.abspath(path), "paused": "-p" in args.flags}
     if "--verify" in args.flags:
         body["verify"] = True
     if "--name" in args.values:
         body["name"] = args.values["--name"]
+    paused = " (paused)" if "-p" in args.flags else ""
+    if "--clone" in args.values:
+        count = args.values["--clone"]
+        if not count.isdigit() or len(count) > 9:
+            raise UsageError(f"--clone {count!r}: expected a number of domains")
+        body["count"] = int(count)
+        for domain in client.post("/clone", body)["domains"]:
+            print(f"domain {domain['name']} cloned from {path}, id {domain['id']}{paused}")
+        return 0
     reply = client.post("/restore", body)
-    print(f"domain {reply['name']} restored from {path}, id {reply['id']}" + (" (paused)" if "-p" in args.flags else ""))
+    print(f"domain {reply['name']} restored from {path}, id {reply['id']}{paused}")
     return 0
 
 
@@ -556,8 +565,9 @@ VERBS: dict[str, tuple[str, Callable[[Client, list[str]], int]]] = {
     "destroy": ("destroy DOMAIN: stop the domain at once", destroy),
     "save": ("save [-c|-p] [--force] DOMAIN FILE: save the whole domain to FILE, then destroy it (-c: it runs "
              "on, -p: it stays paused; --force: FILE may be an earlier snapshot, replaced)", save),
-    "restore": ("restore [-p] [--verify] [--name NAME] FILE: a domain from a saved FILE, running where it was "
-                "saved (--verify: check all of its memory first)", restore),
+    "restore": ("restore [-p] [--verify] [--name NAME] [--clone N] FILE: a domain from a saved FILE, running where "
+                "it was saved (--verify: check all of its memory first; --clone N: N domains NAME-1..N, each with its "
+                "own VM generation ID, MACs, TAPs and vsock)", restore),
     "migrate": ("migrate DOMAIN HOST[:PORT]: live-migrate to the pyhvd accepting migrations there "
                 f"(port {MIGRATION_PORT})", migrate),
     "mem-set": ("mem-set DOMAIN SIZE: balloon the domain to SIZE", mem_set),

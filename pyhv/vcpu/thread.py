@@ -73,8 +73,12 @@ class VcpuThread:
         pio: PioBus,
         mmio: MmioBus,
         on_stop: Callable[[Stop | None], None],
+        name_prefix: str = "vcpu",
     ) -> None:
         self.vcpu = vcpu
+        #: the host thread's name: pyhvd's BVT dispatcher finds ``vcpuN``, Firecracker's
+        #: tools (Kata) ``fc_vcpu N``; the front end says which
+        self.name = f"{name_prefix}{vcpu.index}"
         self.pio = pio
         self.mmio = mmio
         self.on_stop = on_stop
@@ -89,7 +93,7 @@ class VcpuThread:
         #: loop does not handle itself (never port or MMIO exits), on this thread;
         #: True means it dealt with the exit and the loop carries on
         self.debugger: Callable[[VcpuThread, Exit], bool] | None = None
-        self.thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
+        self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
 
     # --- requests from other threads -------------------------------------------
 
@@ -138,7 +142,7 @@ class VcpuThread:
 
     def _main(self) -> None:
         self.tid = threading.get_native_id()
-        set_thread_name(f"vcpu{self.vcpu.index}")      # how a host scheduler finds vCPU threads
+        set_thread_name(self.name)      # how a host scheduler finds vCPU threads
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         try:
             if on_thread_start is not None:

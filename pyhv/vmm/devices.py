@@ -3,10 +3,11 @@
 The builder makes every device and hands them here; nothing else keeps a
 table of them.  The legacy devices have fixed roles (COM1, the i8042 reset
 line, the CMOS clock, port 0x80, the ACPI PM registers, debug-exit, fw_cfg); the
-virtio devices sit on PCI, each in its slot, and are found by type.
+virtio devices sit on PCI, each in its slot, or on MMIO windows, each at its
+index, and are found by type.
 
-Their state (:meth:`Devices.state`) is plain values keyed by role and PCI
-slot, which is what a snapshot or a migration stream carries;
+Their state (:meth:`Devices.state`) is plain values keyed by role, PCI slot
+and MMIO index, which is what a snapshot or a migration stream carries;
 :meth:`Devices.set_state` checks each part before changing anything.
 """
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from ..devices.legacy.uart import Uart
     from ..devices.virtio.balloon import Balloon
     from ..devices.virtio.device import VirtioDevice
+    from .mmio import MmioWiring
     from .pci import PciWiring
 
 T = TypeVar("T")
@@ -34,12 +36,14 @@ T = TypeVar("T")
 STATEFUL = ("com1", "rtc", "i8042", "fw_cfg")
 #: roles a snapshot taken before the device existed lacks: left as built
 OPTIONAL = ("fw_cfg",)
+#: parts a snapshot taken before virtio-MMIO lacks: what they held then (nothing)
+EMPTY_BEFORE: dict[str, Any] = {"mmio": {}}
 
 
 class Devices:
     def __init__(
         self, *, com1: Uart, i8042: I8042, rtc: Rtc, progress: ProgressCodes, acpi_pm: AcpiPm, pci: PciWiring,
-        fw_cfg: FwCfg, debug_exit: DebugExit | None = None,
+        mmio: MmioWiring, fw_cfg: FwCfg, debug_exit: DebugExit | None = None,
     ) -> None:
         self.com1 = com1
         self.i8042 = i8042
@@ -49,17 +53,20 @@ class Devices:
         self.debug_exit = debug_exit
         self.fw_cfg = fw_cfg
         self.pci = pci
+        self.mmio = mmio
 
     # --- lookup ---------------------------------------------------------------------------
 
-    def virtio(self) -> list[tuple[int, VirtioDevice]]:
-        """Every virtio device with its PCI slot, in slot order."""
+    def virtio(self) -> list[tuple[str, VirtioDevice]]:
+        """Every virtio device with where it is (``pci3``: PCI slot 3, ``mmio0``: the
+        first MMIO window), PCI devices in slot order, then MMIO ones in window order."""
         root = self.pci.root
-        return sorted(((root.slot_of(t), t.device) for t in self.pci.transports), key=lambda pair: pair[0])
+        pci = sorted(((root.slot_of(t), t.device) for t in self.pci.transports), key=lambda pair: pair[0])
+        return [(f"pci{slot}", d) for slot, d in pci] + [(f"mmio{i}", t.device) for i, t in enumerate(self.mmio.transports)]
 
-    def of_type(self, cls: type[T]) -> list[tuple[int, T]]:
-        """The virtio devices of one kind (``Blk``, ``Net``, ...), with their slots."""
-        return [(slot, d) for slot, d in self.virtio() if isinstance(d, cls)]
+    def of_type(self, cls: type[T]) -> list[tuple[str, T]]:
+        """The virtio devices of one kind (``Blk``, ``Net``, ...), with where they are."""
+        return [(place, d) for place, d in self.virtio() if isinstance(d, cls)]
 
     @property
     def balloon(self) -> Balloon | None:
@@ -77,25 +84,36 @@ class Devices:
             "fw_cfg": self.fw_cfg.state(),
             "pci_root": root.state(),
             "pci": {str(root.slot_of(t)): t.state() for t in self.pci.transports},
+            "mmio": {str(i): t.state() for i, t in enumerate(self.mmio.transports)},
         }
 
     def set_state(self, states: Any) -> None:
         """Put every device back; each checks its part before changing anything."""
         if isinstance(states, dict):  # a snapshot from before fw_cfg: it stays as built
-            states = {**dict.fromkeys(OPTIONAL), **states}
-        check_keys(states, {*STATEFUL, "pci_root", "pci"}, "machine devices")
+            states = {**dict.fromkeys(OPTIONAL), **EMPTY_BEFORE, **states}
+        check_keys(states, {*STATEFUL, "pci_root", "pci", *EMPTY_BEFORE}, "machine devices")
         root = self.pci.root
-        pci = states["pci"]
-        slots = {str(root.slot_of(t)): t for t in self.pci.transports}
-        if not isinstance(pci, dict) or set(pci) != set(slots):
-            raise DeviceStateError(f"pci state: devices in slots {sorted(pci) if isinstance(pci, dict) else pci!r:.60}, "
-                                   f"this machine has {sorted(slots)}")
+        slots = _matching("pci", states["pci"], {str(root.slot_of(t)): t for t in self.pci.transports})
+        windows = _matching("mmio", states["mmio"], {str(i): t for i, t in enumerate(self.mmio.transports)})
         self.com1.set_state(states["com1"])
         self.rtc.set_state(states["rtc"])
         self.i8042.set_state(states["i8042"])
         if states["fw_cfg"] is not None:
             self.fw_cfg.set_state(states["fw_cfg"])
         root.set_state(states["pci_root"])
-        for slot, transport in slots.items():
-            transport.set_state(pci[slot])
+        for transport, state in (slots | windows).values():
+            transport.set_state(state)
         root.refresh_mappings()
+
+    def close(self) -> None:
+        """Release the transports' notify eventfds (after the I/O thread stopped)."""
+        self.pci.close()
+        self.mmio.close()
+
+
+def _matching(kind: str, states: Any, transports: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Each transport (by PCI slot or MMIO index) with its saved state; the two sets must match."""
+    if not isinstance(states, dict) or set(states) != set(transports):
+        raise DeviceStateError(f"{kind} state: devices at {sorted(states) if isinstance(states, dict) else states!r:.60}, "
+                               f"this machine has {sorted(transports)}")
+    return {f"{kind}{key}": (transport, states[key]) for key, transport in transports.items()}

@@ -11,10 +11,13 @@ once and the loop goes on (a device should have failed itself already).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import select
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -26,6 +29,8 @@ class IoThread:
         self._eventfds: set[int] = set()
         self._lock = threading.Lock()
         self._pending: list[Callable[[], None]] = []
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []  # a heap: (when, order, fn)
+        self._timer_ids = itertools.count()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake, select.EPOLLIN)
         self._stopping = False
@@ -39,6 +44,13 @@ class IoThread:
             self._handlers[fd] = callback
             self._eventfds.add(fd)
         self._epoll.register(fd, select.EPOLLIN)
+
+    def new_eventfd(self, callback: Callable[[], None]) -> int:
+        """A new non-blocking eventfd whose signals call ``callback()`` (see :meth:`add_eventfd`);
+        the caller owns it and closes it after the thread."""
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.add_eventfd(fd, callback)
+        return fd
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback()`` while ``fd`` is readable (the callback reads it)."""
@@ -78,6 +90,13 @@ class IoThread:
             self._epoll.unregister(fd)
         except (FileNotFoundError, ValueError, OSError):
             pass
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread ``delay`` seconds from now (from any thread):
+        a rate-limited queue resumes this way, without a sleep on the thread."""
+        with self._lock:
+            heapq.heappush(self._timers, (time.monotonic() + max(delay, 0.0), next(self._timer_ids), fn))
+        os.eventfd_write(self._wake, 1)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the I/O thread (from any thread)."""
@@ -133,7 +152,7 @@ class IoThread:
             thread.on_thread_start("io")
         while not self._stopping:
             try:
-                events = self._epoll.poll()
+                events = self._epoll.poll(self._run_timers())
             except InterruptedError:
                 continue
             for fd, mask in events:
@@ -158,6 +177,21 @@ class IoThread:
                 if is_eventfd:
                     self._drain(fd)
                 self._call(fd, handler)
+
+    def _run_timers(self) -> float:
+        """Run the timers that are due; seconds until the next one (-1: none)."""
+        while True:
+            with self._lock:
+                if not self._timers:
+                    return -1
+                when, _, fn = self._timers[0]
+                left = when - time.monotonic()
+                if left > 0:
+                    return left
+                heapq.heappop(self._timers)
+            if self._stopping:
+                return -1
+            self._call(id(fn), fn)
 
     @staticmethod
     def _drain(fd: int) -> None:

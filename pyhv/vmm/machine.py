@@ -18,7 +18,7 @@ from ..devices.legacy.port80 import ProgressCodes
 from ..errors import PyhvError
 from ..kvm import Kvm, Vm
 from ..memory import GuestMemory
-from ..model import Description
+from ..model import Description, vhost_user_devices
 from ..vcpu import Stop, StopKind, VcpuThread
 from ..vcpu.thread import install_kick_handler
 
@@ -71,6 +71,11 @@ class Machine:
     @property
     def progress(self) -> ProgressCodes:
         return self.devices.progress
+
+    def nvram(self) -> tuple[float, bytes]:
+        """What survives a reset on a PC: the CMOS clock's battery-backed part (``Rtc.nvram``),
+        which the runtime hands to the machine it builds next."""
+        return self.devices.rtc.nvram()
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -136,16 +141,25 @@ class Machine:
         A running machine is paused for the save (vCPUs and device work) and
         runs on afterwards; a paused or stopped one stays as it is.  Returns a
         SaveInfo (sizes, time)."""
-        from .snapshot import save
+        from .snapshot import SnapshotError, save
 
+        self._refuse_vhost_user("save", SnapshotError)
         with self.quiesced():
             return save(self, path, sync, description, force, into)
 
     def migrate(self, address: tuple[str, int], key: bytes, **options: Any) -> Any:
         """Live-migrate to ``pyhv run --incoming`` at ``address``; see vmm/migrate.py."""
-        from .migrate import migrate
+        from .migrate import MigrationError, migrate
 
+        self._refuse_vhost_user("migrate", MigrationError)
         return migrate(self, address, key, **options)
+
+    def _refuse_vhost_user(self, what: str, error: type[PyhvError]) -> None:
+        """A vhost-user device's queues and in-flight requests live in its back end,
+        which pyhv cannot save or move yet: such a machine is refused, in one line."""
+        devices = vhost_user_devices(self.description)
+        if devices:
+            raise error(f"cannot {what}: {devices[0]} is a vhost-user device (its state lives in its back end)")
 
     def quiesced(self) -> Any:
         """A context in which no vCPU runs and no device works (I/O thread held)."""
@@ -184,6 +198,29 @@ class Machine:
             raise PyhvError(f"balloon target {size} bytes: must be between 0 and the guest's memory")
         self.balloon.set_target(size >> 12)
 
+    def ctrl_alt_del(self) -> int:
+        """Press Ctrl-Alt-Del on the i8042 keyboard (a guest's own reboot); the bytes queued."""
+        return self.devices.i8042.ctrl_alt_del()
+
+    def swap_disk(self, index: int, path: str) -> int:
+        """Put the image at ``path`` behind virtio-blk disk ``index`` (the
+        description's order) while the guest runs; its size in sectors.  The new
+        image is opened, checked and locked as at boot before anything changes;
+        the old one is closed once no request uses it."""
+        from ..backends.block import RawDisk, check_distinct
+        from ..devices.virtio.blk import Blk
+
+        disks = [d for _, d in self.devices.of_type(Blk)]
+        if not 0 <= index < len(disks):
+            raise PyhvError(f"no disk {index} (the machine has {len(disks)})")
+        blk = disks[index]
+        check_distinct([d.disk.path for d in disks if d is not blk] + [path])
+        new = RawDisk(path, readonly=blk.disk.readonly, direct=blk.disk.direct)
+        old = blk.swap_disk(new)
+        self.backends[next(i for i, b in enumerate(self.backends) if b is old)] = new
+        old.close()
+        return new.sectors
+
     def wait(self, timeout: float | None = None) -> Stop | None:
         """Wait until every vCPU has stopped; the reason, or None on timeout."""
         if not self._stopped.wait(timeout):
@@ -203,7 +240,7 @@ class Machine:
         if any(v.state in (VcpuThread.RUNNING, VcpuThread.PAUSED) for v in self.vcpus):
             self.stop()
         self.io.close()
-        self.devices.pci.close()
+        self.devices.close()
         for backend in self.backends:
             backend.close()
         for v in self.vcpus:

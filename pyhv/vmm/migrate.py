@@ -514,6 +514,9 @@ def _take_back_disks(disks: list[Any]) -> None:
 class Incoming:
     """What a migration stream brought: a RestoreSource for the builder."""
 
+    #: the same machine, moved: it keeps its VM generation ID
+    new_generation = False
+
     def __init__(self, description: Description, memory: GuestMemory, state: dict[str, Any],
                  vcpu_states: list[Any]) -> None:
         self.description = description

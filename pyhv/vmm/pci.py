@@ -8,6 +8,7 @@ hang on its notification slots.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -33,6 +34,8 @@ class PciWiring:
         self.io: IoThread | None = None
         self._notify_fds: dict[tuple[int, int], int] = {}  # (slot, queue) -> eventfd
         self._mapped: dict[tuple[int, int], int] = {}  # (slot, bar) -> address on the bus
+        self._routes: Any = None  # irqroute.GsiRoutes, made for the first vhost-user device
+        self._calls: list[Any] = []  # irqroute.CallVector of vhost-user queues
 
     def add(self, transport: VirtioPci) -> None:
         self.root.add_device(transport)
@@ -53,11 +56,45 @@ class PciWiring:
             self._map(region.device, region.slot, region.bar, region.address)
         for transport in self.transports:
             slot = self.root.slot_of(transport)
+            external = getattr(transport.device, "backend_serves_queues", False)
             for q in range(len(transport.device.queues)):
-                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                self._notify_fds[(slot, q)] = fd
-                io.add_eventfd(fd, _notifier(transport, q))
+                if external:  # the back end reads the kick itself
+                    self._notify_fds[(slot, q)] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                else:
+                    self._notify_fds[(slot, q)] = io.new_eventfd(functools.partial(transport.device.notify, q))
+            if external:
+                self._hand_to_backend(transport, slot, vm, io)
             self._hang_ioeventfds(transport, slot)
+
+    def _hand_to_backend(self, transport: VirtioPci, slot: int, vm: Vm, io: IoThread) -> None:
+        """A vhost-user device: each queue's notify eventfd is the back end's KICK (KVM
+        signals it, the back end reads it) and a call eventfd on an irqfd is its CALL
+        (vmm/irqroute.py); the I/O thread watches the back end's socket for its end."""
+        from .irqroute import CallVector, GsiRoutes
+
+        if self._routes is None:
+            self._routes = GsiRoutes(vm)
+        device: Any = transport.device
+        vectors = []
+        for q in range(len(device.queues)):
+            call = CallVector(self._routes, io, _target(transport, q), _relay(transport, q))
+            self._calls.append(call)
+            vectors.append(call)
+            device.backend.set_queue_fds(q, self._notify_fds[(slot, q)], call.fd)
+
+        def sync() -> None:
+            for call in vectors:
+                call.sync()
+
+        transport.on_interrupt_change = sync
+        sync()
+        fd = device.backend.fileno()
+
+        def readable() -> None:
+            if not device.backend_readable():
+                io.watch(fd, None)  # gone: the device failed and said so once
+
+        io.watch(fd, readable)
 
     def _hang_ioeventfds(self, transport: VirtioPci, slot: int, deassign: bool = False) -> None:
         assert self.vm is not None
@@ -91,6 +128,9 @@ class PciWiring:
                 self._hang_ioeventfds(transport, slot)
 
     def close(self) -> None:
+        for call in self._calls:
+            call.close()
+        self._calls.clear()
         for fd in self._notify_fds.values():
             os.close(fd)
         self._notify_fds.clear()
@@ -101,3 +141,14 @@ def _notifier(transport: VirtioPci, queue: int) -> Any:
         transport.device.notify(queue)
 
     return kick
+
+
+def _target(transport: VirtioPci, queue: int) -> Any:
+    return lambda: transport.msi_target(queue)
+
+
+def _relay(transport: VirtioPci, queue: int) -> Any:
+    def relay() -> None:
+        transport.device.interrupt(queue)
+
+    return relay

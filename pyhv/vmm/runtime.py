@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..errors import PyhvError
-from ..model import MIN_MEMORY, Description, Lifecycle
+from ..model import MIN_MEMORY, Description, Lifecycle, from_plain, to_plain
 from ..vcpu import Stop, StopKind
 from ..vcpu.state import HOST_KINDS
 
@@ -76,9 +76,10 @@ class Runtime:
     def __init__(
         self, description: Description, console: Any, *, taps: dict[int, int] | None = None,
         paused: bool = False, domid: int = 0, on_ready: Callable[[dict[str, Any]], None] | None = None,
-        on_machine_end: Callable[[Any], None] | None = None,
+        on_machine_end: Callable[[Any], None] | None = None, vcpu_prefix: str = "vcpu",
     ) -> None:
         self.description = description
+        self.vcpu_prefix = vcpu_prefix  # vCPU threads are named this + their index
         self.console = console
         self.taps = dict(taps or {})
         self.id = domid
@@ -108,6 +109,7 @@ class Runtime:
         running), or is booted afresh; any later one (a restart) boots afresh."""
         from .builder import build
 
+        nvram = None  # the CMOS clock's battery-backed bytes, kept across restarts as on a PC
         try:
             while True:
                 wanted = self._wanted
@@ -119,7 +121,8 @@ class Runtime:
                 else:
                     try:
                         taps = {i: os.dup(fd) for i, fd in self.taps.items()}
-                        machine = build(self.description, console=self.console, restore=snapshot, taps=taps)
+                        machine = build(self.description, console=self.console, restore=snapshot, taps=taps,
+                                        nvram=nvram, vcpu_prefix=self.vcpu_prefix)
                     except PyhvError as e:
                         if not self._ready({"ok": False, "error": str(e)}):
                             _say(f"{self._who()}{e}")  # a restart failed: nobody is waiting to hear it
@@ -138,6 +141,7 @@ class Runtime:
                     return self._preserve(machine, stop)
                 if self._on_machine_end is not None:
                     self._on_machine_end(machine)
+                nvram = machine.nvram()
                 machine.close()
                 with self._lock:
                     self.machine = None
@@ -315,6 +319,43 @@ class Runtime:
         self.description = self.description._replace(maxmem=value)
         return {}
 
+    def op_ctrl_alt_del(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Ctrl-Alt-Del on the guest's keyboard: the guest decides what it means
+        (Linux reboots), unlike ``reboot``, which resets the machine from outside."""
+        return {"bytes": self._running_machine().ctrl_alt_del()}
+
+    def op_disk_swap(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Swap the image behind a disk (``index`` in the description, or
+        ``serial``) for the file at ``path`` while the guest runs; the guest
+        sees the new capacity through a configuration change.  The description
+        names the new file from now on (a later snapshot or restart uses it)."""
+        path = request.get("path")
+        if not isinstance(path, str) or not path:
+            raise PyhvError("disk-swap: path must be a file name")
+        index = self._disk_index(request, "disk-swap")
+        plain = to_plain(self.description)
+        plain["disks"][index]["path"] = os.path.abspath(path)
+        description = from_plain(plain)
+        machine = self._running_machine()
+        sectors = machine.swap_disk(index, description.disks[index].path)
+        self.description = description
+        return {"index": index, "path": description.disks[index].path, "sectors": sectors}
+
+    def _disk_index(self, request: dict[str, Any], op: str) -> int:
+        """The disk a request names by ``index`` or by ``serial`` (exactly one)."""
+        index, serial = request.get("index"), request.get("serial")
+        disks = self.description.disks
+        if (index is None) == (serial is None):
+            raise PyhvError(f"{op}: give the disk's index or its serial")
+        if serial is not None:
+            found = [i for i, d in enumerate(disks) if isinstance(serial, str) and serial and d.serial == serial]
+            if len(found) != 1:
+                raise PyhvError(f"{op}: no disk has the serial {str(serial)[:40]!r}")
+            return found[0]
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(disks):
+            raise PyhvError(f"{op}: no disk {str(index)[:20]} (the domain has {len(disks)})")
+        return index
+
     def op_vcpu_pin(self, request: dict[str, Any]) -> dict[str, Any]:
         machine = self._running_machine()
         index, cpus = request.get("vcpu"), request.get("cpus")
@@ -457,11 +498,11 @@ class Runtime:
         from ..devices.virtio.net import Net
 
         out["vcpu"] = vcpu_info(machine)
-        for slot, disk in machine.devices.of_type(Blk):
-            out["disks"].append({"device": f"pci{slot}", "read_bytes": disk.bytes_read, "write_bytes": disk.bytes_written})
-        for slot, nic in machine.devices.of_type(Net):
+        for place, disk in machine.devices.of_type(Blk):
+            out["disks"].append({"device": place, "read_bytes": disk.bytes_read, "write_bytes": disk.bytes_written})
+        for place, nic in machine.devices.of_type(Net):
             out["nics"].append({
-                "device": f"pci{slot}", "rx_bytes": nic.rx_bytes, "tx_bytes": nic.tx_bytes,
+                "device": place, "rx_bytes": nic.rx_bytes, "tx_bytes": nic.tx_bytes,
                 "rx_frames": nic.rx_frames, "tx_frames": nic.tx_frames,
                 "rx_dropped": nic.rx_dropped, "tx_dropped": nic.tx_dropped,
             })
@@ -478,6 +519,8 @@ OPS: dict[str, Callable[[Runtime, dict[str, Any]], Any]] = {
     "mem-set": Runtime.op_mem_set,
     "mem-max": Runtime.op_mem_max,
     "vcpu-pin": Runtime.op_vcpu_pin,
+    "disk-swap": Runtime.op_disk_swap,
+    "ctrl-alt-del": Runtime.op_ctrl_alt_del,
     "metrics": Runtime.op_metrics,
     "save": Runtime.op_save,
     "migrate": Runtime.op_migrate,

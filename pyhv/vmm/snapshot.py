@@ -380,6 +380,9 @@ class Snapshot:
     """An opened, checked snapshot file: its description and state, and the
     file that guest memory is mapped from."""
 
+    #: a machine restored from a file runs again from a saved point: a new VM generation ID
+    new_generation = True
+
     def __init__(self, path: str, serial: str | None = None) -> None:
         self.path = path
         try:

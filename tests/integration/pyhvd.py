@@ -106,10 +106,12 @@ class Daemon:
         raise AssertionError(f"{name} never reached tick {n}:\n{self.console_log(name)}")
 
     def wait_for(self, name: str, text: str, timeout: float = 30) -> str:
+        """The console log once the guest printed ``text`` and the rest of its line."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             log = self.console_log(name)
-            if text in log:
+            at = log.find(text)
+            if at >= 0 and "\n" in log[at:]:
                 return log
             time.sleep(0.05)
         raise AssertionError(f"{name}'s guest never printed {text!r}; it printed:\n{self.console_log(name)}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import PROBE
+from ..conftest import PROBE, symbol
 from .pyhvd import Daemon, daemon_fixture
 
 pytestmark = pytest.mark.kvm
@@ -105,3 +105,29 @@ def test_gdb_listen_must_be_tcp(daemon: Daemon) -> None:
     _counter(d, "g2")
     r = d.pyhv("gdb", "g2", "unix:/etc/passwd")
     assert r.returncode != 0 and "tcp:HOST:PORT" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_gdb_breakpoint_on_a_probe_function_stops_there_and_the_domain_ticks_on_after_detach(
+        daemon: Daemon) -> None:
+    gdb = shutil.which("gdb")
+    assert gdb, "gdb is needed (scripts/setup installs it)"
+    d = daemon
+    line_end = symbol("line_end")  # the ticker calls it once per tick line
+    r = d.pyhv("create", str(d.config("b1", "ticker", cmdline="probe.test=ticker probe.n=50")))
+    assert r.returncode == 0, r.stderr
+    d.ticks_reach("b1", 2)
+    r = d.pyhv("gdb", "b1")
+    assert r.returncode == 0, r.stderr
+    target = re.search(r"target remote (\S+)", r.stdout).group(1)  # type: ignore[union-attr]
+
+    g = subprocess.run([gdb, "-q", "-nx", "-batch", "-ex", f"target remote {target}", "-ex", "break line_end",
+                        "-ex", "continue", "-ex", "info registers rip", "-ex", "detach", str(PROBE)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    out = g.stdout + g.stderr
+    at_detach = d.ticks("b1")[-1]
+
+    assert [int(m, 16) for m in re.findall(r"^rip\s+(0x[0-9a-f]+)", out, re.M)] == [line_end], out
+    assert "Breakpoint 1, " in out and "line_end" in out, out
+    assert d.ticks_reach("b1", at_detach + 3)[-1] >= at_detach + 3
+    dmesg = d.pyhv("dmesg", "b1")
+    assert dmesg.returncode == 0 and f"probe: tick n={at_detach + 3} " in dmesg.stdout, dmesg.stderr

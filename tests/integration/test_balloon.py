@@ -38,8 +38,10 @@ def test_inflating_64_mib_drops_the_vmm_rss_and_deflating_gives_it_back(tmp_path
                                   memory="512M", balloon=True))
     try:
         machine.start()
-        assert _wait(lambda: "balloon ready" in open(log).read())
-        pool = int(re.search(r"pool_base=(0x[0-9a-f]+)", open(log).read()).group(1), 16)  # type: ignore[union-attr]
+        # the whole field, not just the line's start: the console file fills as the guest prints
+        ready = r"balloon ready .* pool_base=(0x[0-9a-f]+) "
+        assert _wait(lambda: re.search(ready, open(log).read()) is not None)
+        pool = int(re.search(ready, open(log).read()).group(1), 16)  # type: ignore[union-attr]
         machine.memory.write(pool, b"\xaa" * (64 * MiB))  # make the pool resident, as a busy guest would
         before = _rss()
         machine.set_balloon_target(64 * MiB)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import threading
@@ -23,51 +22,13 @@ from typing import Any
 import pytest
 
 from ..conftest import PROBE, ROOT
+from .fc_process import Firecracker
 from .probe import Run
 
 pytestmark = pytest.mark.kvm
 
 CLIENTS = {"hysn-firecracker-python": "hysn", "firecracker-python": "plain"}
 DRIVER = pathlib.Path(__file__).with_name("fc_client.py")
-
-
-class Firecracker:
-    """One ``python -m pyhv firecracker --api-sock S`` process; its stdout (the guest's
-    console) goes to a file."""
-
-    def __init__(self, tmp: pathlib.Path, name: str) -> None:
-        self.sock = str(tmp / f"{name}.sock")
-        self.console = tmp / f"{name}.console"
-        self.errors = tmp / f"{name}.stderr"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        with open(self.console, "w") as out, open(self.errors, "w") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pyhv", "firecracker", "--api-sock", self.sock, "--id", name],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-            )
-        deadline = time.monotonic() + 10
-        while not os.path.exists(self.sock) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def text(self) -> str:
-        return self.console.read_text()
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.text()
-            if re.search(pattern, text):
-                return text
-            time.sleep(0.02)
-        raise AssertionError(f"{pattern!r} not seen in {timeout}s:\n{self.text()}\nstderr:\n{self.errors.read_text()}")
-
-    def ticks(self) -> list[int]:
-        return [int(f["n"]) for f in Run(0, self.text(), "").lines() if "n" in f and "ms" in f]
-
-    def close(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        return self.process.wait(timeout=30)
 
 
 def client(name: str, sock: str, *steps: list[Any]) -> list[dict[str, Any]]:
@@ -125,7 +86,7 @@ def test_client_errors_carry_the_fault_message(tmp_path: pathlib.Path, vms: list
     assert [a.get("error") for a in answers[:3]] == [
         "API fault: machine-config.vcpu_count: must be between 1 and 32",
         "API fault: vm: not supported before the microVM has started",
-        "API fault: GET /mmds: not supported by pyhv's Firecracker front end",
+        "API fault: MMDS: not supported by pyhv's Firecracker front end",
     ]
     assert answers[3]["json"]["vcpu_count"] == 1
 
@@ -199,3 +160,64 @@ def test_config_file_without_api_boots_the_probe(tmp_path: pathlib.Path) -> None
         _, err = p.communicate(timeout=30)
     run = Run(0, "".join(lines), err)
     assert (run.line("result")["result"], "--boot-timer: pyhv has no boot-timer device" in err) == ("pass", True)
+
+
+def _run_config_file(tmp_path: pathlib.Path, config: dict[str, Any], *options: str) -> Run:
+    """``firecracker --no-api --config-file`` with ``config``: the guest's lines up to its result."""
+    path = tmp_path / "vm.json"
+    path.write_text(json.dumps(config))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "pyhv", "firecracker", "--no-api", "--config-file", str(path), *options],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    guard = threading.Timer(60, p.terminate)  # a guest that prints less must not hang the test
+    guard.start()
+    lines: list[str] = []
+    try:
+        assert p.stdout is not None
+        while not lines or not (lines[-1].startswith("probe: result=") or lines[-1] == ""):
+            lines.append(p.stdout.readline())
+    finally:
+        guard.cancel()
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    return Run(0, "".join(lines), err)
+
+
+@pytest.mark.parametrize("options,transport", [((), "mmio"), (("--enable-pci",), "pci")])
+def test_devices_are_virtio_mmio_unless_pci_is_enabled(
+    tmp_path: pathlib.Path, options: tuple[str, ...], transport: str
+) -> None:
+    run = _run_config_file(tmp_path, {
+        "boot-source": {"kernel_image_path": str(PROBE), "boot_args": "probe.test=rng"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}, "entropy": {},
+    }, *options)
+    assert run.line("result")["result"] == "pass", run.stdout + run.stderr
+    virtio = run.line("device_features")
+    assert (virtio.get("transport", "pci"), "dev" in virtio) == (transport, transport == "pci"), virtio
+    assert ("virtio_mmio.device=4K@" in run.line("boot")["cmdline"]) == (transport == "mmio")
+    assert run.line("distinct")["bytes"] == "4096"
+
+
+def test_vcpu_threads_are_named_as_firecracker_names_them(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "vm.json"
+    path.write_text(json.dumps({
+        "boot-source": {"kernel_image_path": str(PROBE), "boot_args": "probe.test=ticker probe.n=1000"},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 64},
+    }))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "pyhv", "firecracker", "--no-api", "--config-file", str(path)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    guard = threading.Timer(60, p.terminate)
+    guard.start()
+    try:
+        assert p.stdout is not None
+        while "tick n=" not in (line := p.stdout.readline()) and line:
+            pass
+        names = sorted(pathlib.Path(f"/proc/{p.pid}/task/{tid}/comm").read_text().strip()
+                       for tid in os.listdir(f"/proc/{p.pid}/task"))
+    finally:
+        guard.cancel()
+        p.terminate()
+        p.communicate(timeout=30)
+    assert "tick n=" in line, line
+    assert [n for n in names if "vcpu" in n] == ["fc_vcpu 0", "fc_vcpu 1"], names

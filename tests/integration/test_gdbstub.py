@@ -13,15 +13,9 @@ import sys
 
 import pytest
 
-from ..conftest import PROBE, ROOT
+from ..conftest import PROBE, ROOT, symbol
 
 pytestmark = pytest.mark.kvm
-
-
-def _symbol(name: str) -> int:
-    out = subprocess.run(["nm", str(PROBE)], capture_output=True, text=True, check=True).stdout
-    (addr,) = [line.split()[0] for line in out.splitlines() if line.endswith(f" {name}")]
-    return int(addr, 16)
 
 
 def _free_port() -> int:
@@ -61,7 +55,7 @@ def _debug(tmp_path: pathlib.Path, commands: str, cmdline: str = "probe.test=pio
 
 
 def test_ring3_breakpoint_step_and_detach_then_the_probe_passes(tmp_path: pathlib.Path) -> None:
-    put_char = _symbol("put_char")
+    put_char = symbol("put_char")
     gdb_out, guest, status = _debug(tmp_path, "\n".join([
         "break *put_char", "continue", "info registers rip", "print $cs & 3", "print/x io_use_gate",
         "stepi", "info registers rip", "detach",
@@ -73,7 +67,7 @@ def test_ring3_breakpoint_step_and_detach_then_the_probe_passes(tmp_path: pathli
 
 
 def test_ring0_hardware_breakpoint_in_the_io_gate_then_the_probe_passes(tmp_path: pathlib.Path) -> None:
-    io_gate = _symbol("io_gate")
+    io_gate = symbol("io_gate")
     gdb_out, guest, status = _debug(tmp_path, "\n".join([
         "hbreak *io_gate", "continue", "info registers rip", "print $cs & 3", "stepi", "info registers rip",
         "delete", "detach",

@@ -229,15 +229,16 @@ def test_incoming_without_a_key_is_refused() -> None:
     assert run.status == 2 and "--migration-key" in run.stderr and len(run.stderr.splitlines()) == 1
 
 
-def test_virtio_blk_carries_on_after_migration(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("transport,irq", [("pci", "msix"), ("mmio", "poll")])
+def test_virtio_blk_carries_on_after_migration(tmp_path: pathlib.Path, transport: str, irq: str) -> None:
     """blksnap wrote its sectors before the migration and reads them back after it,
-    through the virtqueue and MSI-X state the stream carried."""
+    through the virtqueue and transport state (MSI-X, or the MMIO registers) the stream carried."""
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(1 << 20))
     dest, port = _destination(tmp_path, "127.0.0.1:0")
     log = tmp_path / "source.log"
-    machine = build(describe(kernel=str(PROBE), cmdline="probe.test=blksnap probe.irq=msix", serial=f"file:{log}",
-                                  memory="64M", debug_exit=True, disks=[{"path": str(disk)}]))
+    machine = build(describe(kernel=str(PROBE), cmdline=f"probe.test=blksnap probe.irq={irq}", serial=f"file:{log}",
+                             memory="64M", debug_exit=True, disks=[{"path": str(disk)}], transport=transport))
     try:
         machine.start()
         _wait_for(log, "blksnap state=written")

@@ -39,8 +39,10 @@ def test_probe_reads_cpus_directory_and_user_files_and_survives_hostile_dma(
     assert (head["signature"], head["dma_signature"], head["id"]) == ("QEMU", "QEMU CFG", "0x3")
     assert (head["nb_cpus"], head["max_cpus"], head["ram_size"]) == ("2", "2", str(128 << 20))
     files = {f["file"]: f for f in run.lines() if "file" in f}
-    assert sorted(files) == ["bootorder", "etc/e820", "opt/org.pyhv/blob", "opt/s"]
+    assert sorted(files) == ["bootorder", "etc/acpi/rsdp", "etc/acpi/tables", "etc/e820", "etc/table-loader",
+                             "etc/vmgenid_addr", "opt/org.pyhv/blob", "opt/s"]
     assert files["opt/org.pyhv/blob"]["size"] == str(len(data)) and files["bootorder"]["size"] == "0"
+    assert files["etc/vmgenid_addr"]["size"] == "8"
     reads = {f["read"]: f for f in run.lines() if "read" in f}
     assert reads["opt/org.pyhv/blob"]["text"] == _escaped(data) and reads["opt/s"]["text"] == "a,b=c"
     assert all(f["dma_match"] == "1" and f["control"] == "0x0" for f in reads.values())
@@ -49,6 +51,24 @@ def test_probe_reads_cpus_directory_and_user_files_and_survives_hostile_dma(
     assert cases["descriptor_outside_ram"]["ok"] == "1"
     summary = run.line("cases_ok")
     assert (summary["cases_ok"], summary["after"]) == (summary["cases"], "ok")
+    assert run.lines()[-1] == {"result": "pass"} and run.status == 0
+
+
+@pytest.mark.parametrize("entry", [(), ("--boot", "pvh")], ids=["elf64", "pvh"])
+def test_probe_finds_its_command_line_in_the_cmdline_key_and_good_tables_through_the_table_loader(
+    entry: tuple[str, ...]
+) -> None:
+    cmdline = 'probe.test=fwcfg quoted="a b"'
+    run = run_probe(cmdline, "--vcpus", "2", "--memory", "64M", *entry)
+    key = run.line("cmdline_size")
+    assert (key["cmdline_addr"], key["cmdline_size"], key["cmdline_match"]) == ("0x20000", str(len(cmdline) + 1), "1")
+    loader = run.line("loader_commands")
+    assert (loader["bad"], loader["allocate"], loader["rsdp_ok"], loader["xsdt_ok"], loader["dsdt_ok"]) == (
+        "0", "2", "1", "1", "1")
+    tables = loader["tables"].split(",")
+    assert sorted(tables) == ["APIC", "FACP", "MCFG"] and loader["tables_ok"] == str(len(tables))
+    # every table and the RSDP checksummed, every pointer (FADT's two to the DSDT, the XSDT's, the RSDP's) patched
+    assert (loader["add_checksum"], loader["add_pointer"]) == (str(len(tables) + 2 + 2), str(2 + len(tables) + 1))
     assert run.lines()[-1] == {"result": "pass"} and run.status == 0
 
 

@@ -245,9 +245,12 @@ def test_netping_measures_round_trips_to_the_host(tap: Tap) -> None:
     assert 0 < int(ping["rtt_us_p50"]) <= int(ping["rtt_us_p99"]) <= int(ping["rtt_us_max"]), ping
 
 
-@pytest.mark.parametrize("irq", ["poll", "msix"])
-def test_netbench_sends_and_receives_udp(tap: Tap, irq: str) -> None:
-    frames, size = 3000, 1000
+@pytest.mark.parametrize(
+    ("irq", "features", "frames", "size"),
+    [("poll", "none", 3000, 1000), ("msix", "none", 3000, 1000), ("poll", "offload", 300, 60000)],
+    ids=["poll", "msix", "offload"],
+)
+def test_netbench_sends_and_receives_udp(tap: Tap, irq: str, features: str, frames: int, size: int) -> None:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sink.bind((tap.host_ip, 9))
@@ -272,7 +275,8 @@ def test_netbench_sends_and_receives_udp(tap: Tap, irq: str) -> None:
     reader.start()
     try:
         with Guest(
-            f"probe.test=netbench probe.n={frames} probe.size={size} probe.secs=3 probe.irq={irq} {_ip_opts(tap)}",
+            f"probe.test=netbench probe.n={frames} probe.size={size} probe.secs=3 probe.irq={irq}"
+            f" probe.features={features} {_ip_opts(tap)}",
             *_net_args(tap),
         ) as guest:
             guest.wait_line("rx=ready")
@@ -293,6 +297,9 @@ def test_netbench_sends_and_receives_udp(tap: Tap, irq: str) -> None:
         bench
     )
     assert got and 0 < got[0] <= frames, got
+    negotiated = int(bench["features"], 16)
+    offloads = 1 << 0 | 1 << 1 | 1 << 14 | 1 << 15  # CSUM, GUEST_CSUM, HOST_UFO, MRG_RXBUF
+    assert negotiated & offloads == (offloads if features == "offload" else 0), bench
 
 
 @pytest.mark.parametrize("irq", ["poll", "msix"])

@@ -141,3 +141,15 @@ def test_exit_loops_run_in_ring0_on_request(test: str) -> None:
 def test_exit_loops_default_to_ring3(test: str) -> None:
     run = run_probe(f"probe.test={test} probe.n=100")
     assert run.line(test)["ring"] == "3"
+
+
+# -- the MP table (guests booted with acpi=off) ------------------------------------
+
+
+@pytest.mark.parametrize("vcpus", [1, 3])
+def test_mp_table_found_by_scanning_the_bios_area_lists_every_vcpu(vcpus: int) -> None:
+    run = run_probe("probe.test=mptable", "--vcpus", str(vcpus))
+    mp = run.line("mptable")
+    assert run.line("result")["result"] == "pass" and run.status == 0, run.stdout + run.stderr
+    assert (mp["found"], mp["spec"], mp["cpus"], mp["bsp"]) == ("bios", "4", str(vcpus), "0"), mp
+    assert (mp["ioapics"], mp["ioapic_addr"], mp["isa"], mp["io_interrupts"]) == ("1", "0xfec00000", "1", "23"), mp

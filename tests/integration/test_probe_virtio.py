@@ -1,5 +1,6 @@
-"""PCI enumeration, virtio-blk and virtio-rng as the probe guest sees them
-(guests/README.md, "PCI and virtio", describes the workloads and their lines)."""
+"""PCI enumeration, virtio-blk and virtio-rng as the probe guest sees them, on
+the PCI transport and on virtio-MMIO (guests/README.md, "PCI and virtio",
+describes the workloads and their lines)."""
 
 from __future__ import annotations
 
@@ -213,3 +214,74 @@ def test_hostile_chains_need_a_reset_and_the_device_recovers(tmp_path: Path, irq
         if irq == "msix":
             assert int(case["config_irqs"]) >= 1, case
     assert _passed(run), run.stdout + run.stderr
+
+
+# -- the virtio-MMIO transport -------------------------------------------------------
+
+
+def test_mmio_windows_named_on_the_command_line_answer_with_magic_version_and_type(tmp_path: Path) -> None:
+    run = run_probe("probe.test=rng", "--transport", "mmio", "--disk", str(_disk(tmp_path)), "--rng")
+    assert _passed(run), run.stdout + run.stderr
+    named = [token.split("=", 1)[1] for token in run.line("cmdline")["cmdline"].split()
+             if token.startswith("virtio_mmio.device=")]
+    windows = _tagged(run, "virtio-mmio", "magic")
+    assert [f"4K@{w['base']}:{w['irq']}" for w in windows] == named and len(named) == 2, run.stdout
+    assert [(w["magic"], w["version"], w["device"]) for w in windows] == [("0x74726976", "2", "2"), ("0x74726976", "2", "4")]
+    assert len({w["base"] for w in windows}) == len({w["irq"] for w in windows}) == 2, windows
+
+
+@pytest.mark.parametrize("irq", ["poll", "ioapic"])
+def test_rng_over_mmio_delivers_4096_varied_bytes(irq: str) -> None:
+    run = run_probe(f"probe.test=rng probe.irq={irq}", "--transport", "mmio", "--rng")
+    assert _passed(run), run.stdout + run.stderr
+    virtio = run.line("device_features")
+    assert (virtio["transport"], virtio["irq"]) == ("mmio", irq), virtio
+    rng = run.line("distinct")
+    assert rng["bytes"] == "4096" and int(rng["distinct"]) > 200, rng
+    if irq == "ioapic":
+        assert int(rng["irqs"]) > 0, rng
+
+
+@pytest.mark.parametrize("features", ["none", "eventidx,indirect"])
+@pytest.mark.parametrize("irq", ["poll", "ioapic"])
+def test_blk_over_mmio_writes_the_pattern_into_the_image_file_and_reads_it_back(
+    tmp_path: Path, irq: str, features: str
+) -> None:
+    disk = _disk(tmp_path)
+    run = run_probe(f"probe.test=blk probe.irq={irq} probe.features={features}", "--transport", "mmio",
+                    "--disk", f"{disk},serial=mm-1", timeout=120)
+    assert _passed(run), run.stdout + run.stderr
+    assert (run.line("device_features")["transport"], run.line("device_features")["irq"]) == ("mmio", irq)
+    assert run.line("get_id")["serial"] == "mm-1"
+    summary = run.line("verified")
+    assert int(summary["verified"]) > 2048 and summary["mismatches"] == "0", summary
+    if irq == "ioapic":  # each wait ended on the device's IOAPIC line, acknowledged through InterruptACK
+        assert int(summary["irqs"]) > 0, summary
+    pattern = run.line("pattern")
+    first, sectors, salt = int(pattern["first"]), int(pattern["sectors"]), int(pattern["salt"])
+    data = disk.read_bytes()
+    bad = [s for s in range(first, first + sectors) if data[s * SECTOR : (s + 1) * SECTOR] != _pattern(s, salt)]
+    assert sectors == 2048 and not bad, f"{len(bad)} sectors differ"
+
+
+def test_hostile_chains_over_mmio_need_a_reset_and_the_device_recovers(tmp_path: Path) -> None:
+    run = run_probe("probe.test=hostile", "--transport", "mmio", "--disk", str(_disk(tmp_path)), timeout=120)
+    cases = _tagged(run, "hostile", "case")
+    assert len(cases) == 6 and all(c["needs_reset"] == c["recovered"] == "1" for c in cases), run.stdout
+    assert _passed(run), run.stdout + run.stderr
+
+
+def test_a_malformed_virtio_mmio_entry_fails_the_probe_cleanly() -> None:
+    run = run_probe("probe.test=rng virtio_mmio.device=4K@0xf0000000", "--rng")
+    assert run.line("result")["result"] == "fail" and run.status == 1
+    assert run.line("error")["error"] == "bad virtio_mmio.device= entry: virtio_mmio.device=4K@0xf0000000"
+
+
+@pytest.mark.parametrize("transport,irq,message", [
+    ("pci", "ioapic", "probe.irq=ioapic: a virtio-PCI device interrupts through MSI-X (probe.irq=msix)"),
+    ("mmio", "msix", "probe.irq=msix: a virtio-mmio device interrupts on an IOAPIC line (probe.irq=ioapic)"),
+])
+def test_an_interrupt_mode_the_transport_lacks_fails_the_probe_cleanly(transport: str, irq: str, message: str) -> None:
+    run = run_probe(f"probe.test=rng probe.irq={irq}", "--transport", transport, "--rng")
+    assert run.line("result")["result"] == "fail" and run.status == 1
+    assert run.line("error")["error"] == message

@@ -77,6 +77,29 @@ def test_guest_reboot_through_the_reset_control_register_0xcf9() -> None:
     assert run.line("reboot")["via"] == "cf9" and run.status == 0 and "rebooted" in run.stderr, run.stderr
 
 
+# The documented mappings (README): pyhv's own is the value's low byte; QEMU's is (V << 1) | 1.
+MAPPINGS = {"--debug-exit": lambda v: v & 0xFF, "--debug-exit=pyhv": lambda v: v & 0xFF,
+            "--debug-exit=qemu": lambda v: ((v << 1) | 1) & 0xFF}
+
+
+@pytest.mark.parametrize("option", MAPPINGS)
+@pytest.mark.parametrize("value", [0, 1, 0x2A, 0x1FF])
+def test_debug_exit_status_is_the_documented_mapping_of_what_the_guest_wrote(option: str, value: int) -> None:
+    from .probe import pyhv
+
+    run = pyhv("run", "--kernel", str(PROBE), "--cmdline", f"probe.test=exit probe.n={value}", option)
+    wrote = int(run.line("exit")["value"], 16)
+    assert (wrote, run.status) == (value, MAPPINGS[option](wrote)), run.stderr
+
+
+@pytest.mark.parametrize("via", ["0xcf9", "0x92"])
+def test_cmos_shutdown_status_byte_survives_a_guest_reset(via: str) -> None:
+    run = run_probe(f"probe.test=cmos probe.n={0x5A} probe.port={via}")
+    first, written, after = [line for line in run.lines() if "cmos" in line]
+    assert (first["shutdown"], first["boot"]) == ("0x0", "first") and written["read"] == written["wrote"] == "0x5a"
+    assert (after["shutdown"], after["boot"]) == ("0x5a", "after_reset") and run.status == 0, run.stderr
+
+
 def test_guest_reboot_with_restart_boots_the_guest_again() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen(

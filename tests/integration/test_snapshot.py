@@ -158,11 +158,12 @@ def test_restore_twice_from_one_snapshot_gives_the_same_result(tmp_path: pathlib
     assert [(r.status, _checksum(r.stdout)) for r in runs] == [(0, memsum_reference)] * 2
 
 
-def test_blk_data_written_before_a_save_is_read_back_after_restore(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("transport,irq", [("pci", "msix"), ("mmio", "poll")])
+def test_blk_data_written_before_a_save_is_read_back_after_restore(tmp_path: pathlib.Path, transport: str, irq: str) -> None:
     disk, log, snap = tmp_path / "d.img", tmp_path / "console", tmp_path / "m.snap"
     disk.write_bytes(bytes(1 << 20))
-    p = _popen("--kernel", str(PROBE), "--cmdline", "probe.test=blksnap probe.irq=msix", "--debug-exit",
-               "--disk", str(disk), "--snapshot-on-signal", str(snap), serial=log)
+    p = _popen("--kernel", str(PROBE), "--cmdline", f"probe.test=blksnap probe.irq={irq}", "--debug-exit",
+               "--disk", str(disk), "--transport", transport, "--snapshot-on-signal", str(snap), serial=log)
     try:
         _wait_for(log, "blksnap state=written")
         _save_by_signal(p, snap)

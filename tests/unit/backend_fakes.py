@@ -12,6 +12,16 @@ from pyhv.backends.interfaces import OnConnect
 Callback = Callable[[], None]
 
 
+def scatter(data: bytes, views: Sequence[memoryview]) -> int:
+    """Copy ``data`` into ``views`` in order, as readv does; the bytes copied."""
+    done = 0
+    for view in views:
+        part = data[done : done + len(view)]
+        view[: len(part)] = part
+        done += len(part)
+    return done
+
+
 class FakeIo:
     """Stands in for the I/O thread: remembers what is watched, runs it on demand."""
 
@@ -44,6 +54,8 @@ class ScriptedFrames:
         self.incoming: deque[bytes | OSError] = deque()
         self.sent: list[bytes] = []
         self.send_error: OSError | None = None
+        self.can = 0  # the OFFLOAD_* bits offloads() reports
+        self.offload: list[int] = []  # every set_offload() call
 
     def fileno(self) -> int:
         return self.fd
@@ -54,17 +66,18 @@ class ScriptedFrames:
         frame = self.incoming.popleft()
         if isinstance(frame, OSError):
             raise frame
-        done = 0
-        for view in views:
-            part = frame[done : done + len(view)]
-            view[: len(part)] = part
-            done += len(part)
-        return done
+        return scatter(frame, views)
 
     def send(self, views: Sequence[memoryview]) -> None:
         if self.send_error is not None:
             raise self.send_error
         self.sent.append(b"".join(bytes(v) for v in views))
+
+    def offloads(self) -> int:
+        return self.can
+
+    def set_offload(self, flags: int) -> None:
+        self.offload.append(flags)
 
 
 class ScriptedStream:
@@ -76,6 +89,9 @@ class ScriptedStream:
         self.fd = fd
         self.incoming: deque[bytes] = deque()
         self.received = bytearray()
+        self.sends = 0  # send() calls that took bytes
+        self.reads = 0  # recv()/recv_into() calls that returned bytes
+        self.write_shut_at: int | None = None  # len(received) when shutdown_write() came
         self.room = 1 << 30
         self.confirmed: int | None = None
         self.write_shut = False
@@ -91,9 +107,13 @@ class ScriptedStream:
         if len(data) > size:
             self.incoming.appendleft(data[size:])
             data = data[:size]
+        self.reads += 1 if data else 0
         return data
 
-    def send(self, data: bytes | bytearray) -> int:
+    def recv_into(self, views: Sequence[memoryview]) -> int:
+        return scatter(self.recv(sum(len(v) for v in views)), views)
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
         if self.closed:
             raise OSError("closed")
         if self.room == 0:
@@ -101,6 +121,7 @@ class ScriptedStream:
         n = min(len(data), self.room)
         self.received += data[:n]
         self.room -= n
+        self.sends += 1
         return n
 
     def confirm(self, host_port: int) -> None:
@@ -108,6 +129,7 @@ class ScriptedStream:
 
     def shutdown_write(self) -> None:
         self.write_shut = True
+        self.write_shut_at = len(self.received)
 
     def close(self) -> None:
         self.closed = True

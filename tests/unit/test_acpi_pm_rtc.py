@@ -94,3 +94,34 @@ def test_index_port_masks_the_nmi_bit() -> None:
 def test_cmos_reports_memory_above_16m_in_64k_units() -> None:
     clock = rtc.Rtc(mem_below_4g=256 << 20)
     assert _read(clock, rtc.MEM_ABOVE_16M_LO) | (_read(clock, rtc.MEM_ABOVE_16M_HI) << 8) == (240 << 20) >> 16
+
+
+def test_rtc_shutdown_status_byte_and_set_time_survive_a_rebuild_after_reset() -> None:
+    old = rtc.Rtc(mem_below_4g=256 << 20, clock=lambda: FIXED)
+    _write(old, rtc.SHUTDOWN_STATUS, 0x0A)
+    _write(old, rtc.STATUS_B, rtc.STATUS_B_24H_BIT | rtc.STATUS_B_SET_BIT)
+    _write(old, rtc.YEAR, 0x30)
+    _write(old, rtc.STATUS_B, rtc.STATUS_B_24H_BIT)
+    new = rtc.Rtc(mem_below_4g=512 << 20, clock=lambda: FIXED, nvram=old.nvram())
+    assert (_read(new, rtc.SHUTDOWN_STATUS), _read(new, rtc.YEAR)) == (0x0A, 0x30)
+    assert (_read(new, rtc.MEM_ABOVE_16M_LO), _read(new, rtc.MEM_ABOVE_16M_HI)) == (0x00, 0x1F)  # the new machine's: 496 MiB
+
+
+def test_rtc_shutdown_status_byte_is_carried_by_save_and_restore() -> None:
+    old = rtc.Rtc(clock=lambda: FIXED)
+    _write(old, rtc.SHUTDOWN_STATUS, 0x05)
+    new = rtc.Rtc(clock=lambda: FIXED)
+    new.set_state(old.state())
+    assert _read(new, rtc.SHUTDOWN_STATUS) == 0x05
+
+
+def test_rtc_holds_the_memory_sizes_and_cpu_count_where_qemu_puts_them() -> None:
+    clock = rtc.Rtc(mem_below_4g=256 << 20, mem_above_4g=1 << 30, cpus=4)
+    words = {reg: _read(clock, reg) | _read(clock, reg + 1) << 8 for reg in (0x15, 0x17, 0x30, 0x34)}
+    assert words == {0x15: 640, 0x17: 0xFFFF, 0x30: 0xFFFF, 0x34: (256 - 16) << 4}
+    assert [_read(clock, reg) for reg in (0x5B, 0x5C, 0x5D, 0x5F)] == [0x00, 0x40, 0x00, 3]
+
+
+def test_rtc_extended_memory_of_a_small_guest_is_its_kib_above_1mib() -> None:
+    clock = rtc.Rtc(mem_below_4g=32 << 20)
+    assert (_read(clock, 0x30) | _read(clock, 0x31) << 8, _read(clock, 0x5F)) == (31 * 1024, 0)

@@ -106,3 +106,63 @@ def test_bios_reset_vector_writes_the_fadt_reset_value_to_the_reset_port(tables:
     reset_port = struct.unpack_from("<Q", fadt, 0x74 + 4)[0]
     assert code[:6] == bytes([0xB0, fadt[0x80], 0xBA]) + struct.pack("<H", reset_port) + b"\xee"
     assert code[6:10] == b"\xfa\xf4\xeb\xfd"  # cli; hlt; jmp back to the hlt
+
+
+# --- the same tables through fw_cfg, as firmware installs them ------------------------------------
+
+
+def _run_loader(files: dict[str, bytes], loader: bytes, fseg: int, high: int) -> dict[str, tuple[int, bytearray]]:
+    """What SeaBIOS does with etc/table-loader: ALLOCATE (FSEG at ``fseg``, HIGH at ``high``),
+    ADD_POINTER, ADD_CHECKSUM, in order; file name -> (address, bytes)."""
+    placed: dict[str, tuple[int, bytearray]] = {}
+    for at in range(0, len(loader), acpi.LOADER_ENTRY_SIZE):
+        entry = loader[at : at + acpi.LOADER_ENTRY_SIZE]
+        command = struct.unpack_from("<I", entry)[0]
+        name = entry[4:60].rstrip(b"\0").decode()
+        if command == acpi.LOADER_ALLOCATE:
+            align, zone = struct.unpack_from("<IB", entry, 60)
+            addr = fseg if zone == acpi.LOADER_ZONE_FSEG else high
+            assert addr % align == 0
+            placed[name] = (addr, bytearray(files[name]))
+        elif command == acpi.LOADER_ADD_POINTER:
+            src = entry[60:116].rstrip(b"\0").decode()
+            offset, size = struct.unpack_from("<IB", entry, 116)
+            field = placed[name][1]
+            value = int.from_bytes(field[offset : offset + size], "little") + placed[src][0]
+            field[offset : offset + size] = value.to_bytes(size, "little")
+        else:
+            assert command == acpi.LOADER_ADD_CHECKSUM
+            offset, start, length = struct.unpack_from("<III", entry, 60)
+            data = placed[name][1]
+            data[offset] = (data[offset] - sum(data[start : start + length])) & 0xFF
+    return placed
+
+
+def test_table_loader_run_by_firmware_gives_the_tables_pyhv_writes_itself() -> None:
+    extra = [("MCFG", acpi.sdt(b"MCFG", 1, bytes(44)))]
+    files = acpi.loader_files([0, 1], [acpi.rtc_device(0x70, 8)], extra)
+    direct = acpi.build_tables([0, 1], [acpi.rtc_device(0x70, 8)], extra, base=0xE0000)
+
+    placed = _run_loader({"etc/acpi/tables": files.tables, "etc/acpi/rsdp": files.rsdp}, files.loader,
+                         fseg=0xE0000, high=0xE0040)
+
+    assert placed["etc/acpi/rsdp"] == (0xE0000, bytearray(direct.blobs[0xE0000]))
+    assert all(placed["etc/acpi/tables"][1][addr - 0xE0040 : addr - 0xE0040 + len(blob)] == blob
+               for addr, blob in direct.blobs.items() if addr != 0xE0000)
+
+
+def test_table_loader_checksums_hold_wherever_firmware_puts_the_files() -> None:
+    files = acpi.loader_files([0], [], [])
+
+    placed = _run_loader({"etc/acpi/tables": files.tables, "etc/acpi/rsdp": files.rsdp}, files.loader,
+                         fseg=0xF5A30, high=0x7FFE_0000)
+
+    rsdp_addr, rsdp = placed["etc/acpi/rsdp"]
+    base, tables = placed["etc/acpi/tables"]
+    xsdt_at = struct.unpack_from("<Q", rsdp, 24)[0] - base
+    xsdt = tables[xsdt_at : xsdt_at + struct.unpack_from("<I", tables, xsdt_at + 4)[0]]
+    entries = [struct.unpack_from("<Q", xsdt, 36 + 8 * i)[0] - base for i in range((len(xsdt) - 36) // 8)]
+    lengths = {at: struct.unpack_from("<I", tables, at + 4)[0] for at in entries}
+    assert sum(rsdp[:20]) % 256 == sum(rsdp) % 256 == 0 and sum(xsdt) % 256 == 0
+    assert [bytes(tables[at : at + 4]) for at in entries] == [b"FACP", b"APIC"]
+    assert all(sum(tables[at : at + lengths[at]]) % 256 == 0 for at in entries)

@@ -174,8 +174,8 @@ def test_truncated_note_is_an_image_error() -> None:
 @pytest.mark.parametrize(
     ("segment", "problem"),
     [
-        (Seg(0x8000, b"x"), "overlaps the first MiB"),
-        (Seg(0xFF000, b"x" * 0x2000), "overlaps the first MiB"),
+        (Seg(0x8000, b"x"), r"ELF segment 1 at \[0x8000, 0x8001\) overlaps pyhv's boot stack at \[0x8000, 0x9000\)"),
+        (Seg(0xFF000, b"x" * 0x2000), r"overlaps pyhv's BIOS area .* at \[0x9fc00, 0x100000\)"),
         (Seg(15 * MiB, b"x", memsz=2 * MiB), "does not fit in guest RAM below 0x1000000"),
         (Seg(5 << 32, b"x"), "does not fit in guest RAM"),
     ],

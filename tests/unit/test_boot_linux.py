@@ -256,7 +256,7 @@ BAD_BZIMAGES = {
     "bad alignment": (BzSpec(kernel_alignment=0x300000), "not a power of two"),
     "syssize beyond file": (BzSpec(syssize=0x1000), "file is truncated"),
     "init_size beyond RAM": (BzSpec(init_size=64 * MiB), r"kernel \(init_size\) .* does not fit"),
-    "pref_address in low MiB": (BzSpec(relocatable=0, pref_address=0x80000), "overlaps the first MiB"),
+    "pref_address in low MiB": (BzSpec(relocatable=0, pref_address=0x80000), "overlaps pyhv's BIOS area"),
 }
 
 

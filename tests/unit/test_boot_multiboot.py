@@ -132,8 +132,17 @@ def test_info_flags_memory_sizes_and_command_line(put: Writer) -> None:
     flags, mem_lower, mem_upper, _, cmdline = struct.unpack("<5I", ram.read(MBI, 20))
     assert flags == (1 << 0) | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 9)
     assert (mem_lower, mem_upper) == (639, 63 * 1024)
-    assert ram.cstring(cmdline) == b"hello world"
+    assert ram.cstring(cmdline) == f"{kernel} hello world".encode()
     assert ram.cstring(ram.u32(MBI + 64)) == b"pyhv"
+
+
+def test_command_line_is_the_kernel_path_and_a_space_even_without_arguments(put: Writer) -> None:
+    kernel = put("kernel.bin", build_multiboot_aout())
+    ram = FakeRam.of_size(64 * MiB)
+
+    load_kernel(ram, kernel, None, "")
+
+    assert ram.cstring(ram.u32(MBI + 16)) == f"{kernel} ".encode()
 
 
 def test_info_memory_map_entries_are_size_prefixed(put: Writer) -> None:
@@ -257,7 +266,10 @@ BAD_AOUT = {
     "load_end past file": (_aout((0x100000, 0x100000, 0x102000, 0, 0x100000)), "truncated"),
     "bss below load_end": (_aout((0x100000, 0x100000, 0, 0x100800, 0x100000)), "bss_end_addr is below"),
     "entry outside": (_aout((0x100000, 0x100000, 0, 0, 0x200000)), "entry_addr 0x200000 is outside"),
-    "in low megabyte": (_aout((0x10000, 0x10000, 0, 0, 0x10000)), "overlaps the first MiB"),
+    "over the command line": (_aout((0x10000, 0x10000, 0, 0x20010, 0x10000)),
+                              r"kernel at \[0x10000, 0x20010\) overlaps pyhv's command line at \[0x20000, 0x30000\)"),
+    "over the boot information": (_aout((0x5800, 0x5800, 0, 0, 0x5800)), r"overlaps pyhv's boot information at \[0x6000,"),
+    "over the BIOS area": (_aout((0x9F000, 0x9F000, 0, 0, 0x9F000)), r"overlaps pyhv's BIOS area .* at \[0x9fc00, 0x100000\)"),
     "bss beyond ram": (_aout((0x100000, 0x100000, 0, 0x8000000, 0x100000)), "does not fit in guest RAM"),
 }
 
@@ -273,6 +285,29 @@ def test_bad_aout_kludge_addresses_are_an_image_error_naming_the_file(
         load_kernel(ram, kernel, None, "")
 
     assert str(caught.value).startswith(f"{kernel}: ")
+
+
+def test_aout_kernel_below_1mib_between_pyhvs_areas_loads_there(put: Writer) -> None:
+    body = bytearray(_aout((0x10000, 0x10000, 0, 0x11000, 0x10020)))
+    body[0x100:0x104] = b"TEXT"
+    kernel = put("kernel.bin", bytes(body))
+    ram = FakeRam.of_size(64 * MiB)
+
+    state = load_kernel(ram, kernel, None, "")
+
+    assert (ram.read(0x10100, 4), state.rip) == (b"TEXT", 0x10020)
+
+
+@pytest.mark.parametrize("start", [0x1000, 0x528, 0xF000, 0x30000])
+def test_elf_segment_below_1mib_outside_pyhvs_areas_loads(put: Writer, start: int) -> None:
+    data = build_elf(ElfSpec(bits=32, entry=start, segments=[Seg(start, b"\x90" * 16, memsz=0x1000)],
+                             prefix=multiboot_header(0x3)))
+    kernel = put("kernel.elf", data)
+    ram = FakeRam.of_size(64 * MiB)
+
+    state = load_kernel(ram, kernel, None, "")
+
+    assert (ram.read(start, 16), state.rip) == (b"\x90" * 16, start)
 
 
 def test_multiboot_elf_segment_above_4gib_is_an_image_error(put: Writer) -> None:

@@ -34,7 +34,7 @@ def pyhv(*args: str) -> subprocess.CompletedProcess[str]:
         (["run"], "--kernel"),
         (["frobnicate"], "unknown command 'frobnicate'"),
         (["run", "--kernel"], "--kernel needs a value"),
-        (["run", "--kernel", "k", "--debug-exit=1"], "--debug-exit takes no value"),
+        (["run", "--kernel", "k", "--debug-exit=1"], "--debug-exit=1: must be one of off, pyhv, qemu"),
         (["run", "--kernel", "k", "--boot", "uefi"], "--boot 'uefi'"),
         (["run", "--kernel", "k", "--bogus"], "unknown option '--bogus'"),
     ],
@@ -61,7 +61,14 @@ def test_option_equals_form_is_accepted() -> None:
     from pyhv.cli import RUN_OPTIONS, parse
 
     args = parse(["--kernel=k", "--memory=1G", "--debug-exit"], RUN_OPTIONS)
-    assert (args.kernel, args.memory, args.debug_exit, args.vcpus) == ("k", "1G", True, None)
+    assert (args.kernel, args.memory, args.debug_exit, args.vcpus) == ("k", "1G", "pyhv", None)
+
+
+def test_debug_exit_value_comes_only_with_equals_and_the_next_argument_stays_an_option() -> None:
+    from pyhv.cli import RUN_OPTIONS, parse
+
+    args = parse(["--debug-exit", "--kernel", "k"], RUN_OPTIONS), parse(["--debug-exit=qemu", "--kernel=k"], RUN_OPTIONS)
+    assert [(a.debug_exit, a.kernel) for a in args] == [("pyhv", "k"), ("qemu", "k")]
 
 
 def test_options_given_with_config_override_the_file(tmp_path: os.PathLike[str]) -> None:

@@ -402,3 +402,18 @@ def test_hostile_vcpu_state_is_refused_with_one_line(data: st.DataObject) -> Non
         cpustate.from_plain(bad)
     except PyhvError as e:
         assert "\n" not in str(e) and str(e)
+
+
+def test_restored_vsock_takes_its_new_cid_and_tells_the_guest_to_read_it_again() -> None:
+    dev, ram = _made("virtio-pci-vsock")
+    events = dev.device._fake_drivers[2]
+    events.add_chain(writable=[8])
+    clone = Vsock(ram, 9, FakeVsockHost(), FakeIo())  # a clone of the saved machine, with its own CID
+    fresh = _virtio_pci(lambda _ram: clone)(ram)
+    before = events.used_idx()
+
+    fresh.set_state(json.loads(json.dumps(dev.state())))
+    fresh.device.after_restore()
+
+    assert clone.read_config(0, 8) == 9 and fresh.device.state()["device"]["guest_cid"] == 9
+    assert events.used_idx() == before + 1  # VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: the guest reads the CID again

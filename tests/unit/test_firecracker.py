@@ -3,11 +3,9 @@ the machine description, and the API's answers (no /dev/kvm)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -21,6 +19,7 @@ from pyhv.firecracker.vmm import Microvm
 from pyhv.model import MiB
 
 from ..conftest import ROOT
+from ..fcapi import UnixConnection
 
 
 @pytest.fixture
@@ -43,10 +42,13 @@ def _configured(files: dict[str, str]) -> fc.FcConfig:
                                              "initrd_path": files["initrd"]})
     cfg = fc.put_machine_config(cfg, {"vcpu_count": 2, "mem_size_mib": 256})
     cfg = fc.put_drive(cfg, "data", {"drive_id": "data", "path_on_host": files["data.img"], "is_root_device": False,
-                                     "is_read_only": True})
+                                     "is_read_only": True, "rate_limiter": {
+                                         "ops": {"size": 100, "refill_time": 1000, "one_time_burst": 10},
+                                         "bandwidth": {"size": 0, "refill_time": 0}}})
     cfg = fc.put_drive(cfg, "rootfs", {"drive_id": "rootfs", "path_on_host": files["root.img"], "is_root_device": True})
     cfg = fc.put_network_interface(cfg, "eth0", {"iface_id": "eth0", "host_dev_name": "tap0",
-                                                 "guest_mac": "06:00:ac:10:00:02"})
+                                                 "guest_mac": "06:00:ac:10:00:02",
+                                                 "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 10}}})
     cfg = fc.put_vsock(cfg, {"guest_cid": 3, "uds_path": "/tmp/v.sock"})
     cfg = fc.put_entropy(cfg, {})
     return fc.put_balloon(cfg, {"amount_mib": 64, "deflate_on_oom": False})
@@ -58,10 +60,13 @@ def test_configuration_translates_into_the_plain_form(files: dict[str, str]) -> 
         "name": "vm-1", "kernel": files["vmlinux"], "initrd": files["initrd"],
         "cmdline": "console=ttyS0 root=/dev/vda rw", "memory": 256, "vcpus": 2,
         "on_poweroff": "destroy", "on_reboot": "destroy", "on_crash": "destroy", "serial": "stdio",
-        "balloon": True, "rng": True,
-        "disks": [{"path": files["root.img"], "readonly": False, "serial": "rootfs", "cache": "writeback"},
-                  {"path": files["data.img"], "readonly": True, "serial": "data", "cache": "writeback"}],
-        "nics": [{"tap": "tap0", "mac": "06:00:ac:10:00:02"}],
+        "balloon": True, "rng": True, "transport": "mmio",
+        "disks": [{"path": files["root.img"], "readonly": False, "serial": "rootfs", "cache": "writeback",
+                   "rate_limit": None},
+                  {"path": files["data.img"], "readonly": True, "serial": "data", "cache": "writeback",
+                   "rate_limit": {"ops": {"size": 100, "refill_ms": 1000, "burst": 10}}}],
+        "nics": [{"tap": "tap0", "mac": "06:00:ac:10:00:02", "rx_rate_limit": {"bandwidth": {
+            "size": 1000, "refill_ms": 10, "burst": 0}}, "tx_rate_limit": None}],
         "vsock": {"cid": 3, "uds": "/tmp/v.sock"},
     }
 
@@ -70,6 +75,24 @@ def test_describe_gives_the_model_description(files: dict[str, str]) -> None:
     d = fc.describe(_configured(files), "vm-1")
     assert (d.memory, d.vcpus, d.disks[0].path, d.nics[0].tap, d.lifecycle.on_reboot) == (
         256 * MiB, 2, files["root.img"], "tap0", "destroy")
+
+
+def test_devices_are_virtio_mmio_as_firecracker_s_unless_pci_is_enabled(files: dict[str, str]) -> None:
+    assert fc.describe(_configured(files)).transport == "mmio"
+    assert fc.describe(_configured(files), transport="pci").transport == "pci"
+
+
+@pytest.mark.parametrize("transport,warned", [("mmio", False), ("pci", True)])
+def test_pci_off_in_boot_args_is_a_problem_only_with_pci_enabled(
+    tmp_path: pathlib.Path, files: dict[str, str], transport: str, warned: bool
+) -> None:
+    log = Log("test-vm")
+    log.configure(log_path=str(tmp_path / "log"))
+    vm = Microvm("test-vm", log, transport)
+
+    status, _ = vm.handle("PUT", "/boot-source", {"kernel_image_path": files["vmlinux"], "boot_args": "pci=off"})
+
+    assert (status, "pci=off" in (tmp_path / "log").read_text()) == (204, warned)
 
 
 def test_root_drive_with_partuuid_and_read_only_adds_that_root(files: dict[str, str]) -> None:
@@ -105,8 +128,14 @@ def test_boot_args_absent_gives_the_default_without_pci_off(files: dict[str, str
         (lambda c, f: fc.put_drive(c, "d", {"drive_id": "d", "is_root_device": False, "socket": "/s"}),
          "vhost-user block devices are not supported"),
         (lambda c, f: fc.put_drive(c, "d", {"drive_id": "d", "path_on_host": f["data.img"], "is_root_device": False,
-                                            "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}),
-         "drives[d].rate_limiter: rate limiters are not supported"),
+                                            "rate_limiter": {"bandwidth": {"size": 1}}}),
+         "drives[d].rate_limiter.bandwidth: missing field 'refill_time'"),
+        (lambda c, f: fc.put_drive(c, "d", {"drive_id": "d", "path_on_host": f["data.img"], "is_root_device": False,
+                                            "rate_limiter": {"ops": {"size": 1 << 63, "refill_time": 1}}}),
+         "drives[d].rate_limiter.ops.size: must be an integer between 1 and"),
+        (lambda c, f: fc.put_network_interface(c, "eth0", {"iface_id": "eth0", "host_dev_name": "t", "tx_rate_limiter": {
+            "ops": {"size": 5, "refill_time": 1 << 40}}}),
+         "network-interfaces[eth0].tx_rate_limiter.ops.refill_time: must be an integer between 1 and 3600000"),
         (lambda c, f: fc.put_network_interface(c, "eth0", {"iface_id": "eth0", "host_dev_name": "x" * 16}),
          "network-interfaces[eth0].host_dev_name: interface names are 1-15 characters"),
         (lambda c, f: fc.put_network_interface(c, "eth0", {"iface_id": "eth0", "host_dev_name": "t",
@@ -200,15 +229,6 @@ def test_bad_request_is_400_with_one_line_and_changes_nothing(tmp_path: pathlib.
         400, {"fault_message": "machine-config.vcpu_count: must be between 1 and 32"}, 512)
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/mmds"), ("PUT", "/mmds/config"), ("PUT", "/cpu-config"), ("GET", "/balloon/statistics"),
-    ("PATCH", "/drives/rootfs"), ("PATCH", "/network-interfaces/eth0"), ("DELETE", "/"), ("GET", "/nonesuch"),
-])
-def test_unserved_paths_answer_400_naming_them_unsupported(tmp_path: pathlib.Path, method: str, path: str) -> None:
-    status, body = _vm(tmp_path).handle(method, path, {})
-    assert (status, body["fault_message"]) == (400, f"{method} {path}: not supported by pyhv's Firecracker front end")
-
-
 @pytest.mark.parametrize("method,path,body", [
     ("PATCH", "/vm", {"state": "Paused"}),
     ("PUT", "/snapshot/create", {"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}),
@@ -225,9 +245,9 @@ def test_pre_boot_requests_are_refused_after_boot(tmp_path: pathlib.Path, files:
     assert (status, reply) == (400, {"fault_message": "boot-source: not supported after the microVM has started"})
 
 
-def test_send_ctrl_alt_del_is_not_supported_yet(tmp_path: pathlib.Path) -> None:
+def test_send_ctrl_alt_del_before_boot_is_refused(tmp_path: pathlib.Path) -> None:
     status, reply = _vm(tmp_path).handle("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
-    assert (status, reply["fault_message"].startswith("SendCtrlAltDel: not supported")) == (400, True)
+    assert (status, reply) == (400, {"fault_message": "SendCtrlAltDel: not supported before the microVM has started"})
 
 
 def test_snapshot_load_after_configuring_boot_resources_is_refused(tmp_path: pathlib.Path, files: dict[str, str]) -> None:
@@ -254,20 +274,10 @@ def test_logger_level_refused_changes_nothing(tmp_path: pathlib.Path) -> None:
 # --- over the socket --------------------------------------------------------------------------------
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost")
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.unix_path)
-
-
 def test_socket_serves_several_requests_on_one_connection(tmp_path: pathlib.Path) -> None:
     path = str(tmp_path / "api.sock")
     server = Server(path, _vm(tmp_path))
-    conn = _UnixConnection(path)
+    conn = UnixConnection(path)
     try:
         answers = []
         for method, url, body in (("GET", "/", None), ("PUT", "/machine-config", b'{"vcpu_count":1,"mem_size_mib":64}'),

@@ -378,18 +378,22 @@ def test_unusable_user_file_is_one_line_naming_the_key(
 # --- the machine's devices: fw_cfg in snapshots -------------------------------------------------------
 
 
-def _machine_devices() -> Any:
+def _machine_devices(mmio: Any = None) -> Any:
+    """A machine's devices without a VM: fw_cfg with one file, no PCI devices, and ``mmio``'s
+    (an empty MmioWiring by default)."""
     from pyhv.devices.legacy.acpi_pm import AcpiPm
     from pyhv.devices.legacy.i8042 import I8042
     from pyhv.devices.legacy.port80 import ProgressCodes
     from pyhv.devices.legacy.rtc import Rtc
     from pyhv.devices.legacy.uart import Uart
     from pyhv.vmm.devices import Devices
+    from pyhv.vmm.mmio import MmioWiring
     from pyhv.vmm.pci import PciWiring
 
     dev, _ = _device()
     return Devices(com1=Uart(lambda data: None), i8042=I8042(lambda: None), rtc=Rtc(clock=lambda: 1e9),
-                   progress=ProgressCodes(), acpi_pm=AcpiPm(lambda: None, lambda: None), pci=PciWiring(), fw_cfg=dev)
+                   progress=ProgressCodes(), acpi_pm=AcpiPm(lambda: None, lambda: None), pci=PciWiring(),
+                   mmio=mmio or MmioWiring(), fw_cfg=dev)
 
 
 def test_machine_state_carries_fw_cfg_into_a_fresh_machine() -> None:

@@ -44,3 +44,16 @@ def test_removed_eventfd_no_longer_calls_back() -> None:
     assert done.wait(2) and calls == []
     io.close()
     os.close(fd)
+
+
+def test_call_later_runs_after_its_delay_in_deadline_order() -> None:
+    import time
+
+    io, done, order = IoThread(), threading.Event(), []
+    io.start()
+    start = time.monotonic()
+    io.call_later(0.2, lambda: (order.append(("late", time.monotonic() - start)), done.set()))
+    io.call_later(0.05, lambda: order.append(("early", time.monotonic() - start)))
+    assert done.wait(2)
+    io.close()
+    assert ([name for name, _ in order], order[0][1] >= 0.05, order[1][1] >= 0.2) == (["early", "late"], True, True)

@@ -147,3 +147,58 @@ def test_console_to_a_full_pipe_gives_up_once_the_machine_stops() -> None:
     assert blocked and done.wait(2)
     console.close()
     os.close(r)
+
+
+def _keyboard(config: int) -> tuple[I8042, list[int]]:
+    edges: list[int] = []
+    kbc = I8042(lambda: None, irq=edges.append)
+    kbc.command.write(0, 1, 0x60)
+    kbc.data.write(0, 1, config)
+    return kbc, edges
+
+
+def _drain(kbc: I8042) -> list[int]:
+    out = []
+    while kbc.command.read(0, 1) & 1:
+        out.append(kbc.data.read(0, 1))
+    return out
+
+
+def test_i8042_ctrl_alt_del_queues_set2_make_and_break_codes_with_irq1_edges() -> None:
+    kbc, edges = _keyboard(0x01)
+    queued = kbc.ctrl_alt_del()
+    codes = _drain(kbc)
+    assert (queued, codes) == (11, [0x14, 0x11, 0xE0, 0x71, 0xE0, 0xF0, 0x71, 0xF0, 0x11, 0xF0, 0x14])
+    assert edges == [1, 0] * 11  # one edge when queued, one after each read that leaves more
+
+
+def test_i8042_ctrl_alt_del_with_translation_queues_set1_codes() -> None:
+    kbc, _ = _keyboard(0x41)
+    kbc.ctrl_alt_del()
+    assert _drain(kbc) == [0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D]
+
+
+def test_i8042_keyboard_interrupt_disabled_queues_without_irq() -> None:
+    kbc, edges = _keyboard(0x00)
+    kbc.ctrl_alt_del()
+    assert (len(_drain(kbc)), edges) == (11, [])
+
+
+def test_i8042_full_buffer_refuses_a_second_ctrl_alt_del() -> None:
+    kbc, _ = _keyboard(0x01)
+    kbc.ctrl_alt_del()
+    with pytest.raises(PyhvError, match="output buffer is full"):
+        kbc.ctrl_alt_del()
+    assert len(_drain(kbc)) == 11
+
+
+def test_i8042_keyboard_command_is_acknowledged() -> None:
+    kbc, edges = _keyboard(0x01)
+    kbc.data.write(0, 1, 0xF2)
+    assert (_drain(kbc), edges) == ([0xFA], [1, 0])
+
+
+def test_i8042_old_state_with_one_output_byte_is_taken() -> None:
+    kbc = I8042(lambda: None)
+    kbc.set_state({"config": 1, "status": 4, "output": 0x55, "pending": None})
+    assert (_drain(kbc), kbc.state()["output"]) == ([0x55], [])

@@ -76,3 +76,33 @@ def test_access_after_close_is_a_memory_access_error() -> None:
     m.close()
     with pytest.raises(MemoryAccessError):
         m.read(0, 4)
+
+
+class _Slots:
+    def __init__(self) -> None:
+        self.slots: list[tuple[int, int, int, int]] = []
+
+    def set_user_memory_region(self, slot: int, gpa: int, size: int, host: int, flags: int = 0) -> None:
+        self.slots.append((slot, gpa, size, flags))
+
+
+def test_rom_is_registered_read_only_after_the_ram_and_is_not_ram() -> None:
+    mem = GuestMemory(64 * MiB)
+    try:
+        mem.add_rom(4 * GiB - 0x20000, b"\xea" * 0x20000)
+        vm = _Slots()
+        mem.register(vm)
+        assert vm.slots == [(0, 0, 64 * MiB, 0), (1, 4 * GiB - 0x20000, 0x20000, 2)]  # KVM_MEM_READONLY
+        assert not mem.contains(4 * GiB - 0x20000) and bytes(mem.roms[0].view[:2]) == b"\xea\xea"
+    finally:
+        mem.close()
+
+
+@pytest.mark.parametrize("gpa,size", [(32 * MiB, 0x1000), (4 * GiB - 0x1800, 0x1000), (4 * GiB - 0x1000, 0x800)])
+def test_rom_over_ram_or_not_page_aligned_is_refused(gpa: int, size: int) -> None:
+    mem = GuestMemory(64 * MiB)
+    try:
+        with pytest.raises(PyhvError, match="ROM at"):
+            mem.add_rom(gpa, bytes(size))
+    finally:
+        mem.close()

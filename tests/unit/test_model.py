@@ -27,8 +27,32 @@ def test_documented_example_parses() -> None:
     example = textwrap.dedent(doc.split("The plain form is the TOML/JSON schema::", 1)[1].split("A problem is")[0])
     d = from_plain(tomllib.loads(example))
     assert (d.name, d.vcpus, d.maxmem, d.lifecycle.on_crash, d.sched.weight) == ("web1", 2, 512 * MiB, "destroy", 256)
-    assert d.disks[0] == Disk("/var/lib/pyhv/web1.img", False, "web1-root", "writeback")
+    assert d.disks[0] == Disk("/var/lib/pyhv/web1.img", False, "web1-root", "writeback",
+                              model.RateLimit(model.Bucket(52428800, 1000), model.Bucket(1000, 1000)))
     assert d.nics[0].bridge == "br0" and d.vsock == model.Vsock(3, "/run/pyhv/web1.vsock")
+    assert (d.nics[0].rx_rate_limit, d.nics[0].tx_rate_limit) == (model.RateLimit(model.Bucket(12500000, 1000)), None)
+
+
+@pytest.mark.parametrize("limit,message", [
+    ({"ops": {"size": 0, "refill_ms": 1000}}, "disks[0].rate_limit.ops.size: must be an integer between 1 and"),
+    ({"ops": {"size": 10}}, "disks[0].rate_limit.ops: a bucket needs size and refill_ms"),
+    ({"bandwidth": {"size": 10, "refill_ms": 0}}, "disks[0].rate_limit.bandwidth.refill_ms: must be an integer"),
+    ({"ops": {"size": 10, "refill_ms": 5, "burst": -1}}, "disks[0].rate_limit.ops.burst: must be an integer"),
+    ({"iops": {"size": 10, "refill_ms": 5}}, "disks[0].rate_limit.iops: unknown key (known: bandwidth, ops)"),
+    ({"ops": {"size": 10, "refill_ms": 5, "rate": 1}}, "disks[0].rate_limit.ops.rate: unknown key"),
+])
+def test_bad_rate_limits_name_the_key(limit: Any, message: str) -> None:
+    with pytest.raises(DescriptionError) as e:
+        from_plain({**MINIMAL, "disks": [{"path": "/x.img", "rate_limit": limit}]})
+    assert str(e.value).startswith(message)
+
+
+def test_rate_limits_round_trip_through_the_plain_form() -> None:
+    limit = {"ops": {"size": 100, "refill_ms": 1000, "burst": 50}}
+    d = from_plain({**MINIMAL, "disks": [{"path": "/x.img", "rate_limit": limit}],
+                    "nics": [{"tap": "t0", "tx_rate_limit": {"bandwidth": {"size": 1000, "refill_ms": 10}}}]})
+    plain = to_plain(d)
+    assert (plain["disks"][0]["rate_limit"], from_plain(plain)) == (limit, d)
 
 
 def test_minimal_description_gets_one_set_of_defaults() -> None:
@@ -163,6 +187,11 @@ CASES: list[tuple[list[str], str]] = [
      'kernel = "/k"\non_reboot = "destroy"\non_poweroff = "restart"\non_crash = "preserve"'),
     (["--kernel", "/k", "--serial", "file:/tmp/log", "--debug-exit"],
      'kernel = "/k"\nserial = "file:/tmp/log"\ndebug_exit = true'),
+    (["--firmware", "/usr/share/seabios/bios.bin", "--memory", "128M"],
+     'firmware = "/usr/share/seabios/bios.bin"\nmemory = "128M"'),
+    (["--kernel", "/k", "--debug-exit=pyhv"], 'kernel = "/k"\ndebug_exit = "pyhv"'),
+    (["--kernel", "/k", "--debug-exit=qemu"], 'kernel = "/k"\ndebug_exit = "qemu"'),
+    (["--kernel", "/k", "--debug-exit=off"], 'kernel = "/k"\ndebug_exit = false'),
     (["--kernel", "/k", "--disk", "/a.img,ro,serial=s1", "--disk", "/b.img,cache=none"],
      'kernel = "/k"\n[[disks]]\npath = "/a.img"\nreadonly = true\nserial = "s1"\n'
      '[[disks]]\npath = "/b.img"\ncache = "none"'),
@@ -173,7 +202,13 @@ CASES: list[tuple[list[str], str]] = [
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,file=/etc/a,b", "--fw-cfg", "name=opt/b,string=x=1,y=2"],
      'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nfile = "/etc/a,b"\n[[fw_cfg]]\nname = "opt/b"\nstring = "x=1,y=2"'),
     (["--kernel", "/k", "--fw-cfg", "name=opt/empty,string="], 'kernel = "/k"\n[[fw_cfg]]\nname = "opt/empty"\nstring = ""'),
+    (["--kernel", "/k", "--transport", "mmio", "--rng", "--disk", "/a.img"],
+     'kernel = "/k"\ntransport = "mmio"\nrng = true\n[[disks]]\npath = "/a.img"'),
+    (["--kernel", "/k", "--transport", "pci"], 'kernel = "/k"\ntransport = "pci"'),
     # the same mistakes
+    (["--kernel", "/k", "--transport", "isa"], 'kernel = "/k"\ntransport = "isa"'),
+    (["--kernel", "/k", "--rng", "--balloon", *[a for i in range(14) for a in ("--disk", f"/d{i}")], "--transport", "mmio"],
+     'kernel = "/k"\ntransport = "mmio"\nrng = true\nballoon = true\n' + "".join(f'[[disks]]\npath = "/d{i}"\n' for i in range(14))),
     (["--kernel", "/k", "--vcpus", "0"], 'kernel = "/k"\nvcpus = 0'),
     (["--kernel", "/k", "--memory", "8M"], 'kernel = "/k"\nmemory = "8M"'),
     (["--kernel", "/k", "--serial", "tcp:1"], 'kernel = "/k"\nserial = "tcp:1"'),
@@ -190,7 +225,25 @@ CASES: list[tuple[list[str], str]] = [
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,file="], 'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nfile = ""'),
     (["--kernel", "/k", "--fw-cfg", "name=opt/a,string=1", "--fw-cfg", "name=opt/a,string=2"],
      'kernel = "/k"\n[[fw_cfg]]\nname = "opt/a"\nstring = "1"\n[[fw_cfg]]\nname = "opt/a"\nstring = "2"'),
+    (["--kernel", "/k", "--disk", "base=/b,overlay=/o,ro,cache=none"],
+     'kernel = "/k"\n[[disks]]\npath = "/o"\nbase = "/b"\nreadonly = true\ncache = "none"'),
+    (["--kernel", "/k", "--disk", "vhost-user=/s"], 'kernel = "/k"\n[[disks]]\nvhost_user = "/s"'),
+    (["--kernel", "/k", "--disk", "vhost-user=/s,ro"], 'kernel = "/k"\n[[disks]]\nvhost_user = "/s"\nreadonly = true'),
+    (["--kernel", "/k", "--disk", "vhost-user=/s,overlay=/o"], 'kernel = "/k"\n[[disks]]\nvhost_user = "/s"\npath = "/o"'),
+    (["--kernel", "/k", "--disk", "base=/o,overlay=/o"], 'kernel = "/k"\n[[disks]]\npath = "/o"\nbase = "/o"'),
+    (["--kernel", "/k", "--disk", "base=/b,overlay=/o,serial=x"], 'kernel = "/k"\n[[disks]]\npath = "/o"\nbase = "/b"\nserial = "x"'),
+    (["--kernel", "/k", "--disk", "base=/b"], 'kernel = "/k"\n[[disks]]\nbase = "/b"'),
+    (["--kernel", "/k", "--fs", "tag=t,path=/srv"], 'kernel = "/k"\n[[fs]]\ntag = "t"\npath = "/srv"'),
+    (["--kernel", "/k", "--fs", "tag=t,socket=/s"], 'kernel = "/k"\n[[fs]]\ntag = "t"\nsocket = "/s"'),
+    (["--kernel", "/k", "--fs", "tag=t,socket=/s,path=/d"], 'kernel = "/k"\n[[fs]]\ntag = "t"\nsocket = "/s"\npath = "/d"'),
+    (["--kernel", "/k", "--fs", "tag=" + "t" * 37 + ",path=/d"], 'kernel = "/k"\n[[fs]]\ntag = "' + "t" * 37 + '"\npath = "/d"'),
+    (["--kernel", "/k", "--fs", "tag=t,socket=/" + "s" * 107], 'kernel = "/k"\n[[fs]]\ntag = "t"\nsocket = "/' + "s" * 107 + '"'),
+    (["--kernel", "/k", "--fs", "tag=t,path=/a", "--fs", "tag=t,path=/b"],
+     'kernel = "/k"\n[[fs]]\ntag = "t"\npath = "/a"\n[[fs]]\ntag = "t"\npath = "/b"'),
     (["--kernel", "/k", "--vsock", "cid=2,uds=/v"], 'kernel = "/k"\n[vsock]\ncid = 2\nuds = "/v"'),
+    (["--kernel", "/k", "--debug-exit=isa"], 'kernel = "/k"\ndebug_exit = "isa"'),
+    (["--firmware", "/f", "--kernel", "/k"], 'firmware = "/f"\nkernel = "/k"'),
+    (["--firmware", "/f", "--cmdline", "x"], 'firmware = "/f"\ncmdline = "x"'),
     (["--kernel", "/k", "--vsock", "cid=3,uds=/" + "v" * 100], 'kernel = "/k"\n[vsock]\ncid = 3\nuds = "/' + "v" * 100 + '"'),
 ]
 
@@ -213,7 +266,8 @@ def test_every_syntax_gives_the_same_description_or_the_same_error(argv: list[st
     if isinstance(from_cli, tuple) and from_cli[0] == "error":
         with pytest.raises(UsageError) as cli_error:
             options.describe(plain, given)
-        assert cli_error.value.args[0].startswith(argv[-2]) and from_cli[2] in str(cli_error.value)
+        carrier = argv[-1] if argv[-1].startswith("--") else argv[-2]  # --option=VALUE or --option VALUE
+        assert cli_error.value.args[0].startswith(carrier) and from_cli[2] in str(cli_error.value)
         with pytest.raises(SnapshotError) as snap_error:
             description_from_state(tomllib.loads(toml))
         assert str(snap_error.value) == f"description: {model.key_name(from_cli[1])}: {from_cli[2]}"
@@ -248,6 +302,9 @@ def test_json_schema_uses_the_models_limits() -> None:
     assert set(schema["properties"]) == set(model.TOP_KEYS)
     assert set(disk) == set(model.DISK_KEYS) and disk["serial"]["maxLength"] == model.DISK_SERIAL_MAX
     assert disk["cache"]["enum"] == list(model.DISK_CACHE)
+    assert set(disk) == set(model.DISK_KEYS)
+    fs = schema["properties"]["fs"]["items"]["properties"]
+    assert set(fs) == set(model.FS_KEYS) and fs["tag"]["maxLength"] == model.FS_TAG_MAX
     entry = schema["properties"]["fw_cfg"]["items"]
     assert set(entry["properties"]) == set(model.FW_CFG_KEYS) and entry["properties"]["name"]["maxLength"] == 55
 
@@ -293,6 +350,14 @@ def test_fw_cfg_limits_are_the_devices() -> None:
     assert set(fw_cfg.OWN_FILES) <= {*model.FW_CFG_OWN_NAMES, "etc/e820"}
 
 
+@pytest.mark.parametrize("mapping,value,status", [
+    ("pyhv", 0, 0), ("pyhv", 1, 1), ("pyhv", 0x1FF, 0xFF), ("qemu", 0, 1), ("qemu", 1, 3), ("qemu", 0x21, 0x43),
+    ("qemu", 0x80, 1),
+])
+def test_debug_exit_status_is_the_low_byte_or_qemus_mapping(mapping: str, value: int, status: int) -> None:
+    assert model.debug_exit_status(mapping, value) == status
+
+
 def test_disk_serial_limit_is_the_devices() -> None:
     from pyhv.devices.virtio.blk import VIRTIO_BLK_ID_BYTES
 
@@ -309,6 +374,9 @@ def descriptions(draw: Any) -> dict[str, Any]:
     plain["memory"] = draw(st.integers(16, 4096))
     plain["vcpus"] = draw(st.integers(1, 255))
     plain["on_crash"] = draw(st.sampled_from(model.ON_CRASH))
+    plain["debug_exit"] = draw(st.sampled_from((*model.DEBUG_EXIT_MAPPINGS, True, False)))
+    if draw(st.booleans()):
+        plain["firmware"] = plain.pop("kernel")
     disks = draw(st.lists(paths, max_size=4, unique=True))
     plain["disks"] = [{"path": p, "readonly": draw(st.booleans()), "cache": draw(st.sampled_from(model.DISK_CACHE)),
                        "serial": draw(st.text("abc123-", max_size=20))} for p in disks]
@@ -316,7 +384,7 @@ def descriptions(draw: Any) -> dict[str, Any]:
     if draw(st.booleans()):
         plain["vsock"] = {"cid": draw(st.integers(3, 0xFFFF_FFFE)), "uds": draw(paths)}
     fw_names = draw(st.lists(st.from_regex(r"opt/[ -~]{1,51}", fullmatch=True), max_size=3, unique=True))
-    plain["fw_cfg"] = [{"name": n, "file": draw(paths)} if draw(st.booleans()) else {"name": n, "string": draw(st.text(st.characters(blacklist_characters="\0")))}
+    plain["fw_cfg"] = [{"name": n, "file": draw(paths)} if draw(st.booleans()) else {"name": n, "string": draw(st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",))))}
                        for n in fw_names]
     plain["sched"] = {"weight": draw(st.integers(1, 65535))}
     return plain
@@ -327,3 +395,61 @@ def descriptions(draw: Any) -> dict[str, Any]:
 def test_plain_form_round_trips(plain: dict[str, Any]) -> None:
     d = from_plain(plain)
     assert from_plain(json.loads(json.dumps(to_plain(d)))) == d
+
+
+def test_firmware_replaces_the_kernel_in_the_plain_form_and_the_paths() -> None:
+    d = from_plain({"firmware": "/usr/share/seabios/bios.bin"})
+    assert d.payload == model.Payload(kernel="", firmware="/usr/share/seabios/bios.bin")
+    assert "kernel" not in to_plain(d) and model.paths(d)[0] == ("firmware", "/usr/share/seabios/bios.bin")
+
+
+def test_neither_kernel_nor_firmware_is_refused() -> None:
+    with pytest.raises(DescriptionError, match="kernel"):
+        from_plain({"memory": "64M"})
+
+
+def test_disk_and_net_options_carry_rate_limits() -> None:
+    d = options.disk("/x.img,ops=100/1000+20,bw=1048576/500")
+    nic, _ = options.net("tap=t0,rx-bw=1000/10,tx-ops=5/100")
+    assert d["rate_limit"] == {"ops": {"size": 100, "refill_ms": 1000, "burst": 20},
+                               "bandwidth": {"size": 1048576, "refill_ms": 500, "burst": 0}}
+    assert (nic["rx_rate_limit"], nic["tx_rate_limit"]) == (
+        {"bandwidth": {"size": 1000, "refill_ms": 10, "burst": 0}}, {"ops": {"size": 5, "refill_ms": 100, "burst": 0}})
+
+
+@pytest.mark.parametrize("spec", ["/x.img,ops=100", "/x.img,ops=a/b", "/x.img,ops=1/2,ops=3/4", "/x.img,bw=1/2+"])
+def test_bad_rate_limit_options_are_usage_errors(spec: str) -> None:
+    with pytest.raises(UsageError, match="expected SIZE/REFILL_MS"):
+        options.disk(spec)
+
+
+@pytest.mark.parametrize("entry,key,message", [
+    ({"tag": "t"}, ("fs", 0), "exactly one of socket (a running back end) and path (a directory to share)"),
+    ({"tag": "", "path": "/d"}, ("fs", 0, "tag"), "1-36 printable bytes"),
+    ({"tag": "a\nb", "path": "/d"}, ("fs", 0, "tag"), "1-36 printable bytes"),
+    ({"path": "/d"}, ("fs", 0, "tag"), "required"),
+    ({"tag": "t", "dir": "/d"}, ("fs", 0, "dir"), "unknown key (known: path, socket, tag)"),
+])
+def test_bad_fs_entry_names_the_key(entry: dict[str, object], key: tuple[object, ...], message: str) -> None:
+    with pytest.raises(DescriptionError) as e:
+        from_plain({**MINIMAL, "fs": [entry]})
+    assert (e.value.path, e.value.message) == (key, message)
+
+
+def test_bad_fs_option_syntax_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="expected tag=TAG,socket=PATH or tag=TAG,path=DIR"):
+        options.fs("tag=t,dir=/d")
+
+
+def test_a_machine_with_a_vhost_user_device_names_it() -> None:
+    d = from_plain({**MINIMAL, "fs": [{"tag": "share", "path": "/srv"}]})
+
+    assert model.vhost_user_devices(d) == ["fs[0] (virtio-fs 'share')"]
+    assert model.vhost_user_devices(from_plain(MINIMAL)) == []
+    cow = from_plain({**MINIMAL, "disks": [{"path": "/raw"}, {"path": "/o.qcow2", "base": "/b"}, {"vhost_user": "/s"}]})
+    assert model.vhost_user_devices(cow) == ["disks[1] (vhost-user-blk)", "disks[2] (vhost-user-blk)"]
+
+
+def test_a_lone_surrogate_is_refused_in_one_line() -> None:
+    with pytest.raises(DescriptionError, match="fw_cfg\\[0\\].string: must be valid Unicode"):
+        from_plain(json.loads('{"kernel": "/k", "fw_cfg": [{"name": "opt/a", "string": "\\ud800"}]}'))

@@ -53,6 +53,9 @@ class FakeMachine:
     def set_balloon_target(self, size: int) -> None:
         self.targets.append(size)
 
+    def nvram(self) -> tuple[float, bytes]:
+        return 0.0, bytes(128)
+
     def pause(self, timeout: float = 5.0) -> None:
         self.state = "paused"
 
@@ -101,26 +104,32 @@ def test_a_failed_save_leaves_the_domain_running_as_before() -> None:
     assert (machine.state, runtime.state) == ("running", "running")
 
 
+_FD_PASSING = """
+import os, sys
+from pyhv.vmm import control
+seen = []
+def handler(request):
+    fd = request.get("fd")
+    seen.append(os.read(fd, 5) if isinstance(fd, int) else fd)
+    return {}
+server = control.Server(sys.argv[1], handler)
+r, w = os.pipe()
+os.write(w, b"hello")
+control.call(sys.argv[1], {"op": "save"}, fds=(r,))
+control.call(sys.argv[1], {"op": "save", "fd": 0})
+server.close()
+print(seen)
+"""
+
+
 def test_a_descriptor_passed_with_a_request_reaches_the_handler_and_json_cannot_forge_one(tmp_path: Path) -> None:
-    path = str(tmp_path / "control")
-    seen: list[object] = []
+    # in a process of its own: descriptor numbers other tests' threads left behind cannot interfere
+    import subprocess
+    import sys
 
-    def handler(request: dict[str, Any]) -> dict[str, Any]:
-        fd = request.get("fd")
-        seen.append(os.read(fd, 5) if isinstance(fd, int) else fd)
-        return {}
-
-    server = control.Server(path, handler)
-    r, w = os.pipe()
-    try:
-        os.write(w, b"hello")
-        control.call(path, {"op": "save"}, fds=(r,))
-        control.call(path, {"op": "save", "fd": 0})
-    finally:
-        server.close()
-        os.close(r)
-        os.close(w)
-    assert seen == [b"hello", None]
+    out = subprocess.run([sys.executable, "-c", _FD_PASSING, str(tmp_path / "control")], capture_output=True,
+                         text=True, check=False, env=dict(os.environ, PYTHONPATH=str(Path(control.__file__).parents[2])))
+    assert out.stdout.strip() == "[b'hello', None]", out.stderr
 
 
 def test_mem_max_changes_the_description_the_domain_travels_with() -> None:
@@ -176,6 +185,36 @@ def test_a_destroy_that_arrives_while_the_guest_reboots_ends_the_domain(monkeypa
     assert (ending.reason, ending.status, len(built)) == ("destroy", 143, 1)
 
 
+def test_the_next_machine_after_a_reset_gets_the_cmos_of_the_one_that_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyhv.vmm import builder
+
+    runtime = Runtime(from_plain({"kernel": "/k"}), console=None)
+    given: list[Any] = []
+
+    class Resetting(FakeMachine):
+        state = "created"
+
+        def start(self) -> None:
+            self.state = "running"
+
+        def wait(self, timeout: float) -> Stop:
+            return Stop(StopKind.RESET if len(given) == 1 else StopKind.POWEROFF, 0, "words")
+
+        def nvram(self) -> tuple[float, bytes]:
+            return 1.5, bytes([len(given)]) * 128
+
+        def close(self) -> None:
+            pass
+
+    def build(*args: Any, nvram: Any = None, **kwargs: Any) -> FakeMachine:
+        given.append(nvram)
+        return Resetting()
+
+    monkeypatch.setattr(builder, "build", build)
+    ending = runtime.run()
+    assert (ending.reason, given) == ("poweroff", [None, (1.5, bytes([1]) * 128)])
+
+
 def test_the_repl_runs_typed_code_over_the_control_socket_and_close_does_not_wait_for_it(tmp_path: Path) -> None:
     import time
 
@@ -220,3 +259,70 @@ def test_a_gdb_socket_never_replaces_a_file_that_is_not_a_socket(tmp_path: Path)
     with pytest.raises(PyhvError, match="cannot listen"):
         runtime.handle({"op": "gdb", "listen": f"unix:{precious}"})
     assert precious.read_text() == "data"
+
+
+class DiskMachine(FakeMachine):
+    """A machine whose disks can be swapped (or refuse to be) and whose keyboard is pressed."""
+
+    def __init__(self, refuse: str = "") -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.swaps: list[tuple[int, str]] = []
+        self.presses = 0
+
+    def swap_disk(self, index: int, path: str) -> int:
+        if self.refuse:
+            raise PyhvError(self.refuse)
+        self.swaps.append((index, path))
+        return 2048
+
+    def ctrl_alt_del(self) -> int:
+        self.presses += 1
+        return 11
+
+
+def runtime_with_disks(machine: FakeMachine) -> Runtime:
+    runtime = Runtime(from_plain({"kernel": "/k", "disks": [{"path": "/a.img", "serial": "root"},
+                                                            {"path": "/b.img", "serial": "data", "readonly": True,
+                                                             "rate_limit": {"ops": {"size": 5, "refill_ms": 10}}}]}),
+                      console=None)
+    runtime.machine, runtime.state = machine, "running"
+    return runtime
+
+
+def test_disk_swap_by_serial_swaps_that_disk_and_the_description_names_the_new_file() -> None:
+    machine = DiskMachine()
+    runtime = runtime_with_disks(machine)
+    reply = runtime.handle({"op": "disk-swap", "serial": "data", "path": "/c.img"})
+    disk = runtime.description.disks[1]
+    assert (reply, machine.swaps) == ({"index": 1, "path": "/c.img", "sectors": 2048}, [(1, "/c.img")])
+    assert (disk.path, disk.serial, disk.readonly, disk.rate_limit is not None) == ("/c.img", "data", True, True)
+
+
+def test_a_refused_disk_swap_leaves_the_description_as_it_was() -> None:
+    runtime = runtime_with_disks(DiskMachine(refuse="/c.img: disk image is in use"))
+    with pytest.raises(PyhvError, match="in use"):
+        runtime.handle({"op": "disk-swap", "index": 0, "path": "/c.img"})
+    assert [d.path for d in runtime.description.disks] == ["/a.img", "/b.img"]
+
+
+@pytest.mark.parametrize("request_,message", [
+    ({"op": "disk-swap", "path": "/c.img"}, "give the disk's index or its serial"),
+    ({"op": "disk-swap", "index": 0, "serial": "root", "path": "/c.img"}, "give the disk's index or its serial"),
+    ({"op": "disk-swap", "serial": "nonesuch", "path": "/c.img"}, "no disk has the serial 'nonesuch'"),
+    ({"op": "disk-swap", "index": 2, "path": "/c.img"}, "no disk 2 (the domain has 2)"),
+    ({"op": "disk-swap", "index": True, "path": "/c.img"}, "no disk True"),
+    ({"op": "disk-swap", "index": 0}, "path must be a file name"),
+    ({"op": "disk-swap", "index": 0, "path": "/b.img"}, "the same image as"),
+    ({"op": "disk-swap", "index": 0, "path": "/" + "x" * 5000}, "at most 4095"),
+])
+def test_bad_disk_swaps_are_refused_in_one_line(request_: dict[str, Any], message: str) -> None:
+    machine = DiskMachine()
+    with pytest.raises(PyhvError) as e:
+        runtime_with_disks(machine).handle(request_)
+    assert (message in str(e.value), "\n" in str(e.value), machine.swaps) == (True, False, [])
+
+
+def test_ctrl_alt_del_presses_the_keys_on_the_running_machine() -> None:
+    machine = DiskMachine()
+    assert (runtime_with_disks(machine).handle({"op": "ctrl-alt-del"}), machine.presses) == ({"bytes": 11}, 1)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyhv.backends.block import RawDisk
 from pyhv.devices.virtio import blk as b
 from pyhv.devices.virtio import mmio as m
-from pyhv.devices.virtio.device import STATUS_DEVICE_NEEDS_RESET, VirtioDevice
+from pyhv.devices.virtio.device import STATUS_DEVICE_NEEDS_RESET, USED_BATCH, VirtioDevice
 from pyhv.devices.virtio.queue import VIRTIO_F_VERSION_1
 from pyhv.devices.virtio.rng import Rng
 
@@ -210,6 +211,21 @@ def test_rng_fills_the_buffer(ram: FakeGuestRam) -> None:
     assert driver.used_elem(0) == (head, 64) and ram.read(a, 64) == b"\x5a" * 64
 
 
+def test_a_drain_longer_than_one_batch_publishes_every_chain_and_interrupts_once(ram: FakeGuestRam) -> None:
+    dev = Rng(ram, entropy=lambda n: b"\x5a" * n)
+    transport = m.VirtioMmio(dev, Line())
+    driver = FakeDriver(ram, size=64)
+    _bring_up(transport, driver)
+    interrupts: list[int] = []
+    dev.interrupt = interrupts.append
+    for _ in range(USED_BATCH + 8):
+        driver.add_chain(writable=[16])
+
+    transport.write(m.NOTIFY_OFFSET, 4, 0)
+
+    assert (driver.used_idx(), interrupts) == (USED_BATCH + 8, [0])
+
+
 def test_disk_image_that_is_not_whole_sectors_is_refused(tmp_path: Path) -> None:
     from pyhv.errors import ImageError
 
@@ -225,3 +241,35 @@ def test_missing_disk_image_is_an_image_error(tmp_path: Path) -> None:
 
     with pytest.raises(ImageError, match="cannot open"):
         RawDisk(os.path.join(tmp_path, "nope.img"))
+
+
+def test_blk_over_its_ops_limit_stops_until_the_bucket_refills(ram: FakeGuestRam, image: str) -> None:
+    from pyhv.devices.ratelimit import RateLimiter, TokenBucket
+
+    now = [0.0]
+    timers: list[tuple[float, Any]] = []
+    dev, transport, driver, _ = _blk(ram, image)
+    dev.limit(0, RateLimiter(ops=TokenBucket(2, 1000, clock=lambda: now[0])), lambda delay, fn: timers.append((delay, fn)))
+    for sector in range(3):
+        _request(driver, b.VIRTIO_BLK_T_IN, sector, in_len=512)
+    transport.write(m.NOTIFY_OFFSET, 4, 0)
+    transport.write(m.NOTIFY_OFFSET, 4, 0)  # a kick while throttled changes nothing
+    served_at_once, delays = driver.used_idx(), [round(d, 3) for d, _ in timers]
+    now[0] += 0.5
+    timers[0][1]()
+    assert (served_at_once, delays, driver.used_idx()) == (2, [0.5], 3)
+
+
+def test_blk_swap_disk_shows_the_new_capacity_after_a_configuration_change(
+    ram: FakeGuestRam, image: str, tmp_path: Path,
+) -> None:
+    bigger = tmp_path / "bigger.img"
+    bigger.write_bytes(b"\0" * (2 * MiB))
+    dev, transport, _, _ = _blk(ram, image)
+    generation = transport.read(m.CONFIG_GENERATION, 4)
+    old = dev.swap_disk(RawDisk(str(bigger)))
+    old.close()
+    assert (transport.read(m.CONFIG_GENERATION, 4) != generation, transport.read(m.INTERRUPT_STATUS, 4) & 2,
+            transport.read(m.CONFIG, 4)) == (True, 2, 2 * MiB // 512)
+    with pytest.raises(ValueError):
+        dev.swap_disk(RawDisk(image, readonly=True))

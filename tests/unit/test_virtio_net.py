@@ -11,11 +11,16 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pyhv.backends.interfaces import VNET_HDR_SIZE
 from pyhv.backends.tap import Tap
 from pyhv.devices.virtio import mmio as m
-from pyhv.devices.virtio.net import MAX_FRAME, RX, TX, Net
+from pyhv.backends.interfaces import OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO
+from pyhv.devices.virtio import net as n
+from pyhv.devices.virtio.net import MAX_FRAME, MAX_GSO_FRAME, RX, TX, Net
+from pyhv.devices.virtio.queue import VIRTQ_USED_F_NO_NOTIFY
 from pyhv.errors import UsageError
 from pyhv.model import Nic, default_mac, nic_from_plain, options
 
@@ -26,18 +31,20 @@ from .virtio_fakes import FakeDriver, FakeGuestRam, bring_up_mmio
 MAC = bytes.fromhex("525400123456")
 FRAME = bytes.fromhex("ffffffffffff525400123456" "0806") + bytes(46)
 HEADER = bytes(VNET_HDR_SIZE)
+FUZZ_EXAMPLES = int(os.environ.get("PYHV_FUZZ_EXAMPLES", "200"))
 
 
 class Rig:
-    def __init__(self) -> None:
+    def __init__(self, features: int = 1 << 32, can: int = 0) -> None:
         self.ram = FakeGuestRam(1 << 20)
         self.frames = ScriptedFrames()
+        self.frames.can = can
         self.io = FakeIo()
         self.dev = Net(self.ram, self.frames, MAC, self.io)
         self.transport = m.VirtioMmio(self.dev, Line())
         self.rx = FakeDriver(self.ram, size=16, desc_addr=0x1000, avail_addr=0x2000, used_addr=0x3000, data_addr=0x10000)
         self.tx = FakeDriver(self.ram, size=16, desc_addr=0x4000, avail_addr=0x5000, used_addr=0x6000, data_addr=0x40000)
-        bring_up_mmio(self.transport, [self.rx, self.tx])
+        bring_up_mmio(self.transport, [self.rx, self.tx], features)
 
     def kick(self, queue: int) -> None:
         self.transport.write(m.NOTIFY_OFFSET, 4, queue)
@@ -164,6 +171,29 @@ def test_backend_readable_after_a_device_failure_reads_nothing(rig: Rig) -> None
     assert rig.frames.incoming and rig.rx.used_idx() == 0
 
 
+def test_receive_queue_asks_for_no_kicks_while_it_has_buffers_and_for_kicks_when_they_run_out(rig: Rig) -> None:
+    rig.rx.add_chain(writable=[2048])
+    rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    flags_with_buffers = rig.rx.used_flags()
+    rig.frames.incoming.extend([HEADER + FRAME, HEADER + FRAME])
+    rig.dev.backend_readable()
+    assert (flags_with_buffers, rig.rx.used_flags(), rig.rx.used_idx()) == (VIRTQ_USED_F_NO_NOTIFY, 0, 2)
+
+
+def test_a_reply_waiting_in_the_backend_when_the_guest_transmits_comes_in_with_the_pass(rig: Rig) -> None:
+    head = rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.frames.incoming.append(HEADER + FRAME)  # the host answered while taking the frame
+    rig.tx.add_chain(readable=[HEADER + FRAME])
+    rig.kick(TX)
+    assert (rig.frames.sent, rig.rx.used_idx(), rig.rx.used_elem(0)) == (
+        [HEADER + FRAME],
+        1,
+        (head, VNET_HDR_SIZE + len(FRAME)),
+    )
+
+
 def test_config_space_holds_the_mac_and_link_up(rig: Rig) -> None:
     mac = bytes(rig.transport.read(m.CONFIG + i, 1) for i in range(6))
     assert mac == MAC and rig.transport.read(m.CONFIG + 6, 2) == 1
@@ -171,6 +201,155 @@ def test_config_space_holds_the_mac_and_link_up(rig: Rig) -> None:
 
 def test_device_is_named_after_its_backend(rig: Rig) -> None:
     assert rig.dev.name == "virtio-net(fake0)"
+
+
+# --- offloads ------------------------------------------------------------------------
+
+ALL_OFFLOADS = OFFLOAD_CSUM | OFFLOAD_TSO4 | OFFLOAD_TSO6 | OFFLOAD_UFO
+HOST_GSO = 1 << 32 | 1 << n.VIRTIO_NET_F_CSUM | 1 << n.VIRTIO_NET_F_HOST_TSO4 | 1 << n.VIRTIO_NET_F_HOST_UFO
+GUEST_GSO = 1 << 32 | 1 << n.VIRTIO_NET_F_GUEST_CSUM | 1 << n.VIRTIO_NET_F_GUEST_TSO4 | 1 << n.VIRTIO_NET_F_MRG_RXBUF
+
+
+def _hdr(flags: int = 0, gso_type: int = 0, hdr_len: int = 0, gso_size: int = 0, start: int = 0, offset: int = 0) -> bytes:
+    return struct.pack("<BBHHHHH", flags, gso_type, hdr_len, gso_size, start, offset, 0)
+
+
+def test_offloads_are_offered_only_when_the_backend_can_do_them() -> None:
+    without, with_all = Rig().dev.device_features(), Rig(can=ALL_OFFLOADS).dev.device_features()
+    offload_bits = HOST_GSO | GUEST_GSO | 1 << n.VIRTIO_NET_F_HOST_TSO6 | 1 << n.VIRTIO_NET_F_GUEST_TSO6
+    offload_bits &= ~(1 << 32 | 1 << n.VIRTIO_NET_F_MRG_RXBUF)
+    assert (without & offload_bits, with_all & offload_bits) == (0, offload_bits)
+
+
+def test_backend_offloads_follow_the_guest_features_the_driver_accepted() -> None:
+    rig = Rig(features=GUEST_GSO, can=ALL_OFFLOADS)
+    rig.transport.write(m.STATUS, 4, 0)
+    assert rig.frames.offload == [OFFLOAD_CSUM | OFFLOAD_TSO4, 0]
+
+
+def test_tso_without_its_checksum_feature_is_refused_at_features_ok() -> None:
+    rig = Rig(features=1 << 32 | 1 << n.VIRTIO_NET_F_HOST_TSO4, can=ALL_OFFLOADS)
+    assert not rig.transport.read(m.STATUS, 4) & 8 and rig.frames.offload == []
+
+
+def test_frame_asking_for_a_checksum_is_sent_with_its_header_when_csum_was_negotiated() -> None:
+    rig = Rig(features=HOST_GSO, can=ALL_OFFLOADS)
+    header = _hdr(flags=n.VIRTIO_NET_HDR_F_NEEDS_CSUM, start=34, offset=6)
+    rig.tx.add_chain(readable=[header + FRAME])
+    rig.kick(TX)
+    assert (rig.frames.sent, rig.dev.tx_dropped) == ([header + FRAME], 0)
+
+
+def test_gso_frame_of_64_kib_is_sent_when_host_tso4_was_negotiated() -> None:
+    rig = Rig(features=HOST_GSO, can=ALL_OFFLOADS)
+    frame = FRAME + bytes(MAX_GSO_FRAME - VNET_HDR_SIZE - len(FRAME))
+    header = _hdr(n.VIRTIO_NET_HDR_F_NEEDS_CSUM, n.VIRTIO_NET_HDR_GSO_TCPV4, 54, 1448, 34, 16)
+    rig.tx.add_chain(readable=[header, frame])
+    rig.kick(TX)
+    assert (len(rig.frames.sent), rig.dev.tx_bytes, rig.dev.tx_dropped) == (1, len(frame), 0)
+
+
+@pytest.mark.parametrize(
+    ("features", "header", "length"),
+    [
+        (1 << 32, _hdr(flags=1, start=34, offset=6), len(FRAME)),  # CSUM not negotiated
+        (HOST_GSO, _hdr(flags=2), len(FRAME)),  # DATA_VALID is for receive only
+        (HOST_GSO, _hdr(flags=1, start=len(FRAME) - 6, offset=6), len(FRAME)),  # checksum past the end
+        (HOST_GSO, _hdr(1, n.VIRTIO_NET_HDR_GSO_TCPV6, 54, 1448, 34, 16), len(FRAME)),  # TSO6 not negotiated
+        (HOST_GSO, _hdr(1, 0x81, 54, 1448, 34, 16), len(FRAME)),  # ECN was not offered
+        (HOST_GSO, _hdr(0, n.VIRTIO_NET_HDR_GSO_TCPV4, 54, 1448, 34, 16), len(FRAME)),  # GSO without NEEDS_CSUM
+        (HOST_GSO, _hdr(1, n.VIRTIO_NET_HDR_GSO_TCPV4, 54, 0, 34, 16), len(FRAME)),  # gso_size 0
+        (HOST_GSO, _hdr(1, n.VIRTIO_NET_HDR_GSO_TCPV4, 65000, 1448, 34, 16), len(FRAME)),  # hdr_len past the end
+        (HOST_GSO, _hdr(flags=1, start=34, offset=6), MAX_FRAME),  # no GSO type: at most MAX_FRAME
+        (HOST_GSO, _hdr(1, n.VIRTIO_NET_HDR_GSO_TCPV4, 54, 1448, 34, 16), MAX_GSO_FRAME - VNET_HDR_SIZE + 1),
+    ],
+    ids=["csum-not-negotiated", "data-valid", "csum-outside", "tso6", "ecn", "gso-no-csum", "gso-size-0",
+         "hdr-len", "big-no-gso", "too-big-gso"],
+)
+def test_malformed_offload_header_drops_the_frame_and_the_device_keeps_going(
+    features: int, header: bytes, length: int
+) -> None:
+    rig = Rig(features=features, can=ALL_OFFLOADS)
+    rig.tx.add_chain(readable=[header, (FRAME + bytes(length))[:length]])
+    rig.tx.add_chain(readable=[HEADER, FRAME])
+    rig.kick(TX)
+    assert (rig.frames.sent, rig.dev.tx_dropped, rig.tx.used_idx(), rig.dev.status & 0x40) == (
+        [HEADER + FRAME],
+        1,
+        2,
+        0,
+    )
+
+
+def test_mergeable_receive_spreads_a_large_frame_over_several_buffers() -> None:
+    rig = Rig(features=GUEST_GSO, can=ALL_OFFLOADS)
+    heads = [rig.rx.add_chain(writable=[2048]) for _ in range(4)]
+    rig.kick(RX)
+    frame = bytes(range(256)) * 24  # 6144 bytes: four 2048-byte buffers with the header
+    rig.frames.incoming.append(HEADER + frame)
+    rig.dev.backend_readable()
+    got = b"".join(rig.rx_buffer(h, rig.rx.used_elem(i)[1]) for i, h in enumerate(heads))
+    assert [rig.rx.used_elem(i) for i in range(4)] == [(heads[0], 2048), (heads[1], 2048), (heads[2], 2048), (heads[3], 12)]
+    assert (got[10:12], got[12:], rig.dev.rx_frames) == (b"\x04\x00", frame, 1)
+
+
+def test_mergeable_receive_with_too_few_buffers_drops_the_frame_and_keeps_the_rest_posted() -> None:
+    rig = Rig(features=GUEST_GSO, can=ALL_OFFLOADS)
+    first, second = rig.rx.add_chain(writable=[2048]), rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.frames.incoming.append(HEADER + bytes(6000))
+    rig.dev.backend_readable()
+    rig.frames.incoming.append(HEADER + FRAME)
+    rig.dev.backend_readable()
+    assert ([rig.rx.used_elem(0), rig.rx.used_elem(1)], rig.dev.rx_dropped, rig.dev.rx_frames) == (
+        [(first, 0), (second, VNET_HDR_SIZE + len(FRAME))],
+        1,
+        1,
+    )
+
+
+def test_mergeable_receive_of_a_small_frame_uses_one_buffer() -> None:
+    rig = Rig(features=GUEST_GSO, can=ALL_OFFLOADS)
+    head = rig.rx.add_chain(writable=[2048])
+    rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.frames.incoming.append(HEADER + FRAME)
+    rig.dev.backend_readable()
+    assert (rig.rx.used_idx(), rig.rx.used_elem(0), rig.rx_buffer(head, 12)[10:12]) == (
+        1,
+        (head, VNET_HDR_SIZE + len(FRAME)),
+        b"\x01\x00",
+    )
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=10, max_size=10), st.integers(VNET_HDR_SIZE + 1, MAX_GSO_FRAME + 16), st.integers(0, 127))
+def test_random_transmit_headers_never_escape_the_device(fields: bytes, length: int, features: int) -> None:
+    chosen = 1 << 32 | 1 << n.VIRTIO_NET_F_CSUM | 1 << n.VIRTIO_NET_F_GUEST_CSUM  # what the others build on
+    chosen |= sum(1 << bit for i, (bit, _, _) in enumerate(n._OFFLOAD_FEATURES) if features >> i & 1)
+    rig = Rig(features=chosen, can=ALL_OFFLOADS)
+    rig.tx.add_chain(readable=[fields + b"\0\0" + bytes(length - VNET_HDR_SIZE)])
+    rig.kick(TX)
+    assert rig.tx.used_idx() == 1 and rig.dev.tx_frames + rig.dev.tx_dropped == 1 and not rig.dev.status & 0x40
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.lists(st.integers(1, 5000), min_size=1, max_size=3), min_size=1, max_size=16),
+    st.lists(st.integers(0, MAX_GSO_FRAME + 100), min_size=1, max_size=6),
+    st.booleans(),
+)
+def test_random_receive_buffers_and_frame_sizes_never_escape_the_device(
+    chains: list[list[int]], sizes: list[int], mergeable: bool
+) -> None:
+    rig = Rig(features=GUEST_GSO if mergeable else 1 << 32, can=ALL_OFFLOADS)
+    for writable in chains:
+        rig.rx.add_chain(writable=writable)
+    rig.kick(RX)
+    rig.frames.incoming.extend(bytes(n) for n in sizes)
+    rig.dev.backend_readable()
+    assert rig.rx.used_idx() <= len(chains) and not rig.dev.status & 0x40
+    assert rig.dev.rx_frames + rig.dev.rx_dropped + len(rig.frames.incoming) == len(sizes)
 
 
 # --- the TAP's frame calls -----------------------------------------------------------
@@ -231,9 +410,58 @@ def test_net_spec_with_a_handed_over_fd_parses() -> None:
     nic, fd = parse_net(f"fd={r},mac=52:54:00:00:00:09")
     os.close(r)
     os.close(w)
-    assert (fd, nic) == (r, (f"fd{r}", "52:54:00:00:00:09", ""))
+    assert (fd, nic) == (r, Nic(f"fd{r}", "52:54:00:00:00:09", ""))
 
 
 def test_net_spec_with_a_closed_fd_is_refused() -> None:
     with pytest.raises(UsageError, match="not open"):
         parse_net("fd=987")
+
+
+class Timers:
+    """A fake clock and the I/O thread's call_later: callbacks run when told to."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.due: list[tuple[float, object]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, fn: object) -> None:
+        self.due.append((delay, fn))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due, self.due = self.due, []
+        for _, fn in due:
+            fn()  # type: ignore[operator]
+
+
+def test_transmit_over_its_ops_limit_waits_for_the_bucket(rig: Rig) -> None:
+    from pyhv.devices.ratelimit import RateLimiter, TokenBucket
+
+    t = Timers()
+    rig.dev.limit(TX, RateLimiter(ops=TokenBucket(2, 100, clock=t.clock)), t.call_later)
+    for _ in range(3):
+        rig.tx.add_chain(readable=[HEADER, FRAME])
+    rig.kick(TX)
+    at_once, delays = len(rig.frames.sent), [round(d, 3) for d, _ in t.due]
+    t.advance(0.05)
+    assert (at_once, delays, len(rig.frames.sent), rig.tx.used_idx()) == (2, [0.05], 3, 3)
+
+
+def test_receive_over_its_bandwidth_limit_stops_watching_until_the_bucket_refills(rig: Rig) -> None:
+    from pyhv.devices.ratelimit import RateLimiter, TokenBucket
+
+    t = Timers()
+    rig.dev.limit(RX, RateLimiter(bandwidth=TokenBucket(len(FRAME), 1000, clock=t.clock)), t.call_later)
+    for _ in range(4):
+        rig.rx.add_chain(writable=[2048])
+    rig.kick(RX)
+    rig.frames.incoming.extend([HEADER + FRAME, HEADER + FRAME])
+    rig.io.run()
+    first, watching = rig.rx.used_idx(), bool(rig.io.readers)
+    t.advance(1.0)
+    rig.io.run()
+    assert (first, watching, rig.rx.used_idx(), rig.dev.rx_frames) == (1, False, 2, 2)

@@ -199,6 +199,47 @@ def test_push_used_publishes_the_element_and_the_index(mem: FakeGuestRam, driver
     assert (driver.used_elem(0), driver.used_idx()) == ((head, 8), 1)
 
 
+def test_push_used_without_publish_leaves_used_idx_until_publish_used(driver: FakeDriver) -> None:
+    q = driver.make_queue()
+    heads = [driver.add_chain(writable=[8]) for _ in range(3)]
+    for _ in heads:
+        q.push_used(popped(q), 4, publish=False)
+    before = driver.used_idx()
+
+    q.publish_used()
+
+    assert (before, driver.used_idx(), [driver.used_elem(i) for i in range(3)]) == (
+        0,
+        3,
+        [(h, 4) for h in heads],
+    )
+
+
+def test_should_notify_publishes_a_pending_batch_first(driver: FakeDriver) -> None:
+    q = driver.make_queue()
+    driver.add_chain(readable=[b"x"])
+    q.push_used(popped(q), 0, publish=False)
+
+    notified = q.should_notify()
+
+    assert (notified, driver.used_idx()) == (True, 1)
+
+
+def test_single_descriptor_chain_reports_its_lengths(driver: FakeDriver) -> None:
+    q = driver.make_queue()
+    driver.add_chain(readable=[b"abcdef"])
+    driver.add_chain(writable=[40])
+
+    first, second = popped(q), popped(q)
+
+    assert (first.readable_len(), first.writable_len(), second.readable_len(), second.writable_len()) == (
+        6,
+        0,
+        0,
+        40,
+    )
+
+
 def test_push_used_refuses_more_bytes_than_the_chain_can_hold(driver: FakeDriver) -> None:
     q = driver.make_queue()
     driver.add_chain(readable=[b"r"], writable=[4])

@@ -4,9 +4,12 @@ runs the watched callbacks on demand.  The unix-socket host is in test_vsock_uds
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pyhv.devices.virtio import mmio as m
 from pyhv.devices.virtio import vsock as vsock_module
@@ -328,3 +331,91 @@ def test_receive_buffer_too_small_for_a_header_is_returned_empty(guest: Guest) -
     guest.seen = 1
     guest.post_rx(1)
     assert written == 0 and guest.dev.bad_packets == 1 and guest.ops() == [OP_RST]
+
+
+# --- batching ---------------------------------------------------------------------------
+
+
+def test_bulk_host_data_fills_several_receive_buffers_in_few_reads(guest: Guest) -> None:
+    guest.post_rx(8)
+    stream, _ = guest.accepted()
+    data = bytes(range(256)) * 80  # 20480 bytes: six 4096-byte buffers (44-byte header each)
+    stream.incoming.append(data)
+    guest.io.run(rounds=1)
+    packets = guest.received()
+    assert b"".join(p for _, p in packets) == data and {h[6] for h, _ in packets} == {OP_RW}
+    assert [h[4] for h, _ in packets] == [len(p) for _, p in packets] and len(packets) == 6
+    assert stream.reads <= 3, stream.reads  # 1, 2, then 4 chains offered
+
+
+def test_host_reads_stop_at_the_guest_credit(guest: Guest) -> None:
+    guest.post_rx(8)
+    stream, _ = guest.accepted(buf_alloc=5000)
+    stream.incoming.append(bytes(20000))
+    guest.io.run(rounds=1)
+    assert sum(len(p) for _, p in guest.received()) == 5000
+
+
+def test_short_host_message_takes_one_buffer_and_leaves_the_rest_posted(guest: Guest) -> None:
+    guest.post_rx(4)
+    stream, _ = guest.accepted()
+    stream.incoming.append(b"hello")
+    guest.io.run(rounds=1)
+    stream.incoming.append(b"again")
+    guest.io.run(rounds=1)
+    assert [p for _, p in guest.received()] == [b"hello", b"again"] and guest.rx.used_idx() == 3
+
+
+def test_host_end_of_stream_becomes_a_shutdown_in_the_next_posted_buffer(guest: Guest) -> None:
+    guest.post_rx(4)
+    stream, _ = guest.accepted()
+    stream.incoming.append(b"")
+    guest.io.run(rounds=1)
+    (header, payload), = guest.received()
+    assert (header[6], header[7], payload) == (OP_SHUTDOWN, 3, b"")
+
+
+def test_guest_packets_of_one_pass_reach_the_host_in_one_send(guest: Guest) -> None:
+    guest.post_rx()
+    stream, host_port = guest.accepted()
+    for i in range(5):
+        header = HEADER.pack(CID, HOST_CID, GUEST_PORT, host_port, 3, TYPE_STREAM, OP_RW, 0, 65536, 0)
+        guest.tx.add_chain(readable=[header, b"%03d" % i])
+    guest.t.write(m.NOTIFY_OFFSET, 4, TX)
+    assert (bytes(stream.received), stream.sends) == (b"000001002003004", 1)
+
+
+def test_guest_data_before_its_shutdown_reaches_the_host_first(guest: Guest) -> None:
+    guest.post_rx()
+    stream, host_port = guest.accepted()
+    rw = HEADER.pack(CID, HOST_CID, GUEST_PORT, host_port, 4, TYPE_STREAM, OP_RW, 0, 65536, 0)
+    shut = HEADER.pack(CID, HOST_CID, GUEST_PORT, host_port, 0, TYPE_STREAM, OP_SHUTDOWN, 2, 65536, 0)
+    guest.tx.add_chain(readable=[rw + b"last"])
+    guest.tx.add_chain(readable=[shut])
+    guest.t.write(m.NOTIFY_OFFSET, 4, TX)
+    assert (bytes(stream.received), stream.write_shut_at) == (b"last", 4)
+
+
+@settings(max_examples=int(os.environ.get("PYHV_FUZZ_EXAMPLES", "200")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.integers(1, 6000), min_size=1, max_size=8),  # receive buffer sizes
+    st.lists(st.tuples(st.integers(0, 8), st.integers(0, 3), st.binary(max_size=300)), max_size=6),  # op, flags, data
+    st.binary(max_size=30000),  # what the host sends
+)
+def test_random_buffers_and_packets_never_escape_the_device(
+    rx_sizes: list[int], packets: list[tuple[int, int, bytes]], host_data: bytes
+) -> None:
+    guest = Guest()
+    for size in rx_sizes:
+        guest.rx.add_chain(writable=[size])
+    guest.t.write(m.NOTIFY_OFFSET, 4, RX)
+    stream = guest.host.host_connects(GUEST_PORT)
+    guest.send(OP_RESPONSE, GUEST_PORT, vsock_module.FIRST_HOST_PORT)
+    stream.incoming.append(host_data)
+    guest.io.run(rounds=2)
+    for op, flags, data in packets:
+        guest.send(op, GUEST_PORT, vsock_module.FIRST_HOST_PORT, data, flags=flags)
+    guest.io.run(rounds=2)
+    got = guest.rx.used_idx()
+    assert got <= len(rx_sizes) and guest.dev.failure is None

@@ -1,8 +1,9 @@
 """A debug-exit port compatible with QEMU's ``isa-debug-exit``.
 
-A write of value ``v`` asks the VMM to end with a status.  QEMU exits with
-``(v << 1) | 1``; pyhv exits with ``v & 0xff`` itself, so a guest that writes 0
-ends pyhv with status 0.  Off unless configured (``--debug-exit``).
+A write of value ``v`` asks the VMM to end with a status: ``v & 0xff`` under
+pyhv's own mapping (``--debug-exit``), ``(v << 1) | 1`` under QEMU's
+(``--debug-exit=qemu``); the description's ``debug_exit`` picks one
+(:func:`pyhv.model.debug_exit_status`).  Off unless configured.
 """
 
 from __future__ import annotations

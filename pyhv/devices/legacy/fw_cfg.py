@@ -34,8 +34,8 @@ since every value is the guest's:
 - every item is read-only in this slice: a WRITE of one or more bytes fails;
 - an ERROR bit the guest set itself fails the request, as in QEMU.
 
-Items have fixed keys (signature, id, UUID, RAM size, CPU counts, the file
-directory) and "files" from key 0x20 on, named in the directory (key 0x19:
+Items have fixed keys (signature, id, UUID, RAM size, CPU counts, the kernel
+items a firmware's Linux loader reads, the file directory) and "files" from key 0x20 on, named in the directory (key 0x19:
 a big-endian count, then 64-byte entries {size BE32, select BE16, reserved,
 name[56]}), sorted by name as QEMU sorts them.
 """
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 #: the selector/data pair, and the DMA address register (I/O ports)
@@ -62,7 +62,19 @@ KEY_ID = 0x0001
 KEY_UUID = 0x0002
 KEY_RAM_SIZE = 0x0003
 KEY_NB_CPUS = 0x0005
+KEY_KERNEL_ADDR = 0x0007
+KEY_KERNEL_SIZE = 0x0008
+KEY_INITRD_ADDR = 0x000A
+KEY_INITRD_SIZE = 0x000B
 KEY_MAX_CPUS = 0x000F
+KEY_KERNEL_DATA = 0x0011
+KEY_INITRD_DATA = 0x0012
+KEY_CMDLINE_ADDR = 0x0013
+KEY_CMDLINE_SIZE = 0x0014
+KEY_CMDLINE_DATA = 0x0015
+KEY_SETUP_ADDR = 0x0016
+KEY_SETUP_SIZE = 0x0017
+KEY_SETUP_DATA = 0x0018
 KEY_FILE_DIR = 0x0019
 KEY_FILE_FIRST = 0x0020
 KEY_WRITE_CHANNEL = 0x4000  # ignored in lookups
@@ -86,10 +98,21 @@ FILE_NAME_MAX = FILE_NAME_SIZE - 1
 _DIR_ENTRY = struct.Struct(">IHH56s")
 _E820_ENTRY = struct.Struct("<QQI")  # QEMU's etc/e820: address, length, type (packed)
 
-#: the files pyhv itself provides (the model refuses these names for user entries)
+#: the files pyhv itself provides (the model refuses these names and all of etc/ for user entries)
 E820_FILE = "etc/e820"
 BOOTORDER_FILE = "bootorder"
+ACPI_TABLES_FILE = "etc/acpi/tables"
+ACPI_RSDP_FILE = "etc/acpi/rsdp"
+TABLE_LOADER_FILE = "etc/table-loader"
 OWN_FILES = (BOOTORDER_FILE, E820_FILE)
+
+#: the kernel items: (address key, size key, data key) of each piece
+KERNEL_KEYS = {
+    "setup": (KEY_SETUP_ADDR, KEY_SETUP_SIZE, KEY_SETUP_DATA),
+    "kernel": (KEY_KERNEL_ADDR, KEY_KERNEL_SIZE, KEY_KERNEL_DATA),
+    "initrd": (KEY_INITRD_ADDR, KEY_INITRD_SIZE, KEY_INITRD_DATA),
+    "cmdline": (KEY_CMDLINE_ADDR, KEY_CMDLINE_SIZE, KEY_CMDLINE_DATA),
+}
 
 #: a DMA transfer copies at most this much guest memory at a time
 _CHUNK = 1 << 20
@@ -123,7 +146,10 @@ class FwCfg:
     def __init__(
         self, memory: GuestRam, *, ram_size: int, nb_cpus: int, max_cpus: int,
         files: Sequence[tuple[str, bytes]] = (), uuid: bytes = bytes(16),
+        kernel: Mapping[str, tuple[int, bytes]] | None = None,
     ) -> None:
+        """``kernel``: piece name (a :data:`KERNEL_KEYS` key) -> (address, bytes), the
+        items a firmware's Linux loader reads (``boot/firmware.py``); empty pieces are left out."""
         if len(uuid) != 16:
             raise ValueError("fw_cfg: a UUID is 16 bytes")
         self._memory = memory
@@ -136,6 +162,11 @@ class FwCfg:
             KEY_NB_CPUS: struct.pack("<H", nb_cpus),
             KEY_MAX_CPUS: struct.pack("<H", max_cpus),
         }
+        for piece, (addr, data) in (kernel or {}).items():
+            if data:
+                addr_key, size_key, data_key = KERNEL_KEYS[piece]
+                items.update({addr_key: struct.pack("<I", addr), size_key: struct.pack("<I", len(data)),
+                              data_key: bytes(data)})
         names = sorted(name for name, _ in files)
         if len(set(names)) != len(names):
             raise ValueError("fw_cfg: two files with the same name")

@@ -3,9 +3,23 @@
 The clock reads the host's wall-clock time (UTC) plus an offset: when the
 guest sets the time, pyhv keeps the difference instead of touching the host
 clock.  Values are BCD or binary and 12/24-hour per status register B, as the
-guest chose.  CMOS bytes 0x34/0x35 and 0x5B-0x5D report memory above 16 MiB
-and above 4 GiB, which some firmware-less guests read.  No alarm or periodic
+guest chose.  The machine's facts are where QEMU's pc_cmos_init puts them,
+which firmware (SeaBIOS) and some firmware-less guests read: base memory in
+KiB (0x15/0x16, 640), memory from 1 MiB in KiB (0x17/0x18 and 0x30/0x31, at
+most 65535), memory above 16 MiB (0x34/0x35) and above 4 GiB (0x5B-0x5D) in
+64 KiB units, and the number of CPUs less one (0x5F).  No alarm or periodic
 interrupts.
+
+CMOS RAM is battery-backed on a PC: a reset or a power cycle keeps what the
+guest wrote there and the time it set.  pyhv resets a guest by building the
+machine again (vmm/runtime.py), so the runtime carries :meth:`Rtc.nvram` of the
+machine that stopped into the next one's constructor.  That is how the
+shutdown status byte (register 0x0F, which a BIOS reads at the reset vector
+to tell a cold boot from a "resume at the far pointer in 40:67" warm reset)
+survives a reset: a guest reads back what it wrote.  Acting on it is the
+firmware's job; booting a kernel directly, pyhv is the firmware and always
+boots it afresh (the resume codes 0x05, 0x0A-0x0C need the RAM of before the
+reset, which a rebuilt machine does not keep).
 """
 
 from __future__ import annotations
@@ -27,6 +41,12 @@ STATUS_A, STATUS_B, STATUS_C, STATUS_D = 0x0A, 0x0B, 0x0C, 0x0D
 CENTURY = 0x32
 MEM_ABOVE_16M_LO, MEM_ABOVE_16M_HI = 0x34, 0x35
 MEM_ABOVE_4G_LO, MEM_ABOVE_4G_MID, MEM_ABOVE_4G_HI = 0x5B, 0x5C, 0x5D
+BASE_MEM_LO, BASE_MEM_HI = 0x15, 0x16
+EXT_MEM_LO, EXT_MEM_HI = 0x17, 0x18
+EXT_MEM2_LO, EXT_MEM2_HI = 0x30, 0x31
+SMP_COUNT = 0x5F
+BASE_MEM_KIB = 640
+SHUTDOWN_STATUS = 0x0F  # the BIOS's reset reason: 0 cold boot, 0x05/0x0A-0x0C resume through 40:67
 
 STATUS_A_DIVIDER_32K = 0x26  # 32.768 kHz time base, 1024 Hz rate
 STATUS_B_24H_BIT = 0x02
@@ -48,7 +68,13 @@ def _from_bcd(v: int) -> int:
 
 
 class Rtc:
-    def __init__(self, mem_below_4g: int = 0, mem_above_4g: int = 0, clock: Callable[[], float] = time.time) -> None:
+    """``nvram``: what :meth:`nvram` returned on the machine this one replaces after a
+    reset (the guest's CMOS bytes and clock offset survive, as on a PC)."""
+
+    def __init__(
+        self, mem_below_4g: int = 0, mem_above_4g: int = 0, clock: Callable[[], float] = time.time,
+        nvram: tuple[float, bytes] | None = None, cpus: int = 1,
+    ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self.index = 0
@@ -56,7 +82,15 @@ class Rtc:
         self.cmos = bytearray(128)
         self.cmos[STATUS_A] = STATUS_A_DIVIDER_32K
         self.cmos[STATUS_B] = STATUS_B_24H_BIT
+        if nvram is not None:
+            self.offset = nvram[0]
+            self.cmos[:] = nvram[1]
+        self.cmos[STATUS_C] = 0  # pyhv sets these and the memory sizes at every build
         self.cmos[STATUS_D] = STATUS_D_VALID_RAM_BIT
+        for lo, value in ((BASE_MEM_LO, BASE_MEM_KIB), (EXT_MEM_LO, min(0xFFFF, max(0, mem_below_4g // 1024 - 1024))),
+                          (EXT_MEM2_LO, min(0xFFFF, max(0, mem_below_4g // 1024 - 1024)))):
+            self.cmos[lo], self.cmos[lo + 1] = value & 0xFF, value >> 8
+        self.cmos[SMP_COUNT] = max(0, cpus - 1) & 0xFF
         above_16m = max(0, min(mem_below_4g, 0xFFFF << 16) - (16 << 20)) >> 16
         self.cmos[MEM_ABOVE_16M_LO] = above_16m & 0xFF
         self.cmos[MEM_ABOVE_16M_HI] = (above_16m >> 8) & 0xFF
@@ -141,6 +175,12 @@ class Rtc:
         except (ValueError, OverflowError):
             return  # nonsense date from the guest: keep the old time
         self.offset = guest - int(self._clock())
+
+    def nvram(self) -> tuple[float, bytes]:
+        """The battery-backed part, for the machine built after a reset: the clock
+        offset and the CMOS bytes (those pyhv sets are set again by the next machine)."""
+        with self._lock:
+            return self.offset, bytes(self.cmos)
 
     # --- state -------------------------------------------------------------------
 

@@ -149,6 +149,8 @@ class PciConfigSpace:
         self._slot_used = [False] * BAR_COUNT
         self._caps: list[Capability] = []
         self._next_cap = CAPABILITIES_START
+        #: called after a guest write reaches the command register (bus mastering, decoding)
+        self.on_command: Callable[[], None] | None = None
 
         self.set(VENDOR_ID, 2, vendor_id)
         self.set(DEVICE_ID, 2, device_id)
@@ -188,6 +190,8 @@ class PciConfigSpace:
         cap = self._capability_holding(offset, size)
         if cap is not None and cap.on_write is not None:
             cap.on_write(offset - cap.offset, size, value)
+        if self.on_command is not None and offset < COMMAND + 2 and offset + size > COMMAND:
+            self.on_command()
 
     # --- state -----------------------------------------------------------------
 

@@ -67,6 +67,9 @@ class MsixTable:
         self._enabled = False
         self._function_masked = False
         self.pba = MsixPba(self)
+        #: called (without the lock) after the guest changes an entry, the enable or the
+        #: function mask: where something outside this table routes messages (irqfds) follows
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def table_size(self) -> int:
@@ -123,6 +126,8 @@ class MsixTable:
             messages = self._take_deliverable()
         for address, data in messages:
             self._deliver(address, data)
+        if self.on_change is not None:
+            self.on_change()
 
     def _take_deliverable(self) -> list[tuple[int, int]]:
         """Clear and return the pending, deliverable messages (lock held)."""
@@ -189,6 +194,8 @@ class MsixTable:
                     message = (self._address(vector), self._data[vector])
         if message is not None:
             self._deliver(*message)
+        if self.on_change is not None:
+            self.on_change()
 
     # --- state ---------------------------------------------------------------------
 
@@ -218,6 +225,8 @@ class MsixTable:
         with self._lock:
             self._addr_lo, self._addr_hi, self._data, self._ctrl = addr_lo, addr_hi, data, ctrl
             self._pending, self._enabled, self._function_masked = pending, enabled, masked
+        if self.on_change is not None:
+            self.on_change()
 
     # --- PBA region ----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import struct
 import sys
 from typing import Any
 
-from .device import CONFIG_INTERRUPT, STATUS_DRIVER_OK, VirtioDevice
+from .device import VirtioDevice
 from .queue import DescriptorChain, SplitQueue
 
 DEVICE_ID = 5
@@ -69,10 +69,7 @@ class Balloon(VirtioDevice):
             raise ValueError(f"balloon target {pages} pages is out of range")
         with self.lock:
             self.target_pages = pages
-            self.config_generation = (self.config_generation + 1) & 0xFF
-            running = bool(self.status & STATUS_DRIVER_OK)
-        if running:
-            self.interrupt(CONFIG_INTERRUPT)
+        self.config_changed()
 
     def request_stats(self) -> None:
         """Give the stats buffer back so the guest refreshes the numbers."""

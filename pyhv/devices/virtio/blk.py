@@ -59,6 +59,11 @@ MAX_DISCARD_SEG = 32
 MAX_REQUEST_BYTES = SIZE_MAX * SEG_MAX
 
 
+def _data_bytes(chain: DescriptorChain) -> int:
+    """The bytes a request moves (what a bandwidth limit counts): all but the header and status."""
+    return max(0, chain.readable_len() + chain.writable_len() - HEADER.size - 1)
+
+
 class Blk(VirtioDevice):
     device_id = DEVICE_ID
     name = "virtio-blk"
@@ -74,6 +79,19 @@ class Blk(VirtioDevice):
         self.bytes_read = 0
         self.bytes_written = 0
         self.errors = 0
+
+    def swap_disk(self, disk: RawDisk) -> RawDisk:
+        """Serve ``disk`` from now on and return the one it replaces (for the
+        caller to close).  Requests are served with the device's lock held, so
+        none is in flight on the old disk once this has it.  The driver is told
+        the new capacity by a configuration change."""
+        if disk.readonly != self.disk.readonly:
+            raise ValueError("a swapped disk must be read-only exactly when the one it replaces is")
+        with self.lock:
+            old, self.disk = self.disk, disk
+            self.name = f"virtio-blk({disk.path})"
+        self.config_changed()
+        return old
 
     def device_features(self) -> int:
         bits = (
@@ -100,7 +118,7 @@ class Blk(VirtioDevice):
         return bytes(cfg)
 
     def _device_process(self, index: int, queue: SplitQueue) -> bool:
-        return self._drain(queue, self._request)
+        return self._drain(queue, self._request, index, _data_bytes)
 
     def _request(self, chain: DescriptorChain) -> int:
         """Carry out one request; the number of bytes written into the chain."""

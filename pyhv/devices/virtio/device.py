@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..ratelimit import RateLimiter
 from .queue import (
     DescriptorChain,
     VIRTIO_F_EVENT_IDX,
@@ -42,6 +43,9 @@ STATUS_FAILED = 0x80
 #: what ``interrupt`` is called with for a configuration change
 CONFIG_INTERRUPT = -1
 
+#: completions :meth:`VirtioDevice._drain` writes before publishing them with one ``used.idx`` store
+USED_BATCH = 32
+
 TRANSPORT_FEATURES = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_INDIRECT_DESC) | (1 << VIRTIO_F_EVENT_IDX)
 
 
@@ -61,6 +65,9 @@ class VirtioDevice:
         self.config_generation = 0
         self.failure: str | None = None
         self._reported = False
+        self.limiters: dict[int, RateLimiter] = {}  # queue index -> its rate limiter
+        self._call_later: Callable[[float, Callable[[], None]], None] = lambda delay, fn: None
+        self._throttled: set[int] = set()  # queues waiting for their limiter's bucket
 
     # --- features -------------------------------------------------------------
 
@@ -70,6 +77,11 @@ class VirtioDevice:
 
     def offered_features(self) -> int:
         return self.device_features() | TRANSPORT_FEATURES
+
+    def accepts_features(self, features: int) -> bool:
+        """Whether a choice of offered features is consistent (a device whose
+        features depend on each other says no to one without the other)."""
+        return True
 
     @property
     def negotiated(self) -> int:
@@ -92,7 +104,11 @@ class VirtioDevice:
                 return
             if value & STATUS_FEATURES_OK and not self.status & STATUS_FEATURES_OK:
                 wanted = self.driver_features
-                if wanted & ~self.offered_features() or not wanted >> VIRTIO_F_VERSION_1 & 1:
+                if (
+                    wanted & ~self.offered_features()
+                    or not wanted >> VIRTIO_F_VERSION_1 & 1
+                    or not self.accepts_features(wanted)
+                ):
                     value &= ~STATUS_FEATURES_OK  # refused: the driver reads it back and gives up
             if value & STATUS_DRIVER_OK and not self.status & STATUS_DRIVER_OK:
                 if not value & STATUS_FEATURES_OK:
@@ -118,6 +134,7 @@ class VirtioDevice:
             self.status = 0
             self.driver_features = 0
             self.failure = None
+            self._throttled.clear()
             for q in self.queues:
                 q.reset()
             self._device_reset()
@@ -131,7 +148,15 @@ class VirtioDevice:
                 self._reported = True
                 print(f"pyhv: {self.name}: {reason}; device needs reset", file=sys.stderr)
         if self.status & STATUS_DRIVER_OK:
-            self.config_generation += 1
+            self.config_changed()
+
+    def config_changed(self) -> None:
+        """The configuration space changed (virtio 1.2, 2.5.1 and 4.1.4.3): a new
+        generation, and a configuration-change interrupt if the driver is running."""
+        with self.lock:
+            self.config_generation = (self.config_generation + 1) & 0xFF
+            running = bool(self.status & STATUS_DRIVER_OK)
+        if running:
             self.interrupt(CONFIG_INTERRUPT)
 
     # --- queues -----------------------------------------------------------------
@@ -161,20 +186,75 @@ class VirtioDevice:
         if signal:
             self.interrupt(index)
 
-    def _drain(self, queue: SplitQueue, serve: Callable[[DescriptorChain], int]) -> bool:
-        """Serve every available chain with ``serve`` (returns bytes written).
+    # --- rate limiting ---------------------------------------------------------------
+
+    def limit(self, index: int, limiter: RateLimiter | None,
+              call_later: Callable[[float, Callable[[], None]], None]) -> None:
+        """Serve queue ``index`` within ``limiter``'s buckets (None: no limit); a
+        queue over its limit waits for ``call_later`` (the I/O thread's timer)."""
+        if limiter is None:
+            self.limiters.pop(index, None)
+        else:
+            self.limiters[index] = limiter
+        self._call_later = call_later
+
+    def _admit(self, index: int, ops: int, nbytes: int, take: bool = True) -> bool:
+        """Whether queue ``index`` may serve a request of ``ops`` and ``nbytes`` now
+        (the tokens are taken, unless ``take`` is false: the caller charges what it
+        moved afterwards).  If not, the queue stops being served until its
+        limiter's bucket has refilled, when the I/O thread serves it again."""
+        limiter = self.limiters.get(index)
+        if limiter is None:
+            return True
+        if index in self._throttled:
+            return False
+        wait = limiter.wait(ops, nbytes, take)
+        if wait <= 0.0:
+            return True
+        self._throttled.add(index)
+        self._call_later(wait, lambda: self._refilled(index))
+        return False
+
+    def _refilled(self, index: int) -> None:
+        with self.lock:
+            self._throttled.discard(index)
+        self.notify(index)
+
+    def _drain(self, queue: SplitQueue, serve: Callable[[DescriptorChain], int],
+               index: int = -1, cost: Callable[[DescriptorChain], int] | None = None) -> bool:
+        """Serve every available chain with ``serve`` (returns bytes written); with
+        a rate limiter on queue ``index``, only while it admits each chain (one
+        op and ``cost(chain)`` bytes).
 
         While serving, the driver is told not to kick (2.7.7 / 2.7.10): a kick
         from a guest costs a VM exit, and the device is already looking.  After
         turning kicks back on, the queue is checked once more, so a chain added
         in between is not left waiting for a kick that never comes.
+
+        Completions are published in batches (:meth:`SplitQueue.push_used` with
+        ``publish=False``): one ``used.idx`` store per :data:`USED_BATCH`
+        chains and at the end, so the driver gets its buffers back while a long
+        burst is still being served, and the caller's one
+        :meth:`SplitQueue.should_notify` covers the whole drain.
         """
         used = False
+        limited = cost is not None and index in self.limiters
         queue.set_notification(False)
         while True:
+            batch = 0
             while (chain := queue.pop()) is not None:
-                queue.push_used(chain, serve(chain))
+                if limited and not self._admit(index, 1, cost(chain)):  # type: ignore[misc]
+                    queue.unpop()
+                    queue.publish_used()
+                    queue.set_notification(True)
+                    return used
+                queue.push_used(chain, serve(chain), publish=False)
                 used = True
+                batch += 1
+                if batch == USED_BATCH:
+                    queue.publish_used()
+                    batch = 0
+            queue.publish_used()
             queue.set_notification(True)
             if not queue.has_available():
                 return used
@@ -234,7 +314,7 @@ class VirtioDevice:
         queues = st["queues"]
         if not isinstance(queues, list) or len(queues) != len(self.queues):
             raise DeviceStateError(f"{what} state: expected {len(self.queues)} queues")
-        if status & STATUS_FEATURES_OK and features & ~self.offered_features():
+        if status & STATUS_FEATURES_OK and (features & ~self.offered_features() or not self.accepts_features(features)):
             raise DeviceStateError(f"{what} state: driver features {features:#x} were never offered")
         for i, (q, qs) in enumerate(zip(self.queues, queues, strict=True)):
             try:

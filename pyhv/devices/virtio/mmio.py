@@ -6,6 +6,18 @@ configuration change).  QueueNotify is write-only: the builder may register an
 ioeventfd on it (``NOTIFY_OFFSET``, datamatch = queue index) so kicks never
 reach Python on the vCPU thread; a write that does reach us is served the
 same way.
+
+Every register the guest writes is checked against 4.2.2 before it changes
+anything: accesses other than aligned 32-bit ones below the configuration
+space are ignored (reads give 0); a feature select beyond the two words
+reads 0 and takes no features; QueueSel naming no queue makes QueueNumMax
+read 0 and the queue registers ignore writes; the queue registers freeze once
+the driver is running (DRIVER_OK); QueueNum and the ring addresses are only
+stored here and checked when DRIVER_OK activates the queue (a size that is
+not a power of two up to QueueNumMax, or a ring outside RAM, marks the device
+DEVICE_NEEDS_RESET: see :meth:`SplitQueue.activate`); QueueReset does nothing,
+since VIRTIO_F_RING_RESET is not offered; status writes go through the
+device's status machine (2.1).
 """
 
 from __future__ import annotations
@@ -76,8 +88,6 @@ class VirtioMmio:
         self.queue_sel = 0
         device.interrupt = self._interrupt
 
-    # --- interrupts -------------------------------------------------------------
-
     # --- state ----------------------------------------------------------------------
 
     def state(self) -> dict[str, object]:
@@ -103,18 +113,30 @@ class VirtioMmio:
         with self._lock:
             self.interrupt_status = status
             self.device_features_sel, self.driver_features_sel, self.queue_sel = fields
-        self._irq(bool(status))
+            self._irq(bool(status))
+
+    # --- interrupts -------------------------------------------------------------
+    #
+    # The line's level is InterruptStatus != 0, set under the lock: a device
+    # raising it on the io thread and a vCPU acknowledging can never leave the
+    # line low with a reason pending (or high with none).  pyhv's MP table
+    # describes the line as level-triggered; a guest that programs it as an
+    # edge (an ISA line's default) still hears of a reason left after an
+    # acknowledgement, since the line then drops and rises again.
 
     def _interrupt(self, vector: int) -> None:
         with self._lock:
             self.interrupt_status |= INT_CONFIG_CHANGE if vector == CONFIG_INTERRUPT else INT_USED_BUFFER
-        self._irq(True)
+            self._irq(True)
 
     def _ack(self, bits: int) -> None:
         with self._lock:
             self.interrupt_status &= ~bits
-            level = bool(self.interrupt_status)
-        self._irq(level)
+            if self.interrupt_status:
+                # a reason came after the one acknowledged: a guest that set the pin
+                # edge-triggered needs a new edge to hear of it
+                self._irq(False)
+            self._irq(bool(self.interrupt_status))
 
     # --- registers ----------------------------------------------------------------
 
@@ -147,9 +169,7 @@ class VirtioMmio:
             if offset in (SHM_LEN_LOW, SHM_LEN_HIGH, SHM_BASE_LOW, SHM_BASE_HIGH):
                 return 0xFFFF_FFFF  # no shared memory regions
             if offset == CONFIG_GENERATION:
-                return dev.config_generation
-            if offset == QUEUE_RESET:
-                return 0
+                return dev.config_generation & 0xFFFF_FFFF
         return 0
 
     def write(self, offset: int, size: int, value: int) -> None:
@@ -159,6 +179,7 @@ class VirtioMmio:
             return
         if size != 4 or offset & 3:
             return
+        value &= 0xFFFF_FFFF
         if offset == NOTIFY_OFFSET:
             dev.notify(value & 0xFFFF)
             return
@@ -167,7 +188,7 @@ class VirtioMmio:
             return
         if offset == STATUS:
             dev.write_status(value)
-            if value == 0:
+            if value & 0xFF == 0:  # a reset (the device keeps the low byte only)
                 self._ack(INT_USED_BUFFER | INT_CONFIG_CHANGE)
                 self.queue_sel = self.device_features_sel = self.driver_features_sel = 0
             return
@@ -190,6 +211,4 @@ class VirtioMmio:
             elif offset in _ADDR_REGS:
                 attr, shift = _ADDR_REGS[offset]
                 old = getattr(q, attr)
-                setattr(q, attr, (old & ~(0xFFFF_FFFF << shift)) | ((value & 0xFFFF_FFFF) << shift))
-            elif offset == QUEUE_RESET and value == 1:
-                q.reset()
+                setattr(q, attr, (old & ~(0xFFFF_FFFF << shift)) | (value << shift))

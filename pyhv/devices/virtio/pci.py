@@ -126,6 +126,11 @@ class VirtioPci(PciDevice):
         self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * n
         self.isr = 0
         device.interrupt = self._interrupt
+        #: called after the guest changes how a queue's interrupt is delivered (its
+        #: vector, the MSI-X table, the device status): irqfd routes follow it
+        self.on_interrupt_change: Callable[[], None] | None = None
+        self.msix.on_change = self._interrupt_changed
+        config.on_command = self._interrupt_changed  # bus mastering gates MSI writes
 
     # --- interrupts -------------------------------------------------------------
 
@@ -137,6 +142,22 @@ class VirtioPci(PciDevice):
             self.isr |= ISR_QUEUE
             vector = self.queue_vectors[queue] if 0 <= queue < len(self.queue_vectors) else VIRTIO_MSI_NO_VECTOR
         self.msix.notify(vector)
+
+    def msi_target(self, queue: int) -> tuple[int, int] | None:
+        """Where an interrupt of ``queue`` goes now: (address, data) while MSI-X is on and
+        the queue's vector is assigned and unmasked, and the device may master the bus;
+        else None (a signal would only be held pending, or dropped)."""
+        vector = self.queue_vectors[queue] if 0 <= queue < len(self.queue_vectors) else VIRTIO_MSI_NO_VECTOR
+        if not vector < self.msix.vectors or not self.config.bus_master:
+            return None
+        if not self.msix.enabled or self.msix.function_masked:
+            return None
+        address, data, masked = self.msix.entry(vector)
+        return None if masked else (address, data)
+
+    def _interrupt_changed(self) -> None:
+        if self.on_interrupt_change is not None:
+            self.on_interrupt_change()
 
     def _deliver_if_master(self, address: int, data: int) -> None:
         if self.config.bus_master:  # a device without bus mastering may not write MSI messages
@@ -214,6 +235,7 @@ class VirtioPci(PciDevice):
             dev.write_status(value & 0xFF)
             if value & 0xFF == 0:
                 self._reset_transport()
+            self._interrupt_changed()
             return
         with dev.lock:
             q = self.device.queue(self.queue_select)
@@ -231,6 +253,7 @@ class VirtioPci(PciDevice):
                 return
             elif offset == QUEUE_MSIX_VECTOR:
                 self.queue_vectors[self.queue_select] = self._vector(value)
+                self._interrupt_changed()
             elif dev.status & STATUS_DRIVER_OK:
                 return  # queue layout is frozen once the driver is running
             elif offset == QUEUE_SIZE:
@@ -248,7 +271,7 @@ class VirtioPci(PciDevice):
     def _vector(self, value: int) -> int:
         """A vector the table has, or NO_VECTOR (the driver reads back what we took)."""
         value &= 0xFFFF
-        return value if value < self.msix.table_size else VIRTIO_MSI_NO_VECTOR
+        return value if value < self.msix.vectors else VIRTIO_MSI_NO_VECTOR
 
     def _reset_transport(self) -> None:
         with self.device.lock:

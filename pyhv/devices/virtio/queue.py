@@ -166,7 +166,12 @@ class DescriptorChain:
     __slots__ = ("_readable_len", "_writable_len", "generation", "head", "readable", "writable")
 
     def __init__(
-        self, head: int, readable: list[Buffer], writable: list[Buffer], generation: int = 0
+        self,
+        head: int,
+        readable: list[Buffer],
+        writable: list[Buffer],
+        generation: int = 0,
+        lengths: tuple[int, int] | None = None,
     ) -> None:
         #: head descriptor index: the id reported in the used ring
         self.head = head
@@ -176,8 +181,9 @@ class DescriptorChain:
         self.writable = writable
         #: the queue configuration the chain was popped from (stale chains are dropped)
         self.generation = generation
-        self._readable_len = sum(b.length for b in readable)
-        self._writable_len = sum(b.length for b in writable)
+        if lengths is None:  # the walk passes the sums it already has
+            lengths = sum(b.length for b in readable), sum(b.length for b in writable)
+        self._readable_len, self._writable_len = lengths
 
     def __repr__(self) -> str:
         return f"DescriptorChain(head={self.head}, readable={self.readable}, writable={self.writable})"
@@ -208,7 +214,7 @@ class DescriptorChain:
             raise QueueError(f"reading chain {self.head}: {e}") from None
         return bytes(out)
 
-    def write_at(self, mem: GuestRam, offset: int, data: bytes) -> int:
+    def write_at(self, mem: GuestRam, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` into the writable buffers from byte ``offset`` on.
 
         Writes stop at the end of the last writable buffer; the result is the
@@ -419,14 +425,29 @@ class SplitQueue:
         except MemoryAccessError as e:
             raise QueueError(str(e)) from None
 
-    def unpop(self) -> None:
-        """Give back the chain just popped: the device could not use it yet
-        (virtio-net had no frame for a receive buffer); the next pop returns it again."""
-        self.last_avail_idx = (self.last_avail_idx - 1) & 0xFFFF
+    def unpop(self, count: int = 1) -> None:
+        """Give back the ``count`` chains just popped: the device could not use
+        them yet (virtio-net had no frame for a receive buffer); the next pops
+        return them again."""
+        if not 0 <= count <= self.size:
+            raise ValueError(f"cannot give back {count} chains of a queue of {self.size}")
+        self.last_avail_idx = (self.last_avail_idx - count) & 0xFFFF
         if self._active and self.event_idx and self._notify:
             self._store16(self._avail_event, self.last_avail_idx)
 
     def _walk(self, head: int) -> DescriptorChain:
+        # The common chain is one direct descriptor (a network frame, a vsock
+        # packet): checked and returned without the general walk.  Its length
+        # is a le32, so it never exceeds MAX_CHAIN_BYTES.
+        addr, length, flags, _ = _DESC.unpack_from(self._desc_view, DESC_SIZE * head)
+        if not flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT):
+            if length == 0:
+                raise QueueError(f"descriptor {head} has length 0")
+            if not self.mem.contains(addr, length):
+                raise QueueError(f"descriptor {head}: buffer {addr:#x}+{length:#x} is not inside guest RAM")
+            if flags & VIRTQ_DESC_F_WRITE:
+                return DescriptorChain(head, [], [Buffer(addr, length, True)], self._generation, (0, length))
+            return DescriptorChain(head, [Buffer(addr, length, False)], [], self._generation, (length, 0))
         readable: list[Buffer] = []
         writable: list[Buffer] = []
         total = 0
@@ -528,27 +549,33 @@ class SplitQueue:
         readable.append(Buffer(addr, length, False))
         return False
 
-    def push_used(self, chain: DescriptorChain, written: int) -> None:
+    def push_used(self, chain: DescriptorChain, written: int, publish: bool = True) -> None:
         """Return ``chain`` to the driver with ``written`` bytes written into it.
 
-        The used element is written before ``used.idx`` publishes it.  A chain
+        The used element is written before ``used.idx`` publishes it.  With
+        ``publish=False`` the element is written but ``used.idx`` is left for
+        :meth:`publish_used` (or :meth:`should_notify`): a batch of completions
+        costs the driver one index update (and at most one interrupt).  A chain
         popped before the last reset or activation is dropped silently: the
         driver has forgotten it.
         """
         if not self._active or chain.generation != self._generation:
             return
-        if not 0 <= written <= chain.writable_len():
+        if not 0 <= written <= chain._writable_len:
             raise ValueError(
                 f"chain {chain.head}: {written} bytes written, it has {chain.writable_len()} writable"
             )
-        try:
-            # slot < size: the element lies inside the used ring checked at activation
-            slot = self.used_idx & self._mask
-            _USED_ELEM.pack_into(self._used_view, 4 + USED_ELEM_SIZE * slot, chain.head, written)
-            self.used_idx = (self.used_idx + 1) & 0xFFFF
+        # slot < size: the element lies inside the used ring checked at activation
+        _USED_ELEM.pack_into(self._used_view, 4 + USED_ELEM_SIZE * (self.used_idx & self._mask), chain.head, written)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        if publish:
             self._used_u16[1] = self.used_idx  # used.idx: one 2-byte store, after the element
-        except MemoryAccessError as e:
-            raise QueueError(str(e)) from None
+
+    def publish_used(self) -> None:
+        """Publish the elements :meth:`push_used` wrote with ``publish=False``:
+        one store of ``used.idx``, after them (store -> store, see "Memory ordering")."""
+        if self._active and self._used_u16[1] != self.used_idx:
+            self._used_u16[1] = self.used_idx
 
     def should_notify(self) -> bool:
         """After pushing: whether the driver wants a used-buffer notification now.
@@ -559,6 +586,7 @@ class SplitQueue:
         """
         if not self._active:
             return False
+        self.publish_used()
         self._fence()  # used.idx must be visible before the driver's flags are read
         try:
             if self.event_idx:

@@ -16,7 +16,15 @@ and counts bytes toward its own ``fwd_cnt`` only once the host stream took
 them.  A peer that vanishes is a reset (RST) to the other side.
 
 Everything runs on the I/O thread.  Packets for the guest wait in a queue until
-it posts receive buffers.  Malformed packets from the guest (bad type, lengths
+it posts receive buffers.
+
+Batching and copies: when nothing is waiting for the guest, a readable host
+stream is read straight into the guest's receive buffers, several at once (up
+to :data:`RX_BATCH` chains, one ``recvmsg_into`` over views of their data
+parts, each checked to lie in guest RAM when the chain was popped); the
+chains the read did not reach are given back.  Data the guest transmits is
+gathered per connection over the whole transmit queue and handed to the host
+stream once per pass rather than once per packet.  Malformed packets from the guest (bad type, lengths
 that do not match the buffers, a CID that is not its own) are answered with a
 reset and never take the device down.
 """
@@ -30,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...backends.interfaces import HostStream, Readiness, VsockHost
-from .device import STATUS_DRIVER_OK, VirtioDevice
+from .device import STATUS_DRIVER_OK, VirtioDevice, buffer_views
 from .queue import DescriptorChain, SplitQueue
 
 DEVICE_ID = 19
@@ -51,6 +59,8 @@ MAX_PAYLOAD = 64 * 1024
 #: transmits but never posts receive buffers must not grow the host's queue for ever
 MAX_PENDING_CONTROL = 1024
 FIRST_HOST_PORT = 1 << 30
+#: receive chains one read of a host stream fills at most
+RX_BATCH = 64
 
 
 class Connection:
@@ -91,6 +101,7 @@ class Vsock(VirtioDevice):
         self.bad_packets = 0
         self.dropped_control = 0  # control packets dropped: the guest did not take its replies
         self.transport_reset_pending = False  # restored: the guest must hear its connections are gone
+        self._to_flush: dict[tuple[int, int], Connection] = {}  # took guest data in this transmit pass
 
     def device_features(self) -> int:
         return 0
@@ -143,53 +154,62 @@ class Vsock(VirtioDevice):
 
     def _flush_rx(self) -> None:
         """Move waiting packets into the guest's receive buffers."""
+        if self.queues[RX].active:
+            self._on_rx(self._fill_rx)
+
+    def _on_rx(self, work: Callable[[SplitQueue], bool]) -> None:
+        """Run ``work`` on the receive queue (it returns whether it used buffers),
+        then interrupt if the driver wants it; a ring violation fails the device."""
         q = self.queues[RX]
-        if not q.active:
-            return
-        used = False
         try:
-            while self.pending and (chain := q.pop()) is not None:
-                header, payload = self.pending[0]
-                room = chain.writable_len() - len(header)
-                if room < min(len(payload), 1):
-                    self._bad_rx_buffer(chain.writable_len())
-                    q.push_used(chain, 0)  # too small for even a header: hand it back empty
-                    used = True
-                    continue
-                if len(payload) > room:
-                    # stream data may be split: send what fits, keep the rest first in line
-                    fields = list(HEADER.unpack(header))
-                    rest = payload[room:]
-                    fields[4] = len(rest)
-                    self.pending[0] = (HEADER.pack(*fields), rest)
-                    fields[4] = room
-                    header, payload = HEADER.pack(*fields), payload[:room]
-                else:
-                    self.pending.popleft()
-                chain.write_at(self.mem, 0, header + payload)
-                q.push_used(chain, len(header) + len(payload))
-                used = True
-            signal = used and q.should_notify()
+            signal = work(q) and q.should_notify()
         except Exception as e:  # noqa: BLE001 - a ring violation: the device needs a reset
             self.fail(f"receive queue: {e}")
             return
         if signal:
             self.interrupt(RX)
 
+    def _fill_rx(self, q: SplitQueue) -> bool:
+        """Waiting packets into receive chains, in order; True if any chain was used."""
+        used = False
+        while self.pending and (chain := q.pop()) is not None:
+            header, payload = self.pending[0]
+            room = chain.writable_len() - len(header)
+            if room < min(len(payload), 1):
+                self._bad_rx_buffer(chain.writable_len())
+                q.push_used(chain, 0, publish=False)  # too small for even a header: hand it back empty
+                used = True
+                continue
+            if len(payload) > room:
+                # stream data may be split: send what fits, keep the rest first in line
+                fields = list(HEADER.unpack(header))
+                rest = payload[room:]
+                fields[4] = len(rest)
+                self.pending[0] = (HEADER.pack(*fields), rest)
+                fields[4] = room
+                header, payload = HEADER.pack(*fields), payload[:room]
+            else:
+                self.pending.popleft()
+            chain.write_at(self.mem, 0, header + payload)
+            q.push_used(chain, len(header) + len(payload), publish=False)
+            used = True
+        return used
+
     # --- state ----------------------------------------------------------------------
 
     def _device_state(self) -> Any:
         # Host connections are streams of this process: they do not survive a
         # restore, and the restored device tells the guest so (after_restore).
-        # The guest CID is part of the state so a mismatch is caught.
         return {"guest_cid": self.guest_cid}
 
     def _device_check_state(self, state: Any) -> Any:
-        from ..state import DeviceStateError, check_keys, int_field
+        # The saved CID is checked but not taken: the CID is the description's,
+        # so a clone of a snapshot gets its own.  The transport reset sent after
+        # the restore makes the guest read it again (Linux:
+        # virtio_vsock_update_guest_cid on VIRTIO_VSOCK_EVENT_TRANSPORT_RESET).
+        from ..state import check_keys, int_field
 
-        st = check_keys(state, ("guest_cid",), self.name)
-        if int_field(st, "guest_cid", 0xFFFF_FFFF, self.name) != self.guest_cid:
-            raise DeviceStateError(f"{self.name} state: guest CID {st['guest_cid']} is not this device's {self.guest_cid}")
+        int_field(check_keys(state, ("guest_cid",), self.name), "guest_cid", 0xFFFF_FFFF, self.name)
         return None
 
     def _device_set_state(self, checked: Any) -> None:
@@ -233,8 +253,16 @@ class Vsock(VirtioDevice):
                 self.after_restore()
             return False
         used = self._drain(queue, self._from_guest)
+        self._flush_to_host()
         self._flush_rx()
         return used
+
+    def _flush_to_host(self) -> None:
+        """Hand the host streams what this transmit pass gathered: one send each."""
+        while self._to_flush:
+            key, conn = self._to_flush.popitem()
+            if key in self.conns:
+                self._drain_to_host(conn)
 
     def _from_guest(self, chain: DescriptorChain) -> int:
         """Handle one packet from the transmit queue; nothing is written back."""
@@ -246,11 +274,12 @@ class Vsock(VirtioDevice):
         if total < HEADER.size or total > HEADER.size + MAX_PAYLOAD:
             self._bad(f"packet of {total} bytes")
             return
-        data = chain.read_all(self.mem, total)
-        src_cid, dst_cid, src_port, dst_port, length, type_, op, flags, buf_alloc, fwd_cnt = HEADER.unpack_from(data)
-        payload = data[HEADER.size :]
-        if src_cid != self.guest_cid or dst_cid != HOST_CID or length != len(payload):
-            self._bad(f"header src_cid={src_cid} dst_cid={dst_cid} len={length} with {len(payload)} bytes")
+        first = chain.readable[0]
+        # the header's own buffer (the usual layout) or a copy: both inside RAM (checked at pop)
+        header = self.mem.view(first.addr, HEADER.size) if first.length >= HEADER.size else chain.read_all(self.mem, HEADER.size)
+        src_cid, dst_cid, src_port, dst_port, length, type_, op, flags, buf_alloc, fwd_cnt = HEADER.unpack_from(header)
+        if src_cid != self.guest_cid or dst_cid != HOST_CID or length != total - HEADER.size:
+            self._bad(f"header src_cid={src_cid} dst_cid={dst_cid} len={length} with {total - HEADER.size} bytes")
             return
         if type_ != TYPE_STREAM:
             self._send_rst(dst_port, src_port)
@@ -278,18 +307,22 @@ class Vsock(VirtioDevice):
                 conn.early = b""
             self.io.watch(conn.stream.fileno(), self._reader(conn), None)
         elif op == OP_RW and conn.established:
-            if conn.rx_cnt + len(payload) - conn.fwd_cnt > BUF_ALLOC:
+            if conn.rx_cnt + length - conn.fwd_cnt > BUF_ALLOC:
                 self._bad("guest sent past its credit")
                 self._close(conn, tell_guest=True)
                 return
-            conn.rx_cnt += len(payload)
-            conn.to_host += payload
-            self._drain_to_host(conn)
+            conn.rx_cnt += length
+            for view in buffer_views(self.mem, chain.readable, HEADER.size, length):
+                conn.to_host += view
+            self._to_flush[(conn.host_port, conn.guest_port)] = conn  # sent after the pass
         elif op == OP_CREDIT_UPDATE:
             self._resume_host_reads(conn)
         elif op == OP_CREDIT_REQUEST:
             self._send(conn, OP_CREDIT_UPDATE)
         elif op == OP_SHUTDOWN:
+            self._drain_to_host(conn)  # what the guest sent before it shut down goes first
+            if (conn.host_port, conn.guest_port) not in self.conns:
+                return
             if flags & SHUTDOWN_SEND and flags & SHUTDOWN_RCV:
                 self._close(conn, tell_guest=True)
             elif flags & SHUTDOWN_SEND:
@@ -335,6 +368,9 @@ class Vsock(VirtioDevice):
                 self._send(conn, OP_CREDIT_REQUEST)
                 self._flush_rx()
                 return
+            if not self.pending and self._rx_ready():  # nothing queued before it: straight in
+                self._read_into_guest(conn, credit)
+                return
             try:
                 data = conn.stream.recv(min(credit, MAX_PAYLOAD))
             except BlockingIOError:
@@ -346,6 +382,87 @@ class Vsock(VirtioDevice):
             else:
                 self._forward_to_guest(conn, data)
             self._flush_rx()
+
+    def _rx_ready(self) -> bool:
+        """Whether the guest has receive buffers posted (a ring violation fails the device)."""
+        try:
+            return self.queues[RX].has_available()
+        except Exception as e:  # noqa: BLE001 - QueueError: the device needs a reset
+            self.fail(f"receive queue: {e}")
+            return False
+
+    def _read_into_guest(self, conn: Connection, credit: int) -> None:
+        """Read the host stream straight into receive chains, each packet's
+        header written after its data.  The first read fills one chain; while
+        reads fill every chain offered, the next offers twice as many (up to
+        :data:`RX_BATCH`), so a short message costs one chain and one read and
+        a bulk transfer few reads.  At most ``credit`` bytes in all."""
+
+        def work(q: SplitQueue) -> bool:
+            left, used, batch = credit, False, 1
+            while left > 0:
+                filled, got = self._read_batch(conn, q, batch, left)
+                used = used or got > 0 or filled is None
+                if not filled:
+                    return used
+                left -= got
+                batch = min(2 * batch, RX_BATCH)
+            return used
+
+        self._on_rx(work)
+
+    def _read_batch(self, conn: Connection, q: SplitQueue, batch: int, credit: int) -> tuple[bool | None, int]:
+        """One read into up to ``batch`` chains.  Returns (whether every chain
+        offered was filled, or None when a chain too small for a header was used
+        empty instead; bytes read)."""
+        chains: list[tuple[DescriptorChain, int]] = []
+        views: list[memoryview] = []
+        total = 0
+        while total < credit and len(chains) < batch and (chain := q.pop()) is not None:
+            room = chain.writable_len() - HEADER.size
+            if room <= 0:
+                if chains:  # handled first next time: only the last chains popped can go back
+                    q.unpop()
+                    break
+                self._bad_rx_buffer(chain.writable_len())
+                q.push_used(chain, 0, publish=False)
+                return None, 0
+            take = min(room, credit - total, MAX_PAYLOAD)
+            chains.append((chain, take))
+            # bytes [HEADER.size, HEADER.size + take) of the chain's writable buffers,
+            # which lie in guest RAM (checked at pop); each view comes from the bounds-checked mem.view
+            views += buffer_views(self.mem, chain.writable, HEADER.size, take)
+            total += take
+        if not chains:
+            return False, 0
+        try:
+            n = conn.stream.recv_into(views)
+        except BlockingIOError:
+            q.unpop(len(chains))
+            return False, 0
+        if n == 0:  # the host closed its end
+            q.unpop(len(chains))
+            self._send(conn, OP_SHUTDOWN, flags=SHUTDOWN_RCV | SHUTDOWN_SEND)
+            self.io.watch(conn.stream.fileno(), None, None)
+            conn.closing = True
+            self._flush_rx()
+            return False, 0
+        left = n
+        for i, (chain, take) in enumerate(chains):
+            if not left:
+                q.unpop(len(chains) - i)
+                break
+            part = min(take, left)
+            left -= part
+            conn.tx_cnt += part
+            conn.last_credit_sent = conn.fwd_cnt
+            header = HEADER.pack(
+                HOST_CID, self.guest_cid, conn.host_port, conn.guest_port, part, TYPE_STREAM, OP_RW, 0,
+                BUF_ALLOC, conn.fwd_cnt,
+            )
+            chain.write_at(self.mem, 0, header)
+            q.push_used(chain, HEADER.size + part, publish=False)
+        return n == total, n
 
     def _forward_to_guest(self, conn: Connection, data: bytes) -> None:
         conn.tx_cnt += len(data)
