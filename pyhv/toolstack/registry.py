@@ -294,6 +294,10 @@ class Registry:
                 plan(description, "/", 0)  # what cannot be confined yet says so (back ends pyhv starts)
             except JailError as e:
                 why = str(e)
+            if description.fs or any(x.vhost_user for x in description.disks):
+                # a vhost-user back end's socket must accept the jail's uid, and the
+                # seccomp policy has not been measured with vhost-user devices
+                why = why or "vhost-user devices (virtio-fs, vhost-user disks) are not confined yet"
         if why:
             self.log(f"WARNING: domain {domid} ({name}) runs NOT confined: {why}")
             return None
