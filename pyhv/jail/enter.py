@@ -46,7 +46,9 @@ from .plan import Plan
 
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "cgroup")
 
-#: modules the VMM imports lazily (start-up time): imported before the jail hides the source
+#: modules the VMM imports lazily (start-up time): imported before the jail hides the source.
+#: Not the GDB stub (refused in a jail) nor backends/daemons.py (back ends pyhv starts, which a
+#: jail plan refuses): NEVER_CONFINED
 PRELOAD = (
     "pyhv.vmm.builder", "pyhv.vmm.machine", "pyhv.vmm.runtime", "pyhv.vmm.snapshot", "pyhv.vmm.control",
     "pyhv.vmm.devices", "pyhv.vmm.iothread", "pyhv.vmm.pci", "pyhv.vmm.cpu", "pyhv.vmm.migrate",
@@ -54,11 +56,15 @@ PRELOAD = (
     "pyhv.kvm.vcpu", "pyhv.paging", "pyhv.devices.state", "pyhv.devices.virtio.pci", "pyhv.devices.virtio.blk",
     "pyhv.devices.virtio.net", "pyhv.devices.virtio.rng", "pyhv.devices.virtio.balloon",
     "pyhv.devices.virtio.vsock", "pyhv.backends.block", "pyhv.backends.tap", "pyhv.backends.vsock_uds",
-    "pyhv.backends.unixsock", "pyhv.backends.vhost_user", "pyhv.backends.daemons", "pyhv.devices.virtio.vhost_user",
-    "pyhv.vmm.irqroute", "pyhv.boot.firmware", "pyhv.boot.layout", "pyhv.debug.repl", "pyhv.debug.gdbstub",
+    "pyhv.backends.unixsock", "pyhv.backends.vhost_user", "pyhv.devices.virtio.vhost_user",
+    "pyhv.vmm.irqroute", "pyhv.boot.firmware", "pyhv.boot.layout", "pyhv.debug.repl",
     "calendar", "contextlib", "select", "stat", "tempfile", "json", "socket", "resource", "binascii",
     "traceback", "linecache",
 )
+
+
+#: what a confined VMM never imports (see PRELOAD)
+NEVER_CONFINED = ("pyhv.debug.gdbstub", "pyhv.backends.daemons")
 
 
 class JailFailed(PyhvError):

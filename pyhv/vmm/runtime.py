@@ -450,10 +450,10 @@ class Runtime:
     def start_gdb(self, spec: str) -> str:
         """Serve the GDB remote protocol on ``spec`` (``unix:PATH`` or ``tcp:HOST:PORT``)
         against whichever machine runs; where it listens."""
-        from ..debug.gdbstub import Server
-
         if self.confined:
             raise PyhvError(f"gdb: domain {self.name} is confined: the stub cannot listen outside its jail")
+        from ..debug.gdbstub import Server
+
         with self._lock:
             if self.gdb is not None:
                 raise PyhvError(f"a GDB stub already listens on {self.gdb.remote}")
