@@ -49,6 +49,7 @@ PLAIN = (
     "nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday", "sched_yield",
     "sched_getaffinity", "sched_setaffinity", "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid",
     "getegid", "getrandom", "getrusage", "times", "uname", "sysinfo", "exit", "exit_group",
+    "memfd_create",  # guest memory shared with vhost-user back ends (never executable: no PROT_EXEC, no execve)
     "seccomp",  # only ever adds filters: the vCPU and io threads narrow theirs
 )
 

@@ -284,9 +284,20 @@ class Registry:
     def _jail(self, domid: int, description: Description | None) -> dict[str, int] | None:
         """How the domain is confined (pyhv/jail/), or None, said loudly in pyhvd's log."""
         name = description.name if description is not None else "arriving by migration"
+        from ..jail.plan import JailError, plan
+
         why = ("pyhvd --no-jail" if self.jail_ids is None else
                "it arrives by live migration, which needs the host's network" if description is None else
                "jail = false in its description" if not description.jail else "")
+        if not why and description is not None:
+            try:
+                plan(description, "/", 0)  # what cannot be confined yet says so (back ends pyhv starts)
+            except JailError as e:
+                why = str(e)
+            if description.fs or any(x.vhost_user for x in description.disks):
+                # a vhost-user back end's socket must accept the jail's uid, and the
+                # seccomp policy has not been measured with vhost-user devices
+                why = why or "vhost-user devices (virtio-fs, vhost-user disks) are not confined yet"
         if why:
             self.log(f"WARNING: domain {domid} ({name}) runs NOT confined: {why}")
             return None

@@ -345,3 +345,25 @@ def test_jailer_runs_the_firecracker_front_end_confined_in_firecracker_s_layout(
     assert (seen.st_dev, seen.st_ino) == (jail_root.st_dev, jail_root.st_ino)
     assert str(vmm) in tasks and files_limit == "512"
     assert sorted(os.listdir(root / "dev")) == ["kvm", "net", "urandom"]
+
+
+def test_jailed_blk_workload_runs_on_a_vhost_user_socket_the_jail_uid_may_use(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)  # the socket's folder is bound into the jail: the jail's uid must reach the socket
+    image, sock = tmp_path / "plain.img", tmp_path / "blk.sock"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    daemon = subprocess.Popen(["qemu-storage-daemon", "--blockdev", f"driver=file,node-name=f,filename={image}",
+                               "--export", f"type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={sock},"
+                               "writable=on"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock.chmod(0o777)
+        run = run_probe("probe.test=blk probe.irq=msix", "--disk", f"vhost-user={sock}", "--memory", "64M", "--jail",
+                        timeout=180)
+    finally:
+        daemon.terminate()
+        daemon.wait()
+    assert run.line("verified")["mismatches"] == "0"
+    assert run.lines()[-1] == {"result": "pass"} and run.status == 0, run.stderr

@@ -104,26 +104,32 @@ def test_a_failed_save_leaves_the_domain_running_as_before() -> None:
     assert (machine.state, runtime.state) == ("running", "running")
 
 
+_FD_PASSING = """
+import os, sys
+from pyhv.vmm import control
+seen = []
+def handler(request):
+    fd = request.get("fd")
+    seen.append(os.read(fd, 5) if isinstance(fd, int) else fd)
+    return {}
+server = control.Server(sys.argv[1], handler)
+r, w = os.pipe()
+os.write(w, b"hello")
+control.call(sys.argv[1], {"op": "save"}, fds=(r,))
+control.call(sys.argv[1], {"op": "save", "fd": 0})
+server.close()
+print(seen)
+"""
+
+
 def test_a_descriptor_passed_with_a_request_reaches_the_handler_and_json_cannot_forge_one(tmp_path: Path) -> None:
-    path = str(tmp_path / "control")
-    seen: list[object] = []
+    # in a process of its own: descriptor numbers other tests' threads left behind cannot interfere
+    import subprocess
+    import sys
 
-    def handler(request: dict[str, Any]) -> dict[str, Any]:
-        fd = request.get("fd")
-        seen.append(os.read(fd, 5) if isinstance(fd, int) else fd)
-        return {}
-
-    server = control.Server(path, handler)
-    r, w = os.pipe()
-    try:
-        os.write(w, b"hello")
-        control.call(path, {"op": "save"}, fds=(r,))
-        control.call(path, {"op": "save", "fd": 0})
-    finally:
-        server.close()
-        os.close(r)
-        os.close(w)
-    assert seen == [b"hello", None]
+    out = subprocess.run([sys.executable, "-c", _FD_PASSING, str(tmp_path / "control")], capture_output=True,
+                         text=True, check=False, env=dict(os.environ, PYTHONPATH=str(Path(control.__file__).parents[2])))
+    assert out.stdout.strip() == "[b'hello', None]", out.stderr
 
 
 def test_mem_max_changes_the_description_the_domain_travels_with() -> None:
