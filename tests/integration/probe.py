@@ -47,3 +47,11 @@ def pyhv(*args: str, timeout: float = 60) -> Run:
 
 def run_probe(cmdline: str, *extra: str, timeout: float = 60) -> Run:
     return pyhv("run", "--kernel", str(PROBE), "--cmdline", cmdline, "--debug-exit", *extra, timeout=timeout)
+
+
+def fnv1a(data: bytes) -> int:
+    """FNV-1a, 32 bits: the hash the probe prints of what it read (fs, blksum)."""
+    h = 2166136261
+    for b in data:
+        h = ((h ^ b) * 16777619) & 0xFFFF_FFFF
+    return h

@@ -15,19 +15,12 @@ from pathlib import Path
 import pytest
 
 from ..conftest import PROBE, ROOT
-from .probe import Run, run_probe
+from .probe import Run, fnv1a, run_probe
 
 pytestmark = pytest.mark.kvm
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 STATUS_NEEDS_RESET = 0x40
-
-
-def fnv1a(data: bytes) -> int:
-    h = 2166136261
-    for b in data:
-        h = ((h ^ b) * 16777619) & 0xFFFF_FFFF
-    return h
 
 
 @pytest.fixture

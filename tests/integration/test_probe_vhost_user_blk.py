@@ -12,19 +12,12 @@ from pathlib import Path
 import pytest
 
 from ..conftest import PROBE, ROOT
-from .probe import Run, pyhv, run_probe
+from .probe import Run, fnv1a, pyhv, run_probe
 
 pytestmark = pytest.mark.kvm
 
 SECTOR = 512
 SUM_SECTORS = 256
-
-
-def fnv1a(data: bytes) -> int:
-    h = 2166136261
-    for b in data:
-        h = ((h ^ b) * 16777619) & 0xFFFF_FFFF
-    return h
 
 
 @pytest.fixture
