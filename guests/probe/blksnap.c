@@ -107,8 +107,9 @@ NORETURN void test_blksnap(const struct options *o)
  * first 8 bytes of sector 0 (state=before; none on an empty disk, as Kata's
  * placeholder drives are), says state=waiting, then waits
  * (up to probe.n seconds, default 60) for the configuration to change: with
- * probe.irq=msix for the configuration-change interrupt (MSI-X entry 0),
- * else for the generation to move.  Then it reads the configuration again
+ * interrupts (probe.irq=msix on PCI, where it comes on MSI-X entry 0, or
+ * probe.irq=ioapic on MMIO) for the configuration-change interrupt, else for
+ * the generation to move.  Then it reads the configuration again
  * and prints the new capacity, the generation, the configuration interrupts
  * counted, and the first 8 bytes of sector 0 and of the last sector, read
  * through the same virtqueue (state=after).
@@ -149,18 +150,18 @@ NORETURN void test_blkswap(const struct options *o)
     line_end();
     if (st != BS_S_OK)
         fail("blkswap: reading sector 0 failed", "", 0);
-    irqs = irq_count[0];
+    irqs = virtio_irqs(&v);
     line_begin("blkswap");
     kv_str("state", "waiting");
     line_end();
     for (t0 = rdtsc(); rdtsc() - t0 < wait; tsc_delay_us(1000)) {
-        changed = o->msix ? irq_count[0] != irqs : vcfg_generation(&v) != gen;
+        changed = o->msix ? virtio_irqs(&v) != irqs : vcfg_generation(&v) != gen;
         if (changed)
             break;
     }
     if (!changed)
         fail("blkswap: the configuration did not change", "", 0);
-    irqs = irq_count[0] - irqs;
+    irqs = virtio_irqs(&v) - irqs;
     gen = vcfg_generation(&v);
     capacity = vcfg64(&v, 0);
     first = bs_word(&v, rec, buf, 0, &st);

@@ -226,12 +226,7 @@ static const char *missing_device(uint16_t device_id)
 static const struct virtio_ops pci_ops;
 static const struct virtio_ops mmio_ops;
 
-static const char *pci_find_virtio(struct virtio *v, uint16_t device_id)
-{
-    return virtio_find_nth(v, device_id, 0);
-}
-
-const char *virtio_find_nth(struct virtio *v, uint16_t device_id, unsigned nth)
+static const char *pci_find_virtio(struct virtio *v, uint16_t device_id, unsigned nth)
 {
     struct pci_dev *d = pci_find_nth(VIRTIO_VENDOR, device_id, nth);
     unsigned cap = 0;
@@ -500,7 +495,7 @@ static void mm_print_dev(unsigned i)
     line_end();
 }
 
-static const char *mm_find(struct virtio *v, uint16_t device_id)
+static const char *mm_find(struct virtio *v, uint16_t device_id, unsigned nth)
 {
     unsigned i;
 
@@ -512,7 +507,7 @@ static const char *mm_find(struct virtio *v, uint16_t device_id)
         if (mmio_read32(base + MM_VERSION) != 2)
             return "virtio-mmio: version is not 2 (legacy devices are not supported)";
         /* DeviceID is the device type; the PCI ids are 0x1040 + type. */
-        if (mmio_read32(base + MM_DEVICE_ID) + 0x1040u == device_id) {
+        if (mmio_read32(base + MM_DEVICE_ID) + 0x1040u == device_id && nth-- == 0) {
             v->ops = &mmio_ops;
             v->mmio = base;
             v->mmio_irq = mm_devs[i].irq;
@@ -623,8 +618,13 @@ const char *virtio_init(const struct options *o, int verbose)
 
 const char *virtio_find(struct virtio *v, uint16_t device_id)
 {
+    return virtio_find_nth(v, device_id, 0);
+}
+
+const char *virtio_find_nth(struct virtio *v, uint16_t device_id, unsigned nth)
+{
     memset(v, 0, sizeof(*v));
-    return mm_ndevs ? mm_find(v, device_id) : pci_find_virtio(v, device_id);
+    return mm_ndevs ? mm_find(v, device_id, nth) : pci_find_virtio(v, device_id, nth);
 }
 
 int virtio_reset(struct virtio *v)

@@ -20,8 +20,13 @@ Debian's QEMU 7.2 ships the two pyhv uses:
   qcow2 -F raw -b BASE`` (QEMU's own tool writes QEMU's format) and refuses an
   existing one whose backing file is not ``base``.
 
-Each process listens on a socket in a private directory (mode 0700) that
-pyhv made; pyhv waits for the socket and connects as its only front end.
+Each process runs in its own process group (a terminal's Ctrl-C reaches pyhv,
+which ends it in order) but in pyhv's session: with the scheduler's
+autogroups (``/proc/sys/kernel/sched_autogroup_enabled``) a session is one
+group sharing CPU time with the others, and a back end in a session of its
+own was measured 3-5 times slower under load (bench/fs.py) than one in the
+VMM's, as QEMU runs it.  Each listens on a socket in a private directory
+(mode 0700) that pyhv made; pyhv waits for the socket and connects as its only front end.
 :meth:`Daemon.close` (the machine's close) ends the process, and if pyhv dies
 first the back end sees its socket close and exits.
 """
@@ -68,7 +73,7 @@ class Daemon:
         command = argv(self.socket)
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            process_group=0)
         except OSError as e:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise UsageError(f"{key}: cannot start {command[0]}: {e.strerror}") from None

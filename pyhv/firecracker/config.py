@@ -177,23 +177,42 @@ def put_drive(cfg: FcConfig, drive_id: str, body: Any) -> FcConfig:
     return _checked(cfg._replace(drives=drives))
 
 
-def patch_drive(cfg: FcConfig, drive_id: str, body: Any) -> tuple[FcConfig, int]:
+def patch_drive(cfg: FcConfig, drive_id: str, body: Any) -> tuple[FcConfig, int, dict[str, Any]]:
     """``PATCH /drives/ID`` (after boot): the configuration with the drive's new
-    ``path_on_host``, and the drive's index in the guest's order.  The file itself
-    is opened and checked by the runtime's disk-swap."""
+    ``path_on_host`` and ``rate_limiter`` (buckets given replace those it had), the
+    drive's index in the guest's order, and what changed.  The file itself is
+    opened and checked by the runtime's disk-swap."""
     what = f"drives[{drive_id}]"
     d = fields(body, what, {"drive_id": str}, {"path_on_host": str, "rate_limiter": dict})
     _resource_id(drive_id, d, "drive_id", what)
-    if d.get("rate_limiter") is not None:
-        raise Fault(f"{what}.rate_limiter: changing a rate limiter after boot is not supported by pyhv yet")
+    _rate_limiter(d, what, "rate_limiter")
     order = ordered_drives(cfg)
     index = next((i for i, x in enumerate(order) if x["drive_id"] == drive_id), None)
     if index is None:
         raise Fault(f"{what}: no such drive (known: {', '.join(x['drive_id'] for x in order) or 'none'})")
-    if "path_on_host" not in d:
-        return cfg, index
-    drives = tuple({**x, "path_on_host": d["path_on_host"]} if x["drive_id"] == drive_id else x for x in cfg.drives)
-    return cfg._replace(drives=drives), index
+    changes = {k: v for k, v in d.items() if k != "drive_id"}
+    if "rate_limiter" in changes:
+        changes["rate_limiter"] = {**(order[index].get("rate_limiter") or {}), **changes["rate_limiter"]}
+    drives = tuple({**x, **changes} if x["drive_id"] == drive_id else x for x in cfg.drives)
+    return cfg._replace(drives=drives), index, changes
+
+
+def patch_network_interface(cfg: FcConfig, iface_id: str, body: Any) -> tuple[FcConfig, int, dict[str, Any]]:
+    """``PATCH /network-interfaces/ID`` (after boot): new rate limiters (buckets given
+    replace those it had); the configuration, the interface's index and what changed."""
+    what = f"network-interfaces[{iface_id}]"
+    n = fields(body, what, {"iface_id": str}, {"rx_rate_limiter": dict, "tx_rate_limiter": dict})
+    _resource_id(iface_id, n, "iface_id", what)
+    index = next((i for i, x in enumerate(cfg.nics) if x["iface_id"] == iface_id), None)
+    if index is None:
+        raise Fault(f"{what}: no such interface (known: {', '.join(x['iface_id'] for x in cfg.nics) or 'none'})")
+    changes: dict[str, Any] = {}
+    for key in ("rx_rate_limiter", "tx_rate_limiter"):
+        _rate_limiter(n, what, key)
+        if key in n:
+            changes[key] = {**(cfg.nics[index].get(key) or {}), **n[key]}
+    nics = tuple({**x, **changes} if i == index else x for i, x in enumerate(cfg.nics))
+    return cfg._replace(nics=nics), index, changes
 
 
 def put_network_interface(cfg: FcConfig, iface_id: str, body: Any) -> FcConfig:

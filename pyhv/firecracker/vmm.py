@@ -77,6 +77,7 @@ class Microvm:
             ("PUT", "/boot-source", pre("boot-source", self._boot_source)),
             ("PUT", "/drives/(?P<id>[^/]*)", pre("drives", lambda b, i: fc.put_drive(self.config, i, b))),
             ("PATCH", "/drives/(?P<id>[^/]*)", post("drives", self.patch_drive)),
+            ("PATCH", "/network-interfaces/(?P<id>[^/]*)", post("network-interfaces", self.patch_network_interface)),
             ("PUT", "/network-interfaces/(?P<id>[^/]*)",
              pre("network-interfaces", lambda b, i: fc.put_network_interface(self.config, i, b))),
             ("PUT", "/vsock", pre("vsock", lambda b: fc.put_vsock(self.config, b))),
@@ -171,16 +172,34 @@ class Microvm:
 
     def patch_drive(self, body: Any, drive_id: str) -> Reply:
         """A new ``path_on_host``: the runtime's disk-swap (the file is checked
-        and locked before anything changes; the guest sees a configuration change)."""
-        config, index = fc.patch_drive(self.config, drive_id, body)
-        if config is not self.config:
-            path = fc.ordered_drives(config)[index]["path_on_host"]
-            try:
-                self._ask("disk-swap", index=index, path=path)
-            except PyhvError as e:
-                raise Fault(f"drives[{drive_id}].path_on_host: {e}") from None
-            self.config = config
+        and locked before anything changes; the guest sees a configuration change);
+        a new ``rate_limiter``: the runtime's rate-limit."""
+        config, index, changes = fc.patch_drive(self.config, drive_id, body)
+        what = f"drives[{drive_id}]"
+        if "path_on_host" in changes:
+            self._change(f"{what}.path_on_host", "disk-swap", index=index, path=changes["path_on_host"])
+            self.config = self.config._replace(drives=tuple(
+                {**x, "path_on_host": changes["path_on_host"]} if x["drive_id"] == drive_id else x
+                for x in self.config.drives))
+        if "rate_limiter" in changes:
+            self._change(f"{what}.rate_limiter", "rate-limit", index=index, limit=fc.limit_plain(changes["rate_limiter"]))
+        self.config = config
         return NO_CONTENT
+
+    def patch_network_interface(self, body: Any, iface_id: str) -> Reply:
+        config, index, changes = fc.patch_network_interface(self.config, iface_id, body)
+        for key, limiter in changes.items():
+            self._change(f"network-interfaces[{iface_id}].{key}", "rate-limit", nic=index,
+                         direction=key[:2], limit=fc.limit_plain(limiter))
+        self.config = config
+        return NO_CONTENT
+
+    def _change(self, what: str, op: str, **args: Any) -> None:
+        """A runtime request on behalf of a PATCH, its refusal named by the field."""
+        try:
+            self._ask(op, **args)
+        except PyhvError as e:
+            raise Fault(f"{what}: {e}") from None
 
     def get_balloon(self, body: Any) -> Reply:
         if self.config.balloon is None:
@@ -409,7 +428,6 @@ UNSERVED = [
     ("PUT", "/mmds", "MMDS"),
     ("PATCH", "/mmds", "MMDS"),
     ("PUT", "/mmds/config", "MMDS"),
-    ("PATCH", "/network-interfaces/(?P<id>[^/]*)", "PATCH /network-interfaces (rate limiters)"),
 ]
 
 

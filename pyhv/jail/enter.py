@@ -46,25 +46,17 @@ from .plan import Plan
 
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "cgroup")
 
-#: modules the VMM imports lazily (start-up time): imported before the jail hides the source.
-#: Not the GDB stub (refused in a jail) nor backends/daemons.py (back ends pyhv starts, which a
-#: jail plan refuses): NEVER_CONFINED
+#: the packages whose modules the VMM may import lazily (start-up time): every module in
+#: them is imported before the jail hides the source, so a module added there later
+#: is never missing inside a jail
+PRELOAD_PACKAGES = ("pyhv.vmm", "pyhv.vcpu", "pyhv.kvm", "pyhv.devices", "pyhv.backends", "pyhv.boot",
+                    "pyhv.debug", "pyhv.model", "pyhv.jail")
+#: single modules and the standard library's lazily imported ones
 PRELOAD = (
-    "pyhv.vmm.builder", "pyhv.vmm.machine", "pyhv.vmm.runtime", "pyhv.vmm.snapshot", "pyhv.vmm.control",
-    "pyhv.vmm.devices", "pyhv.vmm.iothread", "pyhv.vmm.pci", "pyhv.vmm.cpu", "pyhv.vmm.migrate",
-    "pyhv.vcpu.cpustate", "pyhv.vcpu.registers", "pyhv.vcpu.report", "pyhv.kvm.exits", "pyhv.kvm.vm",
-    "pyhv.kvm.vcpu", "pyhv.paging", "pyhv.devices.state", "pyhv.devices.virtio.pci", "pyhv.devices.virtio.blk",
-    "pyhv.devices.virtio.net", "pyhv.devices.virtio.rng", "pyhv.devices.virtio.balloon",
-    "pyhv.devices.virtio.vsock", "pyhv.backends.block", "pyhv.backends.tap", "pyhv.backends.vsock_uds",
-    "pyhv.backends.unixsock", "pyhv.backends.vhost_user", "pyhv.devices.virtio.vhost_user",
-    "pyhv.vmm.irqroute", "pyhv.boot.firmware", "pyhv.boot.layout", "pyhv.debug.repl",
-    "calendar", "contextlib", "select", "stat", "tempfile", "json", "socket", "resource", "binascii",
-    "traceback", "linecache",
+    "pyhv.paging", "pyhv.memory",
+    "calendar", "contextlib", "select", "stat", "tempfile", "json", "socket", "resource", "encodings.idna",
+    "binascii", "traceback", "linecache",
 )
-
-
-#: what a confined VMM never imports (see PRELOAD)
-NEVER_CONFINED = ("pyhv.debug.gdbstub", "pyhv.backends.daemons")
 
 
 class JailFailed(PyhvError):
@@ -77,6 +69,12 @@ def jail_dir(run_dir: str, jail_id: str) -> str:
 
 
 def preload() -> None:
+    import pkgutil
+
+    for package in PRELOAD_PACKAGES:
+        path = importlib.import_module(package).__path__
+        for info in pkgutil.walk_packages(path, package + "."):
+            importlib.import_module(info.name)
     for name in PRELOAD:
         importlib.import_module(name)
     privs.load_libraries()

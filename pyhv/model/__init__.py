@@ -804,7 +804,8 @@ def json_schema() -> dict[str, Any]:
             "debug_exit": {"oneOf": [{"type": "string", "enum": list(DEBUG_EXIT_MAPPINGS)}, {"type": "boolean"}],
                            "description": "pyhv: a write of V ends with status V & 0xff; qemu: (V << 1) | 1; "
                                           "true is pyhv, false is off"},
-            "jail": {"type": "boolean", "description": "pyhvd confines the domain's VMM (default true)"},
+            "jail": {"type": "boolean", "default": True,
+                     "description": "pyhvd confines the domain's VMM; false opts out"},
             "balloon": {"type": "boolean"},
             "rng": {"type": "boolean"},
             "transport": {"type": "string", "enum": list(TRANSPORTS),

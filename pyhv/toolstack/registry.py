@@ -379,6 +379,13 @@ class Registry:
         processes.wait_gone(record, 5.0)
         self._reap(record)
 
+    def wait_ended(self, record: DomainRecord, timeout: float = 10.0) -> None:
+        """Wait until a domain ending on its own (saved, then destroyed) has gone, and
+        reap it, so the verb returns with it gone: a confined domain's supervisor ends
+        a moment after its VMM (pyhv/jail/)."""
+        if processes.wait_gone(record, timeout):
+            self._reap(record)
+
     def _remove(self, record: DomainRecord, why: str) -> None:
         with self.lock:
             if self.domains.pop(record.id, None) is None:

@@ -50,7 +50,7 @@ class RestoreSource(Protocol):
 def build(
     config: Description, kvm: Kvm | None = None, console: Console | None = None,
     restore: RestoreSource | None = None, taps: Mapping[int, int] | None = None,
-    nvram: tuple[float, bytes] | None = None, vcpu_prefix: str = "vcpu",
+    nvram: tuple[float, bytes] | None = None, vcpu_prefix: str = "vcpu", warm: GuestMemory | None = None,
 ) -> Machine:
     """Create a machine ready to start; on any error release what was made.
 
@@ -62,7 +62,8 @@ def build(
     ``taps`` hands over open TAP descriptors (NIC index -> fd), which the
     machine then owns and closes; other NICs open their TAP by name.  ``nvram``
     is the CMOS clock's battery-backed part of the machine this one replaces
-    after a guest reset (``Rtc.nvram``).  vCPU N's thread is named ``vcpu_prefix``
+    after a guest reset (``Rtc.nvram``), and ``warm`` its RAM when it ran firmware
+    (``Machine.keep_memory``): a reset keeps RAM on a PC; the machine owns it now.  vCPU N's thread is named ``vcpu_prefix``
     + N (``vcpuN``, what pyhvd's dispatcher looks for, unless the front end says
     otherwise)."""
     if restore is not None and vhost_user_devices(config):
@@ -71,16 +72,18 @@ def build(
     console = console or open_console(config.serial)
     vm = memory = machine = io = None
     backends: list[Closeable] = []  # what the machine closes
-    wiring, mmio_wiring = PciWiring(), MmioWiring()
+    wiring, mmio_wiring = PciWiring(firmware=bool(config.payload.firmware)), MmioWiring()
     try:
         io = IoThread()  # devices and backends register readiness with it as they are made
         # Images are checked and loaded before /dev/kvm is touched: bad input
         # fails the same way on any machine, and fails fast.
-        if restore is None:
+        if restore is not None:
+            memory = restore.take_memory()
+        elif warm is not None:  # a firmware machine's RAM, kept over a guest reset
+            memory = warm
+        else:
             # vhost-user back ends map guest RAM themselves: it must be shared memory they can get a descriptor for
             memory = GuestMemory(config.memory, memfd=bool(vhost_user_devices(config)))
-        else:
-            memory = restore.take_memory()
         # devices are made before the VM; interrupts only flow once it exists
         def deliver(address: int, data: int) -> None:
             assert vm is not None
@@ -102,12 +105,12 @@ def build(
         acpi_inputs = (apic_ids, _acpi_devices(config) + pci_devices, pci_tables)
         # the guest finds MMIO devices on its command line; the description keeps the user's
         cmdline = " ".join(part for part in (config.payload.cmdline, mmio_wiring.cmdline()) if part)
-        firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), cmdline, fresh=restore is None)
+        firmware_config = _fw_cfg(config, memory, acpi.loader_files(*acpi_inputs), cmdline)
         entry = None
         if _has_vmgenid(config) and (restore is None or restore.new_generation):
             vmgenid.new_generation(memory)  # before any vCPU runs
         if config.payload.firmware:
-            _firmware(config.payload.firmware, memory, fresh=restore is None)
+            _firmware(config.payload.firmware, memory, fresh=restore is None and warm is None)
         elif restore is None:
             tables = acpi.build_tables(*acpi_inputs)
             tables.write(memory)
@@ -363,25 +366,32 @@ def _has_vmgenid(config: Description) -> bool:
 
 def _firmware(path: str, memory: GuestMemory, fresh: bool) -> None:
     """A BIOS ROM at the top of the first 4 GiB and (on a ``fresh`` boot; a restored
-    machine has it in its RAM) its last 128 KiB below 1 MiB; the boot vCPU starts at
-    the reset vector, where KVM's reset state has it (boot/firmware.py)."""
+    machine, or one whose RAM was kept over a reset, has it in its RAM, as shadow RAM
+    keeps it on a PC) its last 128 KiB below 1 MiB; the boot vCPU starts at the reset
+    vector, where KVM's reset state has it (boot/firmware.py)."""
     from ..boot.firmware import read_firmware
 
     image = read_firmware(path)
-    memory.add_rom(image.rom_addr, image.rom)
+    if not memory.roms:  # RAM kept over a reset keeps its ROM too
+        memory.add_rom(image.rom_addr, image.rom)
     if fresh:
         memory.write(image.low_addr, image.low)
 
 
 def _fw_cfg(
-    config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, cmdline: str, fresh: bool
+    config: Description, memory: GuestMemory, tables: acpi.LoaderFiles, cmdline: str
 ) -> fw_cfg.FwCfg:
     """fw_cfg with the machine's facts and files: the e820 map the guest gets, an empty
-    boot order, the ACPI tables with QEMU's linker/loader commands, the kernel items a
-    firmware's Linux loader reads (on a ``fresh`` boot: a restored machine gets the
-    command line only, so the kernel file need not be there any more), and the
-    description's entries (host files read now)."""
-    from ..boot.firmware import KernelItems, kernel_items
+    boot order, the ACPI tables with QEMU's linker/loader commands, the command line
+    the guest boots with (FW_CFG_CMDLINE_*), and the description's entries (host files
+    read now).
+
+    QEMU also gives the kernel, its setup code and the initrd (``boot/firmware.py``
+    builds those items) because its firmware loads them; pyhv loads the kernel
+    itself and ``--firmware`` boots from the guest's disks, so nothing here reads
+    them, and reading the images twice would cost every boot their size in time
+    and memory."""
+    from ..boot.firmware import KernelItems
     from ..boot.layout import CMDLINE_ADDR, e820_map
 
     ram = memory.ram_ranges()
@@ -395,12 +405,8 @@ def _fw_cfg(
             print(f"pyhv: warning: fw_cfg[{i}].name {entry.name!r}: names outside opt/ may clash", file=sys.stderr)
         data = _read_fw_cfg_file(f"fw_cfg[{i}].file", entry.file) if entry.file else entry.string.encode()
         files.append((entry.name, data))
-    payload = config.payload
-    if payload.firmware:
-        kernel = None  # the firmware boots from its own devices
-    elif fresh:
-        kernel = kernel_items(payload.kernel, payload.initrd or None, cmdline, ram[0][1])
-    else:
+    kernel = None
+    if not config.payload.firmware:
         kernel = KernelItems(cmdline=(CMDLINE_ADDR, cmdline.encode("utf-8", "surrogateescape") + b"\0"))
     return fw_cfg.FwCfg(memory, ram_size=config.memory, nb_cpus=config.vcpus, max_cpus=config.vcpus, files=files,
                         kernel=kernel._asdict() if kernel else None)

@@ -60,6 +60,7 @@ class Machine:
         self.backends = backends  # disk images, TAPs, sockets: closed with the machine
         self.owns_console = owns_console
         self.vcpus: list[VcpuThread] = []
+        self._memory_kept = False
         self._stop: Stop | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -71,6 +72,12 @@ class Machine:
     @property
     def progress(self) -> ProgressCodes:
         return self.devices.progress
+
+    def keep_memory(self) -> GuestMemory:
+        """The guest RAM, which :meth:`close` then leaves mapped for the caller (a warm
+        reset: the next machine is built on it)."""
+        self._memory_kept = True
+        return self.memory
 
     def nvram(self) -> tuple[float, bytes]:
         """What survives a reset on a PC: the CMOS clock's battery-backed part (``Rtc.nvram``),
@@ -202,6 +209,21 @@ class Machine:
         """Press Ctrl-Alt-Del on the i8042 keyboard (a guest's own reboot); the bytes queued."""
         return self.devices.i8042.ctrl_alt_del()
 
+    def set_rate_limit(self, queue: str, index: int, limit: Any) -> None:
+        """A new rate limit (a :class:`pyhv.model.RateLimit`, or None) for disk
+        ``index`` (``queue`` "disk") or one direction of NIC ``index`` ("rx", "tx"),
+        in force from the next request on."""
+        from ..devices.ratelimit import RateLimiter
+        from ..devices.virtio.blk import Blk
+        from ..devices.virtio.net import RX, TX, Net
+
+        kind: type[Any] = Blk if queue == "disk" else Net
+        found = [d for _, d in self.devices.of_type(kind)]
+        if not 0 <= index < len(found):
+            raise PyhvError(f"no {'disk' if queue == 'disk' else 'NIC'} {index} (the machine has {len(found)})")
+        which = {"disk": 0, "rx": RX, "tx": TX}[queue]
+        found[index].limit(which, RateLimiter.of(limit), self.io.call_later)
+
     def swap_disk(self, index: int, path: str) -> int:
         """Put the image at ``path`` behind virtio-blk disk ``index`` (the
         description's order) while the guest runs; its size in sectors.  The new
@@ -246,7 +268,8 @@ class Machine:
         for v in self.vcpus:
             v.vcpu.close()
         self.vm.close()
-        self.memory.close()
+        if not self._memory_kept:
+            self.memory.close()
         self.kvm.close()
         if self.owns_console:
             self.console.close()

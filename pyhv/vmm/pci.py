@@ -23,11 +23,16 @@ from .iothread import IoThread
 #: 32-bit MMIO window for BARs, and the ECAM window above it, both in the hole below 4 GiB
 MMIO32_WINDOW = (0xC000_0000, 0x2000_0000)
 ECAM_BASE = 0xE000_0000
+#: the window under firmware, which places BARs itself: SeaBIOS allocates downwards from
+#: the IOAPIC (0xFEC00000), so the window ends there, above ECAM; the host bridge is then
+#: the i440FX's (devices/pci/root.py), which SeaBIOS programs as on QEMU's pc machine
+FIRMWARE_MMIO32_WINDOW = (0xF000_0000, 0x0EC0_0000)
 
 
 class PciWiring:
-    def __init__(self) -> None:
-        self.root = PciRoot(MMIO32_WINDOW, ecam_base=ECAM_BASE, on_bar_change=self._bar_changed)
+    def __init__(self, firmware: bool = False) -> None:
+        window = FIRMWARE_MMIO32_WINDOW if firmware else MMIO32_WINDOW
+        self.root = PciRoot(window, ecam_base=ECAM_BASE, on_bar_change=self._bar_changed, i440fx=firmware)
         self.transports: list[VirtioPci] = []
         self.vm: Vm | None = None
         self.mmio: MmioBus | None = None
@@ -134,13 +139,6 @@ class PciWiring:
         for fd in self._notify_fds.values():
             os.close(fd)
         self._notify_fds.clear()
-
-
-def _notifier(transport: VirtioPci, queue: int) -> Any:
-    def kick() -> None:
-        transport.device.notify(queue)
-
-    return kick
 
 
 def _target(transport: VirtioPci, queue: int) -> Any:

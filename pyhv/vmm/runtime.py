@@ -110,6 +110,7 @@ class Runtime:
         from .builder import build
 
         nvram = None  # the CMOS clock's battery-backed bytes, kept across restarts as on a PC
+        ram = None  # a firmware machine's RAM, kept across a guest reset as on a PC
         try:
             while True:
                 wanted = self._wanted
@@ -122,7 +123,8 @@ class Runtime:
                     try:
                         taps = {i: os.dup(fd) for i, fd in self.taps.items()}
                         machine = build(self.description, console=self.console, restore=snapshot, taps=taps,
-                                        nvram=nvram, vcpu_prefix=self.vcpu_prefix)
+                                        nvram=nvram, vcpu_prefix=self.vcpu_prefix, warm=ram)
+                        ram = None  # the machine owns it now (build closes it on failure)
                     except PyhvError as e:
                         if not self._ready({"ok": False, "error": str(e)}):
                             _say(f"{self._who()}{e}")  # a restart failed: nobody is waiting to hear it
@@ -142,6 +144,10 @@ class Runtime:
                 if self._on_machine_end is not None:
                     self._on_machine_end(machine)
                 nvram = machine.nvram()
+                if action is Action.RESTART and stop.kind is StopKind.RESET and self.description.payload.firmware:
+                    # A reset line keeps RAM on a PC, and firmware relies on it: SeaBIOS finds itself
+                    # already set up and resumes as the CMOS shutdown status byte says
+                    ram = machine.keep_memory()
                 machine.close()
                 with self._lock:
                     self.machine = None
@@ -154,6 +160,8 @@ class Runtime:
                         self._wanted = None
                 _say(f"{self._who()}{_what(stop)}; restarting ({_policy(stop)})")
         finally:
+            if ram is not None:  # kept for a machine that was never built
+                ram.close()
             for fd in self.taps.values():
                 os.close(fd)
             self.taps.clear()
@@ -341,6 +349,32 @@ class Runtime:
         self.description = description
         return {"index": index, "path": description.disks[index].path, "sectors": sectors}
 
+    def op_rate_limit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A new rate limit (``limit``: the description's plain form, or null for
+        none) on a disk (``index`` or ``serial``) or on one direction of a NIC
+        (``nic``: its index, ``direction``: rx or tx), in force at once and kept
+        in the description."""
+        limit = request.get("limit")
+        plain = to_plain(self.description)
+        if "nic" in request:
+            nic, direction = request.get("nic"), request.get("direction")
+            if not isinstance(nic, int) or isinstance(nic, bool) or not 0 <= nic < len(self.description.nics):
+                raise PyhvError(f"rate-limit: no NIC {str(nic)[:20]} (the domain has {len(self.description.nics)})")
+            if direction not in ("rx", "tx"):
+                raise PyhvError("rate-limit: direction must be rx or tx")
+            plain["nics"][nic][f"{direction}_rate_limit"] = limit
+            description = from_plain(plain)
+            queue, index = str(direction), nic
+            new = getattr(description.nics[nic], f"{direction}_rate_limit")
+        else:
+            index = self._disk_index(request, "rate-limit")
+            plain["disks"][index]["rate_limit"] = limit
+            description = from_plain(plain)
+            queue, new = "disk", description.disks[index].rate_limit
+        self._running_machine().set_rate_limit(queue, index, new)
+        self.description = description
+        return {}
+
     def _disk_index(self, request: dict[str, Any], op: str) -> int:
         """The disk a request names by ``index`` or by ``serial`` (exactly one)."""
         index, serial = request.get("index"), request.get("serial")
@@ -520,6 +554,7 @@ OPS: dict[str, Callable[[Runtime, dict[str, Any]], Any]] = {
     "mem-max": Runtime.op_mem_max,
     "vcpu-pin": Runtime.op_vcpu_pin,
     "disk-swap": Runtime.op_disk_swap,
+    "rate-limit": Runtime.op_rate_limit,
     "ctrl-alt-del": Runtime.op_ctrl_alt_del,
     "metrics": Runtime.op_metrics,
     "save": Runtime.op_save,

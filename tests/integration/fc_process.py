@@ -14,6 +14,10 @@ from ..conftest import ROOT
 from .probe import Run
 
 
+#: the probe's last line, whole (a pattern for :meth:`Firecracker.wait_for`)
+RESULT = r"probe: result=\w+\r?\n"
+
+
 class Firecracker:
     """One ``python -m pyhv firecracker --api-sock S`` process; its stdout (the guest's
     console) goes to a file."""

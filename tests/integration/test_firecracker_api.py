@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import pathlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from ..conftest import PROBE
 from ..fcapi import call
 from pyhv.vmm.snapshot import Snapshot
 
-from .fc_process import Firecracker
+from .fc_process import RESULT, Firecracker
 from .probe import Run
 
 pytestmark = pytest.mark.kvm
@@ -57,17 +58,23 @@ def probe_lines(vm: Firecracker, state: str) -> list[dict[str, str]]:
     return [f for f in Run(0, vm.text(), "").lines() if "blkswap" in f and f.get("state") == state]
 
 
-def test_patch_drive_swaps_the_file_under_the_running_guest(tmp_path: pathlib.Path, vms: list[Firecracker]) -> None:
+@pytest.mark.parametrize("options,irq", [
+    ((), "ioapic"),  # virtio-MMIO, Firecracker's transport: InterruptStatus bit 1 on the device's line
+    (("--enable-pci",), "msix"),  # virtio-PCI: the MSI-X configuration vector
+])
+def test_patch_drive_swaps_the_file_under_the_running_guest(
+    tmp_path: pathlib.Path, vms: list[Firecracker], options: tuple[str, ...], irq: str,
+) -> None:
     old = image(tmp_path / "old.img", 2048, b"OLDOLDOL")
     new = image(tmp_path / "new.img", 6144, b"NEWNEWNE", b"LASTLAST")
-    vm = Firecracker(tmp_path, "swap")
+    vm = Firecracker(tmp_path, "swap", *options)
     vms.append(vm)
-    boot(vm, "probe.test=blkswap probe.irq=msix",
+    boot(vm, f"probe.test=blkswap probe.irq={irq}",
          [{"drive_id": "scratch", "path_on_host": old, "is_root_device": False, "is_read_only": False}])
     vm.wait_for(r"blkswap state=waiting")
 
     status, reply = call(vm.sock, "PATCH", "/drives/scratch", {"drive_id": "scratch", "path_on_host": new})
-    vm.wait_for(r"probe: result=")
+    vm.wait_for(RESULT)
     before, after = probe_lines(vm, "before")[0], probe_lines(vm, "after")[0]
     assert (status, reply) == (204, None)
     assert (int(before["capacity"]), int(before["sector0"], 16)) == (2048, word(b"OLDOLDOL"))
@@ -101,7 +108,7 @@ def test_bad_patches_are_refused_in_one_line_and_change_nothing(tmp_path: pathli
     vms.append(vm)
     status, reply = call(vm.sock, "PATCH", "/drives/scratch", {"drive_id": "scratch", "path_on_host": old})
     assert (status, reply) == (400, {"fault_message": "drives: not supported before the microVM has started"})
-    boot(vm, "probe.test=blkswap probe.irq=msix probe.n=600",
+    boot(vm, "probe.test=blkswap probe.irq=ioapic probe.n=600",
          [{"drive_id": "scratch", "path_on_host": old, "is_root_device": False, "is_read_only": False},
           {"drive_id": "ro", "path_on_host": ro, "is_root_device": False, "is_read_only": True}])
     vm.wait_for(r"blkswap state=waiting")
@@ -135,7 +142,7 @@ def test_bad_patches_are_refused_in_one_line_and_change_nothing(tmp_path: pathli
     assert [d["path_on_host"] for d in call(vm.sock, "GET", "/vm/config")[1]["drives"]] == [old, ro]
     assert probe_lines(vm, "after") == []  # the guest saw no change
     status, reply = call(vm.sock, "PATCH", "/drives/scratch", {"drive_id": "scratch", "path_on_host": locked})
-    vm.wait_for(r"probe: result=")
+    vm.wait_for(RESULT)
     assert (status, int(probe_lines(vm, "after")[0]["sector0"], 16)) == (204, word(b"LOCKED!!"))
 
 
@@ -151,7 +158,7 @@ def test_send_ctrl_alt_del_presses_the_keys_on_the_guest_keyboard(
     boot(vm, f"probe.test=kbd probe.n={translate}", [])
     vm.wait_for(r"kbd state=waiting")
     status, reply = call(vm.sock, "PUT", "/actions", {"action_type": "SendCtrlAltDel"})
-    vm.wait_for(r"probe: result=")
+    vm.wait_for(RESULT)
     run = Run(0, vm.text(), "")
     read = [f for f in run.lines() if "kbd" in f and f.get("state") == "read"][0]
     assert (status, reply) == (204, None)
@@ -168,9 +175,26 @@ def test_drive_ops_rate_limiter_bounds_the_rate_the_guest_measures(tmp_path: pat
     limiter = {"ops": {"size": 50, "refill_time": 1000}}
     boot(vm, "probe.test=blkbench probe.mb=1 probe.n=100 probe.qd=4",
          [{"drive_id": "bench", "path_on_host": disk, "is_root_device": False, "rate_limiter": limiter}])
-    vm.wait_for(r"probe: result=", timeout=120)
+    vm.wait_for(RESULT, timeout=120)
     run = Run(0, vm.text(), "")
     figures = [f for f in run.lines() if "rand_read_iops" in f][0]
     assert run.line("result")["result"] == "pass"
     assert (int(figures["rand_write_iops"]) <= 120, int(figures["rand_read_iops"]) <= 120) == (True, True), figures
     assert call(vm.sock, "GET", "/vm/config")[1]["drives"][0]["rate_limiter"] == limiter
+
+
+def test_patching_a_drive_rate_limiter_on_a_running_guest_takes_effect(tmp_path: pathlib.Path,
+                                                                        vms: list[Firecracker]) -> None:
+    disk = image(tmp_path / "bench.img", 2 * 2048, b"")
+    vm = Firecracker(tmp_path, "repatch")
+    vms.append(vm)
+    starved = {"ops": {"size": 10, "refill_time": 3_600_000}}  # ten requests an hour
+    boot(vm, "probe.test=blkbench probe.mb=1 probe.n=100 probe.qd=4",
+         [{"drive_id": "bench", "path_on_host": disk, "is_root_device": False, "rate_limiter": starved}])
+    vm.wait_for(r"blkbench phase=seq_read")
+    time.sleep(2)
+    stuck = "probe: result=" not in vm.text()
+    status = call(vm.sock, "PATCH", "/drives/bench", {"drive_id": "bench",
+                                                      "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}})
+    vm.wait_for(RESULT, timeout=120)
+    assert (stuck, status, Run(0, vm.text(), "").line("result")["result"]) == (True, (204, None), "pass")

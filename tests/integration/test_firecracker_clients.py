@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from ..conftest import PROBE, ROOT
-from .fc_process import Firecracker
+from .fc_process import RESULT, Firecracker
 from .probe import Run
 
 pytestmark = pytest.mark.kvm
@@ -65,7 +65,7 @@ def test_client_boots_the_probe_and_it_passes(tmp_path: pathlib.Path, vms: list[
     vm = Firecracker(tmp_path, "boot")
     vms.append(vm)
     answers = client(name, vm.sock, ["get", "version"], *boot_steps("probe.test=hello"))
-    text = vm.wait_for(r"probe: result=")
+    text = vm.wait_for(RESULT)
     run = Run(0, text, "")
     assert answers[0]["json"] == {"firecracker_version": "1.10.1"}
     assert [a.get("status") for a in answers[1:4]] == [204, 204, 204]

@@ -23,7 +23,7 @@ import pytest
 
 from ..conftest import PROBE, ROOT
 from ..fcapi import call
-from .fc_process import Firecracker
+from .fc_process import RESULT, Firecracker
 from .probe import Run
 from .test_firecracker_api import image, word
 
@@ -69,7 +69,7 @@ def kata_config(tmp: pathlib.Path, rootfs: str, tap: str) -> dict[str, Any]:
                              "path_on_host": str(path)})
     return {
         "boot-source": {"kernel_image_path": str(PROBE),
-                        "boot_args": f"probe.test=blkswap probe.dev=1 probe.irq=msix {KATA_PARAMS}"},
+                        "boot_args": f"probe.test=blkswap probe.dev=1 probe.irq=ioapic {KATA_PARAMS}"},
         "drives": [{"drive_id": "rootfs", "is_read_only": True, "is_root_device": False, "path_on_host": rootfs},
                    *placeholders],
         "logger": {"level": "Error", "log_path": str(tmp / "logs.fifo")},
@@ -113,7 +113,7 @@ def test_kata_boots_with_a_config_file_and_hotplugs_into_a_placeholder_drive(tmp
         vm.wait_for(r"blkswap state=waiting")
 
         plug = call(vm.sock, "PATCH", "/drives/drive_0", {"drive_id": "drive_0", "path_on_host": container})
-        vm.wait_for(r"probe: result=")
+        vm.wait_for(RESULT)
         unplug = call(vm.sock, "PATCH", "/drives/drive_0",
                       {"drive_id": "drive_0", "path_on_host": str(tmp_path / "drive_0")})
         drives = call(vm.sock, "GET", "/vm/config")[1]["drives"]

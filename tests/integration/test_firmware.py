@@ -60,6 +60,27 @@ def test_seabios_prints_its_banner_and_finds_fw_cfg_memory_and_cpus() -> None:
     assert any(line.startswith("No bootable device.") for line in lines)
 
 
+BOOTSECTOR = ROOT / "guests" / "build" / "bootsector.bin"
+
+
+@pytest.mark.parametrize("rom", ["bios.bin", "bios-256k.bin"])
+def test_seabios_boots_a_boot_sector_from_a_virtio_blk_disk_and_resumes_it_after_a_warm_reset(tmp_path: Path, rom: str) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(BOOTSECTOR.read_bytes().ljust(1 << 20, b"\0"))
+    p = subprocess.run([sys.executable, "-m", "pyhv", "run", "--firmware", str(SEABIOS.with_name(rom)),
+                        "--disk", str(disk), "--debug-exit=qemu"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300, stdin=subprocess.DEVNULL, check=False)
+    lines = p.stdout.splitlines()
+    # SeaBIOS found the disk on PCI (its BAR where SeaBIOS put it), read sector 0 and jumped to it
+    assert "Booting from Hard Disk..." in lines and "Booting from 0000:7c00" in lines, p.stdout + p.stderr
+    boot = [line for line in lines if line.startswith("bootsector: ")]
+    # the sector asked for a warm reset (CMOS 0x0F = 0x0A, resume through 40:67, reset via 0xCF9);
+    # RAM and CMOS survived it, and SeaBIOS read the byte and jumped back into the sector
+    assert boot == ["bootsector: loaded drive=0x80", "bootsector: warm reset shutdown=0x0a", "bootsector: resumed"]
+    assert "In resume (status=10)" in lines
+    assert p.returncode == (0x21 << 1) | 1  # the boot sector's debug-exit value, QEMU's mapping
+
+
 def _table(memory: GuestMemory, addr: int) -> bytes:
     """The ACPI table at ``addr``, as long as its header says."""
     return memory.read(addr, struct.unpack("<I", memory.read(addr + 4, 4))[0])

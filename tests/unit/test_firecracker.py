@@ -329,3 +329,60 @@ def test_shim_refuses_to_run_when_the_host_keeps_a_real_firecracker() -> None:
                  script="import sys; from pyhv.firecracker import shim_main; sys.argv[0] = 'firecracker'; "
                         "sys.exit(shim_main())")
     assert (p.returncode, p.stdout, "PYHV_NO_FIRECRACKER_SHIM=1" in p.stderr) == (1, "", True)
+
+
+class _Runtime:
+    """What the microVM asks of the runtime after boot, answered with nothing."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append(request)
+        return {}
+
+
+def _booted(tmp_path: pathlib.Path, files: dict[str, str]) -> tuple[Microvm, _Runtime]:
+    vm = _vm(tmp_path)
+    vm.config = _configured(files)
+    runtime = _Runtime()
+    vm.booted, vm.runtime = True, runtime
+    return vm, runtime
+
+
+def test_patch_drive_after_boot_asks_the_runtime_and_merges_rate_limiter_buckets(
+    tmp_path: pathlib.Path, files: dict[str, str],
+) -> None:
+    vm, runtime = _booted(tmp_path, files)
+    status = vm.handle("PATCH", "/drives/data", {"drive_id": "data", "path_on_host": files["vmlinux"],
+                                                 "rate_limiter": {"bandwidth": {"size": 4096, "refill_time": 10}}})
+    assert (status, runtime.requests) == ((204, None), [
+        {"op": "disk-swap", "index": 1, "path": files["vmlinux"]},
+        {"op": "rate-limit", "index": 1, "limit": {"ops": {"size": 100, "refill_ms": 1000, "burst": 10},
+                                                   "bandwidth": {"size": 4096, "refill_ms": 10, "burst": 0}}},
+    ])
+    data = [d for d in vm.config.drives if d["drive_id"] == "data"][0]
+    assert (data["path_on_host"], sorted(data["rate_limiter"])) == (files["vmlinux"], ["bandwidth", "ops"])
+
+
+def test_patch_network_interface_after_boot_sets_each_direction(tmp_path: pathlib.Path, files: dict[str, str]) -> None:
+    vm, runtime = _booted(tmp_path, files)
+    status = vm.handle("PATCH", "/network-interfaces/eth0", {
+        "iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}},
+        "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}})
+    assert (status, runtime.requests) == ((204, None), [
+        {"op": "rate-limit", "nic": 0, "direction": "rx", "limit": None},
+        {"op": "rate-limit", "nic": 0, "direction": "tx", "limit": {"ops": {"size": 10, "refill_ms": 100, "burst": 0}}},
+    ])
+
+
+@pytest.mark.parametrize("path,body,message", [
+    ("/network-interfaces/eth9", {"iface_id": "eth9"}, "network-interfaces[eth9]: no such interface (known: eth0)"),
+    ("/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "x"}, "unknown field 'host_dev_name'"),
+    ("/drives/data", {"drive_id": "data", "rate_limiter": {"ops": {"size": 1}}}, "missing field 'refill_time'"),
+])
+def test_bad_patches_after_boot_ask_nothing(tmp_path: pathlib.Path, files: dict[str, str], path: str, body: Any,
+                                            message: str) -> None:
+    vm, runtime = _booted(tmp_path, files)
+    status, reply = vm.handle("PATCH", path, body)
+    assert (status, message in reply["fault_message"], runtime.requests) == (400, True, [])

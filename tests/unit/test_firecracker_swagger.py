@@ -54,7 +54,6 @@ UNSUPPORTED = {
     ("PATCH", "/mmds"): "MMDS",
     ("GET", "/mmds"): "MMDS",
     ("PUT", "/mmds/config"): "MMDS",
-    ("PATCH", "/network-interfaces/{iface_id}"): "PATCH /network-interfaces (rate limiters)",
 }
 SUFFIX = ": not supported by pyhv's Firecracker front end"
 

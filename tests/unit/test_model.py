@@ -453,3 +453,10 @@ def test_a_machine_with_a_vhost_user_device_names_it() -> None:
 def test_a_lone_surrogate_is_refused_in_one_line() -> None:
     with pytest.raises(DescriptionError, match="fw_cfg\\[0\\].string: must be valid Unicode"):
         from_plain(json.loads('{"kernel": "/k", "fw_cfg": [{"name": "opt/a", "string": "\\ud800"}]}'))
+
+
+def test_vhost_user_devices_need_the_pci_transport() -> None:
+    with pytest.raises(DescriptionError) as e:
+        from_plain({**MINIMAL, "transport": "mmio", "disks": [{"vhost_user": "/s"}], "fs": [{"tag": "t", "path": "/d"}]})
+
+    assert e.value.path == ("transport",) and "are on PCI only" in e.value.message

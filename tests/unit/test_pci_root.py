@@ -65,6 +65,18 @@ def test_host_bridge_in_slot_0_has_vendor_device_and_class(board: Board) -> None
     assert (board.cf8_read(0, 0, 4), board.cf8_read(0, 0x08, 4) >> 8) == (0x0D57_8086, 0x060000)
 
 
+def test_i440fx_host_bridge_keeps_what_firmware_writes_to_its_pam_registers() -> None:
+    root = PciRoot(WINDOW, i440fx=True)
+    bridge = root.device(0)
+    assert bridge is not None
+    # SeaBIOS's make_bios_writable: two dwords from 0x58, PAM0-6 set, written back
+    bridge.config.write(0x58, 4, 0x33333000 | 0xAB)
+    bridge.config.write(0x5C, 4, 0xFFFFFFFF)
+    assert (bridge.config.read(0x00, 4), bridge.config.read(0x08, 1)) == (0x1237_8086, 0x02)
+    assert (bridge.config.read(0x58, 4), bridge.config.read(0x5C, 4)) == (0x33333000, 0x33333333)
+    assert bridge.config.state() != PciRoot(WINDOW, i440fx=True).device(0).config.state()  # type: ignore[union-attr]
+
+
 def test_first_device_goes_to_slot_1(board: Board) -> None:
     assert board.slot == 1 and board.root.device(1) is board.device
 

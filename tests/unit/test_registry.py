@@ -178,3 +178,33 @@ def test_memory_within_the_host_is_admitted(pyhvd: Pyhvd, monkeypatch: pytest.Mo
     assert pyhvd.registry.admit_plain({**_config("fits"), "memory": "1G"}).memory == 1 << 30
     with pytest.raises(Refused, match="1025 MiB is more than this host's 1024 MiB"):
         pyhvd.registry.admit_plain({**_config("over"), "memory": "1025M"})
+
+
+def test_a_clone_refused_midway_destroys_the_started_ones_and_releases_every_name(
+    pyhvd: Pyhvd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyhv import model
+    from pyhv.toolstack.record import DomainRecord
+
+    registry = pyhvd.registry
+    started: list[str] = []
+    destroyed: list[str] = []
+
+    def start(description: model.Description, paused: bool = False, restore: str = "",
+              verify: bool = False) -> DomainRecord:
+        with registry.lock:
+            registry._starting.discard(description.name)
+        if description.name == "web-3":
+            raise Refused("cannot create domain web-3: no space left on device", 503)
+        started.append(description.name)
+        return DomainRecord(len(started), description, "/run", "/log")
+
+    monkeypatch.setattr(registry, "_saved", lambda path: model.describe(name="web", kernel="/k"))
+    monkeypatch.setattr(registry, "start", start)
+    monkeypatch.setattr(registry, "destroy", lambda record: destroyed.append(record.name))
+
+    with pytest.raises(Refused, match="web-3"):
+        registry.clone("/snapshots/web.snap", 5, "web")
+
+    assert sorted(destroyed) == sorted(started) == ["web-1", "web-2", "web-4", "web-5"]
+    assert registry._starting == set()

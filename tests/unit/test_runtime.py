@@ -185,10 +185,10 @@ def test_a_destroy_that_arrives_while_the_guest_reboots_ends_the_domain(monkeypa
     assert (ending.reason, ending.status, len(built)) == ("destroy", 143, 1)
 
 
-def test_the_next_machine_after_a_reset_gets_the_cmos_of_the_one_that_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+def _reset_then_power_off(monkeypatch: pytest.MonkeyPatch, plain: dict[str, str], keyword: str) -> list[Any]:
+    """Run a domain whose first machine resets and second powers off; what each build got as ``keyword``."""
     from pyhv.vmm import builder
 
-    runtime = Runtime(from_plain({"kernel": "/k"}), console=None)
     given: list[Any] = []
 
     class Resetting(FakeMachine):
@@ -203,16 +203,31 @@ def test_the_next_machine_after_a_reset_gets_the_cmos_of_the_one_that_reset(monk
         def nvram(self) -> tuple[float, bytes]:
             return 1.5, bytes([len(given)]) * 128
 
+        def keep_memory(self) -> str:
+            return "the RAM of the machine that reset"
+
         def close(self) -> None:
             pass
 
-    def build(*args: Any, nvram: Any = None, **kwargs: Any) -> FakeMachine:
-        given.append(nvram)
+    def build(*args: Any, **kwargs: Any) -> FakeMachine:
+        given.append(kwargs.get(keyword))
         return Resetting()
 
     monkeypatch.setattr(builder, "build", build)
-    ending = runtime.run()
-    assert (ending.reason, given) == ("poweroff", [None, (1.5, bytes([1]) * 128)])
+    assert Runtime(from_plain(plain), console=None).run().reason == "poweroff"
+    return given
+
+
+def test_the_next_machine_after_a_reset_gets_the_cmos_of_the_one_that_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _reset_then_power_off(monkeypatch, {"kernel": "/k"}, "nvram") == [None, (1.5, bytes([1]) * 128)]
+
+
+@pytest.mark.parametrize("plain,kept", [({"firmware": "/bios.bin"}, True), ({"kernel": "/k"}, False)])
+def test_a_firmware_machine_keeps_its_ram_over_a_guest_reset_and_a_kernel_boot_does_not(
+    monkeypatch: pytest.MonkeyPatch, plain: dict[str, str], kept: bool
+) -> None:
+    given = _reset_then_power_off(monkeypatch, plain, "warm")
+    assert given == [None, "the RAM of the machine that reset" if kept else None]
 
 
 def test_the_repl_runs_typed_code_over_the_control_socket_and_close_does_not_wait_for_it(tmp_path: Path) -> None:
@@ -326,3 +341,29 @@ def test_bad_disk_swaps_are_refused_in_one_line(request_: dict[str, Any], messag
 def test_ctrl_alt_del_presses_the_keys_on_the_running_machine() -> None:
     machine = DiskMachine()
     assert (runtime_with_disks(machine).handle({"op": "ctrl-alt-del"}), machine.presses) == ({"bytes": 11}, 1)
+
+
+class LimitMachine(FakeMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[tuple[str, int, Any]] = []
+
+    def set_rate_limit(self, queue: str, index: int, limit: Any) -> None:
+        self.limits.append((queue, index, limit))
+
+
+def test_rate_limit_requests_reach_the_machine_and_the_description() -> None:
+    machine = LimitMachine()
+    runtime = Runtime(from_plain({"kernel": "/k", "disks": [{"path": "/a.img"}], "nics": [{"tap": "t0"}]}), console=None)
+    runtime.machine, runtime.state = machine, "running"
+    runtime.handle({"op": "rate-limit", "index": 0, "limit": {"ops": {"size": 5, "refill_ms": 10}}})
+    runtime.handle({"op": "rate-limit", "nic": 0, "direction": "tx", "limit": {"bandwidth": {"size": 9, "refill_ms": 1}}})
+    with pytest.raises(PyhvError, match="direction must be rx or tx"):
+        runtime.handle({"op": "rate-limit", "nic": 0, "direction": "up", "limit": None})
+    with pytest.raises(PyhvError, match="refill_ms"):
+        runtime.handle({"op": "rate-limit", "index": 0, "limit": {"ops": {"size": 5, "refill_ms": 0}}})
+    d = runtime.description
+    assert [(q, i, str(lim)) for q, i, lim in machine.limits] == [
+        ("disk", 0, str(d.disks[0].rate_limit)), ("tx", 0, str(d.nics[0].tx_rate_limit))]
+    assert (d.disks[0].rate_limit.ops.size if d.disks[0].rate_limit and d.disks[0].rate_limit.ops else None,
+            d.nics[0].rx_rate_limit) == (5, None)

@@ -273,3 +273,18 @@ def test_blk_swap_disk_shows_the_new_capacity_after_a_configuration_change(
             transport.read(m.CONFIG, 4)) == (True, 2, 2 * MiB // 512)
     with pytest.raises(ValueError):
         dev.swap_disk(RawDisk(image, readonly=True))
+
+
+def test_blk_limit_lifted_while_waiting_serves_the_queue_at_once(ram: FakeGuestRam, image: str) -> None:
+    from pyhv.devices.ratelimit import RateLimiter, TokenBucket
+
+    timers: list[tuple[float, Any]] = []
+    dev, transport, driver, _ = _blk(ram, image)
+    dev.limit(0, RateLimiter(ops=TokenBucket(1, 60_000)), lambda delay, fn: timers.append((delay, fn)))
+    for sector in range(3):
+        _request(driver, b.VIRTIO_BLK_T_IN, sector, in_len=512)
+    transport.write(m.NOTIFY_OFFSET, 4, 0)
+    served = driver.used_idx()
+    dev.limit(0, None, lambda delay, fn: timers.append((delay, fn)))
+    timers[-1][1]()
+    assert (served, timers[-1][0], driver.used_idx()) == (1, 0.0, 3)

@@ -20,6 +20,7 @@ from pyhv.devices.virtio import mmio as m
 from pyhv.backends.interfaces import OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO
 from pyhv.devices.virtio import net as n
 from pyhv.devices.virtio.net import MAX_FRAME, MAX_GSO_FRAME, RX, TX, Net
+from pyhv.devices.state import DeviceStateError
 from pyhv.devices.virtio.queue import VIRTQ_USED_F_NO_NOTIFY
 from pyhv.errors import UsageError
 from pyhv.model import Nic, default_mac, nic_from_plain, options
@@ -320,6 +321,20 @@ def test_mergeable_receive_of_a_small_frame_uses_one_buffer() -> None:
         (head, VNET_HDR_SIZE + len(FRAME)),
         b"\x01\x00",
     )
+
+
+def test_restored_device_switches_the_backend_to_the_offloads_the_guest_had_accepted() -> None:
+    state = Rig(features=GUEST_GSO, can=ALL_OFFLOADS).dev.state()
+    target = Rig(can=ALL_OFFLOADS)
+    target.frames.offload.clear()
+    target.dev.set_state(state)
+    assert target.frames.offload[-1] == OFFLOAD_CSUM | OFFLOAD_TSO4  # after the reset's 0
+
+
+def test_state_with_offloads_is_refused_by_a_device_whose_backend_cannot_do_them() -> None:
+    state = Rig(features=GUEST_GSO, can=ALL_OFFLOADS).dev.state()
+    with pytest.raises(DeviceStateError, match="never offered"):
+        Rig().dev.set_state(state)
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pyhv.devices.virtio import mmio as m
 from pyhv.devices.virtio import vsock as vsock_module
+from pyhv.devices.virtio.queue import VIRTQ_USED_F_NO_NOTIFY
 from pyhv.devices.virtio.vsock import (
     BUF_ALLOC,
     HEADER,
@@ -419,3 +420,17 @@ def test_random_buffers_and_packets_never_escape_the_device(
     guest.io.run(rounds=2)
     got = guest.rx.used_idx()
     assert got <= len(rx_sizes) and guest.dev.failure is None
+
+
+def test_receive_queue_asks_for_no_kicks_while_buffers_last_and_for_kicks_when_a_packet_waits(guest: Guest) -> None:
+    guest.post_rx(2)
+    stream, _ = guest.accepted()  # the request took the first buffer
+    flags_with_a_buffer = guest.rx.used_flags()
+    stream.incoming.append(b"one")
+    guest.io.run(rounds=1)  # takes the last buffer
+    stream.incoming.append(b"two")
+    guest.io.run(rounds=1)  # waits: nowhere to put it
+    waiting_flags = guest.rx.used_flags()
+    guest.post_rx(1)
+    assert (flags_with_a_buffer, waiting_flags) == (VIRTQ_USED_F_NO_NOTIFY, 0)
+    assert [p for _, p in guest.received()] == [b"one", b"two"]

@@ -17,9 +17,11 @@ machine that stopped into the next one's constructor.  That is how the
 shutdown status byte (register 0x0F, which a BIOS reads at the reset vector
 to tell a cold boot from a "resume at the far pointer in 40:67" warm reset)
 survives a reset: a guest reads back what it wrote.  Acting on it is the
-firmware's job; booting a kernel directly, pyhv is the firmware and always
-boots it afresh (the resume codes 0x05, 0x0A-0x0C need the RAM of before the
-reset, which a rebuilt machine does not keep).
+firmware's job: under ``--firmware`` the runtime keeps the RAM over a reset
+too, so SeaBIOS resumes as the byte says (0x05, 0x0A-0x0C: through 40:67);
+booting a kernel directly, pyhv is the firmware and always boots it afresh on
+new RAM.  (QEMU's RTC clears the byte on a reset unless it holds 0xFE, QEMU's
+S3-resume mark; pyhv keeps it, as a PC's CMOS does.)
 """
 
 from __future__ import annotations

@@ -21,7 +21,12 @@ Slot 0 is the host bridge, vendor 0x8086 device 0x0d57: the ID other KVM VMMs
 (crosvm, Cloud Hypervisor, Firecracker) give their virtual PCIe host bridge.
 It names no real chipset, so chipset drivers leave it alone, and its vendor
 and class (0x060000) satisfy the sanity check Linux makes before trusting
-mechanism #1.
+mechanism #1.  Under firmware the bridge is the i440FX's (0x1237, QEMU's ``pc``
+machine), which SeaBIOS looks for to run as on QEMU: it programs the PAM
+registers (0x59-0x5F) to make 0xC0000-0xFFFFF writable RAM and, when PAM0 said
+it was not, copies itself there from the ROM's alias below 4 GiB.  The
+registers keep what is written; the memory they describe is RAM whatever
+they say (pyhv maps no ROM below 1 MiB), so "read-only" is not enforced.
 
 BARs: :meth:`PciRoot.add_device` places each BAR naturally aligned (at least
 4 KiB) in the MMIO window, programs it and turns memory decoding on, as
@@ -53,6 +58,10 @@ HOST_BRIDGE_SLOT = 0
 HOST_BRIDGE_VENDOR_ID = 0x8086
 HOST_BRIDGE_DEVICE_ID = 0x0D57
 HOST_BRIDGE_CLASS = 0x060000
+I440FX_DEVICE_ID = 0x1237
+I440FX_REVISION = 0x02
+I440FX_PAM0 = 0x59  # PAM0 (0xF0000-0xFFFFF, high nibble), PAM1-6 (0xC0000-0xEFFFF, two nibbles each)
+I440FX_PAM_COUNT = 7
 
 CONFIG_ADDRESS_PORT = 0xCF8
 #: 0xCF9, the reset control register, inside the range PciConfigIo serves; its bits
@@ -95,8 +104,17 @@ class BarRegion(NamedTuple):
 
 
 class HostBridge(PciDevice):
-    def __init__(self) -> None:
-        super().__init__(PciConfigSpace(HOST_BRIDGE_VENDOR_ID, HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_CLASS))
+    """pyhv's own bridge, or (``i440fx``) the 82441FX's ID with its PAM registers."""
+
+    def __init__(self, i440fx: bool = False) -> None:
+        config = PciConfigSpace(HOST_BRIDGE_VENDOR_ID, I440FX_DEVICE_ID if i440fx else HOST_BRIDGE_DEVICE_ID,
+                                HOST_BRIDGE_CLASS)
+        super().__init__(config)
+        if i440fx:
+            config.set(0x08, 1, I440FX_REVISION)
+            config.set_writable(I440FX_PAM0, 1, 0x30)  # PAM0: only the F segment's nibble
+            for i in range(1, I440FX_PAM_COUNT):
+                config.set_writable(I440FX_PAM0 + i, 1, 0x33)
 
 
 class _Window:
@@ -122,6 +140,7 @@ class PciRoot:
         mmio64_window: tuple[int, int] | None = None,
         ecam_base: int = DEFAULT_ECAM_BASE,
         on_bar_change: OnBarChange | None = None,
+        i440fx: bool = False,
     ) -> None:
         self._mmio32 = _Window(*mmio32_window, limit=1 << 32, label="32-bit MMIO")
         self._mmio64 = None if mmio64_window is None else _Window(*mmio64_window, limit=1 << 52, label="64-bit MMIO")
@@ -135,7 +154,7 @@ class PciRoot:
         self.on_bar_change = on_bar_change
         self._lock = threading.RLock()
         self._slots: list[PciDevice | None] = [None] * SLOTS
-        self._slots[HOST_BRIDGE_SLOT] = HostBridge()
+        self._slots[HOST_BRIDGE_SLOT] = HostBridge(i440fx)
         #: (slot, bar index) -> address of every BAR currently decoded
         self._mapped: dict[tuple[int, int], int] = {}
         self.config_io = PciConfigIo(self)

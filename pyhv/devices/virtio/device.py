@@ -191,12 +191,17 @@ class VirtioDevice:
     def limit(self, index: int, limiter: RateLimiter | None,
               call_later: Callable[[float, Callable[[], None]], None]) -> None:
         """Serve queue ``index`` within ``limiter``'s buckets (None: no limit); a
-        queue over its limit waits for ``call_later`` (the I/O thread's timer)."""
-        if limiter is None:
-            self.limiters.pop(index, None)
-        else:
-            self.limiters[index] = limiter
-        self._call_later = call_later
+        queue over its limit waits for ``call_later`` (the I/O thread's timer).
+        A queue waiting on the limiter it had is served again at once."""
+        with self.lock:
+            if limiter is None:
+                self.limiters.pop(index, None)
+            else:
+                self.limiters[index] = limiter
+            self._call_later = call_later
+            waiting = index in self._throttled
+        if waiting:
+            call_later(0.0, lambda: self._refilled(index))
 
     def _admit(self, index: int, ops: int, nbytes: int, take: bool = True) -> bool:
         """Whether queue ``index`` may serve a request of ``ops`` and ``nbytes`` now

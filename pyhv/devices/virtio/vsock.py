@@ -101,6 +101,7 @@ class Vsock(VirtioDevice):
         self.bad_packets = 0
         self.dropped_control = 0  # control packets dropped: the guest did not take its replies
         self.transport_reset_pending = False  # restored: the guest must hear its connections are gone
+        self._rx_kicks = True  # whether the receive queue asks the driver for kicks (_rx_pop)
         self._to_flush: dict[tuple[int, int], Connection] = {}  # took guest data in this transmit pass
 
     def device_features(self) -> int:
@@ -169,10 +170,27 @@ class Vsock(VirtioDevice):
         if signal:
             self.interrupt(RX)
 
+    def _rx_pop(self, q: SplitQueue) -> DescriptorChain | None:
+        """The next receive chain.  While the guest has buffers posted it is
+        asked not to kick the receive queue (the device looks at the ring when
+        it has something to deliver; a kick would only wake the I/O thread
+        ahead of the guest's transmit kick).  When none is left it is asked
+        to kick again, and the ring is looked at once more: a buffer posted
+        before the request was visible brought no kick."""
+        chain = q.pop()
+        if chain is None and not self._rx_kicks:
+            self._rx_kicks = True
+            q.set_notification(True)
+            chain = q.pop()
+        if chain is not None and self._rx_kicks:
+            self._rx_kicks = False
+            q.set_notification(False)
+        return chain
+
     def _fill_rx(self, q: SplitQueue) -> bool:
         """Waiting packets into receive chains, in order; True if any chain was used."""
         used = False
-        while self.pending and (chain := q.pop()) is not None:
+        while self.pending and (chain := self._rx_pop(q)) is not None:
             header, payload = self.pending[0]
             room = chain.writable_len() - len(header)
             if room < min(len(payload), 1):
@@ -237,9 +255,11 @@ class Vsock(VirtioDevice):
     # --- the queues -------------------------------------------------------------------
 
     def _device_activate(self) -> None:
+        self._rx_kicks = True  # as every queue starts (and is restored) asking for them
         self.host.start_accepting(self._host_connect)
 
     def _device_reset(self) -> None:
+        self._rx_kicks = True
         for conn in list(self.conns.values()):
             self._close(conn, tell_guest=False)
         self.pending.clear()
@@ -418,7 +438,7 @@ class Vsock(VirtioDevice):
         chains: list[tuple[DescriptorChain, int]] = []
         views: list[memoryview] = []
         total = 0
-        while total < credit and len(chains) < batch and (chain := q.pop()) is not None:
+        while total < credit and len(chains) < batch and (chain := self._rx_pop(q)) is not None:
             room = chain.writable_len() - HEADER.size
             if room <= 0:
                 if chains:  # handled first next time: only the last chains popped can go back
