@@ -202,7 +202,7 @@ class Api:
         path = self._snapshot_path(body["path"])
         reply = save_through(record, path, then, force)
         if then == "destroy":
-            self.registry.settle(record)  # a restore of the same name right after must find it free
+            self.registry.wait_ended(record)
         return 200, reply
 
     def restore_domain(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
@@ -240,8 +240,10 @@ class Api:
             raise Refused(f"migration to {host}:{port} failed, the machine runs on here: cannot connect: "
                           f"{e.strerror or e}", 409) from None
         with conn:
-            return 200, record.call("migrate", timeout=900, fds=(conn.fileno(),), host=host, port=port,
-                                    key=self.migration_key.hex())
+            reply = record.call("migrate", timeout=900, fds=(conn.fileno(),), host=host, port=port,
+                                key=self.migration_key.hex())
+        self.registry.wait_ended(record)  # it runs there now; here it ends
+        return 200, reply
 
     # --- scheduling ---------------------------------------------------------------------
 

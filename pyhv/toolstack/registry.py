@@ -379,9 +379,10 @@ class Registry:
         processes.wait_gone(record, 5.0)
         self._reap(record)
 
-    def settle(self, record: DomainRecord, timeout: float = 10.0) -> None:
-        """Wait for a domain whose process is ending by itself (saved, then destroyed)
-        to be out of the table, so that its name is free when the caller hears back."""
+    def wait_ended(self, record: DomainRecord, timeout: float = 10.0) -> None:
+        """Wait until a domain ending on its own (saved, then destroyed) has gone, and
+        reap it, so the verb returns with it gone: a confined domain's supervisor ends
+        a moment after its VMM (pyhv/jail/)."""
         if processes.wait_gone(record, timeout):
             self._reap(record)
 
