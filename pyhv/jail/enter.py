@@ -59,9 +59,6 @@ PRELOAD = (
 )
 
 
-#: what a confined VMM never imports: the back ends pyhv starts itself, which a jail plan refuses
-NEVER_CONFINED = ("pyhv.backends.daemons",)
-
 
 class JailFailed(PyhvError):
     """The jail could not be set up (one line: which step, why)."""
@@ -78,8 +75,7 @@ def preload() -> None:
     for package in PRELOAD_PACKAGES:
         path = importlib.import_module(package).__path__
         for info in pkgutil.walk_packages(path, package + "."):
-            if info.name not in NEVER_CONFINED:
-                importlib.import_module(info.name)
+            importlib.import_module(info.name)
     for name in PRELOAD:
         importlib.import_module(name)
     privs.load_libraries()
