@@ -160,7 +160,8 @@ def _request(
             if fds:
                 sent = socket.send_fds(s, [data], list(fds))
                 data = data[sent:]
-            s.sendall(data)
+            if data:  # sendall(b"") still sends: after a quick reply and close that is EPIPE
+                s.sendall(data)
             line, rest = _read_line(s)
         except TimeoutError:
             raise ControlError(f"no answer within {timeout:g} s", transport=True, timeout=True) from None
