@@ -75,32 +75,43 @@ def start_time(pid: int) -> str:
     return fields[19] if len(fields) > 19 and fields[0] != "Z" else ""
 
 
-def host_threads(pid: int, tids: list[int]) -> tuple[int, list[int]]:
+def host_threads(pid: int, inner_pid: int, tids: list[int]) -> tuple[int, list[int]]:
     """The process and thread ids the host knows a domain's VMM and its threads by
-    (``pid``: the process pyhvd started; ``tids``: as the VMM names them).
+    (``pid``: the process pyhvd started; ``inner_pid`` and ``tids``: as the VMM
+    names itself and its threads in its ``info`` answer).
 
-    A confined domain's VMM (pyhv/jail/) is the one child of the process pyhvd
-    started, pid 1 of a PID namespace of its own, and its ``info`` names its
-    threads by the ids it sees there (0 for one not found).  Each of its threads' ``NSpid`` line says
-    both (host id first, the namespace's last).  An unconfined domain's ids
-    are the host's already."""
+    An unconfined VMM's ids are the host's already (it names itself ``pid``).  A
+    confined domain's VMM (pyhv/jail/) is the one child of the process pyhvd
+    started, pid 1 of a PID namespace of its own; each of its threads' ``NSpid``
+    line says both ids (the host's first, the namespace's last).  A thread that
+    cannot be found (it ended while we looked) is 0, never the namespace's id:
+    that number names some other task on the host, and the BVT dispatcher must
+    never pin or re-class it."""
+    if inner_pid == pid:
+        return pid, tids
+    unknown = [0] * len(tids)
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             children = f.read().split()
-        if len(children) != 1:
-            return pid, tids
-        vmm = int(children[0])
-        ids: dict[int, int] = {}
-        for task in os.listdir(f"/proc/{vmm}/task"):
+    except OSError:
+        return pid, unknown
+    if len(children) != 1:
+        return pid, unknown
+    vmm = int(children[0])
+    ids: dict[int, int] = {}
+    try:
+        tasks = os.listdir(f"/proc/{vmm}/task")
+    except OSError:
+        return pid, unknown
+    for task in tasks:
+        try:  # a thread may end while we read (the control thread answering info, for one)
             with open(f"/proc/{vmm}/task/{task}/status") as f:
                 for line in f:
                     if line.startswith("NSpid:"):
                         host, *_, inner = (int(x) for x in line.split()[1:])
                         ids[inner] = host
-    except (OSError, ValueError):
-        return pid, tids
-    if not ids or all(inner == host for inner, host in ids.items()):
-        return pid, tids
+        except (OSError, ValueError):
+            continue
     return vmm, [ids.get(t, 0) for t in tids]
 
 

@@ -69,7 +69,9 @@ class DomainRecord:
             from .processes import host_threads
 
             vcpus = reply.get("vcpu", [])
-            reply["pid"], tids = host_threads(self.pid, [v.get("tid", 0) for v in vcpus])
+            inner = reply.get("pid")
+            reply["pid"], tids = host_threads(self.pid, inner if isinstance(inner, int) else 0,
+                                              [v.get("tid", 0) for v in vcpus])
             for v, tid in zip(vcpus, tids, strict=True):
                 v["tid"] = tid
         return reply

@@ -95,3 +95,13 @@ def test_prometheus_text() -> None:
     assert 'pyhv_domains{state="running"} 1' in text
     for line in text.splitlines():
         assert line.startswith("#") or re.match(r"^[a-z_]+(\{.*\})? [0-9.]+$", line), line
+
+
+def test_host_threads_keep_an_unconfined_vmms_ids_and_never_pass_on_a_namespaces_ids() -> None:
+    import os
+
+    from pyhv.toolstack.processes import host_threads
+
+    assert host_threads(os.getpid(), os.getpid(), [11, 12]) == (os.getpid(), [11, 12])
+    # a confined VMM (it names itself 1) whose threads cannot be found: unknown, not 1 and 2
+    assert host_threads(os.getpid(), 1, [1, 2]) == (os.getpid(), [0, 0])
