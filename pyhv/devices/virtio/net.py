@@ -280,11 +280,12 @@ class Net(VirtioDevice):
 
     def _receive(self, queue: SplitQueue) -> bool:
         used = False
+        limiter = self.limiters.get(RX)  # looked up once a pass: this loop runs per frame
         if self._rx_kicks:  # buffers to fill and the backend watched: the guest need not kick
             self._rx_kicks = False
             queue.set_notification(False)
         while True:
-            if not self._admit(RX, 1, 1, take=False):  # charged once the frame is in: its size is known then
+            if limiter is not None and not self._admit(RX, 1, 1, take=False):  # charged once the frame is in
                 self._set_watch(False)  # the limiter's timer serves the queue again
                 return used
             chain = queue.pop()
@@ -326,8 +327,8 @@ class Net(VirtioDevice):
                 continue
             self.rx_frames += 1
             self.rx_bytes += n - VNET_HDR_SIZE
-            if RX in self.limiters:
-                self.limiters[RX].charge(1, n - VNET_HDR_SIZE)
+            if limiter is not None:
+                limiter.charge(1, n - VNET_HDR_SIZE)
 
     def _set_num_buffers(self, chain: DescriptorChain, first: memoryview, count: int) -> None:
         value = count.to_bytes(2, "little")
