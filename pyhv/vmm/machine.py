@@ -214,15 +214,32 @@ class Machine:
         ``index`` (``queue`` "disk") or one direction of NIC ``index`` ("rx", "tx"),
         in force from the next request on."""
         from ..devices.ratelimit import RateLimiter
-        from ..devices.virtio.blk import Blk
         from ..devices.virtio.net import RX, TX, Net
 
-        kind: type[Any] = Blk if queue == "disk" else Net
-        found = [d for _, d in self.devices.of_type(kind)]
-        if not 0 <= index < len(found):
-            raise PyhvError(f"no {'disk' if queue == 'disk' else 'NIC'} {index} (the machine has {len(found)})")
+        device: Any
+        if queue == "disk":
+            device = self._blk(index)
+        else:
+            nics = [d for _, d in self.devices.of_type(Net)]
+            if not 0 <= index < len(nics):
+                raise PyhvError(f"no NIC {index} (the machine has {len(nics)})")
+            device = nics[index]
         which = {"disk": 0, "rx": RX, "tx": TX}[queue]
-        found[index].limit(which, RateLimiter.of(limit), self.io.call_later)
+        device.limit(which, RateLimiter.of(limit), self.io.call_later)
+
+    def _blk(self, index: int) -> Any:
+        """The in-process virtio-blk device of disk ``index`` in the description's
+        order; disks a vhost-user back end serves have none, so they are skipped
+        in the devices' order and refused here."""
+        from ..devices.virtio.blk import Blk
+
+        disks = self.description.disks
+        if not 0 <= index < len(disks):
+            raise PyhvError(f"no disk {index} (the machine has {len(disks)})")
+        if disks[index].base or disks[index].vhost_user:
+            raise PyhvError(f"disk {index} is served by a vhost-user back end, not by pyhv")
+        nth = sum(1 for d in disks[:index] if not (d.base or d.vhost_user))
+        return [d for _, d in self.devices.of_type(Blk)][nth]
 
     def swap_disk(self, index: int, path: str) -> int:
         """Put the image at ``path`` behind virtio-blk disk ``index`` (the
@@ -232,11 +249,8 @@ class Machine:
         from ..backends.block import RawDisk, check_distinct
         from ..devices.virtio.blk import Blk
 
-        disks = [d for _, d in self.devices.of_type(Blk)]
-        if not 0 <= index < len(disks):
-            raise PyhvError(f"no disk {index} (the machine has {len(disks)})")
-        blk = disks[index]
-        check_distinct([d.disk.path for d in disks if d is not blk] + [path])
+        blk = self._blk(index)
+        check_distinct([d.disk.path for _, d in self.devices.of_type(Blk) if d is not blk] + [path])
         new = RawDisk(path, readonly=blk.disk.readonly, direct=blk.disk.direct)
         old = blk.swap_disk(new)
         self.backends[next(i for i, b in enumerate(self.backends) if b is old)] = new
