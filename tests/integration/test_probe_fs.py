@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -93,25 +93,14 @@ def test_killing_the_back_end_fails_the_device_and_the_guest_runs_on(
 ) -> None:
     daemon, sock = own_virtiofsd
     (shared / "f").write_bytes(b"before the kill")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    vmm = subprocess.Popen(
-        [sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--debug-exit", "--memory", "64M",
-         "--cmdline", "probe.test=fs probe.irq=msix probe.path=f probe.secs=6", "--fs", f"tag=t,socket={sock}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True,
-    )
-    assert vmm.stdout is not None
-    seen = []
-    for line in vmm.stdout:  # until the guest has served a few heartbeats through the back end
-        seen.append(line)
-        if "tick=3 " in line:
-            break
-    daemon.kill()
-    daemon.wait()
-    try:
-        rest, stderr = vmm.communicate(timeout=120)
-    finally:
-        vmm.kill()
-    run = Run(vmm.returncode, "".join(seen) + rest, stderr)
+
+    def kill_back_end(vmm: subprocess.Popen[str]) -> None:
+        daemon.kill()
+        daemon.wait()
+
+    # once the guest has served a few heartbeats through the back end
+    run = _run_and_interrupt(["--cmdline", "probe.test=fs probe.irq=msix probe.path=f probe.secs=6",
+                              "--fs", f"tag=t,socket={sock}"], "tick=3 ", kill_back_end)
 
     ticks = [f for f in run.lines() if "tick" in f]
     assert [int(f["tick"]) for f in ticks] == list(range(1, 25))  # every heartbeat, before and after
@@ -121,33 +110,41 @@ def test_killing_the_back_end_fails_the_device_and_the_guest_runs_on(
     assert int(after[-1]["tick"]) == 24  # the device stays failed; the guest carries on to the end
     assert run.line("path")["data"] == "before the kill"
     assert run.lines()[-1] == {"result": "pass"} and run.status == 0
-    assert stderr.count("back end closed the connection") == 1
+    assert run.stderr.count("back end closed the connection") == 1
 
 
 def test_a_snapshot_of_a_machine_with_virtio_fs_is_refused_and_the_guest_runs_on(shared: Path, tmp_path: Path) -> None:
     (shared / "f").write_bytes(b"x")
     snapshot = tmp_path / "m.snap"
+    run = _run_and_interrupt(["--cmdline", "probe.test=fs probe.irq=msix probe.path=f probe.secs=3",
+                              "--fs", f"tag=t,path={shared}", "--snapshot-on-signal", str(snapshot)],
+                             "tick=2 ", lambda vmm: vmm.send_signal(signal.SIGUSR2))
+
+    ticks = [f for f in run.lines() if "tick" in f]
+    assert len(ticks) == 12 and all(f["getattr"] == "ok" for f in ticks)  # the device never stopped serving
+    assert run.lines()[-1] == {"result": "pass"} and not snapshot.exists()
+    assert "pyhv: snapshot not saved: cannot save: fs[0] (virtio-fs 't') is a vhost-user device" in run.stderr
+
+
+def _run_and_interrupt(
+    args: list[str], marker: str, interrupt: Callable[[subprocess.Popen[str]], None]
+) -> Run:
+    """Boot the probe with ``args``; once the guest printed ``marker``, ``interrupt``
+    it (from outside) and let it run to its end."""
     vmm = subprocess.Popen(
-        [sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--debug-exit", "--memory", "64M",
-         "--cmdline", "probe.test=fs probe.irq=msix probe.path=f probe.secs=3", "--fs", f"tag=t,path={shared}",
-         "--snapshot-on-signal", str(snapshot)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        text=True,
+        [sys.executable, "-m", "pyhv", "run", "--kernel", str(PROBE), "--debug-exit", "--memory", "64M", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True,
     )
     assert vmm.stdout is not None
     seen = []
     for line in vmm.stdout:
         seen.append(line)
-        if "tick=2 " in line:
+        if marker in line:
             break
-    vmm.send_signal(signal.SIGUSR2)
+    interrupt(vmm)
     try:
         rest, stderr = vmm.communicate(timeout=120)
     finally:
         vmm.kill()
-    run = Run(vmm.returncode, "".join(seen) + rest, stderr)
-
-    ticks = [f for f in run.lines() if "tick" in f]
-    assert len(ticks) == 12 and all(f["getattr"] == "ok" for f in ticks)  # the device never stopped serving
-    assert run.lines()[-1] == {"result": "pass"} and not snapshot.exists()
-    assert "pyhv: snapshot not saved: cannot save: fs[0] (virtio-fs 't') is a vhost-user device" in stderr
+    return Run(vmm.returncode, "".join(seen) + rest, stderr)
